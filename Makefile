@@ -1,0 +1,51 @@
+# zipscribe: two commands matter.
+#   make install   create .venv, install torch first, then the project under a constraints file
+#   make test      install + the whole test suite
+#   make demo      install + transcribe a small synthetic demo set with the shipped model
+#
+# CUDA machines override the torch build, e.g.
+#   make install TORCH_SPEC="torch==2.5.1" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         ?= .venv
+TORCH_SPEC   ?= torch==2.13.0
+TORCH_INDEX  ?=
+APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1
+PYTEST_ARGS  ?=
+
+BIN          := $(VENV)/bin
+PIP          := $(BIN)/python -m pip
+CONSTRAINTS  := $(VENV)/constraints.txt
+STAMP        := $(VENV)/.installed
+
+.PHONY: install system-deps test demo bench clean
+
+install: system-deps $(STAMP)
+
+# Debian tools the tests and the demo use; installed only when one is missing.
+system-deps:
+	@missing=""; \
+	for tool in espeak-ng sox ffmpeg; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages (missing:$$missing)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(BIN)/python -c 'import torch; print("torch==" + torch.__version__)' > $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/model_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
