@@ -37,21 +37,64 @@ class SwooshR(nn.Module):
         return swoosh_r(x)
 
 
+# Swoosh(v) = softplus(v - shift) - 0.08 v - offset. With v' = v - shift (folded into
+# the bias of whatever produced v) this is softplus(v') - 0.08 v' - (0.08 shift + offset),
+# and that constant folds into the bias of the Linear that consumes it: two memory
+# passes over the activation instead of five.
+SWOOSH_SHIFT = {"SwooshL": 4.0, "SwooshR": 1.0}
+_SWOOSH_CONST = {"SwooshL": 0.08 * 4.0 + _SWOOSH_L_OFFSET, "SwooshR": 0.08 * 1.0 + _SWOOSH_R_OFFSET}
+
+
+def shifted_swoosh_core(v_shifted: torch.Tensor) -> torch.Tensor:
+    """``softplus(v') - 0.08 v'``: Swoosh of ``v' + shift`` without its constant."""
+    out = F.softplus(v_shifted)
+    return out.add_(v_shifted, alpha=-0.08) if not out.requires_grad else out - 0.08 * v_shifted
+
+
+class _DerivedCache:
+    """Caches tensors derived from parameters; recomputed when any source tensor is
+    replaced or modified in place (optimizer steps, load_state_dict, .to())."""
+
+    def __init__(self) -> None:
+        self._key: tuple = ()
+        self._value: torch.Tensor | None = None
+
+    def get(self, sources: tuple[torch.Tensor, ...], compute) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return compute()  # training: keep it differentiable, never cache
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        if key != self._key or self._value is None:
+            self._value, self._key = compute(), key
+        return self._value
+
+
 class ActivationLinear(nn.Linear):
     """``Linear(activation(x))``; parameter names ``weight``/``bias`` as in icefall's
-    ``ActivationDropoutAndLinear`` (whose dropout is a training-only no-op here)."""
+    ``ActivationDropoutAndLinear`` (whose dropout is a training-only no-op here).
+
+    ``forward_shifted(v')`` takes the pre-activation already shifted by
+    ``SWOOSH_SHIFT[activation]`` (the producer folds the shift into its bias) and
+    is the fast path used by the encoder.
+    """
 
     def __init__(self, in_features: int, out_features: int, activation: str, bias: bool = True):
         super().__init__(in_features, out_features, bias=bias)
-        if activation == "SwooshL":
-            self._act = swoosh_l
-        elif activation == "SwooshR":
-            self._act = swoosh_r
-        else:
+        if activation not in SWOOSH_SHIFT:
             raise ValueError(f"unknown activation {activation!r}")
+        self.activation = activation
+        self.shift = SWOOSH_SHIFT[activation]
+        self._bias_cache = _DerivedCache()
+
+    def _folded_bias(self) -> torch.Tensor:
+        const = _SWOOSH_CONST[self.activation]
+        bias = self.bias if self.bias is not None else self.weight.new_zeros(self.out_features)
+        return self._bias_cache.get((self.weight, bias), lambda: bias - const * self.weight.sum(dim=1))
+
+    def forward_shifted(self, v_shifted: torch.Tensor) -> torch.Tensor:
+        return F.linear(shifted_swoosh_core(v_shifted), self.weight, self._folded_bias())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._act(x), self.weight, self.bias)
+        return self.forward_shifted(x - self.shift)
 
 
 class BiasNorm(nn.Module):
@@ -73,7 +116,8 @@ class BiasNorm(nn.Module):
             shape = [1] * x.ndim
             shape[self.channel_dim] = -1
             bias = bias.reshape(shape)
-        inv_rms = torch.rsqrt(torch.mean((x - bias) ** 2, dim=self.channel_dim, keepdim=True))
+        centred = x - bias
+        inv_rms = torch.rsqrt(torch.mean(centred.square_() if not centred.requires_grad else centred.square(), dim=self.channel_dim, keepdim=True))
         return x * (inv_rms * self.log_scale.exp())
 
 

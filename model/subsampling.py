@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
-from .layers import BiasNorm, SwooshR, swoosh_l
+from .layers import _SWOOSH_CONST, SWOOSH_SHIFT, BiasNorm, SwooshR, _DerivedCache, shifted_swoosh_core
+
+
+def _conv_folding_constant(conv: nn.Conv2d, cache: _DerivedCache, const: float) -> torch.Tensor:
+    """Bias of ``conv`` that absorbs an input offset of ``-const`` (exact when the conv has no padding)."""
+    return cache.get((conv.weight, conv.bias), lambda: conv.bias - const * conv.weight.sum(dim=(1, 2, 3)))
 
 
 class ConvNeXt(nn.Module):
@@ -18,10 +24,15 @@ class ConvNeXt(nn.Module):
         self.depthwise_conv = nn.Conv2d(channels, channels, kernel_size, groups=channels, padding=self.padding)
         self.pointwise_conv1 = nn.Conv2d(channels, hidden, kernel_size=1)
         self.pointwise_conv2 = nn.Conv2d(hidden, channels, kernel_size=1)
+        self._pw2_bias = _DerivedCache()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pointwise_conv1(self.depthwise_conv(x))
-        return x + self.pointwise_conv2(swoosh_l(y))
+        # SwooshL's shift goes into pointwise_conv1's bias, its constant into pointwise_conv2's (1x1: exact)
+        pw1, pw2 = self.pointwise_conv1, self.pointwise_conv2
+        y = F.conv2d(self.depthwise_conv(x), pw1.weight, pw1.bias - SWOOSH_SHIFT["SwooshL"])
+        bias2 = _conv_folding_constant(pw2, self._pw2_bias, _SWOOSH_CONST["SwooshL"])
+        out = F.conv2d(shifted_swoosh_core(y), pw2.weight, bias2)
+        return out.add_(x) if not out.requires_grad else out + x
 
 
 class Conv2dSubsampling(nn.Module):
@@ -62,12 +73,25 @@ class Conv2dSubsampling(nn.Module):
         self.layer3_channels = layer3_channels
         self.out = nn.Linear(self.out_width * layer3_channels, out_channels)
         self.out_norm = BiasNorm(out_channels)
+        self._bias_caches = (_DerivedCache(), _DerivedCache())
+
+    def _conv_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.conv`` with each SwooshR's shift folded into the preceding conv's bias and
+        its constant into the next conv's bias (those convs have no time/freq padding)."""
+        c0, c4, c7 = self.conv[0], self.conv[4], self.conv[7]
+        shift, const = SWOOSH_SHIFT["SwooshR"], _SWOOSH_CONST["SwooshR"]
+        x = shifted_swoosh_core(F.conv2d(x, c0.weight, c0.bias - shift, padding=c0.padding))
+        x = F.conv2d(x, c4.weight, _conv_folding_constant(c4, self._bias_caches[0], const) - shift, stride=c4.stride)
+        x = shifted_swoosh_core(x)
+        x = F.conv2d(x, c7.weight, _conv_folding_constant(c7, self._bias_caches[1], const) - shift, stride=c7.stride)
+        x = shifted_swoosh_core(x)
+        return x.sub_(const) if not x.requires_grad else x - const
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (N, T, F) -> ((N, (T-7)//2, out_channels), lengths)."""
         if x.size(1) < 9:
             raise ValueError(f"need at least 9 feature frames, got {x.size(1)}")
-        x = self.convnext(self.conv(x.unsqueeze(1)))
+        x = self.convnext(self._conv_stack(x.unsqueeze(1)))
         n, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(n, t, c * f))
         return self.out_norm(x), torch.div(x_lens - 7, 2, rounding_mode="floor")

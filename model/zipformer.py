@@ -145,7 +145,8 @@ class FeedforwardModule(nn.Module):
         self.out_proj = ActivationLinear(feedforward_dim, embed_dim, activation="SwooshL")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.in_proj(x))
+        hidden = F.linear(x, self.in_proj.weight, self.in_proj.bias - self.out_proj.shift)
+        return self.out_proj.forward_shifted(hidden)
 
 
 class NonlinAttention(nn.Module):
@@ -222,12 +223,16 @@ class ConvolutionModule(nn.Module):
     def forward(
         self, x: torch.Tensor, src_key_padding_mask: Optional[torch.Tensor] = None, chunk_size: int = -1
     ) -> torch.Tensor:
-        x, s = self.in_proj(x).chunk(2, dim=-1)
-        x = (x * torch.sigmoid(s)).permute(1, 2, 0)  # (N, C, T)
+        x = F.glu(self.in_proj(x), dim=-1).permute(1, 2, 0)  # x * sigmoid(gate), as (N, C, T)
         if src_key_padding_mask is not None:
             x = x.masked_fill(src_key_padding_mask.unsqueeze(1), 0.0)
-        x = self.depthwise_conv(x, chunk_size=chunk_size) if self.causal else self.depthwise_conv(x)
-        return self.out_proj(x.permute(2, 0, 1))
+        shift = self.out_proj.shift
+        if self.causal:
+            x = self.depthwise_conv(x, chunk_size=chunk_size) - shift
+        else:
+            conv = self.depthwise_conv
+            x = F.conv1d(x, conv.weight, conv.bias - shift, padding=conv.padding, groups=conv.groups)
+        return self.out_proj.forward_shifted(x.permute(2, 0, 1))
 
 
 class BypassModule(nn.Module):
@@ -238,7 +243,7 @@ class BypassModule(nn.Module):
         self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))
 
     def forward(self, src_orig: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        return src_orig + (src - src_orig) * self.bypass_scale
+        return torch.lerp(src_orig, src, self.bypass_scale.to(src.dtype))
 
 
 class ZipformerEncoderLayer(nn.Module):
