@@ -1,0 +1,95 @@
+"""Output rows and their Arrow schema (``transcripts/run_id=<id>/part-<shard>.parquet``).
+
+Plain Arrow types only (strings are UTF-8, lists of int32/float32, UTC
+timestamps), so DuckDB, pandas, Spark and Athena read the files without help.
+``run_id`` is stored in the rows *and* is the hive partition directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+import pyarrow as pa
+
+TRANSCRIPT_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("cut_id", pa.string(), nullable=False),
+        pa.field("recording_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("channel", pa.int32()),
+        pa.field("start", pa.float64()),
+        pa.field("duration", pa.float64()),
+        pa.field("text", pa.string()),
+        pa.field("token_ids", pa.list_(pa.int32())),
+        pa.field("token_times", pa.list_(pa.float32())),
+        pa.field("ctc_score", pa.float64()),
+        pa.field("attention_score", pa.float64()),
+        pa.field("confidence", pa.float64()),
+        pa.field("reference", pa.string()),
+        pa.field("ref_words", pa.int32()),
+        pa.field("errors", pa.int32()),
+        pa.field("speaker", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("model_id", pa.string()),
+        pa.field("model_sha256", pa.string()),
+        pa.field("decoding", pa.string()),
+        pa.field("shard_id", pa.string()),
+        pa.field("worker", pa.string()),
+        pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class TranscriptRow:
+    """One row per cut; ``status='error'`` rows carry ``error`` and no text."""
+
+    run_id: str
+    cut_id: str
+    status: str
+    recording_id: Optional[str] = None
+    source: Optional[str] = None
+    channel: Optional[int] = None
+    start: Optional[float] = None
+    duration: Optional[float] = None
+    text: Optional[str] = None
+    token_ids: list[int] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)
+    ctc_score: Optional[float] = None
+    attention_score: Optional[float] = None
+    confidence: Optional[float] = None
+    reference: Optional[str] = None
+    ref_words: Optional[int] = None
+    errors: Optional[int] = None
+    speaker: Optional[str] = None
+    language: Optional[str] = None
+    dataset: Optional[str] = None
+    error: Optional[str] = None
+    model_id: Optional[str] = None
+    model_sha256: Optional[str] = None
+    decoding: Optional[str] = None
+    shard_id: Optional[str] = None
+    worker: Optional[str] = None
+    processed_at: datetime = field(default_factory=utc_now)
+
+
+def rows_to_table(rows: list[TranscriptRow]) -> pa.Table:
+    """Rows -> Arrow table with exactly :data:`TRANSCRIPT_SCHEMA`."""
+    columns: dict[str, list] = {name: [] for name in TRANSCRIPT_SCHEMA.names}
+    for row in rows:
+        for name, value in asdict(row).items():
+            columns[name].append(value)
+    return pa.Table.from_pydict(columns, schema=TRANSCRIPT_SCHEMA)

@@ -1,0 +1,65 @@
+"""Builders for test assets: tiny random-weight model directories and spoken audio."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+TINY_CONFIG = dict(
+    downsampling_factor="1,2", num_encoder_layers="1,1", encoder_dim="32,48", encoder_unmasked_dim="32,32",
+    num_heads="2,2", query_head_dim=8, value_head_dim=4, pos_head_dim=4, pos_dim=16, feedforward_dim="64,96",
+    cnn_module_kernel="7,5", use_ctc=True, use_transducer=True, use_attention_decoder=True, decoder_dim=32,
+    joiner_dim=32, context_size=2, attention_decoder_dim=32, attention_decoder_num_layers=1,
+    attention_decoder_attention_dim=32, attention_decoder_num_heads=2, attention_decoder_feedforward_dim=64,
+    sos_id=1, eos_id=1, ignore_id=-1,
+)
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "speech recognition turns audio into text",
+    "a batch transcription service on ray",
+    "numbers like one two three four five six seven",
+    "object storage holds the audio and the transcripts",
+]
+
+
+def make_tiny_model_dir(directory: Path, vocab_size: int = 80, seed: int = 0) -> Path:
+    """Random-weight CTC + transducer + attention-decoder model with a matching BPE model."""
+    import sentencepiece as spm
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 20) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(directory / "bpe"), model_type="bpe", vocab_size=vocab_size,
+        user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, character_coverage=1.0,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    corpus.unlink()
+    (directory / "bpe.vocab").unlink(missing_ok=True)
+    vocab = spm.SentencePieceProcessor(model_file=str(directory / "bpe.model")).vocab_size()
+    from model import AsrModel
+
+    torch.manual_seed(seed)
+    config = dict(TINY_CONFIG, vocab_size=vocab)
+    model = AsrModel(**config)
+    torch.save({"model": model.state_dict()}, directory / "pretrained.pt")
+    (directory / "config.json").write_text(json.dumps({"name": "tiny-random", **config}, indent=1))
+    return directory
+
+
+def have_tools(*tools: str) -> bool:
+    return all(shutil.which(t) for t in tools)
+
+
+def speak(text: str, path: Path, voice: str = "en-us", rate: int = 16000, channels: int = 1, fmt_args: tuple = ()) -> Path:
+    """espeak-ng -> sox conversion to ``path`` (format from its suffix)."""
+    raw = path.with_suffix(".espeak.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", str(channels), *fmt_args, str(path)], check=True, capture_output=True)
+    raw.unlink()
+    return path
