@@ -28,14 +28,27 @@ class MultiHeadAttention(nn.Module):
         self.linear_v = nn.Linear(kv_dim, attention_dim)
         self.out_proj = nn.Linear(attention_dim, embed_dim)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """query (T, N, E), key/value (S, N, M), attn_mask (N, 1|T, S) -> (T, N, E)."""
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        kv_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """query (T, N, E), key/value (S, N_kv, M), attn_mask (N, 1|T, S) -> (T, N, E).
+
+        ``kv_index`` (N,) maps each query row to its key/value row, so many
+        hypotheses of one utterance share one projection of its memory.
+        """
         t, n, _ = query.shape
-        s = key.size(0)
+        s, n_kv = key.size(0), key.size(1)
         h, d = self.num_heads, self.head_dim
         q = self.linear_q(query).reshape(t, n, h, d).permute(1, 2, 0, 3)
-        k = self.linear_k(key).reshape(s, n, h, d).permute(1, 2, 0, 3)
-        v = self.linear_v(value).reshape(s, n, h, d).permute(1, 2, 0, 3)
+        k = self.linear_k(key).reshape(s, n_kv, h, d).permute(1, 2, 0, 3)
+        v = self.linear_v(value).reshape(s, n_kv, h, d).permute(1, 2, 0, 3)
+        if kv_index is not None:
+            k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
         mask = None if attn_mask is None else ~attn_mask.unsqueeze(1)  # SDPA: True = attend
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(t, n, h * d))
@@ -54,10 +67,17 @@ class DecoderLayer(nn.Module):
             nn.Linear(d_model, feedforward_dim), nn.SiLU(), nn.Identity(), nn.Linear(feedforward_dim, d_model)
         )
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, memory: torch.Tensor, memory_attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor,
+        memory: torch.Tensor,
+        memory_attn_mask: torch.Tensor,
+        memory_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         q = self.norm_self_attn(x)
         x = x + self.self_attn(q, q, q, attn_mask=attn_mask)
-        x = x + self.src_attn(self.norm_src_attn(x), memory, memory, attn_mask=memory_attn_mask)
+        x = x + self.src_attn(self.norm_src_attn(x), memory, memory, attn_mask=memory_attn_mask, kv_index=memory_index)
         return x + self.feed_forward(self.norm_ff(x))
 
 
@@ -97,8 +117,20 @@ class TransformerDecoder(nn.Module):
             self._pos = sinusoidal_positions(max(length, 512), self.d_model, device)
         return self._pos[:length]
 
-    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor) -> torch.Tensor:
-        """x (N, U) token ids with lengths; memory (N, S, M) -> logits (N, U, vocab)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        memory: torch.Tensor,
+        memory_lens: torch.Tensor,
+        memory_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x (N, U) token ids with lengths; memory (N, S, M) -> logits (N, U, vocab).
+
+        With ``memory_index`` (N,), memory is (N_utt, S, M) and row i of ``x``
+        attends to ``memory[memory_index[i]]`` (n-best rescoring: keys and values
+        are projected once per utterance, not once per hypothesis).
+        """
         u = x.size(1)
         h = self.embed(x) * math.sqrt(self.d_model) + self._positions(u, x.device).to(self.embed.weight.dtype)
         h = h.permute(1, 0, 2)
@@ -106,8 +138,10 @@ class TransformerDecoder(nn.Module):
         attn_mask = make_pad_mask(x_lens, u).unsqueeze(1) | causal.unsqueeze(0)
         mem = memory.permute(1, 0, 2)
         memory_attn_mask = make_pad_mask(memory_lens, memory.size(1)).unsqueeze(1)
+        if memory_index is not None:
+            memory_attn_mask = memory_attn_mask.index_select(0, memory_index)
         for layer in self.layers:
-            h = layer(h, attn_mask=attn_mask, memory=mem, memory_attn_mask=memory_attn_mask)
+            h = layer(h, attn_mask=attn_mask, memory=mem, memory_attn_mask=memory_attn_mask, memory_index=memory_index)
         return self.output_layer(h.permute(1, 0, 2))
 
 
@@ -165,10 +199,20 @@ class AttentionDecoderModel(nn.Module):
         ys_out, _ = pad_token_lists(ys, self.ignore_id, eos_id=self.eos_id, device=device)
         return ys_in, ys_in_lens, ys_out
 
-    def nll(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, ys: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Per-position negative log-likelihood (N, max_len+1); 0 at ignored positions."""
+    def nll(
+        self,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        ys: Sequence[Sequence[int]],
+        memory_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Per-position negative log-likelihood (N, max_len+1); 0 at ignored positions.
+
+        ``memory_index`` (len(ys),): hypothesis i is scored against
+        ``encoder_out[memory_index[i]]`` (default: row i).
+        """
         ys_in, ys_in_lens, ys_out = self.prepare_targets(ys, device=encoder_out.device)
-        logits = self.decoder(x=ys_in, x_lens=ys_in_lens, memory=encoder_out, memory_lens=encoder_out_lens)
+        logits = self.decoder(x=ys_in, x_lens=ys_in_lens, memory=encoder_out, memory_lens=encoder_out_lens, memory_index=memory_index)
         n, u, v = logits.shape
         nll = F.cross_entropy(logits.reshape(-1, v).float(), ys_out.reshape(-1), ignore_index=self.ignore_id, reduction="none")
         return nll.reshape(n, u)

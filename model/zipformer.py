@@ -243,7 +243,9 @@ class BypassModule(nn.Module):
         self.bypass_scale = nn.Parameter(torch.full((embed_dim,), 0.5))
 
     def forward(self, src_orig: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        return torch.lerp(src_orig, src, self.bypass_scale.to(src.dtype))
+        # under autocast the two inputs can differ in dtype (bf16 branch, fp32 residual)
+        dtype = torch.promote_types(src_orig.dtype, src.dtype)
+        return torch.lerp(src_orig.to(dtype), src.to(dtype), self.bypass_scale.to(dtype))
 
 
 class ZipformerEncoderLayer(nn.Module):

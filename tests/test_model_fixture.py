@@ -210,3 +210,18 @@ def test_padding_value_matters(ref_model, ref_inputs, ref_expected):
         out, _ = ref_model.forward_encoder(x, ref_inputs["x_lens"])
     diff = (out[2, :29] - ref_expected["encoder_out"][2, :29]).abs().max().item()
     assert diff > 1e-2
+
+
+def test_bf16_autocast_runs_and_stays_close(ref_model, ref_inputs, ref_expected):
+    """Mixed precision (the GPU path) must run: bf16 branches meet fp32 residuals."""
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, lens = ref_model.forward_encoder(ref_inputs["x"], ref_inputs["x_lens"])
+        log_probs = ref_model.ctc_output(out)
+    assert torch.equal(lens, ref_expected["encoder_out_lens"])
+    ref = valid(ref_expected["encoder_out"], lens, False)
+    ours = valid(out.float(), lens, False)
+    rel = ((ours - ref).norm() / ref.norm()).item()
+    assert rel < 0.05, rel
+    ref_lp = valid(ref_expected["ctc_log_probs"], lens, False)
+    lp_rel = ((valid(log_probs.float(), lens, False) - ref_lp).norm() / ref_lp.norm()).item()
+    assert lp_rel < 0.05, lp_rel
