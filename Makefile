@@ -11,7 +11,7 @@ PYTHON       ?= python3
 VENV         ?= .venv
 TORCH_SPEC   ?= torch==2.13.0
 TORCH_INDEX  ?=
-APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1
+APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux
 PYTEST_ARGS  ?=
 
 BIN          := $(VENV)/bin
@@ -26,7 +26,7 @@ install: system-deps $(STAMP)
 # Debian tools the tests and the demo use; installed only when one is missing.
 system-deps:
 	@missing=""; \
-	for tool in espeak-ng sox ffmpeg; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	for tool in espeak-ng sox ffmpeg ip unshare; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages (missing:$$missing)"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
@@ -41,8 +41,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
 
+# The suite runs in its own network namespace (loopback only) when the machine allows it.
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	tests/isolated.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/model_speed.py

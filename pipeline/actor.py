@@ -1,0 +1,244 @@
+"""The transcriber: one resident model, whole shards in, one Parquet part out.
+
+``Transcriber`` is a plain class (testable without Ray); the driver wraps it
+with ``ray.remote`` and explicit resources. For each shard it packs
+duration-sorted batches, fetches and decodes the audio of the next batches on
+a small thread pool while the model works on the current one, turns every
+cut into a row (an ``error`` row when its audio cannot be used), and writes
+the shard's part atomically. The return value is a small summary; rows never
+travel through the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from model.decoding import DecodingConfig
+from model.recognizer import Recognizer, StageTimes, Transcript
+
+from . import parquet, storage
+from .audio import AudioDecodeError, decode_audio
+from .batching import Batch, Shard, pack_batches
+from .manifests import WorkItem
+from .model_store import local_model_dir
+from .records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
+from .wer import word_errors
+
+SAMPLE_RATE = 16000
+MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
+
+
+@dataclass
+class ActorConfig:
+    model_uri: str
+    model_sha256: str
+    output_uri: str
+    run_id: str
+    decoding: dict[str, Any] = field(default_factory=dict)
+    max_batch_seconds: float = 160.0
+    max_batch_size: Optional[int] = None
+    amp_dtype: str = "auto"
+    num_threads: int = 1
+    prefetch_batches: int = 2
+    loader_threads: int = 2
+    normalizer: str = "english"
+
+
+@dataclass
+class ShardTask:
+    shard: Shard
+    fingerprint: str
+    part_uri: str
+    attempt: int = 1
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    part_uri: str
+    cuts_ok: int = 0
+    cuts_error: int = 0
+    audio_seconds: float = 0.0
+    padded_seconds: float = 0.0
+    batches: int = 0
+    load_seconds: float = 0.0
+    load_wait_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    worker: str = ""
+    device: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Loaded:
+    """Audio of one batch: samples per item, or the reason it failed."""
+
+    samples: list[Optional[np.ndarray]]
+    errors: list[Optional[str]]
+    durations: list[Optional[float]]
+    seconds: float
+
+
+def _pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class Transcriber:
+    def __init__(self, config: ActorConfig):
+        self.config = config
+        torch.set_num_threads(max(1, config.num_threads))
+        self.device = _pick_device()
+        model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256)
+        self.recognizer = Recognizer.from_dir(
+            model_dir, decoding=DecodingConfig(**config.decoding) if config.decoding else None,
+            device=self.device, amp_dtype=config.amp_dtype,
+        )
+        self.recognizer.warm_up()
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._pool = ThreadPoolExecutor(max_workers=max(1, config.loader_threads), thread_name_prefix="audio")
+
+    def describe(self) -> dict[str, Any]:
+        """Model and device facts for the run summary."""
+        info = self.recognizer.info
+        return {"worker": self.worker, "device": str(self.device), "model_id": info.name,
+                "model_sha256": info.sha256, "decoding": self.decoding_label()}
+
+    def decoding_label(self) -> str:
+        d = self.recognizer.decoding
+        if d.method in ("ctc-beam", "attention-rescoring"):
+            extra = f" beam={d.beam}" + (f" scale={d.attention_scale:g}" if d.method == "attention-rescoring" else "")
+        elif d.method == "transducer-beam":
+            extra = f" beam={d.transducer_beam}"
+        else:
+            extra = ""
+        return d.method + extra
+
+    # -- audio ---------------------------------------------------------------
+    def _load_one(self, item: WorkItem) -> tuple[np.ndarray, float]:
+        data = storage.read_bytes(item.source)
+        audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=item.channel,
+                             start=item.start or 0.0, duration=item.duration)
+        samples = audio.samples
+        seconds = samples.size / SAMPLE_RATE
+        if samples.size < MIN_SECONDS * SAMPLE_RATE:
+            samples = np.pad(samples, (0, int(MIN_SECONDS * SAMPLE_RATE) - samples.size))
+        return samples, seconds
+
+    def _load_batch(self, batch: Batch) -> _Loaded:
+        start = time.perf_counter()
+        loaded = _Loaded([], [], [], 0.0)
+        for item in batch.items:
+            samples, seconds, error = None, None, None
+            try:
+                samples, seconds = self._load_one(item)
+            except AudioDecodeError as exc:
+                error = str(exc)
+            except Exception as exc:  # storage errors, missing objects: the cut fails, the shard goes on
+                error = f"{type(exc).__name__}: {exc}"
+            loaded.samples.append(samples)
+            loaded.durations.append(seconds)
+            loaded.errors.append(error)
+        loaded.seconds = time.perf_counter() - start
+        return loaded
+
+    # -- rows ----------------------------------------------------------------
+    def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str]) -> TranscriptRow:
+        info = self.recognizer.info
+        row = TranscriptRow(
+            run_id=self.config.run_id, cut_id=item.cut_id, status=STATUS_OK if error is None else STATUS_ERROR,
+            recording_id=item.recording_id, source=item.source, channel=item.channel, start=item.start,
+            duration=item.duration, reference=item.reference, speaker=item.speaker, language=item.language,
+            dataset=item.dataset, error=error, model_id=info.name, model_sha256=info.sha256,
+            decoding=self.decoding_label(), shard_id=shard_id, worker=self.worker,
+        )
+        if transcript is not None:
+            row.text = transcript.text
+            row.token_ids = transcript.token_ids
+            row.token_times = transcript.token_times
+            row.ctc_score = transcript.ctc_score
+            row.attention_score = transcript.attention_score
+            row.confidence = transcript.confidence
+            if item.reference is not None:
+                errs = word_errors(item.reference, transcript.text, self.config.normalizer)
+                row.ref_words, row.errors = errs.ref_words, errs.errors
+        return row
+
+    def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
+        """Transcripts for a batch; if the batch as a whole fails (e.g. out of memory),
+        each cut is retried alone and a cut that still fails gets its error message."""
+        try:
+            transcripts, t = self.recognizer.transcribe(waves)
+            times.add(t)
+            return list(transcripts)
+        except Exception as batch_exc:  # noqa: BLE001 - isolate the bad cut, keep the shard
+            if len(waves) == 1:
+                return [f"model failed: {type(batch_exc).__name__}: {batch_exc}"]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return [self._transcribe([w], times)[0] for w in waves]
+
+    def _maybe_crash(self, task: ShardTask) -> None:
+        """Test hook: ``ZIPSCRIBE_TEST_CRASH_SHARDS=shard-000001,...`` makes the actor
+        process die abruptly (like a kill -9 or a lost node) during the first attempt
+        at those shards, so tests can prove the driver's retry path."""
+        crash = os.environ.get("ZIPSCRIBE_TEST_CRASH_SHARDS", "")
+        if task.attempt == 1 and task.shard.shard_id in crash.split(","):
+            os._exit(137)
+
+    # -- shards --------------------------------------------------------------
+    def process_shard(self, task: ShardTask) -> ShardResult:
+        """Transcribe every cut of a shard and write its part; returns the shard summary."""
+        started = time.perf_counter()
+        shard = task.shard
+        batches = pack_batches(shard.items, [i.duration for i in shard.items],
+                               self.config.max_batch_seconds, self.config.max_batch_size)
+        result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(batches),
+                             worker=self.worker, device=str(self.device))
+        times = StageTimes()
+        rows: list[TranscriptRow] = []
+        ahead: list[Future] = [self._pool.submit(self._load_batch, b) for b in batches[: self.config.prefetch_batches]]
+        for index, batch in enumerate(batches):
+            wait_start = time.perf_counter()
+            loaded: _Loaded = ahead.pop(0).result()
+            result.load_wait_seconds += time.perf_counter() - wait_start
+            result.load_seconds += loaded.seconds
+            following = index + self.config.prefetch_batches
+            if following < len(batches):
+                ahead.append(self._pool.submit(self._load_batch, batches[following]))
+            good = [i for i, s in enumerate(loaded.samples) if s is not None]
+            transcripts: dict[int, Transcript] = {}
+            if good:
+                waves = [loaded.samples[i] for i in good]
+                for i, tr in zip(good, self._transcribe(waves, times)):
+                    if isinstance(tr, str):
+                        loaded.errors[i] = tr
+                    else:
+                        transcripts[i] = tr
+                result.audio_seconds += sum(loaded.durations[i] for i in good)
+                result.padded_seconds += len(waves) * max(w.size for w in waves) / SAMPLE_RATE
+            if index == 0:
+                self._maybe_crash(task)
+            for i, item in enumerate(batch.items):
+                row = self._row(item, shard.shard_id, transcripts.get(i), loaded.errors[i])
+                if row.duration is None:
+                    row.duration = loaded.durations[i]
+                rows.append(row)
+        order = {item.cut_id: i for i, item in enumerate(shard.items)}
+        rows.sort(key=lambda r: order[r.cut_id])  # manifest order, not batch order
+        result.cuts_ok = sum(r.status == STATUS_OK for r in rows)
+        result.cuts_error = len(rows) - result.cuts_ok
+        result.stage_seconds = times.as_dict()
+        result.wall_seconds = time.perf_counter() - started
+        parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
+        return result

@@ -1,0 +1,307 @@
+"""Decode audio bytes into mono float32 samples at 16 kHz (what the features need).
+
+Decoding order:
+
+1. ``soundfile`` (libsndfile: WAV, FLAC, MP3, Ogg Vorbis/Opus, AIFF, ...) straight from memory,
+   seeking to ``start`` where the format allows;
+2. when libsndfile does not recognise the bytes (M4A/AAC, some MP3s, WebM, ...), the ``ffmpeg``
+   CLI. The bytes are written to a temporary file rather than piped, because MP4/M4A files whose
+   index (``moov`` atom) sits at the end cannot be decoded from a non-seekable pipe.
+   ``ffprobe`` gives the stream's rate and channel count, ``ffmpeg`` emits raw ``f32le``
+   at the original rate with all channels (so mixing and resampling are the same code path
+   as for soundfile).
+
+Channels: ``channel=None`` averages all channels (a plain mean, no gain change for identical
+channels); ``channel=k`` picks channel ``k`` (0-based). Resampling uses a polyphase FIR
+(``scipy.signal.resample_poly``, Kaiser window), which preserves the duration to within one
+output sample.
+
+Every failure is an :class:`AudioDecodeError` carrying the source and a short reason, never a
+raw libsndfile / subprocess traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import soundfile as sf
+
+__all__ = ["AudioDecodeError", "DecodedAudio", "decode_audio", "probe_duration"]
+
+TARGET_SAMPLE_RATE = 16000
+_FFMPEG_TIMEOUT_S = 600
+
+
+class AudioDecodeError(Exception):
+    """Audio could not be decoded. ``source`` names the input, ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(source, reason)
+        self.source = source
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.source or '<bytes>'}: {self.reason}"
+
+
+@dataclass
+class DecodedAudio:
+    """Decoded audio.
+
+    Attributes:
+        samples: mono float32 1-D array in [-1, 1] (for integer PCM inputs) at ``sample_rate``.
+        sample_rate: rate of ``samples`` (the requested target rate).
+        original_sample_rate: rate stored in the file (libsndfile reports 48000 or the
+            encoder's input rate for Opus, as the file header says).
+        num_channels: channel count of the file (before mixing / picking).
+        duration_s: ``len(samples) / sample_rate``.
+        decoder: ``"soundfile"`` or ``"ffmpeg"``.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    original_sample_rate: int
+    num_channels: int
+    duration_s: float
+    decoder: str = "soundfile"
+
+
+# --------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------
+
+
+def _check_args(start: float, duration: float | None, target_sr: int) -> None:
+    if not (start >= 0.0 and math.isfinite(start)):
+        raise ValueError(f"start must be a finite number >= 0, got {start}")
+    if duration is not None and not (duration > 0.0 and math.isfinite(duration)):
+        raise ValueError(f"duration must be a finite number > 0 or None, got {duration}")
+    if target_sr <= 0:
+        raise ValueError(f"target_sr must be positive, got {target_sr}")
+
+
+def _decode_soundfile(
+    data: bytes, source: str, start: float, duration: float | None
+) -> tuple[np.ndarray, int, int] | None:
+    """(frames x channels float32, rate, channels), or None to hand over to ffmpeg (libsndfile
+    cannot open the bytes, or reports no frames)."""
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 -- LibsndfileError / TypeError / RuntimeError: not ours
+        return None
+    with f:
+        rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+        if rate <= 0 or channels <= 0:
+            return None
+        if frames <= 0:
+            if _ffmpeg_available():
+                return None  # libsndfile may under-report some streams: let ffmpeg decide
+            raise AudioDecodeError(source, "zero samples (the file holds no audio)")
+        first = int(round(start * rate))
+        if first >= frames:
+            raise AudioDecodeError(
+                source, f"range beyond end of audio (start {start:.3f} s, audio is {frames / rate:.3f} s)"
+            )
+        count = -1 if duration is None else max(1, int(round(duration * rate)))
+        try:
+            if first:
+                f.seek(first)
+            block = f.read(frames=count, dtype="float32", always_2d=True)
+        except Exception as exc:  # noqa: BLE001 -- corrupt payload behind a valid header
+            raise AudioDecodeError(source, f"corrupt audio data ({type(exc).__name__}: {exc})") from None
+    return block, rate, channels
+
+
+def _ffmpeg_available() -> bool:
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def _decode_ffmpeg(
+    data: bytes, source: str, start: float, duration: float | None
+) -> tuple[np.ndarray, int, int]:
+    if not _ffmpeg_available():
+        raise AudioDecodeError(
+            source, "not a recognised audio format (libsndfile can't read it and ffmpeg is not installed)"
+        )
+    with tempfile.TemporaryDirectory(prefix="zipscribe-audio-") as tmp:
+        path = os.path.join(tmp, "input")
+        with open(path, "wb") as f:
+            f.write(data)
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+             "stream=sample_rate,channels", "-of", "json", path],
+            capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False,
+        )
+        try:
+            stream = json.loads(probe.stdout or b"{}").get("streams", [])[0]
+            rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+        except (ValueError, IndexError, KeyError, TypeError):
+            rate = channels = 0
+        if probe.returncode != 0 or rate <= 0 or channels <= 0:
+            raise AudioDecodeError(source, "not a recognised audio format")
+        cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+        if start > 0:
+            cmd += ["-ss", f"{start:.6f}"]
+        cmd += ["-i", path]
+        if duration is not None:
+            cmd += ["-t", f"{duration:.6f}"]
+        cmd += ["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+        run = subprocess.run(cmd, capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False)
+    if run.returncode != 0:
+        message = run.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = message[-1] if message else f"exit status {run.returncode}"
+        raise AudioDecodeError(source, f"ffmpeg could not decode the audio: {detail}")
+    samples = np.frombuffer(run.stdout, dtype="<f4")
+    samples = samples[: len(samples) - len(samples) % channels]
+    if samples.size == 0:
+        if start > 0:
+            raise AudioDecodeError(source, f"range beyond end of audio (start {start:.3f} s)")
+        raise AudioDecodeError(source, "zero samples (the file holds no audio)")
+    return samples.reshape(-1, channels).astype(np.float32, copy=False), rate, channels
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return samples
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(target, rate)
+    out = resample_poly(samples, ratio.numerator, ratio.denominator)
+    return np.asarray(out, dtype=np.float32)
+
+
+def decode_audio(
+    data: bytes,
+    *,
+    source: str = "",
+    target_sr: int = TARGET_SAMPLE_RATE,
+    channel: int | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> DecodedAudio:
+    """Decode ``data`` (a whole encoded audio file) to mono float32 at ``target_sr``.
+
+    Args:
+        data: the file's bytes.
+        source: a name for error messages (URI or path).
+        target_sr: output sample rate (16 kHz for the model's features).
+        channel: ``None`` averages all channels; an int picks that channel (0-based).
+        start: seconds into the file where the selection begins.
+        duration: seconds to keep from ``start`` (``None``: to the end). A range that runs past
+            the end of the audio is cut at the end; a ``start`` at/after the end is an error.
+
+    Raises:
+        AudioDecodeError: empty input, unrecognised or corrupt format, zero samples, channel
+            out of range, range beyond the end, NaN/Inf samples.
+        ValueError: invalid ``start`` / ``duration`` / ``target_sr`` arguments.
+    """
+    _check_args(start, duration, target_sr)
+    if not data:
+        raise AudioDecodeError(source, "empty file (0 bytes)")
+    decoded = _decode_soundfile(data, source, start, duration)
+    decoder = "soundfile"
+    if decoded is None:
+        decoded = _decode_ffmpeg(data, source, start, duration)
+        decoder = "ffmpeg"
+    block, rate, channels = decoded
+    if block.shape[0] == 0:
+        raise AudioDecodeError(source, "zero samples (nothing decoded in the requested range)")
+
+    if channel is None:
+        mono = block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float64).astype(np.float32)
+    else:
+        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+            raise TypeError(f"channel must be an int or None, got {channel!r}")
+        if not 0 <= channel < channels:
+            plural = "channel" if channels == 1 else "channels"
+            raise AudioDecodeError(source, f"channel {channel} requested but file has {channels} {plural}")
+        mono = np.ascontiguousarray(block[:, channel])
+
+    if not np.isfinite(mono).all():
+        bad = int((~np.isfinite(mono)).sum())
+        raise AudioDecodeError(source, f"audio contains {bad} NaN/Inf samples")
+
+    out = _resample(mono, rate, target_sr)
+    return DecodedAudio(
+        samples=out,
+        sample_rate=target_sr,
+        original_sample_rate=rate,
+        num_channels=channels,
+        duration_s=len(out) / target_sr,
+        decoder=decoder,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Probing
+# --------------------------------------------------------------------------------------
+
+
+def _wav_duration(head: bytes) -> float | None:
+    """Duration from a RIFF/WAVE header's ``fmt `` and ``data`` chunk sizes (header bytes suffice)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align, rate = 12, 0, 0
+    while pos + 8 <= len(head):
+        chunk_id, chunk_size = head[pos : pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            if body + 16 > len(head):
+                return None
+            _, _, rate, _, block_align = struct.unpack_from("<HHIIH", head, body)
+        elif chunk_id == b"data":
+            if not rate or not block_align or chunk_size in (0, 0xFFFFFFFF):
+                return None  # no format yet, or a streamed WAV with an unknown length
+            return (chunk_size // block_align) / rate
+        pos = body + chunk_size + (chunk_size & 1)
+    return None
+
+
+def _flac_duration(head: bytes) -> float | None:
+    """Duration from FLAC's STREAMINFO block (always the first metadata block)."""
+    if len(head) < 8 + 34 or head[:4] != b"fLaC" or (head[4] & 0x7F) != 0:
+        return None
+    info = head[8 : 8 + 34]
+    bits = int.from_bytes(info[10:18], "big")
+    rate = bits >> 44
+    total = bits & ((1 << 36) - 1)
+    if not rate or not total:
+        return None
+    return total / rate
+
+
+def probe_duration(data_or_header_bytes: bytes, *, complete: bool = True) -> float | None:
+    """Audio duration in seconds without decoding, or ``None`` when it cannot be told.
+
+    WAV and FLAC durations come from their headers, so the first few KiB of the file suffice
+    (pass ``complete=False`` with a header-only prefix). Other formats (MP3, Ogg/Opus, ...)
+    need the whole file, read through ``soundfile.info``; for a prefix (``complete=False``)
+    they give ``None`` -- libsndfile would otherwise report the length of the prefix.
+    Formats libsndfile cannot read (M4A/AAC) give ``None``.
+    """
+    data = data_or_header_bytes
+    if not data:
+        return None
+    for parse in (_wav_duration, _flac_duration):
+        value = parse(data)
+        if value is not None:
+            return value
+    if not complete:
+        return None
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 -- unreadable: unknown duration
+        return None
+    if info.samplerate <= 0 or info.frames <= 0:
+        return 0.0 if info.samplerate > 0 else None
+    return info.frames / info.samplerate

@@ -1,0 +1,494 @@
+"""Turn an input URI into a lazy stream of :class:`WorkItem` s (one per cut to transcribe).
+
+Accepted inputs (local paths, ``file://`` or ``s3://`` URIs), detected by :func:`detect_input_kind`:
+
+``lhotse``
+    A lhotse manifest in JSON Lines, ``*.jsonl`` or ``*.jsonl.gz``: a **CutSet** (``MonoCut`` /
+    ``MultiCut`` lines) or a **RecordingSet** (one item per recording, all of its audio). The
+    file is streamed line by line through :func:`pipeline.storage.open_text` and each line is
+    deserialised on its own with ``lhotse.serialization.deserialize_item``; no CutSet is ever
+    built, so memory does not grow with the manifest.
+``uri_list``
+    A text file ``*.txt`` / ``*.lst`` (optionally ``.gz``) with one audio URI per line. Blank
+    lines and lines starting with ``#`` are skipped. Relative paths are resolved against the
+    list's own directory (or S3 prefix).
+``audio_dir``
+    A local directory or an S3 prefix holding audio files (``.wav .flac .mp3 .opus .ogg .m4a``,
+    any letter case), listed recursively in lexicographic order.
+``audio_file``
+    A single audio file.
+
+``cut_id`` rules (deterministic: the same input always gives the same ids, in the same order):
+
+* lhotse CutSet: the cut's ``id``; RecordingSet: the recording's ``id``;
+* audio directory / prefix: the file's path relative to the directory, ``/``-separated, with its
+  extension (``spk1/utt01.wav``) -- unique by construction;
+* URI list: the line as written (stripped), e.g. ``s3://bucket/a/b.flac`` or ``audio/x.wav``;
+* single file: its base name.
+
+With ``check_unique=True`` (default) a repeated ``cut_id`` in a lhotse manifest or URI list is
+an error naming the id and the line where it repeats; the check keeps a 64-bit digest per item (about 70 bytes
+each, ~70 MB per million cuts).
+
+``channel`` is the channel to pick *in the file at* ``source`` (what
+:func:`pipeline.audio.decode_audio` takes), or ``None`` when the file is mono or when all its
+channels are to be mixed. A ``MonoCut`` on channel 1 of a 2-channel file gives ``channel=1``;
+a mono recording, or a recording whose channels are stored one file each, gives ``None``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
+
+from pipeline import storage
+from pipeline.audio import probe_duration
+from pipeline.storage import S3Options
+
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "InputKind",
+    "ManifestError",
+    "WorkItem",
+    "detect_input_kind",
+    "iter_work_items",
+]
+
+AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".mp3", ".opus", ".ogg", ".m4a")
+_LHOTSE_SUFFIXES = (".jsonl", ".jsonl.gz")
+_LIST_SUFFIXES = (".txt", ".lst", ".txt.gz", ".lst.gz")
+_PROBE_BYTES = 64 * 1024  # enough for WAV/FLAC headers; smaller files are probed whole
+
+InputKind = Literal["lhotse", "uri_list", "audio_dir", "audio_file"]
+
+
+class ManifestError(ValueError):
+    """The input cannot be turned into work items. Names the input and, for line-based
+    inputs, the 1-based line number."""
+
+    def __init__(self, uri: str, reason: str, line: int | None = None) -> None:
+        super().__init__(uri, reason, line)
+        self.uri = uri
+        self.reason = reason
+        self.line = line
+
+    def __str__(self) -> str:
+        where = self.uri if self.line is None else f"{self.uri}, line {self.line}"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class WorkItem:
+    """One unit of transcription: a time range of one channel (or the channel mix) of one file.
+
+    Attributes:
+        cut_id: unique id within the input (see the module docstring for the rules).
+        recording_id: id of the recording (lhotse) or the same as ``cut_id`` for plain files.
+        source: where the audio bytes are: a local path, ``file://`` or ``s3://`` URI.
+        source_type: lhotse's AudioSource type: ``"file"`` (local path) or ``"url"`` (URI).
+        channel: channel index within the file to decode, ``None`` = the file is mono or all
+            channels are averaged.
+        start: offset in seconds into the file.
+        duration: seconds to transcribe from ``start``; ``None`` when unknown (to the end).
+        reference: reference transcript (the cut's supervision texts joined with single
+            spaces in time order), ``None`` when there is none.
+        speaker, language: from the supervisions; several distinct values are joined with
+            ``","`` in order of first appearance.
+        dataset: label set by the caller of :func:`iter_work_items`.
+        custom: the cut's ``custom`` fields with scalar values, as strings.
+    """
+
+    cut_id: str
+    recording_id: str
+    source: str
+    source_type: str
+    channel: int | None = None
+    start: float = 0.0
+    duration: float | None = None
+    reference: str | None = None
+    speaker: str | None = None
+    language: str | None = None
+    dataset: str | None = None
+    custom: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------
+
+
+def detect_input_kind(uri: str) -> InputKind:
+    """Classify an input URI by its name: ``*.jsonl[.gz]`` -> ``"lhotse"``, ``*.txt`` /
+    ``*.lst`` (``.gz`` too) -> ``"uri_list"``, an audio suffix -> ``"audio_file"``, anything
+    else -> ``"audio_dir"`` (a directory or S3 prefix).
+
+    Raises:
+        ManifestError: for whole-file lhotse ``.json`` manifests (not streamable), and for a
+            local path that is an existing regular file of another kind.
+    """
+    lower = uri.lower().rstrip("/")
+    if lower.endswith(_LHOTSE_SUFFIXES):
+        return "lhotse"
+    if lower.endswith(_LIST_SUFFIXES):
+        return "uri_list"
+    if lower.endswith(AUDIO_SUFFIXES):
+        return "audio_file"
+    if lower.endswith((".json", ".json.gz")):
+        raise ManifestError(
+            uri, "JSON (not JSON Lines) manifests must be loaded whole; convert it to .jsonl or .jsonl.gz "
+            "(e.g. lhotse.load_manifest(path).to_file('cuts.jsonl.gz'))"
+        )
+    if not storage.is_s3_uri(uri) and storage.exists(uri):
+        raise ManifestError(
+            uri, "unsupported input: expected a lhotse .jsonl[.gz] manifest, a .txt/.lst list of audio URIs, "
+            "an audio file or a directory of audio files"
+        )
+    return "audio_dir"
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+def iter_work_items(
+    uri: str,
+    *,
+    dataset: str | None = None,
+    kind: InputKind | None = None,
+    probe_durations: bool = True,
+    probe_workers: int = 8,
+    check_unique: bool = True,
+    options: S3Options | None = None,
+) -> Iterator[WorkItem]:
+    """Lazily yield the work items described by ``uri`` (see the module docstring).
+
+    Args:
+        uri: input manifest / list / directory / prefix / file.
+        dataset: copied into every item's ``dataset``.
+        kind: skip auto-detection.
+        probe_durations: for plain audio files (directory, list, single file), read the first
+            64 KiB of each file to get its duration from the header (WAV, FLAC; small files of
+            any libsndfile format are probed whole); ``duration`` is ``None`` when unknown.
+        probe_workers: concurrent header reads (order of the output is preserved).
+        check_unique: fail on a repeated ``cut_id`` (lhotse manifests and URI lists).
+        options: S3 options for reading the input and probing.
+
+    Raises:
+        ManifestError: malformed lines (with the line number), unsupported cut/source types
+            (in-memory audio, MixedCut, ...), duplicate ids, an empty directory/prefix.
+        pipeline.storage.MissingObjectError: the input does not exist.
+    """
+    kind = kind or detect_input_kind(uri)
+    if kind == "lhotse":
+        items = _iter_lhotse(uri, dataset, check_unique, options)
+    elif kind == "uri_list":
+        items = _iter_uri_list(uri, dataset, check_unique, probe_durations, probe_workers, options)
+    elif kind == "audio_dir":
+        items = _iter_audio_dir(uri, dataset, probe_durations, probe_workers, options)
+    elif kind == "audio_file":
+        items = _probe_items(
+            iter([(posixpath.basename(uri.rstrip("/")), uri, None)]), dataset, probe_durations, 1, options
+        )
+    else:
+        raise ValueError(f"unknown input kind {kind!r}")
+    return items
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+class _UniqueIds:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.seen: set[int] = set()
+
+    def add(self, cut_id: str, line: int | None) -> None:
+        key = int.from_bytes(hashlib.blake2b(cut_id.encode("utf-8"), digest_size=8).digest(), "little")
+        if key in self.seen:
+            raise ManifestError(self.uri, f"duplicate cut_id {cut_id!r}", line)
+        self.seen.add(key)
+
+
+def _source_type(uri: str) -> str:
+    return "url" if storage.is_s3_uri(uri) or uri.lower().startswith("file://") else "file"
+
+
+def _distinct_joined(values: Iterable[str | None]) -> str | None:
+    out: list[str] = []
+    for value in values:
+        if value and value not in out:
+            out.append(value)
+    return ",".join(out) if out else None
+
+
+def _scalar_custom(custom: dict[str, Any] | None) -> dict[str, str]:
+    if not custom:
+        return {}
+    return {str(k): str(v) for k, v in custom.items() if isinstance(v, (str, int, float, bool))}
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` in input order, computing at most ``2 * workers`` ahead (lazy)."""
+    if workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+    pending: deque[tuple[T, Future[R]]] = deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= 2 * workers:
+                head, fut = pending.popleft()
+                yield head, fut.result()
+        while pending:
+            head, fut = pending.popleft()
+            yield head, fut.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _probe(source: str, options: S3Options | None) -> float | None:
+    try:
+        head = storage.read_range(source, 0, _PROBE_BYTES, options=options)
+    except storage.StorageError:
+        return None  # unreadable now: the loader reports it per cut
+    return probe_duration(head, complete=len(head) < _PROBE_BYTES)
+
+
+def _probe_items(
+    entries: Iterator[tuple[str, str, int | None]],
+    dataset: str | None,
+    probe: bool,
+    workers: int,
+    options: S3Options | None,
+) -> Iterator[WorkItem]:
+    """entries: (cut_id, source, line). Adds probed durations."""
+
+    def duration_of(entry: tuple[str, str, int | None]) -> float | None:
+        return _probe(entry[1], options) if probe else None
+
+    for (cut_id, source, _), duration in _ordered_map(duration_of, entries, workers if probe else 1):
+        yield WorkItem(
+            cut_id=cut_id,
+            recording_id=cut_id,
+            source=source,
+            source_type=_source_type(source),
+            channel=None,
+            start=0.0,
+            duration=duration,
+            dataset=dataset,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Lhotse manifests
+# --------------------------------------------------------------------------------------
+
+
+def _numbered_lines(uri: str, options: S3Options | None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a text object, streamed; decoding errors name the line."""
+    with storage.open_text(uri, options=options) as f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as exc:
+                raise ManifestError(uri, f"not valid UTF-8 text ({exc.reason})", lineno + 1) from None
+            except (EOFError, OSError) as exc:
+                if isinstance(exc, storage.StorageError):
+                    raise
+                raise ManifestError(uri, f"cannot read the file ({type(exc).__name__}: {exc})", lineno + 1) from None
+            if not line:
+                return
+            lineno += 1
+            yield lineno, line
+
+
+def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3Options | None) -> Iterator[WorkItem]:
+    from lhotse import MonoCut, MultiCut, Recording
+    from lhotse.serialization import deserialize_item
+
+    unique = _UniqueIds(uri) if check_unique else None
+    for lineno, line in _numbered_lines(uri, options):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(uri, f"invalid JSON ({exc.msg} at column {exc.colno})", lineno) from None
+        if not isinstance(data, dict):
+            raise ManifestError(uri, f"expected a JSON object, got {type(data).__name__}", lineno)
+        try:
+            obj = deserialize_item(data)
+        except Exception as exc:  # noqa: BLE001 -- lhotse raises many types for bad dicts
+            raise ManifestError(uri, f"not a valid lhotse cut or recording ({type(exc).__name__}: {exc})",
+                                lineno) from None
+        if isinstance(obj, (MonoCut, MultiCut)):
+            item = _item_from_cut(obj, uri, lineno)
+        elif isinstance(obj, Recording):
+            item = _item_from_recording(obj, uri, lineno)
+        else:
+            raise ManifestError(
+                uri, f"unsupported lhotse manifest item {type(obj).__name__} (expected a MonoCut/MultiCut of a "
+                "CutSet or a Recording of a RecordingSet)", lineno
+            )
+        item.dataset = dataset
+        if unique is not None:
+            unique.add(item.cut_id, lineno)
+        yield item
+
+
+def _resolve_source(recording: Any, channels: list[int], uri: str, line: int) -> tuple[str, str, int | None]:
+    """(source, source_type, channel-in-file) for the recording channels a cut uses."""
+    transforms = [t["name"] if isinstance(t, dict) else type(t).__name__ for t in (recording.transforms or [])]
+    unsupported = [name for name in transforms if name != "Resample"]  # decoding resamples anyway
+    if unsupported:
+        raise ManifestError(
+            uri, f"recording {recording.id!r} has audio transforms {unsupported} (e.g. speed perturbation) "
+            "which the pipeline does not apply", line
+        )
+    sources = list(recording.sources)
+    if not sources:
+        raise ManifestError(uri, f"recording {recording.id!r} has no audio source", line)
+    wanted = list(dict.fromkeys(channels))
+    if len(wanted) == 1:
+        matches = [s for s in sources if wanted[0] in s.channels]
+        if not matches:
+            raise ManifestError(uri, f"recording {recording.id!r} has no source for channel {wanted[0]}", line)
+        src = matches[0]
+        in_file: int | None = None if len(src.channels) == 1 else src.channels.index(wanted[0])
+    else:
+        if len(sources) != 1:
+            raise ManifestError(
+                uri, f"recording {recording.id!r} keeps its channels in separate files; mixing channels "
+                f"{wanted} across files is not supported (use one MonoCut per channel)", line
+            )
+        src = sources[0]
+        if set(wanted) != set(src.channels):
+            raise ManifestError(
+                uri, f"mixing a subset {wanted} of recording {recording.id!r}'s channels {src.channels} is not "
+                "supported (use all channels or one MonoCut per channel)", line
+            )
+        in_file = None
+    if src.type in ("file", "url"):
+        if not isinstance(src.source, str) or not src.source:
+            raise ManifestError(uri, f"recording {recording.id!r} has an empty {src.type} source", line)
+        return src.source, src.type, in_file
+    if src.type == "memory":
+        raise ManifestError(
+            uri, f"recording {recording.id!r} has in-memory audio (AudioSource type 'memory'), which is not "
+            "supported: store the audio as a file or object and reference it by path or s3:// URL", line
+        )
+    raise ManifestError(
+        uri, f"recording {recording.id!r} has an AudioSource of type {src.type!r}; only 'file' and 'url' "
+        "sources are supported", line
+    )
+
+
+def _item_from_cut(cut: Any, uri: str, line: int) -> WorkItem:
+    recording = cut.recording
+    if recording is None:
+        raise ManifestError(uri, f"cut {cut.id!r} has no recording (feature-only cuts are not supported)", line)
+    channels = list(cut.channel) if isinstance(cut.channel, (list, tuple)) else [cut.channel]
+    source, source_type, channel = _resolve_source(recording, channels, uri, line)
+    sups = sorted(cut.supervisions, key=lambda s: (s.start, s.end))
+    texts = [s.text.strip() for s in sups if s.text and s.text.strip()]
+    return WorkItem(
+        cut_id=cut.id,
+        recording_id=recording.id,
+        source=source,
+        source_type=source_type,
+        channel=channel,
+        start=float(cut.start),
+        duration=float(cut.duration),
+        reference=" ".join(texts) if texts else None,
+        speaker=_distinct_joined(s.speaker for s in sups),
+        language=_distinct_joined(s.language for s in sups),
+        custom=_scalar_custom(cut.custom),
+    )
+
+
+def _item_from_recording(recording: Any, uri: str, line: int) -> WorkItem:
+    source, source_type, channel = _resolve_source(recording, list(recording.channel_ids), uri, line)
+    return WorkItem(
+        cut_id=recording.id,
+        recording_id=recording.id,
+        source=source,
+        source_type=source_type,
+        channel=channel,
+        start=0.0,
+        duration=float(recording.duration),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Directories, prefixes and lists of plain audio files
+# --------------------------------------------------------------------------------------
+
+
+def _iter_audio_dir(
+    uri: str, dataset: str | None, probe: bool, workers: int, options: S3Options | None
+) -> Iterator[WorkItem]:
+    base = uri if uri.endswith("/") else uri + "/"
+
+    def entries() -> Iterator[tuple[str, str, int | None]]:
+        found = False
+        for file_uri in storage.list_files(uri, AUDIO_SUFFIXES, options=options):
+            found = True
+            rel = file_uri[len(base):] if file_uri.startswith(base) else posixpath.basename(file_uri)
+            yield rel, file_uri, None
+        if not found:
+            raise ManifestError(uri, f"no audio files ({' '.join(AUDIO_SUFFIXES)}) found under this "
+                                "directory / prefix")
+
+    return _probe_items(entries(), dataset, probe, workers, options)
+
+
+def _parent(uri: str) -> str:
+    if storage.is_s3_uri(uri):
+        return uri.rsplit("/", 1)[0] if uri.count("/") > 2 else uri
+    head = uri.rsplit("/", 1)[0] if "/" in uri else ""
+    return head if head or not uri.startswith("/") else "/"
+
+
+def _resolve_entry(entry: str, parent: str) -> str:
+    lower = entry.lower()
+    if lower.startswith(("s3://", "file://")) or os.path.isabs(entry):
+        return entry
+    return storage.join(parent, entry) if parent else entry
+
+
+def _iter_uri_list(
+    uri: str, dataset: str | None, check_unique: bool, probe: bool, workers: int, options: S3Options | None
+) -> Iterator[WorkItem]:
+    parent = _parent(uri)
+    unique = _UniqueIds(uri) if check_unique else None
+
+    def entries() -> Iterator[tuple[str, str, int | None]]:
+        for lineno, raw in _numbered_lines(uri, options):
+            entry = raw.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            scheme, sep, _ = entry.partition("://")
+            if sep and scheme.lower() not in ("s3", "file"):
+                raise ManifestError(uri, f"unsupported URI scheme {scheme!r} in {entry!r}", lineno)
+            if unique is not None:
+                unique.add(entry, lineno)
+            yield entry, _resolve_entry(entry, parent), lineno
+
+    return _probe_items(entries(), dataset, probe, workers, options)

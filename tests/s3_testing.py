@@ -1,0 +1,159 @@
+"""Test helpers for S3: a real moto server on 127.0.0.1 and a fault-injecting HTTP proxy.
+
+The proxy sits between a boto3 client and moto and can, per request, answer ``503 SlowDown``,
+cut a GET response body off halfway (headers promise the full length, then the connection
+closes), or forward untouched. It counts what it forwarded so tests can assert how many
+requests reached the store.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+from moto.server import ThreadedMotoServer
+
+HOST = "127.0.0.1"
+
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message><RequestId>proxy</RequestId></Error>"
+)
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te", "trailer"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A ThreadedMotoServer on a free 127.0.0.1 port; yields its endpoint URL."""
+    port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access-log line per request
+    server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://{HOST}:{port}"
+    finally:
+        server.stop()
+
+
+class FaultProxy:
+    """A threading HTTP proxy on 127.0.0.1 in front of ``upstream`` (``http://host:port``).
+
+    Knobs (change them between requests; all are read under a lock):
+        fail_next: answer the next N requests with 503 SlowDown (not forwarded).
+        fail_always: answer every request with 503 SlowDown.
+        truncate_next_gets: for the next N GETs with a body, send the upstream status and
+            headers, then only the first ``truncate_keep`` fraction of the body (default half),
+            then close the connection.
+    Counters: ``requests`` (every request received), ``forwarded`` (Counter of
+    ``(method, path-without-query)`` actually sent upstream), ``failed``, ``truncated``.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        host_port = upstream.split("://", 1)[1].rstrip("/")
+        self.upstream_host, port = host_port.rsplit(":", 1)
+        self.upstream_port = int(port)
+        self.lock = threading.Lock()
+        self.fail_next = 0
+        self.fail_always = False
+        self.truncate_next_gets = 0
+        self.truncate_keep = 0.5
+        self.requests = 0
+        self.failed = 0
+        self.truncated = 0
+        self.forwarded: Counter[tuple[str, str]] = Counter()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.requests += 1
+                    fail = proxy.fail_always or proxy.fail_next > 0
+                    if proxy.fail_next > 0 and not proxy.fail_always:
+                        proxy.fail_next -= 1
+                    if fail:
+                        proxy.failed += 1
+                if fail:
+                    self.send_response(503, "Slow Down")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOWDOWN_BODY)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(SLOWDOWN_BODY)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=30)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    payload = resp.read()
+                    with proxy.lock:
+                        proxy.forwarded[(self.command, self.path.split("?", 1)[0])] += 1
+                        cut = self.command == "GET" and len(payload) > 1 and proxy.truncate_next_gets > 0
+                        if cut:
+                            proxy.truncate_next_gets -= 1
+                            proxy.truncated += 1
+                    self.send_response(resp.status, resp.reason)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                            self.send_header(k, v)
+                    if self.command == "HEAD":
+                        self.send_header("Content-Length", resp.getheader("Content-Length", "0"))
+                        self.end_headers()
+                        return
+                    self.send_header("Content-Length", str(len(payload)))
+                    if cut:
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        self.wfile.write(payload[: int(len(payload) * proxy.truncate_keep)])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        try:
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        return
+                    self.end_headers()
+                    self.wfile.write(payload)
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{HOST}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+    def gets(self, path: str) -> int:
+        """How many GETs of ``path`` (e.g. ``/bucket/key``) reached the store."""
+        with self.lock:
+            return self.forwarded[("GET", path)]
