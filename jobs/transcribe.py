@@ -24,6 +24,9 @@ $ZIPSCRIBE_CACHE (default ~/.cache/zipscribe) and checked against the checkpoint
 Output (--output, local or s3://):
   transcripts/run_id=<id>/part-<shard>.parquet   one row per cut (schema in README)
   runs/<id>/summary.json                         counts, audio hours, RTFx, padding, stage times
+Exit status: 0 done; 1 some shard failed every attempt; 2 bad input (unreadable manifest or
+model, invalid option); 3 cuts with status='error' under --fail-on-error.
+
 Rerunning with the same --output and --run-id resumes: shards whose part exists with the same
 fingerprint (manifest shard + model checksum + decoding settings) are skipped, so every cut is
 written exactly once.
@@ -46,7 +49,13 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.decoding import METHODS, DecodingConfig  # noqa: E402
+from model.checkpoint import CheckpointMismatchError  # noqa: E402
 from pipeline.driver import TranscribeConfig, format_summary, run  # noqa: E402
+from pipeline.manifests import ManifestError  # noqa: E402
+from pipeline.storage import StorageError  # noqa: E402
+
+# Bad command-line inputs: reported as one line, no traceback.
+INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, CheckpointMismatchError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-eta", dest="eta", action="store_false", help="skip the counting pass over the manifest (no ETA)")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     out.add_argument("--summary-json", action="store_true", help="print the summary as JSON instead of text")
+    out.add_argument("--fail-on-error", action="store_true", help="exit with status 3 when any cut ends with status='error'")
     return p
 
 
@@ -116,14 +126,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
     if args.s3_region:
         os.environ["AWS_REGION"] = args.s3_region
-    summary = run(config_from_args(args))
+    try:
+        summary = run(config_from_args(args))
+    except INPUT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.summary_json:
         from dataclasses import asdict
 
         print(json.dumps(asdict(summary), indent=2))
     else:
         print(format_summary(summary))
-    return 1 if summary.shards_failed else 0
+    if summary.shards_failed:
+        return 1
+    if args.fail_on_error and summary.cuts_error:
+        print(f"error: {summary.cuts_error} cut(s) failed (--fail-on-error)", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from .wer import word_errors
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
+SILENCE_PEAK = 1e-4  # a cut whose peak stays below this is digital silence: empty text, no model run
+TRUNCATION_TOLERANCE_S = 0.05
 
 
 @dataclass
@@ -90,6 +92,11 @@ class _Loaded:
     seconds: float
 
 
+def channel_of(item: WorkItem) -> int:
+    """The channel transcribed for a cut: its own, else the first."""
+    return 0 if item.channel is None else int(item.channel)
+
+
 def _pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -126,11 +133,15 @@ class Transcriber:
 
     # -- audio ---------------------------------------------------------------
     def _load_one(self, item: WorkItem) -> tuple[np.ndarray, float]:
+        """Mono 16 kHz samples of a cut: its channel, or the first channel when it names none."""
         data = storage.read_bytes(item.source)
-        audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=item.channel,
+        audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=channel_of(item),
                              start=item.start or 0.0, duration=item.duration)
         samples = audio.samples
         seconds = samples.size / SAMPLE_RATE
+        if item.duration is not None and seconds < item.duration - max(TRUNCATION_TOLERANCE_S, 0.01 * item.duration):
+            raise AudioDecodeError(item.source, f"truncated audio: the manifest says {item.duration:.3f} s, "
+                                                f"the file holds {seconds:.3f} s from {item.start or 0.0:.3f} s")
         if samples.size < MIN_SECONDS * SAMPLE_RATE:
             samples = np.pad(samples, (0, int(MIN_SECONDS * SAMPLE_RATE) - samples.size))
         return samples, seconds
@@ -157,7 +168,7 @@ class Transcriber:
         info = self.recognizer.info
         row = TranscriptRow(
             run_id=self.config.run_id, cut_id=item.cut_id, status=STATUS_OK if error is None else STATUS_ERROR,
-            recording_id=item.recording_id, source=item.source, channel=item.channel, start=item.start,
+            recording_id=item.recording_id, source=item.source, channel=channel_of(item), start=item.start,
             duration=item.duration, reference=item.reference, speaker=item.speaker, language=item.language,
             dataset=item.dataset, error=error, model_id=info.name, model_sha256=info.sha256,
             decoding=self.decoding_label(), shard_id=shard_id, worker=self.worker,
@@ -216,8 +227,12 @@ class Transcriber:
             following = index + self.config.prefetch_batches
             if following < len(batches):
                 ahead.append(self._pool.submit(self._load_batch, batches[following]))
-            good = [i for i, s in enumerate(loaded.samples) if s is not None]
             transcripts: dict[int, Transcript] = {}
+            for i, samples in enumerate(loaded.samples):
+                if samples is not None and float(np.abs(samples).max(initial=0.0)) < SILENCE_PEAK:
+                    transcripts[i] = Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0)
+                    result.audio_seconds += loaded.durations[i]
+            good = [i for i, s in enumerate(loaded.samples) if s is not None and i not in transcripts]
             if good:
                 waves = [loaded.samples[i] for i in good]
                 for i, tr in zip(good, self._transcribe(waves, times)):

@@ -16,14 +16,18 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Optional
 
-from model.checkpoint import file_sha256
+from pathlib import Path
+
+from model.checkpoint import file_sha256, load_checkpoint
 from model.recognizer import find_checkpoint
+from model.tokenizer import Tokenizer
 
 from . import parquet, storage
 from .actor import ActorConfig, ShardResult, ShardTask, Transcriber
@@ -110,6 +114,32 @@ class RunSummary:
         self.model_rtfx = self.audio_seconds / model_time if model_time > 0 else 0.0
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become path segments of every output object: letters, digits, ``._=-`` only."""
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"invalid --run-id {run_id!r}: use 1-128 letters, digits, '.', '_', '=', '-' (no '..', no '/')")
+    return run_id
+
+
+def validate_inputs(cfg: TranscribeConfig) -> tuple[Path, str]:
+    """Fail fast, before any actor starts: the manifest must be readable and the model
+    must load. Returns the local model directory and its checkpoint's SHA-256."""
+    for uri in cfg.manifest:
+        next(iter(iter_work_items(uri, dataset=cfg.dataset)), None)  # raises a ManifestError / StorageError
+    model_dir = local_model_dir(cfg.model)
+    checkpoint = find_checkpoint(model_dir)
+    config_path = model_dir / "config.json"
+    config = None
+    if config_path.is_file():
+        config = {k: v for k, v in json.loads(config_path.read_text()).items() if k not in ("name", "decoding", "description")}
+    load_checkpoint(checkpoint, config=config)
+    Tokenizer.from_dir(model_dir)
+    return model_dir, file_sha256(checkpoint)
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
@@ -186,15 +216,13 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     import ray
 
     started = time.perf_counter()
-    run_id = cfg.run_id or new_run_id()
+    run_id = check_run_id(cfg.run_id or new_run_id())
+    _, sha256 = validate_inputs(cfg)
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
                  log_to_driver=True, include_dashboard=False if address is None else None)
 
-    model_dir = local_model_dir(cfg.model)
-    checkpoint = find_checkpoint(model_dir)
-    sha256 = file_sha256(checkpoint)
     num_actors, resources = plan_resources(ray.cluster_resources(), cfg)
     threads = max(1, int(resources["num_cpus"])) if resources["num_gpus"] == 0 else 1
     actor_cfg = ActorConfig(

@@ -1,10 +1,9 @@
-"""Builders for test assets: tiny random-weight model directories and spoken audio."""
+"""Builders for test assets: tiny random-weight model directories (audio: ``audio_testing``)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import torch
@@ -54,12 +53,3 @@ def make_tiny_model_dir(directory: Path, vocab_size: int = 80, seed: int = 0) ->
 
 def have_tools(*tools: str) -> bool:
     return all(shutil.which(t) for t in tools)
-
-
-def speak(text: str, path: Path, voice: str = "en-us", rate: int = 16000, channels: int = 1, fmt_args: tuple = ()) -> Path:
-    """espeak-ng -> sox conversion to ``path`` (format from its suffix)."""
-    raw = path.with_suffix(".espeak.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", str(channels), *fmt_args, str(path)], check=True, capture_output=True)
-    raw.unlink()
-    return path

@@ -73,6 +73,26 @@ class RayHead:
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
 
+    def submit_no_wait(self, args: list[str], extra_env: Optional[dict[str, str]] = None) -> str:
+        """Submit without waiting; returns the job's submission id."""
+        import json
+        import re as _re
+
+        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output"]}
+        cmd = [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address, "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120, check=True)
+        return _re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+    def job_status(self, job_id: str) -> str:
+        out = subprocess.run([str(BIN / "ray"), "job", "status", "--address", self.address, job_id], env=self.env,
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout + out.stderr
+
+    def stop_job(self, job_id: str) -> None:
+        subprocess.run([str(BIN / "ray"), "job", "stop", "--address", self.address, job_id], env=self.env,
+                       capture_output=True, text=True, timeout=120)
+
     def stop(self) -> None:
         import psutil
 
