@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.decoding import METHODS, DecodingConfig  # noqa: E402
 from model.checkpoint import CheckpointMismatchError  # noqa: E402
-from pipeline.driver import TranscribeConfig, format_summary, run  # noqa: E402
+from pipeline.driver import TranscribeConfig, format_summary, plan, run  # noqa: E402
 from pipeline.manifests import ManifestError  # noqa: E402
 from pipeline.storage import StorageError  # noqa: E402
 
@@ -62,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jobs/transcribe.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--manifest", action="append", required=True, metavar="URI", help="input manifest, audio prefix/directory or URI list (repeatable)")
-    io.add_argument("--model", required=True, metavar="DIR", help="model directory (local or s3://)")
-    io.add_argument("--output", required=True, metavar="URI", help="output root (local or s3://)")
+    io.add_argument("--model", metavar="DIR", help="model directory (local or s3://); required unless --plan-only")
+    io.add_argument("--output", metavar="URI", help="output root (local or s3://); required unless --plan-only")
+    io.add_argument("--plan-only", action="store_true",
+                    help="dry run: stream the manifest, shard and pack batches, print counts, padding ratio and "
+                         "driver peak memory; no Ray, no model, no output")
     io.add_argument("--run-id", default=None, help="run id (default: UTC timestamp + random suffix); reuse it to resume")
     io.add_argument("--dataset", default=None, help="dataset name stored in every row (e.g. the eval set name)")
     io.add_argument("--no-resume", dest="resume", action="store_false", help="redo shards even if their part exists")
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs per actor (default 1 with GPUs, else min(4, cluster CPUs))")
     res.add_argument("--max-batch-seconds", type=float, default=160.0, help="padded audio seconds per batch (default 160; ~1000 on a big GPU)")
     res.add_argument("--max-batch-size", type=int, default=None, help="cap on cuts per batch")
-    res.add_argument("--shard-size", type=int, default=200, help="cuts per shard = per Parquet part (default 200)")
+    res.add_argument("--shard-size", type=int, default=1000, help="cuts per shard = per Parquet part and unit of retry; larger shards sort durations more finely, so less padding (default 1000)")
     res.add_argument("--shards-in-flight", type=int, default=None, help="outstanding shards (default 2 per actor)")
     res.add_argument("--max-attempts", type=int, default=3, help="tries per shard when actors die (default 3)")
     res.add_argument("--precision", dest="amp_dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -126,6 +129,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
     if args.s3_region:
         os.environ["AWS_REGION"] = args.s3_region
+    if args.plan_only:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(plan(config_from_args(args))), indent=2))
+        return 0
+    missing = [flag for flag, value in (("--model", args.model), ("--output", args.output)) if not value]
+    if missing:
+        build_parser().error(f"the following arguments are required: {', '.join(missing)}")
     try:
         summary = run(config_from_args(args))
     except INPUT_ERRORS as exc:

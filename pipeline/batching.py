@@ -3,10 +3,11 @@
 A *shard* is a fixed-size run of consecutive work items from the manifest
 stream (``shard-000123`` by position, so ids are deterministic for a given
 manifest and shard size). Inside a shard items are sorted by duration and
-packed into batches whose *padded* audio (``len(batch) * longest``) stays
+split into batches whose *padded* audio (``len(batch) * longest``) stays
 under ``max_batch_seconds``: the accelerator computes on padding too, so that
 is the cost that has to be bounded. An item longer than the budget gets a
 batch of its own. Items of unknown duration are treated as budget-sized.
+Larger shards give finer duration granularity and so less padding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -76,30 +79,50 @@ def pack_batches(
     durations: Sequence[Optional[float]],
     max_batch_seconds: float,
     max_batch_size: Optional[int] = None,
+    batch_overhead: Optional[float] = None,
 ) -> list[Batch]:
-    """Sort by duration (longest first) and pack greedily under the padded budget.
+    """Sort by duration (longest first) and cut the sorted list into batches that
+    minimise ``sum(padded_seconds) + batch_overhead * num_batches`` under the budget.
 
-    Longest-first puts the most expensive batch first, so memory problems show
-    up at once and the tail of a shard is made of quick batches.
+    Greedy filling would pack as many cuts as fit, mixing very different lengths
+    when the budget is large; counting padding alone would prefer one cut per
+    batch. The per-batch overhead (default 2 % of the budget, i.e. a batch must
+    save that many padded seconds to be worth splitting off) balances the two.
+    Solved exactly by dynamic programming over split points (the optimal
+    batches of a sorted list are contiguous runs). Longest-first puts the most
+    expensive batch first, so memory problems show up at once.
     """
     if max_batch_seconds <= 0:
         raise ValueError("max_batch_seconds must be > 0")
     if len(items) != len(durations):
         raise ValueError("items and durations differ in length")
-    known = [max_batch_seconds if d is None else float(d) for d in durations]
-    order = sorted(range(len(items)), key=lambda i: (-known[i], i))
-    batches: list[Batch] = []
-    current: list[int] = []
-    for i in order:
-        longest = known[current[0]] if current else known[i]
-        fits = (len(current) + 1) * longest <= max_batch_seconds
-        full = max_batch_size is not None and len(current) >= max_batch_size
-        if current and (not fits or full):
-            batches.append(Batch([items[j] for j in current], [known[j] for j in current]))
-            current = []
-        current.append(i)
-    if current:
-        batches.append(Batch([items[j] for j in current], [known[j] for j in current]))
+    n = len(items)
+    if n == 0:
+        return []
+    overhead = 0.02 * max_batch_seconds if batch_overhead is None else batch_overhead
+    known = np.array([max_batch_seconds if d is None else float(d) for d in durations], dtype=np.float64)
+    order = sorted(range(n), key=lambda i: (-known[i], i))
+    d = known[order]
+    cap = n if max_batch_size is None else max(1, max_batch_size)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    start_of = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):  # a batch starting at i (its longest cut) may end at j in (i, i + size]
+        size = max(1, min(cap, n - i, int(max_batch_seconds // d[i]) if d[i] > 0 else n - i))
+        ends = np.arange(i + 1, i + size + 1)
+        cost = best[i] + (ends - i) * d[i] + overhead
+        better = cost < best[ends]
+        best[ends[better]] = cost[better]
+        start_of[ends[better]] = i
+    cuts = []
+    j = n
+    while j > 0:
+        cuts.append((int(start_of[j]), j))
+        j = int(start_of[j])
+    batches = []
+    for i, j in reversed(cuts):
+        idx = order[i:j]
+        batches.append(Batch([items[k] for k in idx], [float(known[k]) for k in idx]))
     return batches
 
 

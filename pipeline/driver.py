@@ -53,7 +53,7 @@ class TranscribeConfig:
     cpus_per_actor: Optional[float] = None
     max_batch_seconds: float = 160.0
     max_batch_size: Optional[int] = None
-    shard_size: int = 200
+    shard_size: int = 1000
     shards_in_flight: Optional[int] = None
     max_attempts: int = 3
     resume: bool = True
@@ -317,6 +317,48 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     summary.finish(time.perf_counter() - started)
     storage.write_text_atomic(summary_uri(cfg.output, run_id), json.dumps(asdict(summary), indent=2))
     return summary
+
+
+@dataclass
+class PlanSummary:
+    """What a run would do: shards, batches and padding, from the manifest alone."""
+
+    manifest: list[str]
+    cuts: int = 0
+    cuts_unknown_duration: int = 0
+    shards: int = 0
+    batches: int = 0
+    audio_seconds: float = 0.0
+    padded_seconds: float = 0.0
+    padding_ratio: float = 0.0
+    max_batch_seconds: float = 0.0
+    shard_size: int = 0
+    wall_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+
+def plan(cfg: TranscribeConfig) -> PlanSummary:
+    """Stream the manifest through sharding and batch packing without Ray or a model
+    (``--plan-only``): shows the padding ratio and checks the driver's memory stays flat."""
+    import resource
+
+    from .batching import pack_batches
+
+    started = time.perf_counter()
+    out = PlanSummary(manifest=list(cfg.manifest), max_batch_seconds=cfg.max_batch_seconds, shard_size=cfg.shard_size)
+    for shard in make_shards(iter_items(cfg), cfg.shard_size):
+        durations = [i.duration for i in shard.items]
+        out.shards += 1
+        out.cuts += len(durations)
+        out.cuts_unknown_duration += sum(d is None for d in durations)
+        for batch in pack_batches(shard.items, durations, cfg.max_batch_seconds, cfg.max_batch_size):
+            out.batches += 1
+            out.audio_seconds += batch.audio_seconds
+            out.padded_seconds += batch.padded_seconds
+    out.padding_ratio = 0.0 if out.padded_seconds == 0 else 1 - out.audio_seconds / out.padded_seconds
+    out.wall_seconds = time.perf_counter() - started
+    out.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
 
 
 def format_summary(s: RunSummary) -> str:
