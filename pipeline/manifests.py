@@ -47,6 +47,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
 
+import numpy as np
+
 from pipeline import storage
 from pipeline.audio import probe_duration
 from pipeline.storage import S3Options
@@ -207,15 +209,27 @@ def iter_work_items(
 
 
 class _UniqueIds:
+    """Duplicate-id check in about 8 bytes per id: 64-bit digests in a sorted numpy
+    array, with recent ones in a small set merged in batches (a Python set of ints
+    would cost ~70 MB per million cuts and make the driver's memory grow)."""
+
+    _BUFFER = 1 << 16
+
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.seen: set[int] = set()
+        self.sorted = np.empty(0, dtype=np.uint64)
+        self.recent: set[int] = set()
 
     def add(self, cut_id: str, line: int | None) -> None:
         key = int.from_bytes(hashlib.blake2b(cut_id.encode("utf-8"), digest_size=8).digest(), "little")
-        if key in self.seen:
+        pos = int(np.searchsorted(self.sorted, np.uint64(key)))
+        if key in self.recent or (pos < self.sorted.size and int(self.sorted[pos]) == key):
             raise ManifestError(self.uri, f"duplicate cut_id {cut_id!r}", line)
-        self.seen.add(key)
+        self.recent.add(key)
+        if len(self.recent) >= self._BUFFER:
+            merged = np.concatenate((self.sorted, np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))))
+            merged.sort()
+            self.sorted, self.recent = merged, set()
 
 
 def _source_type(uri: str) -> str:

@@ -360,3 +360,17 @@ def test_uri_list(audio: AudioSet, bucket: str, opts: S3Options, tmp_path: Path)
     (lists / "missing.txt").write_text("nope.wav\n")
     (missing,) = iter_work_items(str(lists / "missing.txt"))
     assert missing.duration is None
+
+
+def test_duplicate_ids_found_in_buffer_and_in_merged_digests(monkeypatch):
+    from pipeline.manifests import ManifestError, _UniqueIds
+
+    monkeypatch.setattr(_UniqueIds, "_BUFFER", 64)
+    ids = _UniqueIds("mem://x")
+    for i in range(1000):
+        ids.add(f"cut-{i}", i)
+    assert ids.sorted.size >= 900 and len(ids.recent) < 64  # most digests were merged
+    for old in ("cut-0", "cut-500", "cut-999"):  # merged early, middle, still buffered
+        with pytest.raises(ManifestError, match=f"duplicate cut_id '{old}'"):
+            ids.add(old, 1001)
+    ids.add("cut-1000", 1002)  # new ids still pass
