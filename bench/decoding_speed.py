@@ -150,8 +150,9 @@ def run_variant(model, enc, lens, args) -> dict:
     out = {}
     for method in args.methods:
         cfg = DecodingConfig(method=method, beam=args.beam, transducer_beam=args.transducer_beam)
-        hyps = decode(model, enc, lens, cfg)
-        t = _best_time(lambda: decode(model, enc, lens, cfg), args.runs)
+        with args.autocast():
+            hyps = decode(model, enc, lens, cfg)
+            t = _best_time(lambda: decode(model, enc, lens, cfg), args.runs)
         out[method] = {
             "time_s": round(t, 4),
             "fraction_of_encoder": round(t / enc_time, 4),
@@ -195,6 +196,8 @@ def main() -> None:
     parser.add_argument("--blank-fraction", type=float, default=0.85)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--variants", default="random,sharpened")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="autocast dtype for encoder and decoding, as Recognizer(amp_dtype=...) uses it")
     args = parser.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     torch.set_num_threads(args.threads)
@@ -204,12 +207,16 @@ def main() -> None:
     frames = int(args.seconds * 100)  # 10 ms fbank frames
     x = torch.randn(args.batch, frames, 80)
     x_lens = torch.full((args.batch,), frames, dtype=torch.int64)
-    with torch.inference_mode():
+    dtype = torch.bfloat16 if args.precision == "bfloat16" else None
+    args.autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+    with torch.inference_mode(), args.autocast():
         enc, lens = model.forward_encoder(x, x_lens)
-    args.encoder_time = _best_time(lambda: torch.inference_mode()(model.forward_encoder)(x, x_lens), args.runs)
+        args.encoder_time = _best_time(lambda: torch.inference_mode()(model.forward_encoder)(x, x_lens), args.runs)
+    enc = enc.float()
 
     result = {
         "device": "cpu",
+        "precision": args.precision,
         "threads": args.threads,
         "batch": args.batch,
         "seconds_per_utt": args.seconds,

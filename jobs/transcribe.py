@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--max-attempts", type=int, default=3, help="tries per shard when actors die (default 3)")
     res.add_argument("--precision", dest="amp_dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="encoder precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    res.add_argument("--rescoring-precision", dest="rescoring_dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="attention-decoder n-best pass precision (auto: same as --precision). On CPUs with bf16 "
+                          "matrix units, bfloat16 cuts rescoring time ~3x at a tiny change in scores")
     res.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
 
     s3 = p.add_argument_group("S3 (optional; default: standard AWS chain)")
@@ -118,6 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TranscribeConfig:
         cpus_per_actor=args.cpus_per_actor, max_batch_seconds=args.max_batch_seconds,
         max_batch_size=args.max_batch_size, shard_size=args.shard_size, shards_in_flight=args.shards_in_flight,
         max_attempts=args.max_attempts, resume=args.resume, eta=args.eta, amp_dtype=args.amp_dtype,
+        rescoring_dtype=args.rescoring_dtype,
         normalizer=args.normalizer, progress=args.progress, ray_address=args.ray_address,
     )
 

@@ -105,6 +105,7 @@ class Recognizer:
         device: Union[str, torch.device] = "cpu",
         amp_dtype: str = "auto",
         info: Optional[ModelInfo] = None,
+        rescoring_dtype: str = "auto",
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -116,6 +117,11 @@ class Recognizer:
         if amp_dtype not in _AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)} or 'auto', got {amp_dtype!r}")
         self.amp_dtype = _AMP_DTYPES[amp_dtype]
+        if rescoring_dtype == "auto":
+            rescoring_dtype = amp_dtype
+        if rescoring_dtype not in _AMP_DTYPES:
+            raise ValueError(f"rescoring_dtype must be one of {sorted(_AMP_DTYPES)} or 'auto', got {rescoring_dtype!r}")
+        self.rescoring_dtype = _AMP_DTYPES[rescoring_dtype]
         self.features = FeatureExtractor().to(self.device)
         self.info = info or ModelInfo(name="unnamed", checkpoint="", sha256="")
 
@@ -126,6 +132,7 @@ class Recognizer:
         decoding: Optional[DecodingConfig] = None,
         device: Union[str, torch.device] = "cpu",
         amp_dtype: str = "auto",
+        rescoring_dtype: str = "auto",
     ) -> "Recognizer":
         """Load checkpoint, tokenizer and optional ``config.json`` from a directory."""
         model_dir = Path(model_dir)
@@ -145,12 +152,13 @@ class Recognizer:
             sha256=file_sha256(checkpoint),
             config=dict(model.config),
         )
-        return cls(model, Tokenizer.from_dir(model_dir), decoding=decoding, device=device, amp_dtype=amp_dtype, info=info)
+        return cls(model, Tokenizer.from_dir(model_dir), decoding=decoding, device=device, amp_dtype=amp_dtype,
+                   info=info, rescoring_dtype=rescoring_dtype)
 
-    def _autocast(self):
-        if self.amp_dtype is None:
+    def _autocast(self, dtype: Optional[torch.dtype]):
+        if dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def transcribe(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]) -> tuple[list[Transcript], StageTimes]:
         """Transcribe a batch of mono 16 kHz float waveforms (any lengths >= ~0.1 s)."""
@@ -162,12 +170,12 @@ class Recognizer:
             feats, feat_lens = self.features(list(waveforms), device=self.device)
             _sync(self.device)
             t1 = time.perf_counter()
-            with self._autocast():
+            with self._autocast(self.amp_dtype):
                 encoder_out, encoder_out_lens = self.model.forward_encoder(feats, feat_lens)
             encoder_out = encoder_out.float()
             _sync(self.device)
             t2 = time.perf_counter()
-            with self._autocast():  # the attention decoder's rescoring pass runs in the same precision
+            with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
                 hyps = decode(self.model, encoder_out, encoder_out_lens, self.decoding)
             _sync(self.device)
             t3 = time.perf_counter()

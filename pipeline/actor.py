@@ -48,6 +48,7 @@ class ActorConfig:
     max_batch_seconds: float = 160.0
     max_batch_size: Optional[int] = None
     amp_dtype: str = "auto"
+    rescoring_dtype: str = "auto"
     num_threads: int = 1
     prefetch_batches: int = 2
     loader_threads: int = 2
@@ -109,7 +110,7 @@ class Transcriber:
         model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256)
         self.recognizer = Recognizer.from_dir(
             model_dir, decoding=DecodingConfig(**config.decoding) if config.decoding else None,
-            device=self.device, amp_dtype=config.amp_dtype,
+            device=self.device, amp_dtype=config.amp_dtype, rescoring_dtype=config.rescoring_dtype,
         )
         self.recognizer.warm_up()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"

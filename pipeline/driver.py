@@ -59,6 +59,7 @@ class TranscribeConfig:
     resume: bool = True
     eta: bool = True
     amp_dtype: str = "auto"
+    rescoring_dtype: str = "auto"
     normalizer: str = "english"
     progress: bool = True
     ray_address: Optional[str] = None
@@ -228,6 +229,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     actor_cfg = ActorConfig(
         model_uri=cfg.model, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
+        rescoring_dtype=cfg.rescoring_dtype,
         num_threads=threads, normalizer=cfg.normalizer,
     )
     remote_cls = ray.remote(Transcriber).options(max_restarts=cfg.max_attempts, max_task_retries=0, **resources)
@@ -240,6 +242,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
         num_actors=num_actors, resources_per_actor=resources, transcripts_uri=transcripts_dir(cfg.output, run_id),
     )
     fingerprint_parts = (sha256, facts["decoding"], json.dumps(cfg.decoding, sort_keys=True),
+                         f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}",
                          f"max_batch_seconds={cfg.max_batch_seconds}", f"normalizer={cfg.normalizer}")
 
     total_seconds = None
