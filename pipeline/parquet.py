@@ -50,15 +50,18 @@ def read_part_metadata(uri: str) -> Optional[dict[bytes, bytes]]:
         return None
 
 
-def part_fingerprint(uri: str) -> Optional[str]:
-    meta = read_part_metadata(uri)
-    if not meta or FINGERPRINT_KEY not in meta:
-        return None
-    return meta[FINGERPRINT_KEY].decode()
-
-
 def part_summary(uri: str) -> Optional[dict[str, Any]]:
+    """The shard summary stored in a part, or None."""
     meta = read_part_metadata(uri)
     if not meta or SUMMARY_KEY not in meta:
+        return None
+    return json.loads(meta[SUMMARY_KEY])
+
+
+def finished_shard(uri: str, fingerprint: str) -> Optional[dict[str, Any]]:
+    """The stored shard summary if ``uri`` is a complete part written with ``fingerprint``
+    (resume skips such shards); None when the part is missing, corrupt or stale."""
+    meta = read_part_metadata(uri)
+    if not meta or meta.get(FINGERPRINT_KEY, b"").decode() != fingerprint or SUMMARY_KEY not in meta:
         return None
     return json.loads(meta[SUMMARY_KEY])
