@@ -12,6 +12,7 @@ VENV         ?= .venv
 TORCH_SPEC   ?= torch==2.13.0
 TORCH_INDEX  ?=
 APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux
+APT_TEST_PACKAGES ?= chromium
 PYTEST_ARGS  ?=
 
 BIN          := $(VENV)/bin
@@ -19,7 +20,7 @@ PIP          := $(BIN)/python -m pip
 CONSTRAINTS  := $(VENV)/constraints.txt
 STAMP        := $(VENV)/.installed
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps test-deps test demo bench clean
 
 install: system-deps $(STAMP)
 
@@ -41,8 +42,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
 
+# Debian packages only the test suite needs: chromium renders the HTML WER report headless
+# (tests/test_wer_report.py, tests/test_evaluate.py). Kept out of system-deps so runtime images
+# (infra/docker runs `make system-deps`) carry no browser. If it cannot be installed, those
+# checks are skipped with that reason.
+test-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Debian packages for the tests: $(APT_TEST_PACKAGES)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_TEST_PACKAGES) >/dev/null; } \
+	    || echo "warning: could not install $(APT_TEST_PACKAGES): the HTML report rendering checks will be skipped"; \
+	fi
+
 # The suite runs in its own network namespace (loopback only) when the machine allows it.
-test: install
+test: install test-deps
 	tests/isolated.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -133,8 +133,11 @@ class Recognizer:
         device: Union[str, torch.device] = "cpu",
         amp_dtype: str = "auto",
         rescoring_dtype: str = "auto",
+        checkpoint_sha256: Optional[str] = None,
     ) -> "Recognizer":
-        """Load checkpoint, tokenizer and optional ``config.json`` from a directory."""
+        """Load checkpoint, tokenizer and optional ``config.json`` from a directory.
+
+        ``checkpoint_sha256``: the checkpoint's known digest (skips hashing it again)."""
         model_dir = Path(model_dir)
         checkpoint = find_checkpoint(model_dir)
         config = None
@@ -149,7 +152,7 @@ class Recognizer:
         info = ModelInfo(
             name=str(extra.get("name") or model_dir.resolve().name),
             checkpoint=str(checkpoint),
-            sha256=file_sha256(checkpoint),
+            sha256=checkpoint_sha256 or file_sha256(checkpoint),
             config=dict(model.config),
         )
         return cls(model, Tokenizer.from_dir(model_dir), decoding=decoding, device=device, amp_dtype=amp_dtype,

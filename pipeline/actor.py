@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ from .batching import Batch, Shard, pack_batches
 from .manifests import WorkItem
 from .model_store import local_model_dir
 from .records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
-from .wer import word_errors
+from .wer import get_normalizer, word_errors
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
@@ -111,10 +112,14 @@ class Transcriber:
         self.recognizer = Recognizer.from_dir(
             model_dir, decoding=DecodingConfig(**config.decoding) if config.decoding else None,
             device=self.device, amp_dtype=config.amp_dtype, rescoring_dtype=config.rescoring_dtype,
+            checkpoint_sha256=config.model_sha256,  # verified by local_model_dir just above
         )
         self.recognizer.warm_up()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.loader_threads), thread_name_prefix="audio")
+        # The driver runs this class as a threaded actor (two shards at once): while one shard's
+        # batches hold the model, the next shard's first batches are already being fetched.
+        self._model_lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         """Model and device facts for the run summary."""
@@ -184,13 +189,18 @@ class Transcriber:
             if item.reference is not None:
                 errs = word_errors(item.reference, transcript.text, self.config.normalizer)
                 row.ref_words, row.errors = errs.ref_words, errs.errors
+                row.substitutions, row.deletions, row.insertions = errs.substitutions, errs.deletions, errs.insertions
+                row.ref_norm, row.hyp_norm = errs.ref_norm, errs.hyp_norm
+        elif item.reference is not None:  # failed cut: show what would have been compared, count nothing
+            row.ref_norm = get_normalizer(self.config.normalizer)(item.reference)
         return row
 
     def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
         """Transcripts for a batch; if the batch as a whole fails (e.g. out of memory),
         each cut is retried alone and a cut that still fails gets its error message."""
         try:
-            transcripts, t = self.recognizer.transcribe(waves)
+            with self._model_lock:
+                transcripts, t = self.recognizer.transcribe(waves)
             times.add(t)
             return list(transcripts)
         except Exception as batch_exc:  # noqa: BLE001 - isolate the bad cut, keep the shard

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -30,6 +29,7 @@ from model.recognizer import find_checkpoint
 from model.tokenizer import Tokenizer
 
 from . import parquet, storage
+from .records import SCHEMA_VERSION
 from .actor import ActorConfig, ShardResult, ShardTask, Transcriber
 from .batching import Shard, make_shards
 from .manifests import iter_work_items
@@ -232,7 +232,8 @@ def run(cfg: TranscribeConfig) -> RunSummary:
         rescoring_dtype=cfg.rescoring_dtype,
         num_threads=threads, normalizer=cfg.normalizer,
     )
-    remote_cls = ray.remote(Transcriber).options(max_restarts=cfg.max_attempts, max_task_retries=0, **resources)
+    # max_concurrency=2: an actor holds two shards, loading the audio of one while the other uses the model
+    remote_cls = ray.remote(Transcriber).options(max_restarts=cfg.max_attempts, max_task_retries=0, max_concurrency=2, **resources)
     actors = [remote_cls.remote(actor_cfg) for _ in range(num_actors)]
     facts = ray.get(actors[0].describe.remote())
 
@@ -243,14 +244,14 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     )
     fingerprint_parts = (sha256, facts["decoding"], json.dumps(cfg.decoding, sort_keys=True),
                          f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}",
-                         f"max_batch_seconds={cfg.max_batch_seconds}", f"normalizer={cfg.normalizer}")
+                         f"max_batch_seconds={cfg.max_batch_seconds}", f"normalizer={cfg.normalizer}",
+                         f"schema={SCHEMA_VERSION}")
 
     total_seconds = None
     if cfg.eta:
         total_seconds = sum((i.duration or 0.0) for i in iter_items(cfg))
     progress = _Progress(total_seconds, cfg.progress)
     in_flight_limit = cfg.shards_in_flight or 2 * num_actors
-    idle = list(actors)
     pending: dict[Any, tuple[ShardTask, Any]] = {}
     retry_queue: list[ShardTask] = []
     devices: set[str] = set()
@@ -269,14 +270,12 @@ def run(cfg: TranscribeConfig) -> RunSummary:
             summary.shards_total += 1
             fp = shard.fingerprint(*fingerprint_parts)
             uri = part_uri(cfg.output, run_id, shard.shard_id)
-            if cfg.resume:
-                meta = parquet.read_part_metadata(uri)
-                if meta and meta.get(parquet.FINGERPRINT_KEY, b"").decode() == fp:
-                    done = json.loads(meta[parquet.SUMMARY_KEY])
-                    summary.shards_skipped += 1
-                    summary.add(done)
-                    progress.update(done, summary.audio_seconds)
-                    continue
+            done = parquet.finished_shard(uri, fp) if cfg.resume else None
+            if done is not None:
+                summary.shards_skipped += 1
+                summary.add(done)
+                progress.update(done, summary.audio_seconds)
+                continue
             return ShardTask(shard=shard, fingerprint=fp, part_uri=uri)
         return None
 
@@ -375,6 +374,6 @@ def format_summary(s: RunSummary) -> str:
         f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
         f"  transcripts: {s.transcripts_uri}",
     ]
-    if s.audio_seconds == 0 and s.cuts_ok + s.cuts_error == 0 and not math.isnan(s.rtfx):
-        lines.append("  (no cuts processed)")
+    if s.cuts_ok + s.cuts_error == 0:
+        lines.append("  (the manifest held no cuts)")
     return "\n".join(lines)

@@ -3,6 +3,12 @@
 Plain Arrow types only (strings are UTF-8, lists of int32/float32, UTC
 timestamps), so DuckDB, pandas, Spark and Athena read the files without help.
 ``run_id`` is stored in the rows *and* is the hive partition directory.
+
+WER columns (filled when the cut has a reference; see ``pipeline/wer.py``):
+``ref_norm`` / ``hyp_norm`` are the normalised reference and hypothesis that were compared,
+``ref_words`` the number of words in ``ref_norm``, and ``substitutions`` / ``deletions`` /
+``insertions`` the operations of their jiwer alignment, ``errors`` their sum. A cut whose
+audio failed (``status='error'``) keeps its ``reference`` and ``ref_norm`` but has no counts.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("reference", pa.string()),
         pa.field("ref_words", pa.int32()),
         pa.field("errors", pa.int32()),
+        pa.field("substitutions", pa.int32()),
+        pa.field("deletions", pa.int32()),
+        pa.field("insertions", pa.int32()),
+        pa.field("ref_norm", pa.string()),
+        pa.field("hyp_norm", pa.string()),
         pa.field("speaker", pa.string()),
         pa.field("language", pa.string()),
         pa.field("dataset", pa.string()),
@@ -45,6 +56,10 @@ TRANSCRIPT_SCHEMA = pa.schema(
     ]
 )
 
+#: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
+#: run never mixes parts of two schemas
+SCHEMA_VERSION = 2
+
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
@@ -55,7 +70,7 @@ def utc_now() -> datetime:
 
 @dataclass
 class TranscriptRow:
-    """One row per cut; ``status='error'`` rows carry ``error`` and no text."""
+    """One row per cut; ``status='error'`` rows carry ``error`` and no text (nor WER counts)."""
 
     run_id: str
     cut_id: str
@@ -74,6 +89,11 @@ class TranscriptRow:
     reference: Optional[str] = None
     ref_words: Optional[int] = None
     errors: Optional[int] = None
+    substitutions: Optional[int] = None
+    deletions: Optional[int] = None
+    insertions: Optional[int] = None
+    ref_norm: Optional[str] = None
+    hyp_norm: Optional[str] = None
     speaker: Optional[str] = None
     language: Optional[str] = None
     dataset: Optional[str] = None

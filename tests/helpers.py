@@ -53,3 +53,14 @@ def make_tiny_model_dir(directory: Path, vocab_size: int = 80, seed: int = 0) ->
 
 def have_tools(*tools: str) -> bool:
     return all(shutil.which(t) for t in tools)
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+    """Independent word-level Levenshtein distance (the WER tests' reference)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]

@@ -202,6 +202,18 @@ def test_ray_job_on_s3_end_to_end(ray_head, corpus):
     assert stored["run_id"] == "e2e" and stored["cuts_ok"] == n_ok
     assert "testing" not in json.dumps(stored) and "testing" not in log  # no credentials in summaries or logs
 
+    # the cuts have references, so the job wrote the WER report beside the transcripts
+    report = pq.read_table(io.BytesIO(storage.read_bytes("s3://out/run/wer/run_id=e2e/report.parquet"))).to_pylist()
+    (overall,) = [g for g in report if g["group_by"] == "all"]
+    scored = con.execute("SELECT count(*), sum(ref_words), sum(errors), sum(substitutions + deletions + insertions) "
+                         "FROM t WHERE status = 'ok' AND reference IS NOT NULL").fetchone()
+    assert (overall["utterances"], overall["failed"], overall["no_reference"]) == (n_ok + n_err, n_err, 1)  # silence: no ref
+    assert (overall["scored"], overall["ref_words"], overall["errors"], overall["errors"]) == scored
+    assert overall["wer"] == pytest.approx(scored[2] / scored[1]) and overall["run_id"] == "e2e"
+    assert "WER " in log and "s3://out/run/wer/run_id=e2e/report.html" in log
+    for name in ("errors.parquet", "summary.md", "report.html"):
+        assert storage.exists(f"s3://out/run/wer/run_id=e2e/{name}")
+
 
 def test_rerun_resumes_and_writes_each_cut_once(ray_head, corpus):
     import boto3

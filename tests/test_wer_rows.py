@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import edit_distance
 from pipeline.wer import normalize_english, word_errors
-
-
-def edit_distance(a: list[str], b: list[str]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
 
 
 @pytest.mark.parametrize(
@@ -59,3 +50,125 @@ def test_agrees_with_independent_edit_distance():
         e = word_errors(" ".join(ref), " ".join(hyp))
         assert e.errors == edit_distance(ref, hyp)
         assert e.ref_words == len(ref)
+
+
+# -- normaliser specs and rules ----------------------------------------------------------
+
+from pipeline.wer import (  # noqa: E402
+    BRITISH_TO_AMERICAN,
+    align,
+    format_alignment,
+    get_normalizer,
+    number_to_words,
+    parse_normalizer,
+    score,
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("I have 25 apples", "i have twenty five apples"),
+        ("0 and 7 and 10 and 13", "zero and seven and ten and thirteen"),
+        ("100 101 110 999", "one hundred one hundred one one hundred ten nine hundred ninety nine"),
+        ("1,000,000 people", "one million people"),
+        ("2025", "two thousand twenty five"),
+        ("pi is 3.14", "pi is three point one four"),
+        ("the 1st, 2nd, 3rd, 5th, 12th, 20th and 21st", "the first second third fifth twelfth twentieth and twenty first"),
+        ("50% of 007", "fifty percent of zero zero seven"),
+        ("mp3 files from the 1990s", "mp3 files from the 1990s"),  # digits glued to letters stay
+        ("Twenty-Five", "twenty five"),
+    ],
+)
+def test_number_rule(text, expected):
+    assert get_normalizer("english+numbers")(text) == expected
+
+
+def test_number_words_scales():
+    assert number_to_words(0) == "zero"
+    assert number_to_words(40_000_019) == "forty million nineteen"
+    assert number_to_words(1_002_003_004) == "one billion two million three thousand four"
+    with pytest.raises(ValueError):
+        number_to_words(10**15)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The colour of the Centre", "the color of the center"),
+        ("organisation travelled grey", "organization traveled gray"),
+        ("analysed the catalogue programme", "analyzed the catalog program"),
+        ("favourite neighbours", "favorite neighbors"),
+        ("the emphasis stays", "the emphasis stays"),
+    ],
+)
+def test_spelling_rule(text, expected):
+    assert get_normalizer("english+spelling")(text) == expected
+
+
+def test_rules_are_off_by_default_and_combine():
+    assert get_normalizer("english")("The colour 25") == "the colour 25"
+    assert get_normalizer("english+numbers+spelling")("The colour 25") == "the color twenty five"
+    assert parse_normalizer("English+Spelling+numbers") == "english+numbers+spelling"
+    assert all(k.islower() and " " not in k for k in BRITISH_TO_AMERICAN)
+
+
+def test_none_normalizer_keeps_case_and_punctuation():
+    assert get_normalizer("none")("  Hello,   World! ") == "Hello, World!"
+    e = word_errors("Hello, world", "hello world", "none")
+    assert (e.ref_norm, e.substitutions, e.deletions, e.insertions) == ("Hello, world", 1, 0, 0)
+
+
+@pytest.mark.parametrize("spec", ["english+numbers+numbers", "none+numbers", "french", "english+slang", ""])
+def test_invalid_normalizer_specs(spec):
+    with pytest.raises(ValueError, match="unknown normaliser"):
+        parse_normalizer(spec)
+
+
+def test_numbers_rule_changes_the_score():
+    ref, hyp = "I paid 25 dollars", "i paid twenty five dollars"
+    assert word_errors(ref, hyp).errors == 2  # by default: 25 -> twenty (S), five (I)
+    assert word_errors(ref, hyp, "english+numbers").errors == 0
+
+
+# -- normalised texts, alignments and unicode --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref, hyp, counts",
+    [
+        ("a b c d", "a x c d e", (4, 1, 0, 1)),
+        ("Żółć gęślą jaźń", "ŻÓŁĆ gęśla jaźń", (3, 1, 0, 0)),  # case folding is unicode-aware
+        ("ＡＢＣ straße", "abc STRASSE", (2, 0, 0, 0)),  # NFKC full-width letters, ß folds to ss
+        ("日本 語", "日本", (2, 0, 1, 0)),
+        ("", "", (0, 0, 0, 0)),
+        ("...", "uh", (0, 0, 0, 1)),  # punctuation-only reference: empty after normalisation
+    ],
+)
+def test_hand_computed_unicode_and_empty(ref, hyp, counts):
+    e = word_errors(ref, hyp)
+    assert (e.ref_words, e.substitutions, e.deletions, e.insertions) == counts
+
+
+def test_score_keeps_normalised_texts_and_alignment():
+    e, ops = score("The cat sat on the mat.", "the bat sat the mat uh")
+    assert e.ref_norm == "the cat sat on the mat" and e.hyp_norm == "the bat sat the mat uh"
+    assert format_alignment(ops) == "the (cat->bat) sat (on->*) the mat (*->uh)"
+    assert (e.substitutions, e.deletions, e.insertions, e.errors) == (1, 1, 1, 3)
+
+
+def test_alignment_is_consistent_with_counts_and_edit_distance():
+    import random
+
+    rng = random.Random(7)
+    vocab = ["a", "b", "c", "ünï", "日本", "don't", "x"]
+    for _ in range(300):
+        ref = [rng.choice(vocab) for _ in range(rng.randint(0, 9))]
+        hyp = [rng.choice(vocab) for _ in range(rng.randint(0, 9))]
+        ops = align(" ".join(ref), " ".join(hyp))
+        assert [o.ref for o in ops if o.ref is not None] == ref  # the alignment walks both texts in order
+        assert [o.hyp for o in ops if o.hyp is not None] == hyp
+        assert all((o.op == "C") == (o.ref == o.hyp) for o in ops if o.op in "CS")
+        assert sum(o.op != "C" for o in ops) == edit_distance(ref, hyp)
+        e = word_errors(" ".join(ref), " ".join(hyp))
+        assert (e.substitutions, e.deletions, e.insertions) == tuple(sum(o.op == k for o in ops) for k in "SDI")

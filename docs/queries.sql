@@ -1,0 +1,55 @@
+-- zipscribe: DuckDB queries over the Parquet outputs (run by the test suite against real outputs).
+--
+-- Set the variables first (DuckDB >= 1.1), then run any named query, e.g. in the duckdb CLI:
+--   SET VARIABLE output = 'out';          -- the --output of jobs/transcribe.py / jobs/evaluate.py
+--   SET VARIABLE history = 'hist';        -- the --history of jobs/evaluate.py
+--   SET VARIABLE run_id = 'eval-...';     -- a run id (for evaluations: the evaluation's --run-id)
+--   SET VARIABLE pattern = '%fox%';       -- an ILIKE pattern for the transcript search
+-- Local paths or local copies of S3 objects (DuckDB's httpfs reads s3:// directly where it is installed).
+-- Each query starts with a "-- name: <name>" line.
+
+-- name: wer_per_dataset_over_time
+-- WER per dataset and decoding for every nightly evaluation, oldest first, with the gate's verdict.
+SELECT date, created_at, run_id, dataset, decoding,
+       round(100 * wer, 2) AS wer_pct, ref_words, failed, gate, delta_points,
+       model_id, left(model_sha256, 12) AS model, git_revision, round(rtfx, 1) AS rtfx
+FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1)
+ORDER BY dataset, decoding, created_at;
+
+-- name: latest_regressions
+-- Datasets whose latest evaluation failed the regression gate.
+SELECT dataset, decoding, run_id, round(100 * wer, 2) AS wer_pct, delta_points, baseline_run_id
+FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1)
+QUALIFY row_number() OVER (PARTITION BY dataset, decoding ORDER BY created_at DESC) = 1 AND gate = 'fail'
+ORDER BY dataset, decoding;
+
+-- name: worst_speakers
+-- The speakers with the highest WER in one run (at least 1 scored utterance), from the WER report.
+SELECT dataset, decoding, group_value AS speaker, scored AS utterances, ref_words,
+       substitutions, deletions, insertions, round(100 * wer, 2) AS wer_pct
+FROM read_parquet(getvariable('output') || '/wer/**/report.parquet', hive_partitioning = 1)
+WHERE run_id = getvariable('run_id') AND group_by = 'speaker' AND scored > 0 AND wer IS NOT NULL
+ORDER BY wer DESC, ref_words DESC, speaker
+LIMIT 20;
+
+-- name: wer_by_duration
+-- WER per duration bucket (edges 2, 5, 10, 20 s) of one run.
+SELECT dataset, decoding, group_value AS duration_bucket, scored, ref_words, round(100 * wer, 2) AS wer_pct
+FROM read_parquet(getvariable('output') || '/wer/**/report.parquet', hive_partitioning = 1)
+WHERE run_id = getvariable('run_id') AND group_by = 'duration_bucket'
+ORDER BY dataset, decoding, group_value;
+
+-- name: transcripts_search
+-- Cuts whose transcript or reference matches a pattern, with what was compared and the errors.
+SELECT run_id, dataset, cut_id, speaker, reference, text, ref_norm, hyp_norm, ref_words, errors
+FROM read_parquet(getvariable('output') || '/transcripts/**/*.parquet', hive_partitioning = 1)
+WHERE text ILIKE getvariable('pattern') OR reference ILIKE getvariable('pattern')
+ORDER BY run_id, dataset, cut_id;
+
+-- name: most_frequent_substitutions
+-- icefall-style top substitutions (ref -> hyp) of one run, per dataset.
+SELECT dataset, decoding, ref_word, hyp_word, count
+FROM read_parquet(getvariable('output') || '/wer/**/errors.parquet', hive_partitioning = 1)
+WHERE run_id = getvariable('run_id') AND kind = 'substitution'
+ORDER BY dataset, decoding, count DESC, ref_word, hyp_word
+LIMIT 50;

@@ -1,0 +1,99 @@
+"""Command-line pieces shared by ``jobs/transcribe.py`` and ``jobs/evaluate.py``,
+so the two jobs accept the same decoding, resource and S3 options and turn them
+into the same :class:`~pipeline.driver.TranscribeConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from model.checkpoint import CheckpointMismatchError
+from model.decoding import DecodingConfig
+
+from .driver import TranscribeConfig
+from .manifests import ManifestError
+from .storage import StorageError
+from .wer import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
+
+# Bad command-line inputs: reported as one line and exit status 2, no traceback.
+INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, CheckpointMismatchError, ValueError)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+_DEFAULTS = TranscribeConfig(manifest=[], model="", output="")
+
+
+def normalizer_spec(text: str) -> str:
+    """argparse type of --normalizer: a valid normaliser spec, in canonical form."""
+    try:
+        return parse_normalizer(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_decoding_options(group: argparse._ArgumentGroup) -> None:
+    """Beam sizes, rescoring scale and the WER normaliser (the method option is each job's own)."""
+    d = DecodingConfig()
+    group.add_argument("--beam", type=int, default=d.beam, help=f"CTC prefix beam size = n-best size (default {d.beam})")
+    group.add_argument("--attention-scale", type=float, default=None,
+                       help="final = ctc_score + scale * attention_score (icefall convention; default: the model's "
+                            f"config.json 'decoding' section, else {d.attention_scale})")
+    group.add_argument("--transducer-beam", type=int, default=d.transducer_beam,
+                       help=f"modified beam search beam (default {d.transducer_beam})")
+    group.add_argument("--normalizer", default=DEFAULT_NORMALIZER, type=normalizer_spec, metavar="SPEC",
+                       help=f"text normaliser for the WER columns and report: {', '.join(NORMALIZER_CHOICES)} "
+                            "(default english: case folding, punctuation removed except word-internal apostrophes, "
+                            "whitespace collapsed; +numbers spells digits out, +spelling maps British to American "
+                            "spellings; see pipeline/wer.py)")
+
+
+def add_resource_options(parser: argparse.ArgumentParser, title: str = "resources and batching") -> None:
+    res = parser.add_argument_group(title)
+    res.add_argument("--num-actors", type=int, default=None, help="transcriber actors (default: one per GPU, else CPUs / cpus-per-actor)")
+    res.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default 1 if the cluster has GPUs, else 0)")
+    res.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs per actor (default 1 with GPUs, else min(4, cluster CPUs))")
+    res.add_argument("--max-batch-seconds", type=float, default=_DEFAULTS.max_batch_seconds,
+                     help=f"padded audio seconds per batch (default {_DEFAULTS.max_batch_seconds:g}; ~1000 on a big GPU)")
+    res.add_argument("--max-batch-size", type=int, default=None, help="cap on cuts per batch")
+    res.add_argument("--shard-size", type=int, default=_DEFAULTS.shard_size,
+                     help="cuts per shard = per Parquet part and unit of retry; larger shards sort durations more "
+                          f"finely, so less padding (default {_DEFAULTS.shard_size})")
+    res.add_argument("--shards-in-flight", type=int, default=None, help="outstanding shards (default 2 per actor)")
+    res.add_argument("--max-attempts", type=int, default=_DEFAULTS.max_attempts,
+                     help=f"tries per shard when actors die (default {_DEFAULTS.max_attempts})")
+    res.add_argument("--precision", dest="amp_dtype", default="auto", choices=PRECISIONS,
+                     help="encoder precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    res.add_argument("--rescoring-precision", dest="rescoring_dtype", default="auto", choices=PRECISIONS,
+                     help="attention-decoder n-best pass precision (auto: same as --precision). On CPUs with bf16 "
+                          "matrix units, bfloat16 cuts rescoring time ~3x at a tiny change in scores")
+    res.add_argument("--ray-address", default=None,
+                     help="Ray cluster address (default: $RAY_ADDRESS, else a Ray already running on this machine, "
+                          "else a new local one)")
+
+
+def add_s3_options(parser: argparse.ArgumentParser) -> None:
+    s3 = parser.add_argument_group("S3 (optional; default: standard AWS chain)")
+    s3.add_argument("--s3-endpoint-url", default=None, help="e.g. http://127.0.0.1:9000 for MinIO (sets AWS_ENDPOINT_URL)")
+    s3.add_argument("--s3-region", default=None, help="sets AWS_REGION")
+
+
+def apply_s3_options(args: argparse.Namespace) -> None:
+    """Export the S3 flags where boto3 (and Ray workers started later) read them."""
+    if args.s3_endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
+    if args.s3_region:
+        os.environ["AWS_REGION"] = args.s3_region
+
+
+def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> TranscribeConfig:
+    """The driver configuration for the shared options, a decoding method and job-specific fields
+    (``manifest``, ``model``, ``output``, ``run_id``, ``dataset`` ...)."""
+    decoding = {"method": method, "beam": args.beam, "transducer_beam": args.transducer_beam}
+    if args.attention_scale is not None:
+        decoding["attention_scale"] = args.attention_scale
+    return TranscribeConfig(
+        decoding=decoding, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor, max_batch_seconds=args.max_batch_seconds,
+        max_batch_size=args.max_batch_size, shard_size=args.shard_size, shards_in_flight=args.shards_in_flight,
+        max_attempts=args.max_attempts, amp_dtype=args.amp_dtype, rescoring_dtype=args.rescoring_dtype,
+        normalizer=args.normalizer, ray_address=args.ray_address, **fields,
+    )
