@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -124,18 +125,31 @@ class TransformerDecoder(nn.Module):
         memory: torch.Tensor,
         memory_lens: torch.Tensor,
         memory_index: Optional[torch.Tensor] = None,
+        self_attn_mask: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x (N, U) token ids with lengths; memory (N, S, M) -> logits (N, U, vocab).
 
         With ``memory_index`` (N,), memory is (N_utt, S, M) and row i of ``x``
         attends to ``memory[memory_index[i]]`` (n-best rescoring: keys and values
         are projected once per utterance, not once per hypothesis).
+
+        ``self_attn_mask`` (N, U, U, True = masked) and ``positions`` (N, U)
+        replace the causal mask and 0..U-1 positions: this decodes a prefix trie
+        in which each node attends to its ancestors (see ``score_nbest``).
         """
         u = x.size(1)
-        h = self.embed(x) * math.sqrt(self.d_model) + self._positions(u, x.device).to(self.embed.weight.dtype)
+        if positions is None:
+            pos = self._positions(u, x.device)
+        else:
+            pos = self._positions(int(positions.max()) + 1, x.device)[positions]
+        h = self.embed(x) * math.sqrt(self.d_model) + pos.to(self.embed.weight.dtype)
         h = h.permute(1, 0, 2)
-        causal = torch.ones(u, u, dtype=torch.bool, device=x.device).triu(1)
-        attn_mask = make_pad_mask(x_lens, u).unsqueeze(1) | causal.unsqueeze(0)
+        if self_attn_mask is not None:
+            attn_mask = self_attn_mask
+        else:
+            causal = torch.ones(u, u, dtype=torch.bool, device=x.device).triu(1)
+            attn_mask = make_pad_mask(x_lens, u).unsqueeze(1) | causal.unsqueeze(0)
         mem = memory.permute(1, 0, 2)
         memory_attn_mask = make_pad_mask(memory_lens, memory.size(1)).unsqueeze(1)
         if memory_index is not None:
@@ -216,6 +230,69 @@ class AttentionDecoderModel(nn.Module):
         n, u, v = logits.shape
         nll = F.cross_entropy(logits.reshape(-1, v).float(), ys_out.reshape(-1), ignore_index=self.ignore_id, reduction="none")
         return nll.reshape(n, u)
+
+    def score_nbest(
+        self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, nbest: Sequence[Sequence[Sequence[int]]]
+    ) -> list[list[float]]:
+        """Log-probability (tokens + eos) of every hypothesis of every utterance's n-best list.
+
+        Equals ``-nll(...).sum(-1)`` per hypothesis, but the decoder runs once over
+        the union of each utterance's hypotheses arranged as a prefix trie: a node
+        (a token after a given prefix) attends only to its ancestors, so a prefix
+        shared by several hypotheses is computed once, and the utterance's memory
+        is projected once for all of them.
+        """
+        device = encoder_out.device
+        tries = []
+        for hyps in nbest:
+            tokens, depth, parent, paths = [self.sos_id], [0], [-1], []
+            child: dict[tuple[int, int], int] = {}
+            for hyp in hyps:
+                node, path = 0, [0]
+                for tok in hyp:
+                    nxt = child.get((node, tok))
+                    if nxt is None:
+                        nxt = child[(node, tok)] = len(tokens)
+                        tokens.append(tok)
+                        depth.append(depth[node] + 1)
+                        parent.append(node)
+                    node = nxt
+                    path.append(node)
+                paths.append(path)
+            tries.append((tokens, depth, parent, paths))
+        n, m = len(tries), max(len(t[0]) for t in tries)
+        x = np.full((n, m), self.eos_id, dtype=np.int64)
+        pos = np.zeros((n, m), dtype=np.int64)
+        allowed = np.zeros((n, m, m), dtype=bool)
+        allowed[:, :, 0] = True  # every node (and padding row) sees the root
+        rows, nodes, next_tokens, owners = [], [], [], []
+        hyp_id = 0
+        for u, (tokens, depth, parent, paths) in enumerate(tries):
+            k = len(tokens)
+            x[u, :k], pos[u, :k] = tokens, depth
+            for i in range(1, k):  # parents come before children
+                allowed[u, i] = allowed[u, parent[i]]
+                allowed[u, i, i] = True
+            for path, hyp in zip(paths, nbest[u]):
+                targets = list(hyp) + [self.eos_id]
+                rows += [u] * len(path)
+                nodes += path
+                next_tokens += targets
+                owners += [hyp_id] * len(path)
+                hyp_id += 1
+        logits = self.decoder(
+            x=torch.from_numpy(x).to(device), x_lens=None, memory=encoder_out, memory_lens=encoder_out_lens,
+            self_attn_mask=torch.from_numpy(~allowed).to(device), positions=torch.from_numpy(pos).to(device),
+        )
+        log_probs = logits.float().log_softmax(dim=-1)
+        idx = [torch.tensor(v, dtype=torch.int64, device=device) for v in (rows, nodes, next_tokens, owners)]
+        picked = log_probs[idx[0], idx[1], idx[2]]
+        totals = torch.zeros(hyp_id, device=device).index_add_(0, idx[3], picked).tolist()
+        out, start = [], 0
+        for hyps in nbest:
+            out.append(totals[start : start + len(hyps)])
+            start += len(hyps)
+        return out
 
     def calc_att_loss(
         self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, ys: Sequence[Sequence[int]], reduction: str = "sum"

@@ -13,6 +13,7 @@ import torch
 from model.decoding import (
     DecodingConfig,
     attention_rescore,
+    attention_scores_for_nbest,
     ctc_prefix_beam_search,
     decode,
 )
@@ -249,3 +250,24 @@ def test_real_decoder_memory_index_equals_repeated_memory(ref_model, ref_expecte
         shared = ref_model.attention_decoder.nll(enc, lens, ys, memory_index=index)
         repeated = ref_model.attention_decoder.nll(enc[index], lens[index], ys)
     assert torch.allclose(shared, repeated, atol=1e-4, rtol=1e-5)
+
+
+def test_trie_scoring_equals_per_hypothesis_nll(ref_model, ref_expected):
+    """score_nbest decodes shared prefixes once; the numbers must not change."""
+    enc, lens = ref_expected["encoder_out"], ref_expected["encoder_out_lens"]
+    nbest = [[[5, 6, 7], [5, 6, 8], [], [5], [5, 6, 7, 7]], [[9] * 11, [9] * 10 + [3]], [[3, 4], [100]]]
+    ad = ref_model.attention_decoder
+    with torch.inference_mode():
+        got = ad.score_nbest(enc, lens, nbest)
+        for u, hyps in enumerate(nbest):
+            index = torch.tensor([u] * len(hyps))
+            want = (-ad.nll(enc[index], lens[index], hyps).sum(-1)).tolist()
+            assert got[u] == pytest.approx(want, rel=1e-5, abs=1e-4)
+
+
+def test_fixture_nbest_attention_scores_through_the_trie(ref_model, ref_expected):
+    """The n-best of the fixture, rescored through score_nbest, gives the reference nll sums."""
+    nb = ctc_prefix_beam_search(ref_expected["ctc_log_probs"], ref_expected["encoder_out_lens"], beam=4)
+    att = attention_scores_for_nbest(ref_model.attention_decoder, ref_expected["encoder_out"], ref_expected["encoder_out_lens"], nb)
+    ref = -ref_expected["ctc_prefix_beam.attn_decoder_nll_sum"]
+    assert torch.allclose(att, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
