@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -21,35 +19,10 @@ from model.decoding import (
 )
 
 
-def _fixture_dir() -> Path:
-    env = os.environ.get("ZIPSCRIBE_FIXTURES")
-    if env:
-        p = Path(env)
-        return p if (p / "expected.pt").exists() else p / "zipformer_ref"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "zipformer_ref"
-
-
-FIX = _fixture_dir()
-
-
 @pytest.fixture(scope="module")
-def expected():
-    path = FIX / "expected.pt"
-    if not path.exists():
-        pytest.skip(f"fixture file {path} not present")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def ref_model():
-    try:
-        from model import load_checkpoint
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"model.load_checkpoint not importable: {exc}")
-    path = FIX / "pretrained.pt"
-    if not path.exists():
-        pytest.skip(f"fixture file {path} not present")
-    return load_checkpoint(str(path))
+def expected(ref_expected):
+    """The golden outputs (``ref_expected`` / ``ref_model`` come from conftest.py)."""
+    return ref_expected
 
 
 def _cfg(method: str) -> DecodingConfig:

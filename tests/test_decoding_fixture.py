@@ -8,8 +8,6 @@ reference algorithms; discrete outputs must match exactly, float scores within
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,39 +23,10 @@ from model.decoding import (
 )
 
 
-def _fixture_dir() -> Path:
-    env = os.environ.get("ZIPSCRIBE_FIXTURES")
-    if env:
-        p = Path(env)
-        return p if (p / "expected.pt").exists() else p / "zipformer_ref"
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "zipformer_ref"
-
-
-FIX = _fixture_dir()
-
-
-def _load(name: str):
-    path = FIX / name
-    if not path.exists():
-        pytest.skip(f"fixture file {path} not present")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 @pytest.fixture(scope="module")
-def expected():
-    return _load("expected.pt")
-
-
-@pytest.fixture(scope="module")
-def ref_model():
-    try:
-        from model import load_checkpoint
-    except ImportError as exc:  # pragma: no cover - only while the model package is incomplete
-        pytest.skip(f"model.load_checkpoint not importable: {exc}")
-    path = FIX / "pretrained.pt"
-    if not path.exists():
-        pytest.skip(f"fixture file {path} not present")
-    return load_checkpoint(str(path))
+def expected(ref_expected):
+    """The golden outputs (``ref_expected`` / ``ref_model`` come from conftest.py)."""
+    return ref_expected
 
 
 def _rows(ids: torch.Tensor, lens: torch.Tensor):
