@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from .asr_model import AsrModel, to_int_tuple
-from .config import SHAPE_DETERMINED_FIELDS, infer_config, preset
+from .config import SHAPE_DETERMINED_FIELDS, infer_config, preset, split_config
 
 ConfigLike = Union[None, str, PathLike, Mapping[str, Any]]
 
@@ -64,10 +64,10 @@ def _resolve_config(config: ConfigLike, state: Mapping[str, torch.Tensor]) -> di
     if config is None:
         return infer_config(state)
     if isinstance(config, Mapping):
-        return dict(config)
+        return split_config(config)[0]
     text = str(config)
     if text.endswith(".json") or Path(text).is_file():
-        return json.loads(Path(text).read_text())
+        return split_config(json.loads(Path(text).read_text()))[0]
     return preset(text)
 
 

@@ -90,6 +90,18 @@ def preset(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
+# config.json may carry these beside the AsrModel kwargs: the model's name, default
+# decoding settings (e.g. the attention scale tuned on dev) and a description.
+CONFIG_METADATA_KEYS = ("name", "decoding", "description")
+
+
+def split_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``config.json``'s ``AsrModel`` kwargs and its metadata (:data:`CONFIG_METADATA_KEYS`)."""
+    kwargs = {k: v for k, v in raw.items() if k not in CONFIG_METADATA_KEYS}
+    meta = {k: raw[k] for k in CONFIG_METADATA_KEYS if k in raw}
+    return kwargs, meta
+
+
 def _csv(values: list[int]) -> str:
     return ",".join(str(v) for v in values)
 

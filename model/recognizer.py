@@ -27,6 +27,7 @@ import torch
 
 from .asr_model import AsrModel
 from .checkpoint import file_sha256, load_checkpoint
+from .config import split_config
 from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
 from .features import FeatureExtractor
 from .tokenizer import Tokenizer
@@ -140,12 +141,8 @@ class Recognizer:
         ``checkpoint_sha256``: the checkpoint's known digest (skips hashing it again)."""
         model_dir = Path(model_dir)
         checkpoint = find_checkpoint(model_dir)
-        config = None
-        extra: dict[str, Any] = {}
-        if (model_dir / "config.json").is_file():
-            raw = json.loads((model_dir / "config.json").read_text())
-            extra = {k: raw.pop(k) for k in ("name", "decoding", "description") if k in raw}
-            config = raw
+        config_path = model_dir / "config.json"
+        config, extra = split_config(json.loads(config_path.read_text())) if config_path.is_file() else (None, {})
         model = load_checkpoint(checkpoint, config=config, device=device)
         if decoding is None:
             decoding = DecodingConfig(**extra.get("decoding", {}))

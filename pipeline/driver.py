@@ -133,10 +133,7 @@ def validate_inputs(cfg: TranscribeConfig) -> tuple[Path, str]:
     model_dir = local_model_dir(cfg.model)
     checkpoint = find_checkpoint(model_dir)
     config_path = model_dir / "config.json"
-    config = None
-    if config_path.is_file():
-        config = {k: v for k, v in json.loads(config_path.read_text()).items() if k not in ("name", "decoding", "description")}
-    load_checkpoint(checkpoint, config=config)
+    load_checkpoint(checkpoint, config=config_path if config_path.is_file() else None)
     Tokenizer.from_dir(model_dir)
     return model_dir, file_sha256(checkpoint)
 

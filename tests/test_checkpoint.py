@@ -149,3 +149,11 @@ def test_weights_only_refuses_pickled_code(tmp_path):
     torch.save({"model": AsrModel(**tiny_config()).state_dict(), "payload": Exploit()}, path)
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(path)
+
+
+def test_config_json_with_metadata_loads(tmp_path, ref_dir, ref_config):
+    """A model directory's config.json carries name / decoding beside the kwargs."""
+    (tmp_path / "config.json").write_text(json.dumps({"name": "demo", "decoding": {"attention_scale": 0.5}, **ref_config}))
+    for config in (tmp_path / "config.json", json.loads((tmp_path / "config.json").read_text())):
+        model = load_checkpoint(ref_dir / "pretrained.pt", config=config)
+        assert model.encoder.num_encoder_layers == (1, 1, 2, 2, 1, 1)
