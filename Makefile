@@ -11,7 +11,7 @@ PYTHON       ?= python3
 VENV         ?= .venv
 TORCH_SPEC   ?= torch==2.13.0
 TORCH_INDEX  ?=
-APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux
+APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux wamerican
 APT_TEST_PACKAGES ?= chromium
 PYTEST_ARGS  ?=
 
@@ -28,6 +28,7 @@ install: system-deps $(STAMP)
 system-deps:
 	@missing=""; \
 	for tool in espeak-ng sox ffmpeg ip unshare; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	[ -f /usr/share/dict/american-english ] || missing="$$missing wamerican"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages (missing:$$missing)"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \

@@ -1,0 +1,232 @@
+"""Train the demo CTC + attention-decoder Zipformer on a synthetic corpus and write a model dir.
+
+Example (the real run; corpus from jobs/make_synthetic_corpus.py):
+  python jobs/train_demo.py --corpus data/synth --out model/assets/demo --minutes 80 --threads 2
+
+Writes to --out:
+  pretrained.pt    {"model": state_dict} (averaged over the last --average-last checkpoints)
+  bpe.model        sentencepiece BPE trained on the TRAIN text only (<blk>=0, <sos/eos>=1, <unk>=2)
+  config.json      AsrModel kwargs + "name" + "decoding" (attention_scale chosen on dev)
+  MODEL_CARD.md    data, command, training time, dev/test WER per decoding method
+  train_log.json   loss history and the numbers of the model card
+Checkpoints during training go to --work-dir (default: <out>/../<name>-work) and are not shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEMO_CONFIG = {
+    # 6.1 M parameters with 256 BPE pieces: pretrained.pt about 24.5 MB (float32)
+    # 4 stacks at frame rates 50/25/12.5/25 Hz (after the 2x embed), final 4x subsampled output
+    "feature_dim": 80,
+    "downsampling_factor": "1,2,4,2",
+    "num_encoder_layers": "2,2,2,2",
+    "encoder_dim": "128,144,160,144",
+    "encoder_unmasked_dim": "128,128,128,128",
+    "feedforward_dim": "320,384,448,384",
+    "num_heads": "4,4,4,4",
+    "query_head_dim": "24",
+    "pos_head_dim": "4",
+    "value_head_dim": "12",
+    "pos_dim": 48,
+    "cnn_module_kernel": "31,15,15,15",
+    "causal": False,
+    "chunk_size": "-1",
+    "left_context_frames": "-1",
+    "use_transducer": False,
+    "use_ctc": True,
+    "use_attention_decoder": True,
+    "attention_decoder_dim": 160,
+    "attention_decoder_num_layers": 2,
+    "attention_decoder_attention_dim": 160,
+    "attention_decoder_num_heads": 4,
+    "attention_decoder_feedforward_dim": 640,
+    "blank_id": 0,
+    "sos_id": 1,
+    "eos_id": 1,
+    "ignore_id": -1,
+    "label_smoothing": 0.1,
+}
+CONFIGS = {"demo-ctc-aed": DEMO_CONFIG}
+
+
+def train_bpe(texts: list[str], out_dir: Path, vocab_size: int) -> Path:
+    """icefall's way: <blk>=0 and <sos/eos>=1 as user-defined symbols, <unk>=2, no bos/eos."""
+    import sentencepiece as spm
+
+    corpus = out_dir / "bpe_train_text.txt"
+    corpus.write_text("".join(t + "\n" for t in texts))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(out_dir / "bpe"), model_type="bpe", vocab_size=vocab_size,
+        user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, character_coverage=1.0,
+        input_sentence_size=100000000, minloglevel=2,
+    )
+    corpus.unlink()
+    (out_dir / "bpe.vocab").unlink(missing_ok=True)
+    return out_dir / "bpe.model"
+
+
+def resolve_config(spec: str) -> dict:
+    from model.config import PRESETS
+
+    if spec in CONFIGS:
+        return dict(CONFIGS[spec])
+    if spec in PRESETS:
+        return dict(PRESETS[spec])
+    if spec.lstrip().startswith("{"):
+        return json.loads(spec)
+    return json.loads(Path(spec).read_text())
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="directory with cuts_{train,dev,test}.jsonl.gz")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--work-dir", default=None, help="checkpoints during training (default <out>-work)")
+    p.add_argument("--config", default="demo-ctc-aed", help="demo-ctc-aed, a preset name, a JSON file or a JSON string")
+    p.add_argument("--name", default="zipscribe-demo-synthetic")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget (wall minutes of training steps)")
+    p.add_argument("--steps", type=int, default=100000, help="maximum training steps")
+    p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio seconds per batch")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--ctc-scale", type=float, default=0.2)
+    p.add_argument("--att-scale", type=float, default=0.8)
+    p.add_argument("--no-spec-augment", action="store_true")
+    p.add_argument("--spec-augment-after", type=int, default=500, help="steps before SpecAugment starts")
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--average-last", type=int, default=3)
+    p.add_argument("--max-train-utts", type=int, default=None, help="use only the first N train cuts")
+    p.add_argument("--max-eval-utts", type=int, default=None, help="evaluate on only the first N dev / test cuts")
+    p.add_argument("--beam", type=int, default=8)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--skip-eval", action="store_true", help="no dev/test decoding (tests)")
+    args = p.parse_args(argv)
+
+    from model import AsrModel
+    from model.tokenizer import Tokenizer
+    from model.train import (CutDataset, TrainConfig, Trainer, evaluate, load_manifest, sweep_attention_scale)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    corpus = Path(args.corpus)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir) if args.work_dir else out.parent / (out.name + "-work")
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+        log_lines.append(msg)
+
+    t_start = time.time()
+    train_utts = load_manifest(corpus / "cuts_train.jsonl.gz")[: args.max_train_utts]
+    dev_utts = load_manifest(corpus / "cuts_dev.jsonl.gz")[: args.max_eval_utts]
+    test_utts = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
+    train_texts = {u.text for u in train_utts}
+    overlap = sum(u.text in train_texts for u in test_utts)
+    log(f"train {len(train_utts)} cuts ({sum(u.duration for u in train_utts) / 3600:.2f} h), dev {len(dev_utts)}, "
+        f"test {len(test_utts)}; test sentences also in train: {overlap}")
+
+    train_bpe([u.text for u in train_utts], out, args.vocab_size)
+    tokenizer = Tokenizer.from_dir(out)
+    config = resolve_config(args.config)
+    config["vocab_size"] = tokenizer.vocab_size
+    config["blank_id"], config["sos_id"], config["eos_id"] = tokenizer.blank_id, tokenizer.sos_id, tokenizer.eos_id
+    model = AsrModel(**config)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f} M parameters, vocab {tokenizer.vocab_size}")
+
+    train_set = CutDataset(train_utts, tokenizer)
+    train_set.precompute(log=log)
+    cfg = TrainConfig(
+        max_steps=args.steps, time_budget_s=args.minutes * 60 if args.minutes else None, batch_seconds=args.batch_seconds,
+        lr=args.lr, warmup_steps=args.warmup_steps, ctc_scale=args.ctc_scale, att_scale=args.att_scale,
+        spec_augment=not args.no_spec_augment, spec_augment_after=args.spec_augment_after, seed=args.seed,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every, average_last=args.average_last,
+    )
+    trainer = Trainer(model, train_set, cfg, work, log=log)
+    state = trainer.run()
+    final = trainer.final_state_dict()
+    torch.save({"model": final}, out / "pretrained.pt")
+    frames_per_s = state.frames / max(state.elapsed_s, 1e-9)
+    log(f"trained {state.step} steps ({state.epoch} full epochs) in {state.elapsed_s / 60:.1f} min: "
+        f"{frames_per_s:.0f} frames/s = {frames_per_s / 100:.1f} audio s/s")
+
+    decoding = {"method": "attention-rescoring", "beam": args.beam, "attention_scale": 1.0}
+    (out / "config.json").write_text(json.dumps({"name": args.name, **config, "decoding": decoding}, indent=1))
+    results: dict = {"steps": state.step, "epochs": state.epoch, "train_minutes": round(state.elapsed_s / 60, 2),
+                     "frames_per_second": round(frames_per_s, 1), "parameters": n_params,
+                     "history": state.history[-50:]}
+    if not args.skip_eval and dev_utts:
+        scale, table = sweep_attention_scale(out, dev_utts, beam=args.beam)
+        decoding["attention_scale"] = scale
+        (out / "config.json").write_text(json.dumps({"name": args.name, **config, "decoding": decoding}, indent=1))
+        log(f"attention_scale sweep on dev: {table} -> {scale}")
+        results["scale_sweep"] = {str(k): v for k, v in table.items()}
+        results["dev"] = evaluate(out, dev_utts, attention_scale=scale, beam=args.beam)
+        results["test"] = evaluate(out, test_utts, attention_scale=scale, beam=args.beam) if test_utts else {}
+        log(f"dev WER {results['dev']}  test WER {results['test']}")
+    results["total_minutes"] = round((time.time() - t_start) / 60, 2)
+    (out / "train_log.json").write_text(json.dumps({"log": log_lines, **results}, indent=1))
+    write_model_card(out, args, corpus, train_utts, dev_utts, test_utts, n_params, results, decoding, argv)
+    return results
+
+
+def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_utts, n_params: int, results: dict,
+                     decoding: dict, argv) -> None:
+    info = {}
+    if (corpus / "corpus.json").is_file():
+        info = json.loads((corpus / "corpus.json").read_text()).get("options", {})
+    cmd = "python jobs/train_demo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    size_mb = (out / "pretrained.pt").stat().st_size / 1e6
+    lines = [
+        f"# {args.name}",
+        "",
+        "A small Zipformer CTC + attention-decoder model trained from scratch on **synthetic** English speech "
+        "(espeak-ng voices). It is a demo of the zipscribe pipeline, not a general-purpose recogniser: "
+        "expect high error rates on natural human speech.",
+        "",
+        "## Model",
+        f"- `model.AsrModel` (config.json), {n_params / 1e6:.2f} M parameters, checkpoint {size_mb:.1f} MB",
+        f"- BPE vocabulary {args.vocab_size} pieces (sentencepiece, trained on the train text only; `<blk>`=0, `<sos/eos>`=1, `<unk>`=2)",
+        f"- default decoding: {decoding['method']}, beam {decoding['beam']}, attention_scale {decoding['attention_scale']} (chosen on dev)",
+        "",
+        "## Data",
+        f"- generated by `jobs/make_synthetic_corpus.py` (seed {info.get('seed', '?')}): template-grammar and random-word "
+        "English sentences (numbers, dates and times as words), espeak-ng English voices and variants, random rate / pitch, "
+        "light noise and gain changes",
+        f"- train: {len(train_utts)} utterances, {sum(u.duration for u in train_utts) / 3600:.2f} h; dev: {len(dev_utts)}; "
+        f"test: {len(test_utts)} (test sentences never occur in train)",
+        "",
+        "## Training",
+        f"- command: `{cmd}`",
+        f"- {results['steps']} steps ({results['epochs']} full epochs), {results['train_minutes']} min of training "
+        f"({results['frames_per_second']} feature frames/s), {results['total_minutes']} min in all, "
+        f"{args.threads} CPU threads",
+        f"- loss: {args.ctc_scale} x CTC + {args.att_scale} x attention (label smoothing {0.1}), AdamW lr {args.lr}, "
+        f"warmup {args.warmup_steps} steps then cosine decay, "
+        f"{'no SpecAugment' if args.no_spec_augment else f'SpecAugment after step {args.spec_augment_after}'}, clip 5, average of the last {args.average_last} checkpoints",
+        "",
+    ]
+    if "dev" in results:
+        lines += ["## WER (%)", "", "| decoding | dev | test |", "|---|---|---|"]
+        for m in results["dev"]:
+            lines.append(f"| {m} | {results['dev'][m]:.2f} | {results['test'].get(m, float('nan')):.2f} |")
+        lines += ["", "Measured with `model.recognizer.Recognizer.from_dir` on this directory (exact-match words, no normalisation)."]
+    (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

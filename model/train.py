@@ -1,0 +1,433 @@
+"""Training of the CTC + attention-decoder ``AsrModel`` (library; CLI: ``jobs/train_demo.py``).
+
+Pieces:
+
+* :class:`CutDataset`: a lhotse manifest (cuts with one supervision each) whose fbank features
+  (:class:`model.features.FeatureExtractor`) are computed on first use and cached in memory as
+  float16, with token ids from the tokenizer.
+* :func:`bucketed_batches`: duration-sorted batches whose padded size (cuts x longest cut) stays
+  under ``max_seconds``, shuffled per epoch.
+* :func:`spec_augment`: time and frequency masking (filled with each utterance's mean).
+* :func:`compute_loss`: ``ctc_scale * CTC + att_scale * label-smoothed attention CE``, both summed
+  over the batch and divided by the number of target tokens.
+* :class:`Trainer`: AdamW, linear warmup then cosine decay over the larger of step and time
+  progress, gradient clipping, periodic checkpoints ``{"model": state_dict}`` (what
+  :func:`model.load_checkpoint` reads) and :func:`average_checkpoints`.
+* :func:`evaluate`: WER of a model directory with :class:`model.recognizer.Recognizer`, per
+  decoding method, plus the sweep of ``attention_scale`` on an n-best list.
+
+The model is the project's own ``AsrModel`` in train mode. It has no dropout, Balancer or
+Whiten modules (it is inference-oriented), so regularisation here is SpecAugment only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .asr_model import AsrModel
+from .features import FeatureExtractor
+from .tokenizer import Tokenizer
+
+# ------------------------------------------------------------------ data
+
+
+@dataclass
+class Utterance:
+    id: str
+    text: str
+    duration: float
+    audio_path: Optional[str] = None
+    cut: Any = None
+
+
+def load_manifest(path: str | Path) -> list[Utterance]:
+    """Cuts of a lhotse CutSet manifest with their first supervision's text."""
+    from lhotse import CutSet
+
+    out = []
+    for cut in CutSet.from_file(str(path)):
+        text = " ".join(s.text for s in cut.supervisions if s.text)
+        out.append(Utterance(id=cut.id, text=text, duration=float(cut.duration), cut=cut))
+    return out
+
+
+def load_audio(utt: Utterance) -> np.ndarray:
+    if utt.cut is not None:
+        return utt.cut.load_audio()[0].astype(np.float32)
+    import soundfile as sf
+
+    samples, sr = sf.read(str(utt.audio_path), dtype="float32", always_2d=True)
+    if sr != 16000:
+        raise ValueError(f"{utt.audio_path}: {sr} Hz, expected 16000")
+    return samples[:, 0]
+
+
+class CutDataset:
+    """Utterances with cached fbank features and token ids."""
+
+    def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, min_frames: int = 40):
+        self.utterances = [u for u in utterances if u.duration * 100 >= min_frames and u.text.strip()]
+        self.tokenizer = tokenizer
+        self.tokens = [tokenizer.encode(u.text) for u in self.utterances]
+        self._feats: dict[int, torch.Tensor] = {}
+        self._fe = FeatureExtractor()
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def precompute(self, batch: int = 32, log: Optional[Callable[[str], None]] = None) -> None:
+        todo = [i for i in range(len(self)) if i not in self._feats]
+        t0 = time.time()
+        for k in range(0, len(todo), batch):
+            self._compute(todo[k : k + batch])
+        if log and todo:
+            log(f"features of {len(todo)} utterances in {time.time() - t0:.1f} s")
+
+    def _compute(self, idx: Sequence[int]) -> None:
+        wavs = [load_audio(self.utterances[i]) for i in idx]
+        feats, lens = self._fe(wavs)
+        for j, i in enumerate(idx):
+            self._feats[i] = feats[j, : int(lens[j])].to(torch.float16).clone()
+
+    def features(self, idx: Sequence[int]) -> list[torch.Tensor]:
+        missing = [i for i in idx if i not in self._feats]
+        if missing:
+            self._compute(missing)
+        return [self._feats[i].float() for i in idx]
+
+    def collate(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+        """Padded features (N, T, 80) with ``log(1e-10)`` padding, lengths, token lists."""
+        from .features import PADDING_VALUE
+
+        feats = self.features(idx)
+        lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+        x = torch.full((len(feats), int(lens.max()), feats[0].shape[1]), PADDING_VALUE)
+        for j, f in enumerate(feats):
+            x[j, : f.shape[0]] = f
+        return x, lens, [self.tokens[i] for i in idx]
+
+
+def bucketed_batches(durations: Sequence[float], max_seconds: float, rng: Optional[random.Random] = None,
+                     max_cuts: int = 256) -> list[list[int]]:
+    """Indices grouped by duration: each batch's ``len * max(duration) <= max_seconds``
+    (a single longer cut forms its own batch). Sorted, lightly jittered so that batches differ
+    between epochs, and shuffled when ``rng`` is given."""
+    order = list(range(len(durations)))
+    if rng is not None:
+        key = {i: durations[i] * (1.0 + 0.1 * rng.random()) for i in order}
+        order.sort(key=lambda i: key[i])
+    else:
+        order.sort(key=lambda i: durations[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0.0
+    for i in order:
+        d = durations[i]
+        if cur and (max(longest, d) * (len(cur) + 1) > max_seconds or len(cur) >= max_cuts):
+            batches.append(cur)
+            cur, longest = [], 0.0
+        cur.append(i)
+        longest = max(longest, d)
+    if cur:
+        batches.append(cur)
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def spec_augment(x: torch.Tensor, lens: torch.Tensor, gen: torch.Generator, num_freq_masks: int = 2,
+                 max_freq_width: int = 15, time_mask_fraction: float = 0.12, max_time_width: int = 30) -> torch.Tensor:
+    """Frequency and time masking in place on a padded batch (masked values = utterance mean)."""
+    n, _, c = x.shape
+    for i in range(n):
+        t = int(lens[i])
+        fill = x[i, :t].mean()
+        for _ in range(num_freq_masks):
+            w = int(torch.randint(0, max_freq_width + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, max(1, c - w), (1,), generator=gen))
+            x[i, :t, f0 : f0 + w] = fill
+        budget = int(time_mask_fraction * t)
+        num = max(1, t // 100 * 2) if budget > 0 else 0
+        for _ in range(num):
+            w = min(int(torch.randint(0, max_time_width + 1, (1,), generator=gen)), budget)
+            if w <= 0:
+                break
+            t0 = int(torch.randint(0, max(1, t - w), (1,), generator=gen))
+            x[i, t0 : t0 + w] = fill
+            budget -= w
+    return x
+
+
+# ------------------------------------------------------------------ loss
+
+
+@dataclass
+class LossParts:
+    loss: torch.Tensor
+    ctc: float
+    att: float
+    tokens: int
+    frames: int
+
+
+def compute_loss(model: AsrModel, x: torch.Tensor, x_lens: torch.Tensor, ys: Sequence[Sequence[int]],
+                 ctc_scale: float = 0.2, att_scale: float = 0.8) -> LossParts:
+    """CTC (blank ``model.blank_id``) + attention-decoder loss, per target token."""
+    encoder_out, encoder_out_lens = model.forward_encoder(x, x_lens)
+    num_tokens = sum(len(y) for y in ys)
+    total = encoder_out.new_zeros(())
+    ctc_val = att_val = 0.0
+    if model.ctc_output is not None and ctc_scale > 0:
+        log_probs = model.ctc_output(encoder_out)  # (N, T, V)
+        targets = torch.tensor([t for y in ys for t in y], dtype=torch.int64)
+        target_lens = torch.tensor([len(y) for y in ys], dtype=torch.int64)
+        ctc = F.ctc_loss(log_probs.permute(1, 0, 2).float(), targets, encoder_out_lens.cpu(), target_lens,
+                         blank=model.blank_id, reduction="sum", zero_infinity=True)
+        total = total + ctc_scale * ctc
+        ctc_val = float(ctc.detach()) / max(num_tokens, 1)
+    if model.attention_decoder is not None and att_scale > 0:
+        att = model.attention_decoder.calc_att_loss(encoder_out, encoder_out_lens, ys, reduction="sum")
+        total = total + att_scale * att
+        att_val = float(att.detach()) / max(num_tokens + len(ys), 1)
+    return LossParts(total / max(num_tokens, 1), ctc_val, att_val, num_tokens, int(x_lens.sum()))
+
+
+# ------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100000
+    time_budget_s: Optional[float] = None
+    batch_seconds: float = 120.0
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 500
+    weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    ctc_scale: float = 0.2
+    att_scale: float = 0.8
+    spec_augment: bool = True
+    spec_augment_after: int = 0  # steps without SpecAugment at the start
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 0  # steps; 0: only at the end
+    keep_checkpoints: int = 5
+    average_last: int = 1  # checkpoints averaged into the final model
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    elapsed_s: float = 0.0
+    frames: int = 0
+    history: list[dict] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def lr_factor(progress: float, step: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio`` at progress 1."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    p = min(max(progress, 0.0), 1.0)
+    return warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the ``"model"`` state dicts of ``paths`` (integer tensors: the last one's)."""
+    avg: dict[str, torch.Tensor] = {}
+    for k, p in enumerate(paths):
+        state = torch.load(str(p), map_location="cpu", weights_only=True)["model"]
+        for name, t in state.items():
+            if k == 0:
+                avg[name] = t.clone().double() if t.is_floating_point() else t.clone()
+            elif t.is_floating_point():
+                avg[name] += t.double()
+            else:
+                avg[name] = t.clone()
+    for name, t in avg.items():
+        if t.is_floating_point():
+            avg[name] = (t / len(paths)).float()
+    return avg
+
+
+class Trainer:
+    def __init__(self, model: AsrModel, train: CutDataset, config: TrainConfig, out_dir: str | Path,
+                 log: Callable[[str], None] = print):
+        self.model = model
+        self.train = train
+        self.cfg = config
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.dim() < 2 else decay).append(p)
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+        self.state = TrainState()
+        self.rng = random.Random(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)
+
+    def progress(self) -> float:
+        p = self.state.step / max(1, self.cfg.max_steps)
+        if self.cfg.time_budget_s:
+            p = max(p, self.state.elapsed_s / self.cfg.time_budget_s)
+        return p
+
+    def done(self) -> bool:
+        return self.state.step >= self.cfg.max_steps or (
+            self.cfg.time_budget_s is not None and self.state.elapsed_s >= self.cfg.time_budget_s)
+
+    def save(self, name: str, state_dict: Optional[dict] = None) -> Path:
+        path = self.out_dir / name
+        torch.save({"model": state_dict if state_dict is not None else self.model.state_dict()}, path)
+        return path
+
+    def _checkpoint(self) -> None:
+        path = self.save(f"checkpoint-{self.state.step}.pt")
+        self.state.checkpoints.append(str(path))
+        keep = max(self.cfg.keep_checkpoints, self.cfg.average_last)
+        while len(self.state.checkpoints) > keep:
+            Path(self.state.checkpoints.pop(0)).unlink(missing_ok=True)
+
+    def step(self, batch: Sequence[int]) -> dict:
+        cfg, st = self.cfg, self.state
+        t0 = time.time()
+        self.model.train()
+        x, x_lens, ys = self.train.collate(batch)
+        if cfg.spec_augment and st.step >= cfg.spec_augment_after:
+            spec_augment(x, x_lens, self.gen)
+        factor = lr_factor(self.progress(), st.step, cfg.warmup_steps, cfg.min_lr_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * factor
+        parts = compute_loss(self.model, x, x_lens, ys, cfg.ctc_scale, cfg.att_scale)
+        self.opt.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        if math.isfinite(grad_norm):
+            self.opt.step()
+        dt = time.time() - t0
+        st.step += 1
+        st.elapsed_s += dt
+        st.frames += parts.frames
+        rec = {"step": st.step, "loss": float(parts.loss.detach()), "ctc": parts.ctc, "att": parts.att, "lr": cfg.lr * factor,
+               "grad_norm": grad_norm, "frames": parts.frames, "batch": len(batch), "seconds": dt}
+        st.history.append(rec)
+        return rec
+
+    def run(self) -> TrainState:
+        cfg, st = self.cfg, self.state
+        durations = [u.duration for u in self.train.utterances]
+        window: list[dict] = []
+        while not self.done():
+            for batch in bucketed_batches(durations, cfg.batch_seconds, self.rng):
+                if self.done():
+                    break
+                rec = self.step(batch)
+                window.append(rec)
+                if cfg.log_every and st.step % cfg.log_every == 0:
+                    fr = sum(r["frames"] for r in window) / max(1e-9, sum(r["seconds"] for r in window))
+                    self.log(f"step {st.step} epoch {st.epoch} loss {np.mean([r['loss'] for r in window]):.3f} "
+                             f"ctc {np.mean([r['ctc'] for r in window]):.3f} att {np.mean([r['att'] for r in window]):.3f} "
+                             f"lr {rec['lr']:.2e} {fr:.0f} frames/s ({fr / 100:.1f} audio s/s) elapsed {st.elapsed_s / 60:.1f} min")
+                    window = []
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    self._checkpoint()
+            else:
+                st.epoch += 1
+        if not st.checkpoints or not st.checkpoints[-1].endswith(f"-{st.step}.pt"):
+            self._checkpoint()
+        return st
+
+    def final_state_dict(self) -> dict[str, torch.Tensor]:
+        paths = self.state.checkpoints[-max(1, self.cfg.average_last):]
+        if len(paths) <= 1:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.log(f"averaging {len(paths)} checkpoints: {', '.join(Path(p).name for p in paths)}")
+        return average_checkpoints(paths)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def word_errors(ref: str, hyp: str) -> int:
+    a, b = ref.split(), hyp.split()
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    words = sum(len(r.split()) for r in refs)
+    return 100.0 * sum(word_errors(r, h) for r, h in zip(refs, hyps)) / max(1, words)
+
+
+def transcribe_nbest(recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0) -> list[Any]:
+    """Hypotheses (with n-best lists) of every utterance, in order; uses the recognizer's decoding."""
+    out: list[Any] = [None] * len(utterances)
+    for batch in bucketed_batches([u.duration for u in utterances], batch_seconds):
+        wavs = [load_audio(utterances[i]) for i in batch]
+        with torch.inference_mode():
+            feats, lens = recognizer.features(wavs)
+            enc, enc_lens = recognizer.model.forward_encoder(feats, lens)
+            from .decoding import decode
+
+            hyps = decode(recognizer.model, enc, enc_lens, recognizer.decoding)
+        for i, h in zip(batch, hyps):
+            out[i] = h
+    return out
+
+
+def evaluate(model_dir: str | Path, utterances: Sequence[Utterance], methods: Iterable[str] = ("ctc-greedy", "ctc-beam", "attention-rescoring"),
+             attention_scale: Optional[float] = None, beam: int = 8) -> dict[str, float]:
+    """WER (%) per decoding method of a model directory, through ``Recognizer.from_dir``."""
+    from .decoding import DecodingConfig
+    from .recognizer import Recognizer
+
+    refs = [u.text for u in utterances]
+    results = {}
+    for method in methods:
+        cfg = DecodingConfig(method=method, beam=beam, attention_scale=1.0 if attention_scale is None else attention_scale)
+        rec = Recognizer.from_dir(model_dir, decoding=cfg)
+        texts = [""] * len(utterances)
+        for batch in bucketed_batches([u.duration for u in utterances], 200.0):
+            transcripts, _ = rec.transcribe([load_audio(utterances[i]) for i in batch])
+            for i, t in zip(batch, transcripts):
+                texts[i] = t.text
+        results[method] = wer(refs, texts)
+    return results
+
+
+def sweep_attention_scale(model_dir: str | Path, utterances: Sequence[Utterance],
+                          scales: Sequence[float] = (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 9.0),
+                          beam: int = 8) -> tuple[float, dict[float, float]]:
+    """icefall-style sweep: rescore the CTC n-best once, pick the scale with the lowest WER."""
+    from .decoding import DecodingConfig
+    from .recognizer import Recognizer
+
+    rec = Recognizer.from_dir(model_dir, decoding=DecodingConfig(method="attention-rescoring", beam=beam, return_nbest=True))
+    hyps = transcribe_nbest(rec, utterances)
+    refs = [u.text for u in utterances]
+    table: dict[float, float] = {}
+    for s in scales:
+        texts = []
+        for h in hyps:
+            best = max(h.nbest, key=lambda e: e.ctc_score + s * (e.attention_score or 0.0)) if h.nbest else h
+            texts.append(rec.tokenizer.decode(best.token_ids))
+        table[s] = wer(refs, texts)
+    best_scale = min(scales, key=lambda s: (table[s], abs(math.log(s))))
+    return best_scale, table

@@ -1,0 +1,199 @@
+"""Synthetic corpus generator, sentence generator and demo training (jobs/train_demo.py) at tiny scale."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from pipeline.synthetic import DEFAULT_WORD_LIST, SentenceGenerator, load_word_list, ordinal_words, time_words, year_words
+from tests.helpers import have_tools
+
+REPO = Path(__file__).resolve().parent.parent
+needs_words = pytest.mark.skipif(not DEFAULT_WORD_LIST.is_file(), reason="no /usr/share/dict word list (Debian wamerican)")
+needs_audio = pytest.mark.skipif(not have_tools("espeak-ng", "sox"), reason="espeak-ng and sox are needed")
+
+TINY_TRAIN_CONFIG = {
+    "downsampling_factor": "1,2", "num_encoder_layers": "1,1", "encoder_dim": "64,96", "encoder_unmasked_dim": "48,48",
+    "num_heads": "2,2", "query_head_dim": 16, "value_head_dim": 8, "pos_head_dim": 4, "pos_dim": 16,
+    "feedforward_dim": "128,192", "cnn_module_kernel": "15,15", "use_ctc": True, "use_transducer": False,
+    "use_attention_decoder": True, "attention_decoder_dim": 64, "attention_decoder_num_layers": 1,
+    "attention_decoder_attention_dim": 64, "attention_decoder_num_heads": 2, "attention_decoder_feedforward_dim": 128,
+}
+
+NUMBER_WORDS = {"one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twenty", "thirty",
+                "hundred", "thousand", "first", "second", "third"}
+
+
+def test_number_helpers():
+    assert ordinal_words(3) == "third"
+    assert ordinal_words(21) == "twenty first"
+    assert ordinal_words(40) == "fortieth"
+    assert year_words(1984) == "nineteen eighty four"
+    assert year_words(2005) == "two thousand five"
+    assert year_words(1906) == "nineteen oh six"
+    assert time_words(7, 5) == "seven oh five in the morning"
+    assert time_words(19, 30) == "seven thirty in the evening"
+
+
+@needs_words
+def test_sentence_generator_vocabulary_and_determinism():
+    words = load_word_list()
+    assert len(words) > 20000 and all(re.fullmatch(r"[a-z]+", w) for w in words[:1000])
+    a = SentenceGenerator(seed=7, words=words).unique_sentences(20000)
+    b = SentenceGenerator(seed=7, words=words).unique_sentences(20000)
+    c = SentenceGenerator(seed=8, words=words).unique_sentences(200)
+    assert a == b
+    assert a[:200] != c
+    assert len(set(a)) == 20000
+    assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", s) for s in a), "lowercase words and single spaces only"
+    vocab = {w for s in a for w in s.split()}
+    assert len(vocab) >= 5000, len(vocab)
+    with_numbers = [s for s in a if NUMBER_WORDS & set(s.split())]
+    assert len(with_numbers) > 1000
+    assert not any(ch.isdigit() for s in a for ch in s)
+    lengths = [len(s.split()) for s in a]
+    assert 3 <= np.mean(lengths) <= 14 and max(lengths) <= 30
+    questions = [s for s in a if s.split()[0] in ("did", "where", "why", "when", "how", "is")]
+    assert len(questions) > 500
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    if not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()):
+        pytest.skip("espeak-ng, sox and the wamerican word list are needed")
+    out = tmp_path_factory.mktemp("corpus")
+    cmd = [sys.executable, "jobs/make_synthetic_corpus.py", "--out", str(out), "--train-utts", "12", "--dev-utts", "3",
+           "--test-utts", "3", "--jobs", "2", "--seed", "3", "--noise-prob", "0.5", "--gain-prob", "0.5"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=120)
+    return out
+
+
+@needs_audio
+@needs_words
+def test_corpus_manifests(tiny_corpus):
+    from lhotse import CutSet
+
+    texts = {}
+    for split, n in (("train", 12), ("dev", 3), ("test", 3)):
+        cuts = CutSet.from_file(str(tiny_corpus / f"cuts_{split}.jsonl.gz")).to_eager()
+        assert len(cuts) == n
+        texts[split] = set()
+        for cut in cuts:
+            assert cut.sampling_rate == 16000 and cut.num_channels == 1
+            assert 0.5 < cut.duration < 15
+            (sup,) = cut.supervisions
+            assert sup.text and re.fullmatch(r"[a-z]+( [a-z]+)*", sup.text)
+            assert sup.language == "English" and "+" in sup.speaker
+            texts[split].add(sup.text)
+            audio = cut.load_audio()
+            assert audio.shape == (1, cut.num_samples) and np.abs(audio).max() > 0.01
+            samples, sr = sf.read(cut.recording.sources[0].source)
+            assert sr == 16000 and samples.ndim == 1
+        assert len(texts[split]) == n
+        lines = (tiny_corpus / f"text_{split}.txt").read_text().splitlines()
+        assert set(lines) == texts[split]
+    assert not texts["train"] & texts["test"]
+    assert not texts["train"] & texts["dev"]
+    assert not texts["dev"] & texts["test"]
+    assert len({c.supervisions[0].speaker for c in CutSet.from_file(str(tiny_corpus / "cuts_train.jsonl.gz"))}) > 3
+
+
+@needs_audio
+@needs_words
+def test_corpus_is_deterministic(tiny_corpus, tmp_path):
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import make_synthetic_corpus as msc
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    args = msc.parse_args(["--out", str(tmp_path), "--train-utts", "12", "--dev-utts", "3", "--test-utts", "3", "--seed", "3",
+                           "--noise-prob", "0.5", "--gain-prob", "0.5"])
+    plan = msc.plan(args)
+    for split in ("train", "dev", "test"):
+        assert [i["text"] for i in plan[split]] == (tiny_corpus / f"text_{split}.txt").read_text().splitlines()
+    other = msc.plan(msc.parse_args(["--out", str(tmp_path), "--train-utts", "12", "--seed", "4"]))
+    assert [i["text"] for i in other["train"]] != [i["text"] for i in plan["train"]]
+
+
+def test_bucketed_batches_respect_budget():
+    import random
+
+    from model.train import bucketed_batches
+
+    durations = [1.0 + (i * 37 % 100) / 10 for i in range(200)]
+    batches = bucketed_batches(durations, 40.0, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(durations[i] for i in b) <= 40.0
+    assert bucketed_batches(durations, 40.0, random.Random(0)) == batches
+
+
+def test_checkpoint_averaging(tmp_path):
+    from model.train import average_checkpoints
+
+    for k, v in enumerate((1.0, 3.0)):
+        torch.save({"model": {"w": torch.full((2,), v), "n": torch.tensor(k)}}, tmp_path / f"c{k}.pt")
+    avg = average_checkpoints([tmp_path / "c0.pt", tmp_path / "c1.pt"])
+    assert torch.equal(avg["w"], torch.full((2,), 2.0)) and int(avg["n"]) == 1
+
+
+@needs_audio
+@needs_words
+def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "jobs/train_demo.py", "--corpus", str(tiny_corpus), "--out", str(out), "--work-dir", str(tmp_path / "work"),
+           "--config", json.dumps(TINY_TRAIN_CONFIG), "--steps", "30", "--max-train-utts", "4", "--batch-seconds", "100",
+           "--warmup-steps", "5", "--lr", "3e-3", "--no-spec-augment", "--vocab-size", "100", "--checkpoint-every", "10",
+           "--average-last", "2", "--log-every", "10", "--beam", "4"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    log = json.loads((out / "train_log.json").read_text())
+    losses = [h["loss"] for h in log["history"]]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+    assert all(np.isfinite(losses))
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["name"] and cfg["decoding"]["method"] == "attention-rescoring"
+    assert float(cfg["decoding"]["attention_scale"]) > 0
+    assert cfg["use_ctc"] and cfg["use_attention_decoder"] and not cfg["use_transducer"]
+    card = (out / "MODEL_CARD.md").read_text()
+    for needle in ("ctc-greedy", "ctc-beam", "attention-rescoring", "train: 4 utterances", "jobs/train_demo.py"):
+        assert needle in card
+
+    # the BPE model follows icefall's conventions and only saw train text
+    from model.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(out)
+    assert (tok.blank_id, tok.sos_id, tok.unk_id) == (0, 1, 2)
+    assert tok.vocab_size == cfg["vocab_size"]
+
+    from model import load_checkpoint
+    from model.recognizer import Recognizer
+
+    # (load_checkpoint(config=<path of config.json>) passes "name"/"decoding" on to AsrModel: strip them here)
+    model = load_checkpoint(out / "pretrained.pt", config={k: v for k, v in cfg.items() if k not in ("name", "decoding")})
+    assert not model.training and model.ctc_output is not None
+    raw = torch.load(out / "pretrained.pt", weights_only=True)
+    assert set(raw) == {"model"}
+
+    rec = Recognizer.from_dir(out)
+    assert rec.info.name == cfg["name"] and rec.decoding.attention_scale == cfg["decoding"]["attention_scale"]
+    from lhotse import CutSet
+
+    cuts = list(CutSet.from_file(str(tiny_corpus / "cuts_train.jsonl.gz")))[:4]
+    transcripts, _ = rec.transcribe([c.load_audio()[0] for c in cuts])
+    assert len(transcripts) == 4 and all(isinstance(t.text, str) for t in transcripts)
+    # 30 steps on 4 utterances: the attention-rescored output should already share words with the references
+    from model.train import wer
+
+    assert wer([c.supervisions[0].text for c in cuts], [t.text for t in transcripts]) < 100.0
