@@ -283,16 +283,10 @@ def train_bpe(directory: Path, texts: Sequence[str], vocab_size: int) -> int:
     """icefall-style BPE (``<blk>`` = 0, ``<sos/eos>`` = 1, ``<unk>`` = 2); returns the real vocab size."""
     import sentencepiece as spm
 
-    corpus = directory / "bpe-corpus.txt"
-    corpus.write_text("\n".join(list(texts) * 4) + "\n")
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(directory / "bpe"), model_type="bpe", vocab_size=vocab_size,
-        user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, character_coverage=1.0,
-        hard_vocab_limit=False, minloglevel=2,
-    )
-    corpus.unlink()
-    (directory / "bpe.vocab").unlink(missing_ok=True)
-    return spm.SentencePieceProcessor(model_file=str(directory / "bpe.model")).vocab_size()
+    from model.tokenizer import train_bpe as train_icefall_bpe
+
+    bpe = train_icefall_bpe(list(texts) * 4, directory, vocab_size, hard_vocab_limit=False)
+    return spm.SentencePieceProcessor(model_file=str(bpe)).vocab_size()
 
 
 @torch.inference_mode()

@@ -58,22 +58,6 @@ DEMO_CONFIG = {
 CONFIGS = {"demo-ctc-aed": DEMO_CONFIG}
 
 
-def train_bpe(texts: list[str], out_dir: Path, vocab_size: int) -> Path:
-    """icefall's way: <blk>=0 and <sos/eos>=1 as user-defined symbols, <unk>=2, no bos/eos."""
-    import sentencepiece as spm
-
-    corpus = out_dir / "bpe_train_text.txt"
-    corpus.write_text("".join(t + "\n" for t in texts))
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(out_dir / "bpe"), model_type="bpe", vocab_size=vocab_size,
-        user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, character_coverage=1.0,
-        input_sentence_size=100000000, minloglevel=2,
-    )
-    corpus.unlink()
-    (out_dir / "bpe.vocab").unlink(missing_ok=True)
-    return out_dir / "bpe.model"
-
-
 def resolve_config(spec: str) -> dict:
     from model.config import PRESETS
 
@@ -115,7 +99,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from model import AsrModel
-    from model.tokenizer import Tokenizer
+    from model.tokenizer import Tokenizer, train_bpe
     from model.train import (CutDataset, TrainConfig, Trainer, evaluate, load_manifest, sweep_attention_scale)
 
     torch.set_num_threads(args.threads)

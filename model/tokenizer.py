@@ -300,3 +300,28 @@ class Tokenizer:
     def __repr__(self) -> str:
         kind = "sentencepiece" if self._sp is not None else "tokens.txt"
         return f"Tokenizer({kind}, vocab_size={self.vocab_size})"
+
+
+def train_bpe(texts: Iterable[str], out_dir: Union[str, Path], vocab_size: int, hard_vocab_limit: bool = True) -> Path:
+    """Train a sentencepiece BPE model the way icefall does and write ``out_dir/bpe.model``.
+
+    ``<blk>`` = 0 and ``<sos/eos>`` = 1 are user-defined symbols, ``<unk>`` = 2, no
+    bos/eos pieces, full character coverage. ``hard_vocab_limit=False`` lets a tiny
+    corpus produce fewer pieces than asked for (tests).
+    """
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = out_dir / "bpe-train-text.txt"
+    corpus.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(out_dir / "bpe"), model_type="bpe", vocab_size=vocab_size,
+            user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, character_coverage=1.0,
+            hard_vocab_limit=hard_vocab_limit, input_sentence_size=100_000_000, minloglevel=2,
+        )
+    finally:
+        corpus.unlink(missing_ok=True)
+        (out_dir / "bpe.vocab").unlink(missing_ok=True)
+    return out_dir / "bpe.model"

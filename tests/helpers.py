@@ -30,18 +30,11 @@ def make_tiny_model_dir(directory: Path, vocab_size: int = 80, seed: int = 0) ->
     """Random-weight CTC + transducer + attention-decoder model with a matching BPE model."""
     import sentencepiece as spm
 
-    directory.mkdir(parents=True, exist_ok=True)
-    corpus = directory / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS * 20) + "\n")
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(directory / "bpe"), model_type="bpe", vocab_size=vocab_size,
-        user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1, character_coverage=1.0,
-        hard_vocab_limit=False, minloglevel=2,
-    )
-    corpus.unlink()
-    (directory / "bpe.vocab").unlink(missing_ok=True)
-    vocab = spm.SentencePieceProcessor(model_file=str(directory / "bpe.model")).vocab_size()
     from model import AsrModel
+    from model.tokenizer import train_bpe
+
+    bpe = train_bpe(CORPUS * 20, directory, vocab_size, hard_vocab_limit=False)
+    vocab = spm.SentencePieceProcessor(model_file=str(bpe)).vocab_size()
 
     torch.manual_seed(seed)
     config = dict(TINY_CONFIG, vocab_size=vocab)
