@@ -360,20 +360,12 @@ class Trainer:
 # ------------------------------------------------------------------ evaluation
 
 
-def word_errors(ref: str, hyp: str) -> int:
-    a, b = ref.split(), hyp.split()
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    words = sum(len(r.split()) for r in refs)
-    return 100.0 * sum(word_errors(r, h) for r, h in zip(refs, hyps)) / max(1, words)
+    """WER in percent, scored exactly as the pipeline's reports score it (english normaliser, jiwer)."""
+    from pipeline.wer import word_errors
+
+    counts = [word_errors(r, h) for r, h in zip(refs, hyps)]
+    return 100.0 * sum(c.errors for c in counts) / max(1, sum(c.ref_words for c in counts))
 
 
 def transcribe_nbest(recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0) -> list[Any]:
