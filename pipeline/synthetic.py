@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .wer import number_to_words
+from .wer import number_to_words, ordinal_words
 
 DEFAULT_WORD_LIST = Path("/usr/share/dict/american-english")
 
@@ -81,24 +81,10 @@ _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "augu
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _UNITS = ("dollars", "euros", "pounds", "minutes", "hours", "days", "miles", "kilometers", "meters", "people",
           "pages", "boxes", "apples", "tickets", "books", "cars", "houses", "degrees", "percent", "points")
-_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-                  "nine": "ninth", "twelve": "twelfth"}
 
 _NOUN_SUFFIXES = ("tion", "ness", "ment", "ity", "ship", "ance", "ence", "ism", "hood", "dom", "ery", "ure", "age")
 _ADJ_SUFFIXES = ("ful", "ous", "ive", "able", "ible", "less", "ical", "ish", "ary", "ent", "ant")
 _VERB_SUFFIXES = ("ize", "ise", "ate", "ify", "en")
-
-
-def ordinal_words(n: int) -> str:
-    """``3`` -> ``third``, ``21`` -> ``twenty first``, ``40`` -> ``fortieth``."""
-    head, _, last = number_to_words(n).rpartition(" ")
-    if last in _ORDINAL_WORDS:
-        last = _ORDINAL_WORDS[last]
-    elif last.endswith("y"):
-        last = last[:-1] + "ieth"
-    else:
-        last += "th"
-    return f"{head} {last}" if head else last
 
 
 def year_words(year: int) -> str:

@@ -134,7 +134,13 @@ def _digits(s: str) -> str:
     return " ".join(_ONES[int(c)] for c in s)
 
 
+def ordinal_words(n: int) -> str:
+    """``3`` -> ``third``, ``21`` -> ``twenty first``, ``40`` -> ``fortieth``."""
+    return _ordinal(number_to_words(n))
+
+
 def _ordinal(words: str) -> str:
+    """Turn the last word of a spelled-out number into its ordinal."""
     head, _, last = words.rpartition(" ")
     if last in _ORDINAL_WORDS:
         last = _ORDINAL_WORDS[last]
