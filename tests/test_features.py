@@ -108,6 +108,23 @@ def kaldi_fbank_reference(wave: np.ndarray, num_bins: int = 80) -> np.ndarray:
     return out
 
 
+
+# One 16-bit LSB (2**-15) squared and summed over a 400-sample window is about
+# 3.7e-7, log -14.8: bins this close to the quantisation floor hold a handful of
+# LSBs of energy, so float32 round-off in the FFT (which differs between CPU
+# instruction sets) moves their log by up to a few 1e-3. Bins with real energy
+# must agree to 1e-3; bins at the floor to 5e-3.
+NOISE_FLOOR_LOG = -12.0
+
+
+def assert_fbank_close(ours: np.ndarray, ref: np.ndarray) -> None:
+    """Compare log-mel features: 1e-3 where there is energy, 5e-3 at the quantisation floor."""
+    assert ours.shape == ref.shape
+    floor = ref < NOISE_FLOOR_LOG
+    assert (~floor).sum() > floor.sum()  # most bins carry signal, so the strict rule bites
+    np.testing.assert_allclose(ours[~floor], ref[~floor], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(ours[floor], ref[floor], atol=5e-3, rtol=0)
+
 def knf_fbank(wave: np.ndarray) -> np.ndarray:
     knf = pytest.importorskip("kaldi_native_fbank", reason="test extra kaldi-native-fbank missing")
     opts = knf.FbankOptions()
@@ -176,7 +193,7 @@ def test_batched_equals_single_odd_lengths(fe: FeatureExtractor, utterances: lis
         torch.testing.assert_close(feats[i, : lens[i]], alone[0], atol=1e-5, rtol=0)
         assert (feats[i, lens[i] :] == PADDING_VALUE).all()
         if lens[i] > 0:
-            np.testing.assert_allclose(alone[0].numpy(), kaldi_fbank_reference(p), atol=1e-3, rtol=0)
+            assert_fbank_close(alone[0].double().numpy(), kaldi_fbank_reference(p))
 
 
 def test_digital_silence_is_log_flt_epsilon(fe: FeatureExtractor) -> None:
@@ -190,9 +207,7 @@ def test_matches_numpy_kaldi_reference(fe: FeatureExtractor, utterances: list[np
     feats, lens = fe(utterances, "cpu")
     for i, u in enumerate(utterances):
         ref = kaldi_fbank_reference(u)
-        ours = feats[i, : lens[i]].double().numpy()
-        assert ours.shape == ref.shape
-        np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
+        assert_fbank_close(feats[i, : lens[i]].double().numpy(), ref)
 
 
 def test_matches_kaldi_native_fbank(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
@@ -200,7 +215,7 @@ def test_matches_kaldi_native_fbank(fe: FeatureExtractor, utterances: list[np.nd
     for i, u in enumerate(utterances):
         ref = knf_fbank(u)
         assert ref.shape == (lens[i], 80)
-        np.testing.assert_allclose(feats[i, : lens[i]].numpy(), ref, atol=1e-3, rtol=0)
+        assert_fbank_close(feats[i, : lens[i]].numpy(), ref)
 
 
 def test_input_types(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
@@ -230,4 +245,4 @@ def test_cuda_matches_cpu(utterances: list[np.ndarray]) -> None:
     gpu, gpu_lens = fe(utterances, "cuda")
     assert gpu.device.type == "cuda" and gpu_lens.device.type == "cuda"
     assert torch.equal(cpu_lens, gpu_lens.cpu())
-    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=0)
+    assert_fbank_close(gpu.cpu().numpy(), cpu.numpy())
