@@ -36,7 +36,8 @@ def estimate_seconds(text: str, rate: int) -> float:
 
 def plan(args: argparse.Namespace) -> dict[str, list[dict]]:
     words = load_word_list(Path(args.word_list) if args.word_list else None)
-    gen = SentenceGenerator(seed=args.seed, words=words, random_fraction=args.random_fraction)
+    gen = SentenceGenerator(seed=args.seed, words=words, random_fraction=args.random_fraction,
+                            open_words=args.open_words or None)
     style_rng = random.Random(stable_seed("style", args.seed))
     held_out = gen.unique_sentences(args.dev_utts + args.test_utts)
     splits: dict[str, list[str]] = {"dev": held_out[: args.dev_utts], "test": held_out[args.dev_utts :]}
@@ -73,6 +74,8 @@ def build(args: argparse.Namespace) -> dict:
     summary: dict = {"options": {k: v for k, v in vars(args).items()}, "splits": {}}
     t0 = time.time()
     for split, utts in items.items():
+        if split not in args.splits:
+            continue
         wav_dir = root / "wav" / split
         wav_dir.mkdir(parents=True, exist_ok=True)
 
@@ -112,10 +115,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-utts", type=int, default=None, help="exact number of train utterances (overrides --train-hours)")
     p.add_argument("--dev-utts", type=int, default=300)
     p.add_argument("--test-utts", type=int, default=500)
+    p.add_argument("--splits", type=lambda v: [x for x in v.split(",") if x], default=["train", "dev", "test"],
+                   help="comma-separated splits to synthesise (default train,dev,test). Sentences are planned for all "
+                        "splits either way, so `--train-utts 0 --dev-utts 300 --test-utts 60 --splits test` speaks the "
+                        "first 60 test sentences of a corpus made with --dev-utts 300 (make demo does this)")
     p.add_argument("--jobs", type=int, default=2, help="parallel synthesis processes")
     p.add_argument("--noise-prob", type=float, default=0.3, help="fraction of utterances with light white noise (SNR 15-35 dB)")
     p.add_argument("--gain-prob", type=float, default=0.3, help="fraction of utterances with a gain change (-10..+3 dB)")
     p.add_argument("--random-fraction", type=float, default=0.2, help="fraction of sentences that are random word sequences")
+    p.add_argument("--open-words", type=int, default=1500,
+                   help="open-class words (nouns, verbs, adjectives, adverbs) sampled from the word list on top of the "
+                        "core vocabulary; 0: the whole list. Bounded so that test words are heard in train (about 2,300 "
+                        "distinct words in all at 1500)")
     p.add_argument("--word-list", default=None, help="word list (default /usr/share/dict/american-english, Debian wamerican)")
     return p.parse_args(argv)
 

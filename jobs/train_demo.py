@@ -79,18 +79,18 @@ def main(argv=None) -> dict:
     p.add_argument("--name", default="zipscribe-demo-synthetic")
     p.add_argument("--minutes", type=float, default=None, help="training time budget (wall minutes of training steps)")
     p.add_argument("--steps", type=int, default=100000, help="maximum training steps")
-    p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio seconds per batch")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-steps", type=int, default=300)
-    p.add_argument("--ctc-scale", type=float, default=0.2)
-    p.add_argument("--att-scale", type=float, default=0.8)
+    p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio seconds per batch")
+    p.add_argument("--lr", type=float, default=2.5e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--ctc-scale", type=float, default=0.4)
+    p.add_argument("--att-scale", type=float, default=0.6)
     p.add_argument("--no-spec-augment", action="store_true")
-    p.add_argument("--spec-augment-after", type=int, default=500, help="steps before SpecAugment starts")
+    p.add_argument("--spec-augment-after", type=int, default=600, help="steps before SpecAugment starts")
     p.add_argument("--vocab-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=200)
-    p.add_argument("--average-last", type=int, default=3)
+    p.add_argument("--checkpoint-every", type=int, default=150)
+    p.add_argument("--average-last", type=int, default=4)
     p.add_argument("--max-train-utts", type=int, default=None, help="use only the first N train cuts")
     p.add_argument("--max-eval-utts", type=int, default=None, help="evaluate on only the first N dev / test cuts")
     p.add_argument("--beam", type=int, default=8)
@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
 
     from model import AsrModel
     from model.tokenizer import Tokenizer, train_bpe
-    from model.train import (CutDataset, TrainConfig, Trainer, evaluate, load_manifest, sweep_attention_scale)
+    from model.train import (CutDataset, TrainConfig, Trainer, evaluate, init_for_training, load_manifest,
+                             sweep_attention_scale)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -129,6 +130,8 @@ def main(argv=None) -> dict:
     config["vocab_size"] = tokenizer.vocab_size
     config["blank_id"], config["sos_id"], config["eos_id"] = tokenizer.blank_id, tokenizer.sos_id, tokenizer.eos_id
     model = AsrModel(**config)
+    touched = init_for_training(model, seed=args.seed)
+    log(f"initialised {touched} encoder projections with the reference's small initial scales")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters, vocab {tokenizer.vocab_size}")
 
@@ -199,6 +202,7 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
         f"- {results['steps']} steps ({results['epochs']} full epochs), {results['train_minutes']} min of training "
         f"({results['frames_per_second']} feature frames/s), {results['total_minutes']} min in all, "
         f"{args.threads} CPU threads",
+        "- encoder residual-branch projections initialised small as in the reference (`model.train.init_for_training`)",
         f"- loss: {args.ctc_scale} x CTC + {args.att_scale} x attention (label smoothing {0.1}), AdamW lr {args.lr}, "
         f"warmup {args.warmup_steps} steps then cosine decay, "
         f"{'no SpecAugment' if args.no_spec_augment else f'SpecAugment after step {args.spec_augment_after}'}, clip 5, average of the last {args.average_last} checkpoints",

@@ -167,6 +167,56 @@ def spec_augment(x: torch.Tensor, lens: torch.Tensor, gen: torch.Generator, num_
     return x
 
 
+# ------------------------------------------------------------------ initialisation
+
+#: Initial scales of the encoder's residual-branch output projections, as the reference's
+#: ``ScaledLinear(..., initial_scale=...)`` sets them: each branch starts as a small correction,
+#: so the freshly initialised encoder is close to the identity and trains from the first step.
+BRANCH_OUT_SCALES = {"feed_forward": 0.1, "self_attn": 0.05, "nonlin_attention": 0.05, "conv_module": 0.05}
+#: Scale of the positional projection of the attention weights (``linear_pos``).
+POS_PROJ_SCALE = 0.05
+
+
+def _scale_linear(linear: torch.nn.Linear, scale: float, gen: torch.Generator) -> None:
+    """PyTorch's default weight init times ``scale``; bias uniform in +-0.1 * scale."""
+    bound = 1.0 / math.sqrt(linear.in_features)  # kaiming_uniform(a=sqrt(5)) bound
+    linear.weight.copy_((torch.rand(linear.weight.shape, generator=gen) * 2 - 1) * bound * scale)
+    if linear.bias is not None:
+        linear.bias.copy_((torch.rand(linear.bias.shape, generator=gen) * 2 - 1) * 0.1 * scale)
+
+
+@torch.no_grad()
+def init_for_training(model: AsrModel, seed: int = 0) -> int:
+    """Re-initialise a fresh model's encoder the way the reference starts training.
+
+    ``AsrModel`` is built for inference and leaves PyTorch's default initialisation; trained
+    from that, every residual branch starts at full strength and the encoder spends hundreds of
+    steps on a loss plateau. This scales the output projection of every feed-forward,
+    attention, non-linear attention and convolution branch down (:data:`BRANCH_OUT_SCALES`),
+    the positional projection by :data:`POS_PROJ_SCALE` and the attention-weight input
+    projection by ``query_head_dim ** -0.25``. Returns the number of layers touched.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    touched = 0
+    for name, module in model.encoder.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        parts = name.split(".")
+        leaf, parent = parts[-1], (parts[-2] if len(parts) > 1 else "")
+        branch = parent.rstrip("0123456789")
+        if leaf == "out_proj" and branch in BRANCH_OUT_SCALES:
+            _scale_linear(module, BRANCH_OUT_SCALES[branch], gen)
+        elif leaf == "linear_pos":
+            _scale_linear(module, POS_PROJ_SCALE, gen)
+        elif leaf == "in_proj" and parent == "self_attn_weights":
+            owner = model.encoder.get_submodule(".".join(parts[:-1]))
+            _scale_linear(module, float(owner.query_head_dim) ** -0.25, gen)
+        else:
+            continue
+        touched += 1
+    return touched
+
+
 # ------------------------------------------------------------------ loss
 
 

@@ -55,7 +55,10 @@ def test_sentence_generator_vocabulary_and_determinism():
     assert len(set(a)) == 20000
     assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", s) for s in a), "lowercase words and single spaces only"
     vocab = {w for s in a for w in s.split()}
-    assert len(vocab) >= 5000, len(vocab)
+    # the default bounded vocabulary: thousands of distinct words, all of them said many times
+    assert 2000 <= len(vocab) <= 3000, len(vocab)
+    wide = {w for s in SentenceGenerator(seed=7, words=words, open_words=None).unique_sentences(20000) for w in s.split()}
+    assert len(wide) >= 10000, len(wide)
     with_numbers = [s for s in a if NUMBER_WORDS & set(s.split())]
     assert len(with_numbers) > 1000
     assert not any(ch.isdigit() for s in a for ch in s)
@@ -63,6 +66,61 @@ def test_sentence_generator_vocabulary_and_determinism():
     assert 3 <= np.mean(lengths) <= 14 and max(lengths) <= 30
     questions = [s for s in a if s.split()[0] in ("did", "where", "why", "when", "how", "is")]
     assert len(questions) > 500
+
+
+@needs_words
+def test_held_out_words_are_heard_in_train():
+    """The corpus recipe's promise: test sentences are new, their words are not."""
+    from collections import Counter
+
+    from pipeline.synthetic import select_open_words
+
+    words = load_word_list()
+    chosen = select_open_words(words, 1500, seed=0)
+    assert chosen == select_open_words(words, 1500, seed=0)
+    assert chosen != select_open_words(words, 1500, seed=1)
+    assert set(chosen) <= set(words) and 1500 <= len(chosen) <= 1900  # + the core words the list has
+    gen = SentenceGenerator(seed=0, words=words)
+    held_out = gen.unique_sentences(500)
+    train = gen.unique_sentences(9000, exclude=held_out)
+    assert not set(train) & set(held_out)
+    counts = Counter(w for s in train for w in s.split())
+    test_words = [w for s in held_out for w in s.split()]
+    rare = sum(counts[w] <= 5 for w in test_words) / len(test_words)
+    assert rare < 0.03, rare  # about 1.8 % at 9,000 train sentences
+    assert sum(counts[w] == 0 for w in test_words) / len(test_words) < 0.005
+
+
+def test_init_for_training_starts_branches_small():
+    from model import AsrModel
+    from model.train import BRANCH_OUT_SCALES, init_for_training
+
+    cfg = dict(TINY_TRAIN_CONFIG, vocab_size=50)
+    torch.manual_seed(0)
+    model = AsrModel(**cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    touched = init_for_training(model, seed=0)
+    # per layer: out_proj of 3 feed-forward, 2 self-attention, 2 convolution and 1 non-linear attention
+    # branch, plus linear_pos and the attention-weight in_proj = 10; two layers
+    assert touched == 10 * 2
+    after = {n: p.detach() for n, p in model.named_parameters()}
+    ff = "encoder.encoders.0.layers.0.feed_forward1.out_proj.weight"
+    attn = "encoder.encoders.0.layers.0.self_attn1.out_proj.weight"
+    ratio_ff = float(after[ff].std() / before[ff].std())
+    assert abs(ratio_ff - BRANCH_OUT_SCALES["feed_forward"]) < 0.03, ratio_ff
+    assert abs(float(after[attn].std() / before[attn].std()) - BRANCH_OUT_SCALES["self_attn"]) < 0.02
+    # modules that are not residual-branch outputs keep their initialisation
+    for name in ("encoder.encoders.0.layers.0.feed_forward1.in_proj.weight", "ctc_output.1.weight",
+                 "attention_decoder.decoder.output_layer.weight"):
+        assert torch.equal(after[name], before[name]), name
+    # a freshly initialised encoder is now close to its input path: branch outputs are small
+    x = torch.randn(2, 120, 80)
+    with torch.no_grad():
+        ff_mod = model.encoder.encoders[0].layers[0].feed_forward1
+        h = torch.randn(50, 2, ff_mod.in_proj.in_features)
+        assert ff_mod(h).std() < 0.1 * h.std()
+        out, lens = model.forward_encoder(x, torch.tensor([120, 100]))
+    assert torch.isfinite(out).all() and lens.tolist() == [(120 - 7) // 2 // 2, (100 - 7) // 2 // 2]
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +238,8 @@ def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
     from model import load_checkpoint
     from model.recognizer import Recognizer
 
-    # (load_checkpoint(config=<path of config.json>) passes "name"/"decoding" on to AsrModel: strip them here)
-    model = load_checkpoint(out / "pretrained.pt", config={k: v for k, v in cfg.items() if k not in ("name", "decoding")})
+    # config.json's "name" / "decoding" are metadata that load_checkpoint sets aside
+    model = load_checkpoint(out / "pretrained.pt", config=out / "config.json")
     assert not model.training and model.ctc_output is not None
     raw = torch.load(out / "pretrained.pt", weights_only=True)
     assert set(raw) == {"model"}
