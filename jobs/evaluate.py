@@ -73,6 +73,7 @@ from pipeline import history as hist  # noqa: E402
 from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
+    add_longform_options,
     add_resource_options,
     add_s3_options,
     apply_s3_options,
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--worst", type=int, default=20, metavar="N", help="worst utterances shown in the report (default 20)")
 
     add_resource_options(p, "resources and batching (as jobs/transcribe.py)")
+    add_longform_options(p)
     add_s3_options(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p

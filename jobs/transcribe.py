@@ -55,6 +55,7 @@ from model.decoding import METHODS  # noqa: E402
 from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
+    add_longform_options,
     add_resource_options,
     add_s3_options,
     apply_s3_options,
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not write the WER report under <output>/wer/ (it is written when cuts have references)")
 
     add_resource_options(p)
+    add_longform_options(p)
     add_s3_options(p)
 
     out = p.add_argument_group("reporting")

@@ -27,10 +27,11 @@ from model.recognizer import Recognizer, StageTimes, Transcript
 
 from . import parquet, storage
 from .audio import AudioDecodeError, decode_audio
+from .audio_ranges import RangeReader
 from .batching import Batch, Shard, pack_batches
 from .manifests import WorkItem
 from .model_store import local_model_dir
-from .records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
+from .records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
 from .wer import get_normalizer, word_errors
 
 SAMPLE_RATE = 16000
@@ -62,6 +63,7 @@ class ShardTask:
     fingerprint: str
     part_uri: str
     attempt: int = 1
+    windows_part_uri: Optional[str] = None  # where the rows of the shard's long-cut windows go
 
 
 @dataclass
@@ -70,6 +72,8 @@ class ShardResult:
     part_uri: str
     cuts_ok: int = 0
     cuts_error: int = 0
+    windows_ok: int = 0  # windows of long cuts (their cuts are counted when stitched)
+    windows_error: int = 0
     audio_seconds: float = 0.0
     padded_seconds: float = 0.0
     batches: int = 0
@@ -120,6 +124,7 @@ class Transcriber:
         # The driver runs this class as a threaded actor (two shards at once): while one shard's
         # batches hold the model, the next shard's first batches are already being fetched.
         self._model_lock = threading.Lock()
+        self._ranges = RangeReader()  # windows of long files: only their byte ranges are fetched
 
     def describe(self) -> dict[str, Any]:
         """Model and device facts for the run summary."""
@@ -140,9 +145,13 @@ class Transcriber:
     # -- audio ---------------------------------------------------------------
     def _load_one(self, item: WorkItem) -> tuple[np.ndarray, float]:
         """Mono 16 kHz samples of a cut: its channel, or the first channel when it names none."""
-        data = storage.read_bytes(item.source)
-        audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=channel_of(item),
-                             start=item.start or 0.0, duration=item.duration)
+        if item.is_window and item.duration is not None:
+            audio = self._ranges.read(item.source, item.start or 0.0, item.duration, target_sr=SAMPLE_RATE,
+                                      channel=channel_of(item))
+        else:
+            data = storage.read_bytes(item.source)
+            audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=channel_of(item),
+                                 start=item.start or 0.0, duration=item.duration)
         samples = audio.samples
         seconds = samples.size / SAMPLE_RATE
         if item.duration is not None and seconds < item.duration - max(TRUNCATION_TOLERANCE_S, 0.01 * item.duration):
@@ -172,13 +181,23 @@ class Transcriber:
     # -- rows ----------------------------------------------------------------
     def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str]) -> TranscriptRow:
         info = self.recognizer.info
-        row = TranscriptRow(
+        window = item.is_window
+        row = (WindowRow if window else TranscriptRow)(
             run_id=self.config.run_id, cut_id=item.cut_id, status=STATUS_OK if error is None else STATUS_ERROR,
             recording_id=item.recording_id, source=item.source, channel=channel_of(item), start=item.start,
             duration=item.duration, reference=item.reference, speaker=item.speaker, language=item.language,
             dataset=item.dataset, error=error, model_id=info.name, model_sha256=info.sha256,
             decoding=self.decoding_label(), shard_id=shard_id, worker=self.worker,
         )
+        if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
+            row.window_index, row.window_count = item.window_index, item.window_count
+            row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
+            row.reference = item.reference if item.window_index == 0 else None
+            if transcript is not None:
+                row.text, row.token_ids, row.token_times = transcript.text, transcript.token_ids, transcript.token_times
+                row.ctc_score, row.attention_score, row.confidence = (transcript.ctc_score, transcript.attention_score,
+                                                                      transcript.confidence)
+            return row
         if transcript is not None:
             row.text = transcript.text
             row.token_ids = transcript.token_ids
@@ -260,11 +279,19 @@ class Transcriber:
                 if row.duration is None:
                     row.duration = loaded.durations[i]
                 rows.append(row)
-        order = {item.cut_id: i for i, item in enumerate(shard.items)}
-        rows.sort(key=lambda r: order[r.cut_id])  # manifest order, not batch order
+        order = {(item.cut_id, item.window_index): i for i, item in enumerate(shard.items)}
+        rows.sort(key=lambda r: order[(r.cut_id, getattr(r, "window_index", None))])  # manifest order
+        windows = [r for r in rows if isinstance(r, WindowRow)]
+        rows = [r for r in rows if not isinstance(r, WindowRow)]
         result.cuts_ok = sum(r.status == STATUS_OK for r in rows)
         result.cuts_error = len(rows) - result.cuts_ok
+        result.windows_ok = sum(r.status == STATUS_OK for r in windows)
+        result.windows_error = len(windows) - result.windows_ok
         result.stage_seconds = times.as_dict()
         result.wall_seconds = time.perf_counter() - started
+        if windows:  # written first: a shard counts as done only once its transcripts part exists
+            if task.windows_part_uri is None:
+                raise ValueError(f"shard {shard.shard_id} holds windows of long cuts but no windows part was given")
+            parquet.write_part(task.windows_part_uri, rows_to_table(windows, WINDOW_SCHEMA), task.fingerprint)
         parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
         return result

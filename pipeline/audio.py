@@ -91,12 +91,12 @@ def _check_args(start: float, duration: float | None, target_sr: int) -> None:
 
 
 def _decode_soundfile(
-    data: bytes, source: str, start: float, duration: float | None
+    data: bytes | str, source: str, start: float, duration: float | None
 ) -> tuple[np.ndarray, int, int] | None:
     """(frames x channels float32, rate, channels), or None to hand over to ffmpeg (libsndfile
-    cannot open the bytes, or reports no frames)."""
+    cannot open the bytes / the local file, or reports no frames)."""
     try:
-        f = sf.SoundFile(io.BytesIO(data))
+        f = sf.SoundFile(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
     except Exception:  # noqa: BLE001 -- LibsndfileError / TypeError / RuntimeError: not ours
         return None
     with f:
@@ -127,16 +127,19 @@ def _ffmpeg_available() -> bool:
 
 
 def _decode_ffmpeg(
-    data: bytes, source: str, start: float, duration: float | None
+    data: bytes | str, source: str, start: float, duration: float | None
 ) -> tuple[np.ndarray, int, int]:
     if not _ffmpeg_available():
         raise AudioDecodeError(
             source, "not a recognised audio format (libsndfile can't read it and ffmpeg is not installed)"
         )
     with tempfile.TemporaryDirectory(prefix="zipscribe-audio-") as tmp:
-        path = os.path.join(tmp, "input")
-        with open(path, "wb") as f:
-            f.write(data)
+        if isinstance(data, (bytes, bytearray)):
+            path = os.path.join(tmp, "input")
+            with open(path, "wb") as f:
+                f.write(data)
+        else:
+            path = data  # a local file: ffmpeg seeks in it
         probe = subprocess.run(
             ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
              "stream=sample_rate,channels", "-of", "json", path],
@@ -181,7 +184,7 @@ def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def decode_audio(
-    data: bytes,
+    data: bytes | str,
     *,
     source: str = "",
     target_sr: int = TARGET_SAMPLE_RATE,
@@ -192,7 +195,9 @@ def decode_audio(
     """Decode ``data`` (a whole encoded audio file) to mono float32 at ``target_sr``.
 
     Args:
-        data: the file's bytes.
+        data: the file's bytes, or the path of a local file (``str``): then only the
+            selected range is read where the format can seek (WAV, FLAC, Ogg: libsndfile;
+            others: ffmpeg ``-ss``), so long files are never decoded whole.
         source: a name for error messages (URI or path).
         target_sr: output sample rate (16 kHz for the model's features).
         channel: ``None`` averages all channels; an int picks that channel (0-based).
@@ -206,7 +211,14 @@ def decode_audio(
         ValueError: invalid ``start`` / ``duration`` / ``target_sr`` arguments.
     """
     _check_args(start, duration, target_sr)
-    if not data:
+    if isinstance(data, str):
+        try:
+            empty = os.path.getsize(data) == 0
+        except OSError as exc:
+            raise AudioDecodeError(source or data, f"cannot read the local copy: {exc}") from None
+        if empty:
+            raise AudioDecodeError(source or data, "empty file (0 bytes)")
+    elif not data:
         raise AudioDecodeError(source, "empty file (0 bytes)")
     decoded = _decode_soundfile(data, source, start, duration)
     decoder = "soundfile"

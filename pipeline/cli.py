@@ -12,7 +12,7 @@ from model.checkpoint import CheckpointMismatchError
 from model.decoding import DecodingConfig
 
 from .driver import TranscribeConfig
-from .manifests import ManifestError
+from .manifests import SEGMENT_MODES, ManifestError
 from .storage import StorageError
 from .wer import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
 
@@ -84,6 +84,24 @@ def apply_s3_options(args: argparse.Namespace) -> None:
         os.environ["AWS_REGION"] = args.s3_region
 
 
+def add_longform_options(parser: argparse.ArgumentParser) -> None:
+    """How long recordings and multi-segment cuts are cut up."""
+    g = parser.add_argument_group(
+        "long audio",
+        "Cuts longer than --max-cut-seconds are transcribed as equal-length windows overlapping by at least "
+        "--window-overlap-seconds; the windows are batched with everything else (and may land on different "
+        "actors) and stitched back into one row per cut (see README: Long recordings).")
+    g.add_argument("--max-cut-seconds", type=float, default=_DEFAULTS.max_cut_seconds, metavar="S",
+                   help=f"longest cut transcribed in one piece (default {_DEFAULTS.max_cut_seconds:g}; 0: never split)")
+    g.add_argument("--window-overlap-seconds", type=float, default=_DEFAULTS.window_overlap_seconds, metavar="S",
+                   help=f"minimum overlap of consecutive windows (default {_DEFAULTS.window_overlap_seconds:g}; "
+                        "must be under half of --max-cut-seconds)")
+    g.add_argument("--segments", choices=SEGMENT_MODES, default=_DEFAULTS.segments,
+                   help="cuts: one row per cut (default); supervisions: one row per supervision segment of each "
+                        "lhotse cut, with the segment's start, duration, text and speaker (cuts without "
+                        "supervisions stay whole)")
+
+
 def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> TranscribeConfig:
     """The driver configuration for the shared options, a decoding method and job-specific fields
     (``manifest``, ``model``, ``output``, ``run_id``, ``dataset`` ...)."""
@@ -95,5 +113,7 @@ def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> T
         cpus_per_actor=args.cpus_per_actor, max_batch_seconds=args.max_batch_seconds,
         max_batch_size=args.max_batch_size, shard_size=args.shard_size, shards_in_flight=args.shards_in_flight,
         max_attempts=args.max_attempts, amp_dtype=args.amp_dtype, rescoring_dtype=args.rescoring_dtype,
-        normalizer=args.normalizer, ray_address=args.ray_address, **fields,
+        normalizer=args.normalizer, ray_address=args.ray_address,
+        max_cut_seconds=args.max_cut_seconds, window_overlap_seconds=args.window_overlap_seconds,
+        segments=args.segments, **fields,
     )

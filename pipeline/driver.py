@@ -32,7 +32,9 @@ from . import parquet, storage
 from .records import SCHEMA_VERSION
 from .actor import ActorConfig, ShardResult, ShardTask, Transcriber
 from .batching import Shard, make_shards
+from .longform import expand_windows, plan_windows
 from .manifests import iter_work_items
+from .stitching import stitch_run, window_counts, windows_part_uri
 from .model_store import local_model_dir
 
 log = logging.getLogger("zipscribe.driver")
@@ -63,6 +65,9 @@ class TranscribeConfig:
     normalizer: str = "english"
     progress: bool = True
     ray_address: Optional[str] = None
+    max_cut_seconds: float = 30.0  # longer cuts are split into overlapping windows; <= 0: never
+    window_overlap_seconds: float = 4.0
+    segments: str = "cuts"  # or "supervisions": one row per supervision segment
 
 
 @dataclass
@@ -82,6 +87,10 @@ class RunSummary:
     shard_retries: int = 0
     cuts_ok: int = 0
     cuts_error: int = 0
+    long_cuts: int = 0  # cuts transcribed in windows and stitched (included in cuts_ok / cuts_error)
+    long_cuts_incomplete: int = 0  # long cuts with a window in a failed shard: no row yet
+    windows: int = 0
+    seams_aligned: int = 0
     audio_seconds: float = 0.0
     audio_hours: float = 0.0
     padded_seconds: float = 0.0
@@ -98,6 +107,7 @@ class RunSummary:
     def add(self, r: dict[str, Any]) -> None:
         self.cuts_ok += r["cuts_ok"]
         self.cuts_error += r["cuts_error"]
+        self.windows += r.get("windows_ok", 0) + r.get("windows_error", 0)
         self.audio_seconds += r["audio_seconds"]
         self.padded_seconds += r["padded_seconds"]
         for k, v in r["stage_seconds"].items():
@@ -128,6 +138,8 @@ def check_run_id(run_id: str) -> str:
 def validate_inputs(cfg: TranscribeConfig) -> tuple[Path, str]:
     """Fail fast, before any actor starts: the manifest must be readable and the model
     must load. Returns the local model directory and its checkpoint's SHA-256."""
+    if cfg.max_cut_seconds > 0:
+        plan_windows(2 * cfg.max_cut_seconds, cfg.max_cut_seconds, cfg.window_overlap_seconds)  # ValueError if invalid
     for uri in cfg.manifest:
         next(iter(iter_work_items(uri, dataset=cfg.dataset)), None)  # raises a ManifestError / StorageError
     model_dir = local_model_dir(cfg.model)
@@ -155,8 +167,10 @@ def summary_uri(output: str, run_id: str) -> str:
 
 
 def iter_items(cfg: TranscribeConfig) -> Iterator:
+    """The run's work items: cuts (or supervision segments), long ones as their windows."""
     for uri in cfg.manifest:
-        yield from iter_work_items(uri, dataset=cfg.dataset)
+        items = iter_work_items(uri, dataset=cfg.dataset, segments=cfg.segments)
+        yield from expand_windows(items, cfg.max_cut_seconds, cfg.window_overlap_seconds)
 
 
 def plan_resources(cluster: dict[str, float], cfg: TranscribeConfig) -> tuple[int, dict[str, float]]:
@@ -215,7 +229,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
 
     started = time.perf_counter()
     run_id = check_run_id(cfg.run_id or new_run_id())
-    _, sha256 = validate_inputs(cfg)
+    model_dir, sha256 = validate_inputs(cfg)
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
@@ -242,7 +256,8 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     fingerprint_parts = (sha256, facts["decoding"], json.dumps(cfg.decoding, sort_keys=True),
                          f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}",
                          f"max_batch_seconds={cfg.max_batch_seconds}", f"normalizer={cfg.normalizer}",
-                         f"schema={SCHEMA_VERSION}")
+                         f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
+                         f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds}")
 
     total_seconds = None
     if cfg.eta:
@@ -254,6 +269,8 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     devices: set[str] = set()
     shards = make_shards(iter_items(cfg), cfg.shard_size)
     exhausted = False
+    window_parts: dict[str, str] = {}  # windows part -> shard fingerprint, for shards holding windows
+    long_cuts: dict[str, int] = {}  # cut_id -> window count
 
     def next_task() -> Optional[ShardTask]:
         nonlocal exhausted
@@ -267,13 +284,18 @@ def run(cfg: TranscribeConfig) -> RunSummary:
             summary.shards_total += 1
             fp = shard.fingerprint(*fingerprint_parts)
             uri = part_uri(cfg.output, run_id, shard.shard_id)
+            windows_uri = None
+            if any(i.is_window for i in shard.items):
+                windows_uri = windows_part_uri(cfg.output, run_id, shard.shard_id)
+                window_parts[windows_uri] = fp
+                long_cuts.update(window_counts(shard.items))
             done = parquet.finished_shard(uri, fp) if cfg.resume else None
             if done is not None:
                 summary.shards_skipped += 1
                 summary.add(done)
                 progress.update(done, summary.audio_seconds)
                 continue
-            return ShardTask(shard=shard, fingerprint=fp, part_uri=uri)
+            return ShardTask(shard=shard, fingerprint=fp, part_uri=uri, windows_part_uri=windows_uri)
         return None
 
     round_robin = 0
@@ -300,7 +322,8 @@ def run(cfg: TranscribeConfig) -> RunSummary:
                 else:
                     log.warning("shard %s: actor died (%s); retrying (attempt %d)", task.shard.shard_id, type(exc).__name__, task.attempt + 1)
                     summary.shard_retries += 1
-                    retry_queue.append(ShardTask(task.shard, task.fingerprint, task.part_uri, task.attempt + 1))
+                    retry_queue.append(ShardTask(task.shard, task.fingerprint, task.part_uri, task.attempt + 1,
+                                                 task.windows_part_uri))
                 continue
             done = result.as_dict()
             devices.add(result.device)
@@ -312,10 +335,50 @@ def run(cfg: TranscribeConfig) -> RunSummary:
         for a in actors:
             ray.kill(a)
 
+    if long_cuts:
+        stitched = stitch_run(cfg.output, run_id, window_parts, long_cuts, Tokenizer.from_dir(model_dir),
+                              normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
+                              overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
+        summary.cuts_ok += stitched.cuts_ok
+        summary.cuts_error += stitched.cuts_error
+        summary.long_cuts = stitched.cuts_ok + stitched.cuts_error
+        summary.long_cuts_incomplete = stitched.cuts_incomplete
+        summary.seams_aligned += stitched.seams_aligned
+        if stitched.incomplete:
+            log.error("%d long cut(s) have windows in failed shards and got no row: %s", stitched.cuts_incomplete,
+                      ", ".join(stitched.incomplete[:10]))
     summary.devices = sorted(devices)
     summary.finish(time.perf_counter() - started)
     storage.write_text_atomic(summary_uri(cfg.output, run_id), json.dumps(asdict(summary), indent=2))
     return summary
+
+
+def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> dict[str, Any]:
+    """The whole run in this process with one :class:`Transcriber`, no Ray: items ->
+    windows -> shards -> transcripts parts -> stitched long cuts. For benchmarks, tests and
+    debugging a manifest on a laptop; no retries, no resume bookkeeping beyond the parts."""
+    model_dir, sha256 = validate_inputs(cfg)
+    actor = Transcriber(ActorConfig(
+        model_uri=str(model_dir), model_sha256=sha256, output_uri=cfg.output, run_id=check_run_id(run_id),
+        decoding=cfg.decoding, max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
+        amp_dtype=cfg.amp_dtype, rescoring_dtype=cfg.rescoring_dtype, num_threads=num_threads, normalizer=cfg.normalizer,
+    ))
+    window_parts: dict[str, str] = {}
+    long_cuts: dict[str, int] = {}
+    results = []
+    for shard in make_shards(iter_items(cfg), cfg.shard_size):
+        fp = shard.fingerprint(run_id, f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds}")
+        windows_uri = None
+        if any(i.is_window for i in shard.items):
+            windows_uri = windows_part_uri(cfg.output, run_id, shard.shard_id)
+            window_parts[windows_uri] = fp
+            long_cuts.update(window_counts(shard.items))
+        results.append(actor.process_shard(ShardTask(shard, fp, part_uri(cfg.output, run_id, shard.shard_id),
+                                                     windows_part_uri=windows_uri)))
+    stitched = stitch_run(cfg.output, run_id, window_parts, long_cuts, Tokenizer.from_dir(model_dir),
+                          normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
+                          overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
+    return {"shards": results, "stitched": stitched, "actor": actor}
 
 
 @dataclass
@@ -368,6 +431,8 @@ def format_summary(s: RunSummary) -> str:
         f"  RTFx {s.rtfx:.1f} end-to-end, {s.model_rtfx:.1f} model-only; padding ratio {s.padding_ratio:.3f}",
         "  stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(st.items())),
         f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, {len(s.shards_failed)} failed",
+        *([f"  long cuts: {s.long_cuts} stitched from {s.windows} windows ({s.seams_aligned} seams cut at an aligned word), "
+           f"{s.long_cuts_incomplete} incomplete"] if s.long_cuts or s.long_cuts_incomplete else []),
         f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
         f"  transcripts: {s.transcripts_uri}",
     ]

@@ -201,3 +201,24 @@ def merge_windows(hyps: Sequence[WindowHypothesis], piece: Callable[[int], str])
     if all(c is not None for c in confs) and total > 0:
         merged.confidence = float(sum((h.window.keep_to - h.window.keep_from) * c for h, c in zip(hyps, confs)) / total)
     return merged
+
+
+def expand_windows(items, max_cut_seconds: float, overlap_seconds: float):
+    """Items with every cut longer than ``max_cut_seconds`` replaced by its windows (in order).
+
+    Windows are ordinary :class:`pipeline.manifests.WorkItem` s (same ``cut_id``; their
+    ``start`` / ``duration`` the window's range in the file, ``window_index`` /
+    ``window_count`` / ``cut_start`` / ``cut_duration`` set), so they are sharded and batched
+    with everything else. Items of unknown duration pass through whole. ``max_cut_seconds``
+    <= 0 turns windowing off.
+    """
+    import dataclasses
+
+    for item in items:
+        if max_cut_seconds <= 0 or item.duration is None or item.duration <= max_cut_seconds:
+            yield item
+            continue
+        for w in plan_windows(item.duration, max_cut_seconds, overlap_seconds):
+            yield dataclasses.replace(item, start=item.start + w.start, duration=w.duration, window_index=w.index,
+                                      window_count=w.count, cut_start=item.start, cut_duration=item.duration,
+                                      custom=dict(item.custom))

@@ -38,6 +38,7 @@ a mono recording, or a recording whose channels are stored one file each, gives 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,6 +69,8 @@ _LIST_SUFFIXES = (".txt", ".lst", ".txt.gz", ".lst.gz")
 _PROBE_BYTES = 64 * 1024  # enough for WAV/FLAC headers; smaller files are probed whole
 
 InputKind = Literal["lhotse", "uri_list", "audio_dir", "audio_file"]
+#: how lhotse cuts become work items: whole cuts, or one item per supervision segment
+SEGMENT_MODES = ("cuts", "supervisions")
 
 
 class ManifestError(ValueError):
@@ -104,6 +107,10 @@ class WorkItem:
             ``","`` in order of first appearance.
         dataset: label set by the caller of :func:`iter_work_items`.
         custom: the cut's ``custom`` fields with scalar values, as strings.
+        window_index, window_count: set on the windows of a long cut
+            (:func:`pipeline.longform.expand_windows`): this item is window ``window_index``
+            of ``window_count``; ``start`` / ``duration`` are then the window's range and
+            ``cut_start`` / ``cut_duration`` the whole cut's.
     """
 
     cut_id: str
@@ -118,6 +125,14 @@ class WorkItem:
     language: str | None = None
     dataset: str | None = None
     custom: dict[str, str] = field(default_factory=dict)
+    window_index: int | None = None
+    window_count: int | None = None
+    cut_start: float | None = None
+    cut_duration: float | None = None
+
+    @property
+    def is_window(self) -> bool:
+        return self.window_index is not None
 
 
 # --------------------------------------------------------------------------------------
@@ -168,6 +183,7 @@ def iter_work_items(
     probe_workers: int = 8,
     check_unique: bool = True,
     options: S3Options | None = None,
+    segments: str = "cuts",
 ) -> Iterator[WorkItem]:
     """Lazily yield the work items described by ``uri`` (see the module docstring).
 
@@ -181,15 +197,20 @@ def iter_work_items(
         probe_workers: concurrent header reads (order of the output is preserved).
         check_unique: fail on a repeated ``cut_id`` (lhotse manifests and URI lists).
         options: S3 options for reading the input and probing.
+        segments: ``"cuts"`` (one item per cut) or ``"supervisions"``: for lhotse cuts, one
+            item per supervision segment (its id, ``start`` and ``duration`` within the
+            recording, its text, speaker and language); cuts without supervisions stay whole.
 
     Raises:
         ManifestError: malformed lines (with the line number), unsupported cut/source types
             (in-memory audio, MixedCut, ...), duplicate ids, an empty directory/prefix.
         pipeline.storage.MissingObjectError: the input does not exist.
     """
+    if segments not in SEGMENT_MODES:
+        raise ValueError(f"segments must be one of {SEGMENT_MODES}, got {segments!r}")
     kind = kind or detect_input_kind(uri)
     if kind == "lhotse":
-        items = _iter_lhotse(uri, dataset, check_unique, options)
+        items = _iter_lhotse(uri, dataset, check_unique, options, segments)
     elif kind == "uri_list":
         items = _iter_uri_list(uri, dataset, check_unique, probe_durations, probe_workers, options)
     elif kind == "audio_dir":
@@ -332,7 +353,8 @@ def _numbered_lines(uri: str, options: S3Options | None) -> Iterator[tuple[int, 
             yield lineno, line
 
 
-def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3Options | None) -> Iterator[WorkItem]:
+def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3Options | None,
+                 segments: str = "cuts") -> Iterator[WorkItem]:
     from lhotse import MonoCut, MultiCut, Recording
     from lhotse.serialization import deserialize_item
 
@@ -354,17 +376,19 @@ def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3O
                                 lineno) from None
         if isinstance(obj, (MonoCut, MultiCut)):
             item = _item_from_cut(obj, uri, lineno)
+            items = _supervision_items(obj, item) if segments == "supervisions" and obj.supervisions else [item]
         elif isinstance(obj, Recording):
-            item = _item_from_recording(obj, uri, lineno)
+            items = [_item_from_recording(obj, uri, lineno)]
         else:
             raise ManifestError(
                 uri, f"unsupported lhotse manifest item {type(obj).__name__} (expected a MonoCut/MultiCut of a "
                 "CutSet or a Recording of a RecordingSet)", lineno
             )
-        item.dataset = dataset
-        if unique is not None:
-            unique.add(item.cut_id, lineno)
-        yield item
+        for item in items:
+            item.dataset = dataset
+            if unique is not None:
+                unique.add(item.cut_id, lineno)
+            yield item
 
 
 def _resolve_source(recording: Any, channels: list[int], uri: str, line: int) -> tuple[str, str, int | None]:
@@ -435,6 +459,22 @@ def _item_from_cut(cut: Any, uri: str, line: int) -> WorkItem:
         language=_distinct_joined(s.language for s in sups),
         custom=_scalar_custom(cut.custom),
     )
+
+
+def _supervision_items(cut: Any, whole: WorkItem) -> list[WorkItem]:
+    """One item per supervision of ``cut`` (time order), clipped to the cut."""
+    out = []
+    for sup in sorted(cut.supervisions, key=lambda s: (s.start, s.end)):
+        start = max(0.0, float(sup.start))
+        end = min(float(cut.duration), float(sup.start) + float(sup.duration))
+        if end <= start:
+            continue
+        text = sup.text.strip() if sup.text and sup.text.strip() else None
+        out.append(dataclasses.replace(
+            whole, cut_id=sup.id, start=whole.start + start, duration=end - start, reference=text,
+            speaker=sup.speaker, language=sup.language, custom=dict(whole.custom),
+        ))
+    return out
 
 
 def _item_from_recording(recording: Any, uri: str, line: int) -> WorkItem:

@@ -56,6 +56,20 @@ TRANSCRIPT_SCHEMA = pa.schema(
     ]
 )
 
+#: One row per window of a long cut (``windows/run_id=<id>/part-<shard>.parquet``): the
+#: transcript columns for the window's own range, plus where it sits in its cut. The driver
+#: stitches them into one TRANSCRIPT_SCHEMA row per cut (``pipeline.stitching``). The
+#: reference text of the cut rides on window 0 only; no WER is computed per window.
+WINDOW_SCHEMA = pa.schema(
+    list(TRANSCRIPT_SCHEMA)
+    + [
+        pa.field("window_index", pa.int32(), nullable=False),
+        pa.field("window_count", pa.int32(), nullable=False),
+        pa.field("cut_start", pa.float64()),
+        pa.field("cut_duration", pa.float64()),
+    ]
+)
+
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
 #: run never mixes parts of two schemas
 SCHEMA_VERSION = 2
@@ -106,10 +120,21 @@ class TranscriptRow:
     processed_at: datetime = field(default_factory=utc_now)
 
 
-def rows_to_table(rows: list[TranscriptRow]) -> pa.Table:
-    """Rows -> Arrow table with exactly :data:`TRANSCRIPT_SCHEMA`."""
-    columns: dict[str, list] = {name: [] for name in TRANSCRIPT_SCHEMA.names}
+@dataclass
+class WindowRow(TranscriptRow):
+    """A window of a long cut (:data:`WINDOW_SCHEMA`)."""
+
+    window_index: int = 0
+    window_count: int = 1
+    cut_start: Optional[float] = None
+    cut_duration: Optional[float] = None
+
+
+def rows_to_table(rows: list[TranscriptRow], schema: pa.Schema = TRANSCRIPT_SCHEMA) -> pa.Table:
+    """Rows -> Arrow table with exactly ``schema`` (:data:`TRANSCRIPT_SCHEMA` or :data:`WINDOW_SCHEMA`)."""
+    columns: dict[str, list] = {name: [] for name in schema.names}
     for row in rows:
-        for name, value in asdict(row).items():
-            columns[name].append(value)
-    return pa.Table.from_pydict(columns, schema=TRANSCRIPT_SCHEMA)
+        values = asdict(row)
+        for name in schema.names:
+            columns[name].append(values[name])
+    return pa.Table.from_pydict(columns, schema=schema)

@@ -374,3 +374,33 @@ def test_duplicate_ids_found_in_buffer_and_in_merged_digests(monkeypatch):
         with pytest.raises(ManifestError, match=f"duplicate cut_id '{old}'"):
             ids.add(old, 1001)
     ids.add("cut-1000", 1002)  # new ids still pass
+
+
+def test_supervision_segments_become_items(tmp_path: Path) -> None:
+    rec = Recording(id="meet", sources=[AudioSource(type="file", channels=[0], source="/data/meet.wav")],
+                    sampling_rate=16000, num_samples=16000 * 600, duration=600.0)
+    sups = [
+        SupervisionSegment(id="meet-b", recording_id="meet", start=70.0, duration=5.5, text="second part", speaker="bo"),
+        SupervisionSegment(id="meet-a", recording_id="meet", start=12.0, duration=4.0, text=" first part ", speaker="al",
+                           language="English"),
+        SupervisionSegment(id="meet-c", recording_id="meet", start=95.0, duration=20.0, text="runs past the cut end"),
+    ]
+    cut = MonoCut(id="meet-0", start=100.0, duration=105.0, channel=0, recording=rec, supervisions=sups)
+    bare = MonoCut(id="quiet", start=0.0, duration=30.0, channel=0, recording=rec)
+    path = tmp_path / "cuts.jsonl.gz"
+    CutSet.from_cuts([cut, bare]).to_file(str(path))
+
+    whole = list(iter_work_items(str(path)))
+    assert [i.cut_id for i in whole] == ["meet-0", "quiet"]
+    assert whole[0].reference == "first part second part runs past the cut end"
+
+    items = list(iter_work_items(str(path), segments="supervisions", dataset="dev"))
+    assert [i.cut_id for i in items] == ["meet-a", "meet-b", "meet-c", "quiet"]
+    a, b, c, q = items
+    assert (a.start, a.duration, a.reference, a.speaker, a.language) == (112.0, 4.0, "first part", "al", "English")
+    assert (b.start, b.duration, b.reference, b.speaker) == (170.0, 5.5, "second part", "bo")
+    assert (c.start, c.duration) == (195.0, 10.0)  # clipped to the cut
+    assert all(i.recording_id == "meet" and i.source == "/data/meet.wav" and i.dataset == "dev" for i in items)
+    assert (q.start, q.duration, q.reference) == (0.0, 30.0, None)
+    with pytest.raises(ValueError, match="segments"):
+        list(iter_work_items(str(path), segments="words"))

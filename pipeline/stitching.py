@@ -1,0 +1,156 @@
+"""Stitching the windows of long cuts back into one transcript row per cut.
+
+The actors write the rows of long-cut windows to ``windows/run_id=<id>/part-<shard>.parquet``
+(:data:`pipeline.records.WINDOW_SCHEMA`). Once every shard of a run has finished, the
+driver calls :func:`stitch_run`: for each long cut whose windows are all there it merges
+them (:func:`pipeline.longform.merge_windows`), scores WER against the cut's reference and
+writes the cut's row to ``transcripts/run_id=<id>/part-long-<hash>.parquet``, one small part
+per cut, beside the shard parts.
+
+Exactly once: a stitched part carries a fingerprint over the fingerprints of the window parts
+it was built from; a rerun skips cuts whose part is there with the same fingerprint. A cut
+whose windows are not all present (a shard failed every attempt) gets no row, like the cuts
+of any failed shard, and is counted as incomplete; a rerun completes it.
+
+A cut with a failed window becomes an error row naming the window(s) and their time ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pyarrow.parquet as pq
+
+from model.tokenizer import Tokenizer
+
+from . import parquet, storage
+from .longform import Window, WindowHypothesis, merge_windows, plan_windows
+from .records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
+from .wer import get_normalizer, word_errors
+
+
+def windows_dir(output: str, run_id: str) -> str:
+    return storage.join(output, "windows", f"run_id={run_id}")
+
+
+def windows_part_uri(output: str, run_id: str, shard_id: str) -> str:
+    return storage.join(windows_dir(output, run_id), f"part-{shard_id}.parquet")
+
+
+def stitched_part_uri(output: str, run_id: str, cut_id: str) -> str:
+    digest = hashlib.sha1(cut_id.encode()).hexdigest()[:20]
+    return storage.join(output, "transcripts", f"run_id={run_id}", f"part-long-{digest}.parquet")
+
+
+@dataclass
+class StitchSummary:
+    cuts_ok: int = 0
+    cuts_error: int = 0
+    cuts_skipped: int = 0  # already stitched by an earlier run (resume)
+    cuts_incomplete: int = 0  # some window missing: a shard failed
+    windows: int = 0
+    seams: int = 0
+    seams_aligned: int = 0
+    incomplete: list[str] = field(default_factory=list)
+
+
+def _window_of(row: dict[str, Any], overlap_seconds: float, max_cut_seconds: float) -> Window:
+    """The window a row was transcribed from (re-planned from the cut's duration and the options)."""
+    plan = plan_windows(row["cut_duration"], max_cut_seconds, overlap_seconds)
+    w = plan[row["window_index"]]
+    if w.count != row["window_count"]:
+        raise ValueError(f"cut {row['cut_id']}: stored windows ({row['window_count']}) do not match the options ({w.count})")
+    return w
+
+
+def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: str, overlap_seconds: float,
+                max_cut_seconds: float) -> tuple[TranscriptRow, int]:
+    rows = sorted(rows, key=lambda r: r["window_index"])
+    first = rows[0]
+    out = TranscriptRow(
+        run_id=first["run_id"], cut_id=first["cut_id"], status=STATUS_OK, recording_id=first["recording_id"],
+        source=first["source"], channel=first["channel"], start=first["cut_start"], duration=first["cut_duration"],
+        reference=first["reference"], speaker=first["speaker"], language=first["language"], dataset=first["dataset"],
+        model_id=first["model_id"], model_sha256=first["model_sha256"], decoding=first["decoding"],
+        shard_id=",".join(sorted({r["shard_id"] for r in rows})), worker=",".join(sorted({r["worker"] for r in rows})),
+        processed_at=max(r["processed_at"] for r in rows),
+    )
+    failed = [r for r in rows if r["status"] != STATUS_OK]
+    if failed:
+        out.status = STATUS_ERROR
+        out.error = "; ".join(
+            f"window {r['window_index'] + 1}/{r['window_count']} ({r['start'] - r['cut_start']:.1f}-"
+            f"{r['start'] - r['cut_start'] + r['duration']:.1f} s): {r['error']}" for r in failed)
+        if out.reference is not None:
+            out.ref_norm = get_normalizer(normalizer)(out.reference)
+        return out, 0
+    hyps = [WindowHypothesis(_window_of(r, overlap_seconds, max_cut_seconds), list(r["token_ids"] or []),
+                             list(r["token_times"] or []), r["ctc_score"], r["attention_score"], r["confidence"])
+            for r in rows]
+    merged = merge_windows(hyps, tokenizer.id_to_piece)
+    out.token_ids, out.token_times = merged.token_ids, [float(t) for t in merged.token_times]
+    out.text = tokenizer.decode(merged.token_ids)
+    out.ctc_score, out.attention_score, out.confidence = merged.ctc_score, merged.attention_score, merged.confidence
+    if out.reference is not None:
+        errs = word_errors(out.reference, out.text, normalizer)
+        out.ref_words, out.errors = errs.ref_words, errs.errors
+        out.substitutions, out.deletions, out.insertions = errs.substitutions, errs.deletions, errs.insertions
+        out.ref_norm, out.hyp_norm = errs.ref_norm, errs.hyp_norm
+    return out, merged.seams_aligned
+
+
+def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected: dict[str, int], tokenizer: Tokenizer,
+               *, normalizer: str, max_cut_seconds: float, overlap_seconds: float, resume: bool = True) -> StitchSummary:
+    """Stitch every long cut of a run (see the module docstring).
+
+    Args:
+        window_parts: windows part URI -> the fingerprint of its shard, for every shard of the
+            run that holds windows (parts with another fingerprint are stale and ignored).
+        expected: cut_id -> number of windows, for every long cut of the run.
+    """
+    summary = StitchSummary()
+    by_cut: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    sources: dict[str, set[str]] = defaultdict(set)
+    for uri, fingerprint in sorted(window_parts.items()):
+        meta = parquet.read_part_metadata(uri)
+        if not meta or meta.get(parquet.FINGERPRINT_KEY, b"").decode() != fingerprint:
+            continue  # its shard failed (or the part is stale): those cuts stay incomplete
+        for row in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist():
+            by_cut[row["cut_id"]].append(row)
+            sources[row["cut_id"]].add(fingerprint)
+    for cut_id, count in expected.items():
+        rows = by_cut.get(cut_id, [])
+        if sorted(r["window_index"] for r in rows) != list(range(count)):
+            summary.cuts_incomplete += 1
+            summary.incomplete.append(cut_id)
+            continue
+        uri = stitched_part_uri(output, run_id, cut_id)
+        fp = hashlib.sha256("\n".join([cut_id, *sorted(sources[cut_id])]).encode()).hexdigest()
+        done = parquet.finished_shard(uri, fp) if resume else None
+        if done is not None:
+            summary.cuts_skipped += 1
+            summary.cuts_ok += done["cuts_ok"]
+            summary.cuts_error += done["cuts_error"]
+            continue
+        row, aligned = _stitch_one(rows, tokenizer, normalizer, overlap_seconds, max_cut_seconds)
+        ok = row.status == STATUS_OK
+        summary.cuts_ok += ok
+        summary.cuts_error += not ok
+        summary.windows += count
+        summary.seams += count - 1
+        summary.seams_aligned += aligned
+        parquet.write_part(uri, rows_to_table([row]), fp,
+                           summary={"cuts_ok": int(ok), "cuts_error": int(not ok), "windows": count})
+    return summary
+
+
+def window_counts(items: Iterable[Any]) -> dict[str, int]:
+    """cut_id -> window count of the long cuts among ``items``."""
+    return {i.cut_id: i.window_count for i in items if getattr(i, "window_index", None) == 0}
+
+
+__all__ = ["StitchSummary", "stitch_run", "stitched_part_uri", "window_counts", "windows_dir", "windows_part_uri"]
