@@ -68,7 +68,7 @@ class RayHead:
         """``ray job submit --working-dir <repo> -- python jobs/...``; waits for the job."""
         import json
 
-        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output"]}
+        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/assets/demo-work"]}
         cmd = [str(BIN / "ray"), "job", "submit", "--address", self.address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -78,7 +78,7 @@ class RayHead:
         import json
         import re as _re
 
-        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output"]}
+        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/assets/demo-work"]}
         cmd = [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120, check=True)

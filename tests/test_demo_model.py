@@ -1,0 +1,106 @@
+"""The shipped demo model (model/assets/demo): loads like a public checkpoint and transcribes
+freshly synthesised held-out sentences as well as its model card says."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import have_tools
+from pipeline.synthetic import DEFAULT_WORD_LIST
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "model" / "assets" / "demo"
+sys.path.insert(0, str(REPO / "jobs"))
+import demo as demo_job  # noqa: E402
+
+needs_speech = pytest.mark.skipif(not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()),
+                                  reason="espeak-ng, sox and the wamerican word list are needed")
+
+#: Held-out sentences spoken in the tests: the test split's sentences after the first 60 that
+#: `make demo` speaks, so this test and the demo do not share audio.
+TEST_OFFSET, TEST_UTTS = 60, 40
+
+
+def card_wer(split: str, method: str) -> float:
+    return float(json.loads((DEMO / "train_log.json").read_text())[split][method])
+
+
+def test_shipped_files_and_budget():
+    for name in ("pretrained.pt", "bpe.model", "config.json", "MODEL_CARD.md", "train_log.json"):
+        assert (DEMO / name).is_file(), name
+    assert (DEMO / "pretrained.pt").stat().st_size <= 25e6
+    log = json.loads((DEMO / "train_log.json").read_text())
+    assert log["train_minutes"] <= 90 and log["total_minutes"] <= 90
+    card = (DEMO / "MODEL_CARD.md").read_text()
+    for method in ("ctc-greedy", "ctc-beam", "attention-rescoring"):
+        row = re.search(rf"\| {method} \| ([\d.]+) \| ([\d.]+) \|", card)
+        assert row, method
+        assert float(row.group(1)) == pytest.approx(log["dev"][method], abs=0.01)
+        assert float(row.group(2)) == pytest.approx(log["test"][method], abs=0.01)
+    # rescoring with the attention decoder must earn its cost on the 500-sentence test split
+    assert log["test"]["attention-rescoring"] < log["test"]["ctc-greedy"]
+    assert log["dev"]["attention-rescoring"] < log["dev"]["ctc-greedy"]
+
+
+def test_loads_like_a_public_checkpoint():
+    from model import load_checkpoint
+    from model.tokenizer import Tokenizer
+
+    raw = torch.load(DEMO / "pretrained.pt", map_location="cpu", weights_only=True)
+    assert set(raw) == {"model"}
+    model = load_checkpoint(DEMO / "pretrained.pt", config=DEMO / "config.json")
+    inferred = load_checkpoint(DEMO / "pretrained.pt")  # architecture read from the shapes alone
+    assert sum(p.numel() for p in inferred.parameters()) == sum(p.numel() for p in model.parameters())
+    tok = Tokenizer.from_dir(DEMO)
+    cfg = json.loads((DEMO / "config.json").read_text())
+    assert (tok.blank_id, tok.sos_id, tok.unk_id) == (0, 1, 2) and tok.vocab_size == cfg["vocab_size"]
+    assert model.ctc_output is not None and model.attention_decoder is not None
+    # the rescoring scale was chosen on dev: it is the sweep's best dev entry
+    log = json.loads((DEMO / "train_log.json").read_text())
+    sweep = {float(k): v for k, v in log["scale_sweep"].items()}
+    assert cfg["decoding"]["attention_scale"] in sweep
+    assert sweep[cfg["decoding"]["attention_scale"]] == min(sweep.values())
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    """TEST_UTTS test-split sentences, spoken now with freshly drawn voices."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("held-out")
+    cmd = [sys.executable, str(REPO / "jobs" / "make_synthetic_corpus.py"), "--out", str(out), "--seed", str(demo_job.CORPUS_SEED),
+           "--train-utts", "0", "--dev-utts", str(demo_job.CORPUS_DEV_UTTS), "--test-utts", str(TEST_OFFSET + TEST_UTTS),
+           "--splits", "test", "--open-words", str(demo_job.CORPUS_OPEN_WORDS), "--jobs", "2"]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
+    from lhotse import CutSet
+
+    cuts = list(CutSet.from_file(str(out / "cuts_test.jsonl.gz")))[TEST_OFFSET:]
+    return [c.supervisions[0].text for c in cuts], [c.load_audio()[0].astype(np.float32) for c in cuts]
+
+
+@needs_speech
+def test_transcribes_held_out_speech(held_out):
+    from model.decoding import DecodingConfig
+    from model.recognizer import Recognizer
+    from model.train import wer
+
+    refs, waves = held_out
+    assert len(refs) == TEST_UTTS and sum(len(r.split()) for r in refs) > 200
+    results = {}
+    for method in ("ctc-greedy", "attention-rescoring"):
+        rec = Recognizer.from_dir(DEMO) if method == "attention-rescoring" else Recognizer.from_dir(
+            DEMO, decoding=DecodingConfig(method=method))
+        transcripts, _ = rec.transcribe(waves)
+        results[method] = wer(refs, [t.text for t in transcripts])
+    # Bound: the card's test WER plus a margin for 40 sentences (about 300 words) spoken with voices
+    # drawn afresh; a model that regressed (or a broken decoder / tokenizer) lands far above it.
+    bound = card_wer("test", "attention-rescoring") + 5.0
+    assert results["attention-rescoring"] <= bound, results
+    assert results["attention-rescoring"] <= results["ctc-greedy"] + 1.0, results
