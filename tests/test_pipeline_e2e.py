@@ -355,3 +355,124 @@ def test_s3_outage_during_run_is_survived(ray_head, corpus, s3):
     assert summary["shards_failed"] == [] and summary["cuts_ok"] == len(GOOD)
     table = _s3_table("outage")
     assert sorted(table.column("cut_id").to_pylist()) == sorted(corpus["cut_ids"])
+
+
+DEMO_MODEL = REPO / "model" / "assets" / "demo"
+
+
+def test_demo_model_transcripts_are_right_end_to_end(ray_head, s3, corpus, tmp_path):  # corpus: the buckets
+    """The shipped demo model through the whole product (S3 model and audio, Ray job, Parquet):
+    held-out sentences, some resampled or mp3-coded, come back with a WER near the model card's."""
+    import boto3
+    from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
+    import soundfile as sf
+
+    from pipeline import storage
+    from pipeline.synthetic import SentenceGenerator
+
+    client = boto3.client("s3")
+    for f in DEMO_MODEL.iterdir():
+        if f.is_file():
+            _put(client, f"s3://models/demo/{f.name}", f.read_bytes())
+    # test-split sentences of the demo corpus (seed 0, dev 300): never spoken in training
+    sentences = SentenceGenerator(seed=0, open_words=1500).unique_sentences(300 + 120)[300 + 100:300 + 112]
+    cuts = []
+    for i, text in enumerate(sentences):
+        cut_id = f"held-out-{i:02d}"
+        src = speak(text, tmp_path / f"{cut_id}.wav", voice=("en-us", "en-gb", "en-gb-x-rp")[i % 3],
+                    rate=(16000, 8000, 22050)[i % 3])
+        path = ffmpeg(src, tmp_path / f"{cut_id}.mp3") if i % 4 == 3 else src
+        uri = f"s3://data/held-out/{path.name}"
+        _put(client, uri, path.read_bytes())
+        if path.suffix == ".mp3":
+            info = sf.info(str(src))
+        else:
+            info = sf.info(str(path))
+        rec = Recording(id=cut_id, sources=[AudioSource(type="url", channels=[0], source=uri)],
+                        sampling_rate=info.samplerate, num_samples=info.frames, duration=info.frames / info.samplerate)
+        sup = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0, duration=rec.duration, channel=0, text=text)
+        cuts.append(MonoCut(id=cut_id, start=0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup]))
+    buf = io.BytesIO()
+    with gzip.open(buf, "wt") as f:
+        for cut in cuts:
+            f.write(json.dumps(cut.to_dict()) + "\n")
+    _put(client, "s3://data/held-out.jsonl.gz", buf.getvalue())
+
+    corpus = {"manifest": "s3://data/held-out.jsonl.gz", "model": "s3://models/demo"}
+    summary, log = _job(ray_head, corpus, "s3://out/run", "demo-wer")
+    assert summary["cuts_ok"] == len(sentences) and summary["cuts_error"] == 0
+    table = _s3_table("demo-wer").to_pylist()
+    assert sorted(r["cut_id"] for r in table) == [c.id for c in cuts]
+    assert all(r["model_id"] == "zipscribe-demo-synthetic" and r["decoding"].startswith("attention-rescoring") for r in table)
+    errors, words = sum(r["errors"] for r in table), sum(r["ref_words"] for r in table)
+    wer = 100.0 * errors / words
+    card = json.loads((DEMO_MODEL / "train_log.json").read_text())["test"]["attention-rescoring"]
+    # about 90 words, a third of them at 8 kHz or through mp3: a margin over the card's test WER
+    assert wer <= card + 8.0, (wer, [(r["reference"], r["text"]) for r in table if r["errors"]])
+    report = pq.read_table(io.BytesIO(storage.read_bytes("s3://out/run/wer/run_id=demo-wer/report.parquet"))).to_pylist()
+    (overall,) = [g for g in report if g["group_by"] == "all"]
+    assert overall["errors"] == errors and overall["ref_words"] == words
+    assert "WER " in log
+
+
+def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, tmp_path):
+    """A long recording's windows spread over shards on two actors; the actor holding one of
+    them dies. The retried shard completes the windows and the recording is stitched into
+    exactly one row; a rerun writes nothing twice."""
+    import boto3
+    from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
+    import soundfile as sf
+
+    client = boto3.client("s3")
+    texts = list(SENTENCES.values()) * 3
+    pieces = []
+    for k, text in enumerate(texts):
+        wav = speak(text, tmp_path / f"long-{k}.wav", voice=("en-us", "en-gb")[k % 2])
+        samples, _ = sf.read(str(wav), dtype="float32")
+        pieces += [samples, np.zeros(6000, dtype=np.float32)]
+    long_wav = tmp_path / "long.wav"
+    sf.write(str(long_wav), np.concatenate(pieces), 16000, subtype="PCM_16")
+    info = sf.info(str(long_wav))
+    assert info.duration > 40
+    _put(client, "s3://data/long/long.wav", long_wav.read_bytes())
+    rec = Recording(id="long", sources=[AudioSource(type="url", channels=[0], source="s3://data/long/long.wav")],
+                    sampling_rate=16000, num_samples=info.frames, duration=info.duration)
+    sup = SupervisionSegment(id="long", recording_id="long", start=0, duration=info.duration, text=" ".join(texts))
+    cuts = [MonoCut(id="long", start=0, duration=info.duration, channel=0, recording=rec, supervisions=[sup])]
+    buf = io.BytesIO()
+    with gzip.open(buf, "wt") as f:
+        for cut in cuts:
+            f.write(json.dumps(cut.to_dict()) + "\n")
+    _put(client, "s3://data/long.jsonl.gz", buf.getvalue())
+
+    out = tmp_path / "out"
+    job = {"manifest": "s3://data/long.jsonl.gz", "model": corpus["model"]}
+    extra = ["--max-cut-seconds", "10", "--window-overlap-seconds", "2", "--num-actors", "2", "--cpus-per-actor", "1"]
+    args = ["jobs/transcribe.py", "--manifest", job["manifest"], "--model", job["model"], "--output", str(out),
+            "--run-id", "long", "--shard-size", "2", "--summary-json", "--no-progress", *extra]
+    proc = ray_head.submit(args, extra_env={"ZIPSCRIBE_TEST_CRASH_SHARDS": "shard-000001"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{\n"): proc.stdout.rindex("}") + 1])
+    windows = summary["windows"]
+    assert windows >= 5 and summary["shards_total"] == -(-windows // 2)
+    assert summary["shard_retries"] >= 1 and summary["shards_failed"] == []
+    assert summary["long_cuts"] == 1 and summary["cuts_ok"] == 1 and summary["long_cuts_incomplete"] == 0
+
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT cut_id, status, duration, token_times, worker, shard_id FROM "
+                       f"read_parquet('{out}/transcripts/run_id=long/*.parquet')").fetchall()
+    assert len(rows) == 1
+    cut_id, status, duration, times, worker, shards = rows[0]
+    assert cut_id == "long" and status == "ok" and duration == pytest.approx(info.duration)
+    assert all(a <= b for a, b in zip(times, times[1:])) and (not times or times[-1] <= duration)
+    assert len(shards.split(",")) == summary["shards_total"]
+    assert summary["num_actors"] == 2 and worker  # two actors served the windows' shards (one of them killed)
+    n_windows = con.execute(f"SELECT count(*), count(DISTINCT window_index) FROM "
+                            f"read_parquet('{out}/windows/run_id=long/*.parquet')").fetchone()
+    assert n_windows == (windows, windows)
+
+    again = ray_head.submit(args)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    second = json.loads(again.stdout[again.stdout.index("{\n"): again.stdout.rindex("}") + 1])
+    assert second["shards_skipped"] == summary["shards_total"] and second["cuts_ok"] == 1
+    assert con.execute(f"SELECT count(*) FROM read_parquet('{out}/transcripts/run_id=long/*.parquet')").fetchone() == (1,)
