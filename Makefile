@@ -59,8 +59,13 @@ test-deps:
 test: install test-deps
 	tests/isolated.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Speaks 60 held-out test sentences (espeak-ng), transcribes them with the shipped model through
+# jobs/transcribe.py on a local Ray, prints transcripts, WER, speed and a DuckDB query.
+demo: install
+	$(BIN)/python jobs/demo.py
+
 bench: install
 	$(BIN)/python bench/model_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info demo-data demo-output

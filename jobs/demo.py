@@ -1,0 +1,132 @@
+"""The zipscribe demo (`make demo`): synthetic test speech in, transcripts and a WER report out.
+
+Steps:
+  1. Speak the first --utts sentences of the demo model's held-out test split with espeak-ng
+     (jobs/make_synthetic_corpus.py with the corpus options of model/assets/demo/MODEL_CARD.md;
+     fresh voices), unless --data already holds them. The model never heard these sentences.
+  2. Run the product: `python jobs/transcribe.py` on a local Ray with the shipped model
+     (model/assets/demo), writing Parquet and the WER report under --output.
+  3. Read the Parquet back with DuckDB and print transcripts next to references, the WER, the
+     real-time factor and a query to paste into `duckdb`.
+
+Example:
+  python jobs/demo.py                      # what `make demo` runs
+  python jobs/demo.py --utts 100 --output /tmp/demo-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "model" / "assets" / "demo"
+#: The corpus options the demo model was trained with (seed, held-out split sizes, vocabulary);
+#: with them the demo speaks sentences of that corpus's test split.
+CORPUS_SEED = 0
+CORPUS_DEV_UTTS = 300
+CORPUS_OPEN_WORDS = 1500
+
+
+def ensure_data(data: Path, utts: int) -> Path:
+    """The demo manifest, synthesising it when missing or smaller than ``utts``."""
+    manifest = data / "cuts_test.jsonl.gz"
+    info = data / "corpus.json"
+    if manifest.is_file() and info.is_file():
+        have = json.loads(info.read_text()).get("splits", {}).get("test", {}).get("utterances", 0)
+        if have == utts:
+            return manifest
+    if data.exists():
+        shutil.rmtree(data)
+    print(f"speaking {utts} held-out test sentences with espeak-ng into {data} ...", flush=True)
+    cmd = [sys.executable, str(REPO / "jobs" / "make_synthetic_corpus.py"), "--out", str(data), "--seed", str(CORPUS_SEED),
+           "--train-utts", "0", "--dev-utts", str(CORPUS_DEV_UTTS), "--test-utts", str(utts), "--splits", "test",
+           "--open-words", str(CORPUS_OPEN_WORDS), "--jobs", "2"]
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return manifest
+
+
+def run_transcribe(manifest: Path, model: Path, output: Path, run_id: str, extra: list[str]) -> dict:
+    """`jobs/transcribe.py` as a user runs it; returns its summary."""
+    cmd = [sys.executable, str(REPO / "jobs" / "transcribe.py"), "--manifest", str(manifest), "--model", str(model),
+           "--output", str(output), "--run-id", run_id, "--summary-json", "--no-progress", *extra]
+    print("$ " + " ".join(str(c) for c in cmd[1:]).replace(str(REPO) + "/", ""), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"transcribe.py failed with exit status {proc.returncode}")
+    out = proc.stdout
+    return json.loads(out[out.index("{\n"): out.rindex("}") + 1])
+
+
+def show(output: Path, run_id: str, summary: dict, rows: int) -> dict:
+    """Print transcripts vs references, WER, speed and a DuckDB query; return the numbers."""
+    import duckdb
+
+    glob = str(output / "transcripts" / f"run_id={run_id}" / "*.parquet")
+    con = duckdb.connect()
+    table = con.execute(
+        f"SELECT cut_id, reference, text, errors, ref_words FROM read_parquet('{glob}') "
+        "WHERE status = 'ok' ORDER BY cut_id LIMIT ?", [rows]).fetchall()
+    errors, words, cuts, bad = con.execute(
+        f"SELECT sum(errors), sum(ref_words), count(*), count(*) FILTER (WHERE status <> 'ok') FROM read_parquet('{glob}')"
+    ).fetchone()
+    wer = 100.0 * errors / max(1, words)
+    width = shutil.get_terminal_size((120, 20)).columns
+    col = max(30, (width - 8) // 2)
+    print()
+    print(f"{'reference':<{col}}  {'zipscribe':<{col}}  err")
+    print("-" * (2 * col + 6))
+    for _cut, ref, hyp, err, _n in table:
+        r = textwrap.wrap(ref or "", col) or [""]
+        h = textwrap.wrap(hyp or "", col) or [""]
+        for i in range(max(len(r), len(h))):
+            print(f"{r[i] if i < len(r) else '':<{col}}  {h[i] if i < len(h) else '':<{col}}  {err if i == 0 else ''}")
+    print("-" * (2 * col + 6))
+    print(f"(the first {len(table)} of {cuts} cuts; {bad} error rows; err = word errors in the row)")
+    print()
+    print(f"WER            {wer:.2f} %  ({errors} errors / {words} reference words, {cuts} cuts)")
+    print(f"audio          {summary['audio_seconds']:.1f} s in {summary['wall_seconds']:.1f} s wall")
+    print(f"speed          {summary['rtfx']:.1f}x real time for the whole job (Ray start-up included), "
+          f"{summary['model_rtfx']:.1f}x in the model")
+    print(f"padding        {100 * summary['padding_ratio']:.1f} % of batched audio")
+    print(f"output         {output}/  (transcripts/, wer/run_id={run_id}/summary.md and report.html, runs/)")
+    print()
+    print("Query it yourself (paste into `duckdb` or python -c 'import duckdb; ...'):")
+    print(f"  SELECT cut_id, errors, ref_words, text FROM read_parquet('{glob}') ORDER BY errors DESC LIMIT 5;")
+    return {"wer": wer, "errors": int(errors), "ref_words": int(words), "cuts": int(cuts), "error_rows": int(bad),
+            "rtfx": summary["rtfx"], "model_rtfx": summary["model_rtfx"]}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model directory (default: the shipped demo model)")
+    p.add_argument("--data", default="demo-data", help="where the demo audio and manifest live (created if missing)")
+    p.add_argument("--output", default="demo-output", help="where transcripts and the WER report go")
+    p.add_argument("--utts", type=int, default=60, help="test sentences to speak (default 60, about 3 minutes)")
+    p.add_argument("--run-id", default="demo", help="run id; a previous demo run with this id is replaced")
+    p.add_argument("--rows", type=int, default=12, help="transcripts to print")
+    args, extra = p.parse_known_args(argv)
+    t0 = time.time()
+    data, output = Path(args.data).resolve(), Path(args.output).resolve()
+    manifest = ensure_data(data, args.utts)
+    for stale in (output / "transcripts" / f"run_id={args.run_id}", output / "wer" / f"run_id={args.run_id}",
+                  output / "runs" / args.run_id):
+        if stale.exists():
+            shutil.rmtree(stale)  # a fresh run each time: the demo measures, it does not resume
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    summary = run_transcribe(manifest, Path(args.model).resolve(), output, args.run_id, extra)
+    numbers = show(output, args.run_id, summary, args.rows)
+    print(f"\ndemo finished in {time.time() - t0:.0f} s")
+    return numbers
+
+
+if __name__ == "__main__":
+    main()
