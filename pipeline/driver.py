@@ -299,6 +299,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
         return None
 
     round_robin = 0
+    avoid: dict[str, Any] = {}  # shard id -> the actor that died holding it
     try:
         while True:
             while len(pending) < in_flight_limit:
@@ -306,6 +307,11 @@ def run(cfg: TranscribeConfig) -> RunSummary:
                 if task is None:
                     break
                 actor = actors[round_robin % len(actors)]
+                if len(actors) > 1 and avoid.get(task.shard.shard_id) is actor:
+                    # the actor this shard just killed is still restarting: a task sent to it now
+                    # fails at once and wastes an attempt, so give the retry to the next actor
+                    round_robin += 1
+                    actor = actors[round_robin % len(actors)]
                 round_robin += 1
                 pending[actor.process_shard.remote(task)] = (task, actor)
             if not pending:
@@ -322,6 +328,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
                 else:
                     log.warning("shard %s: actor died (%s); retrying (attempt %d)", task.shard.shard_id, type(exc).__name__, task.attempt + 1)
                     summary.shard_retries += 1
+                    avoid[task.shard.shard_id] = actor
                     retry_queue.append(ShardTask(task.shard, task.fingerprint, task.part_uri, task.attempt + 1,
                                                  task.windows_part_uri))
                 continue
