@@ -177,24 +177,43 @@ def test_windows_of_a_flac_file_share_one_local_copy(tmp_path):
     assert actor._ranges.bytes_fetched < flac.stat().st_size + stitched.windows * 65536 + 1
 
 
-def test_memory_stays_bounded_as_recordings_grow(tmp_path):
-    """Peak RSS of transcribing a long file grows with the transcript, not with the audio:
-    bench/longform_memory.py on a 2- and a 16-minute recording."""
-    # the demo model, not a random one: a random model's hypotheses are hundreds of tokens per
-    # window, and attention rescoring's memory follows hypothesis length, not audio length
-    peaks = {}
-    for minutes in (2, 16):
-        out = subprocess.run([sys.executable, str(REPO / "bench" / "longform_memory.py"), "--minutes", str(minutes),
-                              "--model", str(DEMO), "--threads", "2", "--work-dir", str(tmp_path / f"m{minutes}"),
-                              "--json"],
-                             cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        peaks[minutes] = json.loads(out.stdout.strip().splitlines()[-1])
-    small, big = peaks[2], peaks[16]
-    assert big["windows"] > 6 * small["windows"]
-    # decoding the 16-minute file whole would hold 61 MB of float32 samples (plus its bytes)
-    growth = big["peak_rss_mb"] - small["peak_rss_mb"]
-    assert growth < 40.0, peaks
+def test_long_recording_is_read_window_by_window(tmp_path, monkeypatch):
+    """An 8-minute file is never fetched or decoded whole: no whole-object read of it, every
+    decode is one window's range, and the bytes fetched are the file plus its overlaps.
+    (Peak RSS over recording length is measured by bench/longform_memory.py, see the README;
+    it varies by batch by more than a whole-file decode of a short file would add, so it is
+    not asserted here.)"""
+    import importlib.util
+
+    from pipeline import audio_ranges, storage
+
+    spec = importlib.util.spec_from_file_location("longform_memory", REPO / "bench" / "longform_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    wav = tmp_path / "long.wav"
+    seconds = bench.build_recording(wav, 8.0, tmp_path)
+    manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "long", "unused")
+
+    whole_reads = []
+    real_read_bytes = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda uri, **kw: whole_reads.append(uri) or real_read_bytes(uri, **kw))
+    decoded = []
+    real_read = audio_ranges.RangeReader.read
+
+    def read(self, source, start, duration, **kw):
+        out = real_read(self, source, start, duration, **kw)
+        decoded.append(out.samples.size)
+        return out
+
+    monkeypatch.setattr(audio_ranges.RangeReader, "read", read)
+    rows, stitched, actor = run_in_process(manifest, DEMO, tmp_path / "out", "mem", max_cut=30.0, overlap=4.0)
+    (row,) = rows
+    assert row["status"] == "ok" and row["duration"] == pytest.approx(seconds)
+    assert str(wav) not in whole_reads
+    assert len(decoded) == stitched.windows >= 18 and max(decoded) <= 30 * 16000
+    size = wav.stat().st_size
+    # each window's 30 s of 16-bit samples, plus one header read per window
+    assert size < actor._ranges.bytes_fetched <= stitched.windows * (30 * 16000 * 2 + 65536)
 
 
 def test_a_failed_window_makes_one_error_row_naming_it(tmp_path):
