@@ -34,7 +34,7 @@ from .actor import ActorConfig, ShardResult, ShardTask, Transcriber
 from .batching import Shard, make_shards
 from .longform import expand_windows, plan_windows
 from .manifests import iter_work_items
-from .stitching import stitch_run, window_counts, windows_part_uri
+from .stitching import LongCuts, StitchSummary
 from .model_store import local_model_dir
 
 log = logging.getLogger("zipscribe.driver")
@@ -223,6 +223,14 @@ class _Progress:
             self.bar.close()
 
 
+def _stitch(long_cuts: LongCuts, cfg: TranscribeConfig, model_dir: Path) -> Optional[StitchSummary]:
+    """Stitch the run's long cuts (``None`` when it had none) with the run's options."""
+    if not long_cuts.expected:
+        return None
+    return long_cuts.stitch(Tokenizer.from_dir(model_dir), normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
+                            overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
+
+
 def run(cfg: TranscribeConfig) -> RunSummary:
     """Execute a transcription run on the Ray cluster (local Ray if none is running)."""
     import ray
@@ -269,8 +277,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
     devices: set[str] = set()
     shards = make_shards(iter_items(cfg), cfg.shard_size)
     exhausted = False
-    window_parts: dict[str, str] = {}  # windows part -> shard fingerprint, for shards holding windows
-    long_cuts: dict[str, int] = {}  # cut_id -> window count
+    long_cuts = LongCuts(cfg.output, run_id)
 
     def next_task() -> Optional[ShardTask]:
         nonlocal exhausted
@@ -284,11 +291,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
             summary.shards_total += 1
             fp = shard.fingerprint(*fingerprint_parts)
             uri = part_uri(cfg.output, run_id, shard.shard_id)
-            windows_uri = None
-            if any(i.is_window for i in shard.items):
-                windows_uri = windows_part_uri(cfg.output, run_id, shard.shard_id)
-                window_parts[windows_uri] = fp
-                long_cuts.update(window_counts(shard.items))
+            windows_uri = long_cuts.windows_part_for(shard, fp)
             done = parquet.finished_shard(uri, fp) if cfg.resume else None
             if done is not None:
                 summary.shards_skipped += 1
@@ -342,10 +345,8 @@ def run(cfg: TranscribeConfig) -> RunSummary:
         for a in actors:
             ray.kill(a)
 
-    if long_cuts:
-        stitched = stitch_run(cfg.output, run_id, window_parts, long_cuts, Tokenizer.from_dir(model_dir),
-                              normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
-                              overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
+    stitched = _stitch(long_cuts, cfg, model_dir)
+    if stitched is not None:
         summary.cuts_ok += stitched.cuts_ok
         summary.cuts_error += stitched.cuts_error
         summary.long_cuts = stitched.cuts_ok + stitched.cuts_error
@@ -370,22 +371,13 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
         decoding=cfg.decoding, max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
         amp_dtype=cfg.amp_dtype, rescoring_dtype=cfg.rescoring_dtype, num_threads=num_threads, normalizer=cfg.normalizer,
     ))
-    window_parts: dict[str, str] = {}
-    long_cuts: dict[str, int] = {}
+    long_cuts = LongCuts(cfg.output, run_id)
     results = []
     for shard in make_shards(iter_items(cfg), cfg.shard_size):
         fp = shard.fingerprint(run_id, f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds}")
-        windows_uri = None
-        if any(i.is_window for i in shard.items):
-            windows_uri = windows_part_uri(cfg.output, run_id, shard.shard_id)
-            window_parts[windows_uri] = fp
-            long_cuts.update(window_counts(shard.items))
         results.append(actor.process_shard(ShardTask(shard, fp, part_uri(cfg.output, run_id, shard.shard_id),
-                                                     windows_part_uri=windows_uri)))
-    stitched = stitch_run(cfg.output, run_id, window_parts, long_cuts, Tokenizer.from_dir(model_dir),
-                          normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
-                          overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
-    return {"shards": results, "stitched": stitched, "actor": actor}
+                                                     windows_part_uri=long_cuts.windows_part_for(shard, fp))))
+    return {"shards": results, "stitched": _stitch(long_cuts, cfg, model_dir), "actor": actor}
 
 
 @dataclass

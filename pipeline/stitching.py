@@ -153,4 +153,31 @@ def window_counts(items: Iterable[Any]) -> dict[str, int]:
     return {i.cut_id: i.window_count for i in items if getattr(i, "window_index", None) == 0}
 
 
-__all__ = ["StitchSummary", "stitch_run", "stitched_part_uri", "window_counts", "windows_dir", "windows_part_uri"]
+@dataclass
+class LongCuts:
+    """The driver's record of a run's long cuts: which shards hold windows (with their
+    fingerprints) and how many windows each long cut has; then the stitching."""
+
+    output: str
+    run_id: str
+    window_parts: dict[str, str] = field(default_factory=dict)
+    expected: dict[str, int] = field(default_factory=dict)
+
+    def windows_part_for(self, shard: Any, fingerprint: str) -> str | None:
+        """Where ``shard``'s window rows go (``None``: it holds no windows); records the shard."""
+        if not any(i.is_window for i in shard.items):
+            return None
+        uri = windows_part_uri(self.output, self.run_id, shard.shard_id)
+        self.window_parts[uri] = fingerprint
+        self.expected.update(window_counts(shard.items))
+        return uri
+
+    def stitch(self, tokenizer: Tokenizer, **options: Any) -> StitchSummary | None:
+        """:func:`stitch_run` over what was recorded; ``None`` when the run had no long cuts."""
+        if not self.expected:
+            return None
+        return stitch_run(self.output, self.run_id, self.window_parts, self.expected, tokenizer, **options)
+
+
+__all__ = ["LongCuts", "StitchSummary", "stitch_run", "stitched_part_uri", "window_counts", "windows_dir",
+           "windows_part_uri"]
