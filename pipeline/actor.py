@@ -32,7 +32,6 @@ from .batching import Batch, Shard, pack_batches
 from .manifests import WorkItem
 from .model_store import local_model_dir
 from .records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
-from .wer import get_normalizer, word_errors
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
@@ -189,15 +188,6 @@ class Transcriber:
             dataset=item.dataset, error=error, model_id=info.name, model_sha256=info.sha256,
             decoding=self.decoding_label(), shard_id=shard_id, worker=self.worker,
         )
-        if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
-            row.window_index, row.window_count = item.window_index, item.window_count
-            row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
-            row.reference = item.reference if item.window_index == 0 else None
-            if transcript is not None:
-                row.text, row.token_ids, row.token_times = transcript.text, transcript.token_ids, transcript.token_times
-                row.ctc_score, row.attention_score, row.confidence = (transcript.ctc_score, transcript.attention_score,
-                                                                      transcript.confidence)
-            return row
         if transcript is not None:
             row.text = transcript.text
             row.token_ids = transcript.token_ids
@@ -205,13 +195,12 @@ class Transcriber:
             row.ctc_score = transcript.ctc_score
             row.attention_score = transcript.attention_score
             row.confidence = transcript.confidence
-            if item.reference is not None:
-                errs = word_errors(item.reference, transcript.text, self.config.normalizer)
-                row.ref_words, row.errors = errs.ref_words, errs.errors
-                row.substitutions, row.deletions, row.insertions = errs.substitutions, errs.deletions, errs.insertions
-                row.ref_norm, row.hyp_norm = errs.ref_norm, errs.hyp_norm
-        elif item.reference is not None:  # failed cut: show what would have been compared, count nothing
-            row.ref_norm = get_normalizer(self.config.normalizer)(item.reference)
+        if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
+            row.window_index, row.window_count = item.window_index, item.window_count
+            row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
+            row.reference = item.reference if item.window_index == 0 else None
+            return row
+        row.score(self.config.normalizer)
         return row
 
     def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:

@@ -19,6 +19,8 @@ from typing import Optional
 
 import pyarrow as pa
 
+from .wer import get_normalizer, word_errors
+
 TRANSCRIPT_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -118,6 +120,19 @@ class TranscriptRow:
     shard_id: Optional[str] = None
     worker: Optional[str] = None
     processed_at: datetime = field(default_factory=utc_now)
+
+    def score(self, normalizer: str) -> None:
+        """Fill the WER columns from ``reference`` and ``text`` (an ``ok`` row with text), or,
+        for a failed row, only ``ref_norm``: what would have been compared, counting nothing."""
+        if self.reference is None:
+            return
+        if self.status != STATUS_OK or self.text is None:
+            self.ref_norm = get_normalizer(normalizer)(self.reference)
+            return
+        errs = word_errors(self.reference, self.text, normalizer)
+        self.ref_words, self.errors = errs.ref_words, errs.errors
+        self.substitutions, self.deletions, self.insertions = errs.substitutions, errs.deletions, errs.insertions
+        self.ref_norm, self.hyp_norm = errs.ref_norm, errs.hyp_norm
 
 
 @dataclass

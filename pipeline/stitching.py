@@ -30,7 +30,6 @@ from model.tokenizer import Tokenizer
 from . import parquet, storage
 from .longform import Window, WindowHypothesis, merge_windows, plan_windows
 from .records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
-from .wer import get_normalizer, word_errors
 
 
 def windows_dir(output: str, run_id: str) -> str:
@@ -85,8 +84,7 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
         out.error = "; ".join(
             f"window {r['window_index'] + 1}/{r['window_count']} ({r['start'] - r['cut_start']:.1f}-"
             f"{r['start'] - r['cut_start'] + r['duration']:.1f} s): {r['error']}" for r in failed)
-        if out.reference is not None:
-            out.ref_norm = get_normalizer(normalizer)(out.reference)
+        out.score(normalizer)
         return out, 0
     hyps = [WindowHypothesis(_window_of(r, overlap_seconds, max_cut_seconds), list(r["token_ids"] or []),
                              list(r["token_times"] or []), r["ctc_score"], r["attention_score"], r["confidence"])
@@ -95,11 +93,7 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
     out.token_ids, out.token_times = merged.token_ids, [float(t) for t in merged.token_times]
     out.text = tokenizer.decode(merged.token_ids)
     out.ctc_score, out.attention_score, out.confidence = merged.ctc_score, merged.attention_score, merged.confidence
-    if out.reference is not None:
-        errs = word_errors(out.reference, out.text, normalizer)
-        out.ref_words, out.errors = errs.ref_words, errs.errors
-        out.substitutions, out.deletions, out.insertions = errs.substitutions, errs.deletions, errs.insertions
-        out.ref_norm, out.hyp_norm = errs.ref_norm, errs.hyp_norm
+    out.score(normalizer)
     return out, merged.seams_aligned
 
 
