@@ -3,8 +3,8 @@
 Long recordings are transcribed window by window (``pipeline.longform``); each window needs
 tens of seconds of a file that may hold hours. :class:`RangeReader` gets them cheaply:
 
-* **PCM WAV** (and WAVE_FORMAT_EXTENSIBLE / IEEE float WAV): the header (first 64 KiB) tells
-  where the samples are, so exactly the window's bytes are fetched (an HTTP ``Range`` request
+* **PCM WAV** (and WAVE_FORMAT_EXTENSIBLE / IEEE float WAV): the header (first 64 KiB, read
+  once per file) tells where the samples are, so exactly the window's bytes are fetched (an HTTP ``Range`` request
   on S3, a seek on local files) and decoded.
 * **Anything else** (FLAC, Ogg/Opus, MP3, M4A, ...): the object is streamed once to a local
   temporary file (never held in memory) and the window is decoded from it with a seek
@@ -85,17 +85,32 @@ class RangeReader:
         self.keep_copies = max(1, keep_copies)
         self._dir = tempfile.mkdtemp(prefix="zipscribe-ranges-", dir=tmp_dir)
         self._copies: OrderedDict[str, str] = OrderedDict()
+        self._layouts: OrderedDict[str, Optional[WavLayout]] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes_fetched = 0
         self._made = 0
 
-    def read(self, source: str, start: float, duration: float, *, target_sr: int, channel: Optional[int]) -> DecodedAudio:
+    def _layout(self, source: str) -> Optional[WavLayout]:
+        """The WAV layout of ``source`` (``None``: not a PCM / float WAV), from one size request and
+        one header read per file; kept for the file's next windows."""
+        with self._lock:
+            if source in self._layouts:
+                self._layouts.move_to_end(source)
+                return self._layouts[source]
         object_size = storage.size(source)
         if object_size == 0:
             raise AudioDecodeError(source, "empty file (0 bytes)")
         head = storage.read_range(source, 0, min(HEAD_BYTES, object_size))
-        self.bytes_fetched += len(head)
         layout = wav_layout(head, object_size)
+        with self._lock:
+            self.bytes_fetched += len(head)
+            self._layouts[source] = layout
+            while len(self._layouts) > 64:
+                self._layouts.popitem(last=False)
+        return layout
+
+    def read(self, source: str, start: float, duration: float, *, target_sr: int, channel: Optional[int]) -> DecodedAudio:
+        layout = self._layout(source)
         if layout is not None:
             first = int(round(start * layout.sample_rate))
             count = max(1, int(round(duration * layout.sample_rate)))

@@ -57,13 +57,14 @@ class StitchSummary:
     incomplete: list[str] = field(default_factory=list)
 
 
-def _window_of(row: dict[str, Any], overlap_seconds: float, max_cut_seconds: float) -> Window:
-    """The window a row was transcribed from (re-planned from the cut's duration and the options)."""
-    plan = plan_windows(row["cut_duration"], max_cut_seconds, overlap_seconds)
-    w = plan[row["window_index"]]
-    if w.count != row["window_count"]:
-        raise ValueError(f"cut {row['cut_id']}: stored windows ({row['window_count']}) do not match the options ({w.count})")
-    return w
+def _windows_of(rows: list[dict[str, Any]], overlap_seconds: float, max_cut_seconds: float) -> list[Window]:
+    """The windows a cut's rows (sorted, all present) were transcribed from, re-planned once from
+    the cut's duration and the options."""
+    plan = plan_windows(rows[0]["cut_duration"], max_cut_seconds, overlap_seconds)
+    if len(plan) != rows[0]["window_count"]:
+        raise ValueError(f"cut {rows[0]['cut_id']}: stored windows ({rows[0]['window_count']}) do not match the "
+                         f"options ({len(plan)})")
+    return [plan[r["window_index"]] for r in rows]
 
 
 def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: str, overlap_seconds: float,
@@ -86,9 +87,9 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
             f"{r['start'] - r['cut_start'] + r['duration']:.1f} s): {r['error']}" for r in failed)
         out.score(normalizer)
         return out, 0
-    hyps = [WindowHypothesis(_window_of(r, overlap_seconds, max_cut_seconds), list(r["token_ids"] or []),
-                             list(r["token_times"] or []), r["ctc_score"], r["attention_score"], r["confidence"])
-            for r in rows]
+    windows = _windows_of(rows, overlap_seconds, max_cut_seconds)
+    hyps = [WindowHypothesis(w, list(r["token_ids"] or []), list(r["token_times"] or []), r["ctc_score"],
+                             r["attention_score"], r["confidence"]) for w, r in zip(windows, rows)]
     merged = merge_windows(hyps, tokenizer.id_to_piece)
     out.token_ids, out.token_times = merged.token_ids, [float(t) for t in merged.token_times]
     out.text = tokenizer.decode(merged.token_ids)

@@ -71,17 +71,11 @@ def test_loads_like_a_public_checkpoint():
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    """TEST_UTTS test-split sentences, spoken now with freshly drawn voices."""
-    import subprocess
-
-    out = tmp_path_factory.mktemp("held-out")
-    cmd = [sys.executable, str(REPO / "jobs" / "make_synthetic_corpus.py"), "--out", str(out), "--seed", str(demo_job.CORPUS_SEED),
-           "--train-utts", "0", "--dev-utts", str(demo_job.CORPUS_DEV_UTTS), "--test-utts", str(TEST_OFFSET + TEST_UTTS),
-           "--splits", "test", "--open-words", str(demo_job.CORPUS_OPEN_WORDS), "--jobs", "2"]
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=300)
+    """TEST_UTTS test-split sentences, spoken now with freshly drawn voices (as `make demo` does)."""
     from lhotse import CutSet
 
-    cuts = list(CutSet.from_file(str(out / "cuts_test.jsonl.gz")))[TEST_OFFSET:]
+    manifest = demo_job.ensure_data(tmp_path_factory.mktemp("held-out") / "data", TEST_OFFSET + TEST_UTTS)
+    cuts = list(CutSet.from_file(str(manifest)))[TEST_OFFSET:]
     return [c.supervisions[0].text for c in cuts], [c.load_audio()[0].astype(np.float32) for c in cuts]
 
 

@@ -16,9 +16,11 @@ import pytest
 import soundfile as sf
 
 from helpers import have_tools, make_tiny_model_dir
-from pipeline.synthetic import DEFAULT_WORD_LIST, SentenceGenerator
+from pipeline.synthetic import DEFAULT_WORD_LIST
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "jobs"))
+from demo import held_out_sentences  # noqa: E402  (test-split sentences of the demo corpus)
 DEMO = REPO / "model" / "assets" / "demo"
 
 pytestmark = pytest.mark.skipif(not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()),
@@ -53,9 +55,6 @@ def make_recording(out: Path, sentences: list[str], pauses: tuple[float, float],
     return waves, starts
 
 
-def held_out_sentences(n: int, offset: int) -> list[str]:
-    """Test-split sentences of the demo corpus (seed 0, 300 dev): never spoken in training."""
-    return SentenceGenerator(seed=0, open_words=1500).unique_sentences(300 + offset + n)[300 + offset:]
 
 
 def run_in_process(manifest: Path, model_dir: Path, output: Path, run_id: str, *, max_cut: float, overlap: float,
@@ -212,7 +211,7 @@ def test_long_recording_is_read_window_by_window(tmp_path, monkeypatch):
     assert str(wav) not in whole_reads
     assert len(decoded) == stitched.windows >= 18 and max(decoded) <= 30 * 16000
     size = wav.stat().st_size
-    # each window's 30 s of 16-bit samples, plus one header read per window
+    # each window's 30 s of 16-bit samples, plus header reads
     assert size < actor._ranges.bytes_fetched <= stitched.windows * (30 * 16000 * 2 + 65536)
 
 

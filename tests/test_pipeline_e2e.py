@@ -368,14 +368,15 @@ def test_demo_model_transcripts_are_right_end_to_end(ray_head, s3, corpus, tmp_p
     import soundfile as sf
 
     from pipeline import storage
-    from pipeline.synthetic import SentenceGenerator
+
+    sys.path.insert(0, str(REPO / "jobs"))
+    from demo import held_out_sentences
 
     client = boto3.client("s3")
     for f in DEMO_MODEL.iterdir():
         if f.is_file():
             _put(client, f"s3://models/demo/{f.name}", f.read_bytes())
-    # test-split sentences of the demo corpus (seed 0, dev 300): never spoken in training
-    sentences = SentenceGenerator(seed=0, open_words=1500).unique_sentences(300 + 120)[300 + 100:300 + 112]
+    sentences = held_out_sentences(12, offset=100)  # test split of the demo corpus: never spoken in training
     cuts = []
     for i, text in enumerate(sentences):
         cut_id = f"held-out-{i:02d}"
