@@ -45,10 +45,27 @@ SWOOSH_SHIFT = {"SwooshL": 4.0, "SwooshR": 1.0}
 _SWOOSH_CONST = {"SwooshL": 0.08 * 4.0 + _SWOOSH_L_OFFSET, "SwooshR": 0.08 * 1.0 + _SWOOSH_R_OFFSET}
 
 
+class _ShiftedSwooshCore(torch.autograd.Function):
+    """Training path of :func:`shifted_swoosh_core`: keeps only the input for backward and
+    computes the derivative ``sigmoid(v') - 0.08`` there (autograd's own graph of
+    softplus / mul / sub costs twice the memory passes)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(v)
+        return F.softplus(v).add_(v, alpha=-0.08)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (v,) = ctx.saved_tensors
+        return torch.sigmoid(v).sub_(0.08).mul_(grad)
+
+
 def shifted_swoosh_core(v_shifted: torch.Tensor) -> torch.Tensor:
     """``softplus(v') - 0.08 v'``: Swoosh of ``v' + shift`` without its constant."""
-    out = F.softplus(v_shifted)
-    return out.add_(v_shifted, alpha=-0.08) if not out.requires_grad else out - 0.08 * v_shifted
+    if v_shifted.requires_grad and torch.is_grad_enabled():
+        return _ShiftedSwooshCore.apply(v_shifted)
+    return F.softplus(v_shifted).add_(v_shifted, alpha=-0.08)
 
 
 class _DerivedCache:

@@ -29,7 +29,13 @@ class ConvNeXt(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # SwooshL's shift goes into pointwise_conv1's bias, its constant into pointwise_conv2's (1x1: exact)
         pw1, pw2 = self.pointwise_conv1, self.pointwise_conv2
-        y = F.conv2d(self.depthwise_conv(x), pw1.weight, pw1.bias - SWOOSH_SHIFT["SwooshL"])
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's depthwise kernel is 2x slower in bfloat16 than in float32 on CPU
+            with torch.autocast("cpu", enabled=False):
+                d = self.depthwise_conv(x.float())
+        else:
+            d = self.depthwise_conv(x)
+        y = F.conv2d(d, pw1.weight, pw1.bias - SWOOSH_SHIFT["SwooshL"])
         bias2 = _conv_folding_constant(pw2, self._pw2_bias, _SWOOSH_CONST["SwooshL"])
         out = F.conv2d(shifted_swoosh_core(y), pw2.weight, bias2)
         return out.add_(x) if not out.requires_grad else out + x
@@ -74,6 +80,10 @@ class Conv2dSubsampling(nn.Module):
         self.out = nn.Linear(self.out_width * layer3_channels, out_channels)
         self.out_norm = BiasNorm(out_channels)
         self._bias_caches = (_DerivedCache(), _DerivedCache())
+        #: run the convolutions (not the output Linear) under autocast to this dtype; None: as
+        #: called. Training on CPU sets bfloat16: the convolutions are half of a training step in
+        #: float32 and 2-4x faster in bfloat16 on AMX (the depthwise one stays float32, above).
+        self.conv_autocast_dtype: torch.dtype | None = None
 
     def _conv_stack(self, x: torch.Tensor) -> torch.Tensor:
         """``self.conv`` with each SwooshR's shift folded into the preceding conv's bias and
@@ -81,6 +91,9 @@ class Conv2dSubsampling(nn.Module):
         c0, c4, c7 = self.conv[0], self.conv[4], self.conv[7]
         shift, const = SWOOSH_SHIFT["SwooshR"], _SWOOSH_CONST["SwooshR"]
         x = shifted_swoosh_core(F.conv2d(x, c0.weight, c0.bias - shift, padding=c0.padding))
+        # channels-last from here on: oneDNN's depthwise and 1x1 convolutions (and their
+        # backward) run 1.7-2.6x faster on CPU in that layout; the values are the same
+        x = x.contiguous(memory_format=torch.channels_last)
         x = F.conv2d(x, c4.weight, _conv_folding_constant(c4, self._bias_caches[0], const) - shift, stride=c4.stride)
         x = shifted_swoosh_core(x)
         x = F.conv2d(x, c7.weight, _conv_folding_constant(c7, self._bias_caches[1], const) - shift, stride=c7.stride)
@@ -91,7 +104,12 @@ class Conv2dSubsampling(nn.Module):
         """x: (N, T, F) -> ((N, (T-7)//2, out_channels), lengths)."""
         if x.size(1) < 9:
             raise ValueError(f"need at least 9 feature frames, got {x.size(1)}")
-        x = self.convnext(self._conv_stack(x.unsqueeze(1)))
+        if self.conv_autocast_dtype is not None:
+            with torch.autocast(x.device.type, dtype=self.conv_autocast_dtype):
+                x = self.convnext(self._conv_stack(x.unsqueeze(1)))
+            x = x.float()
+        else:
+            x = self.convnext(self._conv_stack(x.unsqueeze(1)))
         n, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(n, t, c * f))
         return self.out_norm(x), torch.div(x_lens - 7, 2, rounding_mode="floor")

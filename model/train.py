@@ -85,7 +85,8 @@ class CutDataset:
         return len(self.utterances)
 
     def precompute(self, batch: int = 32, log: Optional[Callable[[str], None]] = None) -> None:
-        todo = [i for i in range(len(self)) if i not in self._feats]
+        # in duration order, so that each batch of the feature extractor pads little
+        todo = sorted((i for i in range(len(self)) if i not in self._feats), key=lambda i: self.utterances[i].duration)
         t0 = time.time()
         for k in range(0, len(todo), batch):
             self._compute(todo[k : k + batch])
@@ -273,6 +274,14 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0: only at the end
     keep_checkpoints: int = 5
     average_last: int = 1  # checkpoints averaged into the final model
+    #: "float32"; "bfloat16-embed": the convolutional front end (``encoder_embed``) under bf16
+    #: autocast, the rest float32 (1.2x faster steps on a 2-core AMX CPU); "bfloat16": the whole
+    #: forward under autocast (what a GPU wants; slower than float32 on that CPU, whose bf16
+    #: matmuls at these small shapes do not use AMX). Weights, optimizer and losses stay float32.
+    precision: str = "float32"
+
+
+PRECISIONS = ("float32", "bfloat16-embed", "bfloat16")
 
 
 @dataclass
@@ -313,6 +322,9 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
 class Trainer:
     def __init__(self, model: AsrModel, train: CutDataset, config: TrainConfig, out_dir: str | Path,
                  log: Callable[[str], None] = print):
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+        model.encoder_embed.conv_autocast_dtype = torch.bfloat16 if config.precision == "bfloat16-embed" else None
         self.model = model
         self.train = train
         self.cfg = config
@@ -360,7 +372,8 @@ class Trainer:
         factor = lr_factor(self.progress(), st.step, cfg.warmup_steps, cfg.min_lr_ratio)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * factor
-        parts = compute_loss(self.model, x, x_lens, ys, cfg.ctc_scale, cfg.att_scale)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):  # whole forward
+            parts = compute_loss(self.model, x, x_lens, ys, cfg.ctc_scale, cfg.att_scale)
         self.opt.zero_grad(set_to_none=True)
         parts.loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
