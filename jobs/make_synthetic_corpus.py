@@ -7,11 +7,13 @@ Output (under --out):
   wav/{train,dev,test}/<id>.wav     16 kHz mono 16-bit
   cuts_{train,dev,test}.jsonl.gz    lhotse CutSets; one supervision per cut: text, speaker
                                     (voice+variant), language "English", custom style fields
-  text_{train,dev,test}.txt         the reference sentences, one per line
+  text_{train,dev,test}.txt         the reference texts, one utterance per line
   corpus.json                       the options and per-split counts / hours
 
 Sentences come from pipeline.synthetic.SentenceGenerator and are distinct across (and within)
-the splits: no dev or test sentence is ever spoken in train. The same --seed (and word list)
+the splits: no dev or test sentence is ever spoken in train. A --multi-sentence-fraction of the
+train utterances say 2-4 sentences in a row, so that the model also hears the long, multi-sentence
+stretches that long-form windows hold. The same --seed (and word list)
 gives the same sentences, voices and noise.
 """
 
@@ -56,11 +58,38 @@ def plan(args: argparse.Namespace) -> dict[str, list[dict]]:
         splits["train"] = train
     out: dict[str, list[dict]] = {}
     for split in ("train", "dev", "test"):
+        groups = group_sentences(splits[split], args.multi_sentence_fraction, stable_seed("multi", args.seed)) \
+            if split == "train" else [[s] for s in splits[split]]
         items = []
-        for i, text in enumerate(splits[split]):
+        for i, group in enumerate(groups):
             uid = f"synth-{split}-{i:06d}"
-            items.append({"id": uid, "text": text, "style": random_style(style_rng, args.noise_prob, args.gain_prob)})
+            items.append({"id": uid, "text": " ".join(group), "speak": join_for_speech(group, stable_seed(uid, args.seed)),
+                          "style": random_style(style_rng, args.noise_prob, args.gain_prob)})
         out[split] = items
+    return out
+
+
+def group_sentences(sentences: list[str], fraction: float, seed: int) -> list[list[str]]:
+    """Consecutive sentences grouped into utterances: a ``fraction`` of the utterances say 2-4
+    sentences in a row (long-form windows hold several sentences, with and without pauses
+    between them), the rest one. Every sentence is used exactly once."""
+    rng = random.Random(seed)
+    groups: list[list[str]] = []
+    i = 0
+    while i < len(sentences):
+        k = rng.randint(2, 4) if rng.random() < fraction else 1
+        groups.append(sentences[i : i + k])
+        i += k
+    return groups
+
+
+def join_for_speech(sentences: list[str], seed: int) -> str:
+    """The text espeak-ng speaks for a group: sentences joined by ". " (a pause), ", " (a short
+    one) or " " (none, run together). The reference text is always the words alone."""
+    rng = random.Random(seed)
+    out = sentences[0]
+    for s in sentences[1:]:
+        out += rng.choice((". ", ", ", " ")) + s
     return out
 
 
@@ -81,7 +110,7 @@ def build(args: argparse.Namespace) -> dict:
 
         def one(item: dict) -> float:
             path = wav_dir / f"{item['id']}.wav"
-            return synthesize(item["text"], path, item["style"], seed=stable_seed(args.seed, item["id"]))
+            return synthesize(item["speak"], path, item["style"], seed=stable_seed(args.seed, item["id"]))
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # espeak-ng / sox are subprocesses
             durations = list(pool.map(one, utts))
@@ -123,6 +152,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--noise-prob", type=float, default=0.3, help="fraction of utterances with light white noise (SNR 15-35 dB)")
     p.add_argument("--gain-prob", type=float, default=0.3, help="fraction of utterances with a gain change (-10..+3 dB)")
     p.add_argument("--random-fraction", type=float, default=0.2, help="fraction of sentences that are random word sequences")
+    p.add_argument("--multi-sentence-fraction", type=float, default=0.1,
+                   help="fraction of TRAIN utterances that say 2-4 sentences in a row (pauses between them or not); "
+                        "dev and test stay one sentence per utterance")
     p.add_argument("--open-words", type=int, default=1500,
                    help="open-class words (nouns, verbs, adjectives, adverbs) sampled from the word list on top of the "
                         "core vocabulary; 0: the whole list. Bounded so that test words are heard in train (about 2,300 "

@@ -129,7 +129,8 @@ def tiny_corpus(tmp_path_factory):
         pytest.skip("espeak-ng, sox and the wamerican word list are needed")
     out = tmp_path_factory.mktemp("corpus")
     cmd = [sys.executable, "jobs/make_synthetic_corpus.py", "--out", str(out), "--train-utts", "12", "--dev-utts", "3",
-           "--test-utts", "3", "--jobs", "2", "--seed", "3", "--noise-prob", "0.5", "--gain-prob", "0.5"]
+           "--test-utts", "3", "--jobs", "2", "--seed", "3", "--noise-prob", "0.5", "--gain-prob", "0.5",
+           "--multi-sentence-fraction", "0.3"]
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=120)
     return out
 
@@ -140,13 +141,16 @@ def test_corpus_manifests(tiny_corpus):
     from lhotse import CutSet
 
     texts = {}
-    for split, n in (("train", 12), ("dev", 3), ("test", 3)):
+    for split, n in (("train", None), ("dev", 3), ("test", 3)):
         cuts = CutSet.from_file(str(tiny_corpus / f"cuts_{split}.jsonl.gz")).to_eager()
+        if n is None:  # 12 train sentences, some of them spoken several in a row
+            n = len(cuts)
+            assert 3 <= n < 12
         assert len(cuts) == n
         texts[split] = set()
         for cut in cuts:
             assert cut.sampling_rate == 16000 and cut.num_channels == 1
-            assert 0.5 < cut.duration < 15
+            assert 0.5 < cut.duration < (60 if split == "train" else 15)
             (sup,) = cut.supervisions
             assert sup.text and re.fullmatch(r"[a-z]+( [a-z]+)*", sup.text)
             assert sup.language == "English" and "+" in sup.speaker
@@ -173,12 +177,88 @@ def test_corpus_is_deterministic(tiny_corpus, tmp_path):
     finally:
         sys.path.remove(str(REPO / "jobs"))
     args = msc.parse_args(["--out", str(tmp_path), "--train-utts", "12", "--dev-utts", "3", "--test-utts", "3", "--seed", "3",
-                           "--noise-prob", "0.5", "--gain-prob", "0.5"])
+                           "--noise-prob", "0.5", "--gain-prob", "0.5", "--multi-sentence-fraction", "0.3"])
     plan = msc.plan(args)
     for split in ("train", "dev", "test"):
         assert [i["text"] for i in plan[split]] == (tiny_corpus / f"text_{split}.txt").read_text().splitlines()
+    # the grouped train utterances say the 12 planned train sentences, each once, in order
+    single = msc.plan(msc.parse_args(["--out", str(tmp_path), "--train-utts", "12", "--dev-utts", "3", "--test-utts", "3",
+                                      "--seed", "3", "--multi-sentence-fraction", "0"]))
+    assert len(single["train"]) == 12
+    assert " ".join(i["text"] for i in plan["train"]) == " ".join(i["text"] for i in single["train"])
+    assert [i["text"] for i in single["test"]] == [i["text"] for i in plan["test"]]
     other = msc.plan(msc.parse_args(["--out", str(tmp_path), "--train-utts", "12", "--seed", "4"]))
     assert [i["text"] for i in other["train"]] != [i["text"] for i in plan["train"]]
+
+
+def test_sentence_groups_and_spoken_text():
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import make_synthetic_corpus as msc
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    sentences = [f"sentence number {i}" for i in range(200)]
+    assert msc.group_sentences(sentences, 0.0, seed=1) == [[s] for s in sentences]
+    groups = msc.group_sentences(sentences, 1.0, seed=1)
+    assert [s for g in groups for s in g] == sentences
+    assert all(2 <= len(g) <= 4 for g in groups[:-1])
+    mixed = msc.group_sentences(sentences, 0.3, seed=1)
+    assert [s for g in mixed for s in g] == sentences
+    multi = sum(len(g) > 1 for g in mixed) / len(mixed)
+    assert 0.15 < multi < 0.45, multi
+    joiners = set()
+    for k, g in enumerate(groups):
+        spoken = msc.join_for_speech(g, seed=k)
+        assert re.sub(r"[.,]", "", spoken) == " ".join(g)  # only punctuation is added
+        joiners |= set(re.findall(r"\d([.,]?) sentence", spoken))
+    assert joiners == {".", ",", ""}  # pauses, short pauses and sentences run together
+
+
+def test_swoosh_training_gradient_is_exact():
+    from model.layers import _SWOOSH_CONST, SWOOSH_SHIFT, shifted_swoosh_core, swoosh_l, swoosh_r
+
+    v = torch.randn(64, dtype=torch.float64) * 4
+    assert torch.autograd.gradcheck(shifted_swoosh_core, (v.clone().requires_grad_(),))
+    # the custom backward gives the gradient of the plain formula, for both Swooshes
+    for fn, name in ((swoosh_l, "SwooshL"), (swoosh_r, "SwooshR")):
+        a = v.clone().requires_grad_()
+        fn(a).sum().backward()
+        b = v.clone().requires_grad_()
+        out = shifted_swoosh_core(b - SWOOSH_SHIFT[name]) - _SWOOSH_CONST[name]
+        out.sum().backward()
+        assert torch.allclose(out, fn(v), atol=1e-12) and torch.allclose(a.grad, b.grad, atol=1e-12)
+
+
+def test_bf16_front_end_trains_close_to_float32(tmp_path):
+    """precision="bfloat16-embed": the convolutions run in bf16, the encoder output and the
+    gradients stay close to float32, and the flag is not part of the checkpoint."""
+    from model import AsrModel
+    from model.train import CutDataset, TrainConfig, Trainer, compute_loss
+
+    torch.manual_seed(0)
+    model = AsrModel(**TINY_TRAIN_CONFIG, vocab_size=50)
+    model.train()
+    x, lens = torch.randn(3, 160, 80), torch.tensor([160, 140, 100])
+    ys = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    grads = {}
+    for dtype in (None, torch.bfloat16):
+        model.encoder_embed.conv_autocast_dtype = dtype
+        model.zero_grad()
+        parts = compute_loss(model, x, lens, ys)
+        parts.loss.backward()
+        grads[dtype] = (float(parts.loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    (l32, g32), (l16, g16) = grads[None], grads[torch.bfloat16]
+    assert l16 != l32 and abs(l16 - l32) < 0.02 * abs(l32)  # really ran in bf16, and close
+    assert float((g16 - g32).norm() / g32.norm()) < 0.05
+    assert float(torch.nn.functional.cosine_similarity(g16, g32, dim=0)) > 0.99
+
+    model.encoder_embed.conv_autocast_dtype = None
+    empty = CutDataset([], tokenizer=type("T", (), {"encode": staticmethod(lambda t: [])})())
+    Trainer(model, empty, TrainConfig(precision="bfloat16-embed"), tmp_path)
+    assert model.encoder_embed.conv_autocast_dtype == torch.bfloat16
+    assert not any("autocast" in k for k in model.state_dict())
+    with pytest.raises(ValueError, match="precision"):
+        Trainer(model, empty, TrainConfig(precision="fp8"), tmp_path)
 
 
 def test_bucketed_batches_respect_budget():
