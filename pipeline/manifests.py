@@ -52,6 +52,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.audio import probe_duration
+from pipeline.compressed_duration import compressed_duration
 from pipeline.storage import S3Options
 
 __all__ = [
@@ -193,7 +194,9 @@ def iter_work_items(
         kind: skip auto-detection.
         probe_durations: for plain audio files (directory, list, single file), read the first
             64 KiB of each file to get its duration from the header (WAV, FLAC; small files of
-            any libsndfile format are probed whole); ``duration`` is ``None`` when unknown.
+            any libsndfile format are probed whole); larger MP3 and Ogg Opus / Vorbis files from
+            their frame headers plus, for Ogg, one read of the file's tail
+            (:mod:`pipeline.compressed_duration`); ``duration`` is ``None`` when unknown.
         probe_workers: concurrent header reads (order of the output is preserved).
         check_unique: fail on a repeated ``cut_id`` (lhotse manifests and URI lists).
         options: S3 options for reading the input and probing.
@@ -299,9 +302,14 @@ def _ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iter
 def _probe(source: str, options: S3Options | None) -> float | None:
     try:
         head = storage.read_range(source, 0, _PROBE_BYTES, options=options)
+        duration = probe_duration(head, complete=len(head) < _PROBE_BYTES)
+        if duration is None and len(head) >= _PROBE_BYTES:
+            # MP3 / Ogg: from the frame headers and one more range (the Ogg tail), not a download
+            size = storage.size(source, options=options)
+            duration = compressed_duration(head, size, lambda a, b: storage.read_range(source, a, b, options=options))
+        return duration
     except storage.StorageError:
         return None  # unreadable now: the loader reports it per cut
-    return probe_duration(head, complete=len(head) < _PROBE_BYTES)
 
 
 def _probe_items(

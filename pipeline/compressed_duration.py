@@ -1,0 +1,206 @@
+"""Durations of compressed audio (MP3, Ogg Opus / Vorbis) from a few byte ranges, without decoding.
+
+A bucket prefix of hour-long MP3 or Opus recordings must still be cut into long-form windows,
+and that needs each file's duration before any audio is fetched. WAV and FLAC headers state it
+(:func:`pipeline.audio.probe_duration`); these formats do not, but their framing does:
+
+* **Ogg** (Opus, Vorbis): every page carries the granule position (samples so far) of the
+  stream. The last page's granule, minus Opus's pre-skip, over the granule rate (48 kHz for
+  Opus, the identification header's rate for Vorbis) is the exact duration. The last page
+  starts within the last 65,307 bytes (the largest possible page), so one tail read finds it.
+* **MP3**: a Xing/Info or VBRI header in the first frame states the frame count (exact, VBR or
+  not; a LAME tag's encoder delay and padding are subtracted, as decoders drop them). Without one, a constant bitrate is verified over the first frames in the head (all
+  chained frames share it) and the duration is the audio bytes over the byte rate. A file whose
+  first frames differ in bitrate and has no frame count gives ``None``: a guessed duration
+  could cut off the end of the recording, an unknown one only means it is transcribed whole.
+
+Everything here takes bytes already read plus a ``read(start, end)`` callback for the one
+extra range a format needs (the Ogg tail, or the audio after a large ID3v2 tag).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Optional
+
+ReadRange = Callable[[int, int], bytes]
+
+#: The longest possible Ogg page: 27-byte header, 255 lacing values, 255 x 255 bytes of data.
+OGG_MAX_PAGE = 27 + 255 + 255 * 255
+#: MPEG frames that must chain with one bitrate before a file counts as constant-bitrate.
+CBR_FRAMES_TO_CHECK = 8
+
+_MP3_BITRATES = {  # kbps by (MPEG-1?, layer); index 1..14
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version bits
+
+
+# ------------------------------------------------------------------ Ogg
+
+
+def _ogg_page_at(data: bytes, pos: int) -> Optional[tuple[int, int, int, int]]:
+    """(header_type, granule, serial, page_end) of a well-formed page header at ``pos``."""
+    if pos + 27 > len(data) or data[pos : pos + 4] != b"OggS" or data[pos + 4] != 0:
+        return None
+    header_type, granule, serial = struct.unpack_from("<BqI", data, pos + 5)
+    nsegs = data[pos + 26]
+    if pos + 27 + nsegs > len(data):
+        return None
+    return header_type, granule, serial, pos + 27 + nsegs + sum(data[pos + 27 : pos + 27 + nsegs])
+
+
+def ogg_duration(head: bytes, tail: bytes) -> Optional[float]:
+    """Duration of an Ogg Opus or Vorbis file from its first bytes and its last
+    :data:`OGG_MAX_PAGE` (or more) bytes; ``None`` for other codecs or damaged framing."""
+    first = _ogg_page_at(head, 0)
+    if first is None:
+        return None
+    serial = first[2]
+    body = head[27 + head[26] :]
+    if body.startswith(b"OpusHead") and len(body) >= 12:
+        rate, pre_skip = 48000, struct.unpack_from("<H", body, 10)[0]
+    elif body.startswith(b"\x01vorbis") and len(body) >= 16:
+        rate, pre_skip = struct.unpack_from("<I", body, 12)[0], 0
+    else:
+        return None
+    if rate <= 0:
+        return None
+    # the last well-formed page of this stream with a granule position (-1: no packet ends there)
+    pos = len(tail)
+    while True:
+        pos = tail.rfind(b"OggS", 0, pos)
+        if pos < 0:
+            return None
+        page = _ogg_page_at(tail, pos)
+        if page is not None and page[2] == serial and page[1] >= 0 and page[3] <= len(tail):
+            return max(0, page[1] - pre_skip) / rate
+
+
+# ------------------------------------------------------------------ MP3
+
+
+def _id3v2_size(data: bytes) -> int:
+    """Bytes taken by a leading ID3v2 tag (0 when there is none)."""
+    if len(data) < 10 or data[:3] != b"ID3":
+        return 0
+    size = 0
+    for b in data[6:10]:
+        size = (size << 7) | (b & 0x7F)
+    return 10 + size + (10 if data[5] & 0x10 else 0)
+
+
+def _mp3_frame(data: bytes, pos: int) -> Optional[dict]:
+    """The MPEG audio frame header at ``pos``: its fields and length, or ``None``."""
+    if pos + 4 > len(data):
+        return None
+    b0, b1, b2, b3 = data[pos : pos + 4]
+    version, layer_bits = (b1 >> 3) & 3, (b1 >> 1) & 3
+    bitrate_index, rate_index = b2 >> 4, (b2 >> 2) & 3
+    if b0 != 0xFF or (b1 & 0xE0) != 0xE0 or version == 1 or layer_bits == 0 or rate_index == 3:
+        return None
+    if bitrate_index in (0, 15):  # free format or invalid
+        return None
+    layer = 4 - layer_bits
+    mpeg1 = version == 3
+    bitrate = _MP3_BITRATES[(mpeg1, layer)][bitrate_index - 1] * 1000
+    rate = _MP3_RATES[version][rate_index]
+    padding = (b2 >> 1) & 1
+    if layer == 1:
+        samples, length = 384, (12 * bitrate // rate + padding) * 4
+    else:
+        samples = 1152 if (layer == 2 or mpeg1) else 576
+        length = samples // 8 * bitrate // rate + padding
+    return {"mpeg1": mpeg1, "layer": layer, "bitrate": bitrate, "rate": rate, "samples": samples,
+            "length": length, "mono": (b3 >> 6) == 3, "version": version}
+
+
+def _mp3_sample_count(data: bytes, pos: int, frame: dict) -> Optional[int]:
+    """Samples stated by a Xing/Info or VBRI header inside the first frame, if it has one:
+    frames x samples per frame, less the encoder delay and padding of a LAME tag (what
+    decoders drop)."""
+    side = (32 if not frame["mono"] else 17) if frame["mpeg1"] else (17 if not frame["mono"] else 9)
+    x = pos + 4 + side
+    if data[x : x + 4] in (b"Xing", b"Info") and x + 12 <= len(data):
+        flags = struct.unpack_from(">I", data, x + 4)[0]
+        if not flags & 1:
+            return None
+        samples = struct.unpack_from(">I", data, x + 8)[0] * frame["samples"]
+        lame = x + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
+        if data[lame : lame + 4] in (b"LAME", b"Lavc", b"Lavf") and lame + 24 <= len(data):
+            packed = int.from_bytes(data[lame + 21 : lame + 24], "big")
+            samples -= (packed >> 12) + (packed & 0xFFF)  # encoder delay + end padding
+        return max(0, samples)
+    v = pos + 36
+    if data[v : v + 4] == b"VBRI" and v + 18 <= len(data):
+        return struct.unpack_from(">I", data, v + 14)[0] * frame["samples"]
+    return None
+
+
+def mp3_duration(head: bytes, size: int, read: Optional[ReadRange] = None) -> Optional[float]:
+    """Duration of an MP3 (MPEG-1/2/2.5 layer I-III) file of ``size`` bytes from its first bytes;
+    ``read(start, end)`` fetches the frames after an ID3v2 tag longer than ``head``."""
+    start = _id3v2_size(head)
+    if start:
+        if start + 4096 > len(head):
+            if read is None:
+                return None
+            head, base = read(start, start + 16384), start
+        else:
+            head, base = head[start:], start
+    else:
+        base = 0
+    # the first frame: a header whose successor sits where its length says
+    pos = -1
+    for cand in range(0, min(len(head), 8192)):
+        frame = _mp3_frame(head, cand)
+        if frame is None:
+            continue
+        nxt = _mp3_frame(head, cand + frame["length"])
+        if nxt is not None and (nxt["version"], nxt["layer"], nxt["rate"]) == (frame["version"], frame["layer"], frame["rate"]):
+            pos = cand
+            break
+    if pos < 0:
+        return None
+    frame = _mp3_frame(head, pos)
+    assert frame is not None
+    samples = _mp3_sample_count(head, pos, frame)
+    if samples:
+        return samples / frame["rate"]
+    if head[pos + 4 : pos + 64].find(b"Info") >= 0 or head[pos + 4 : pos + 64].find(b"Xing") >= 0:
+        pos += frame["length"]  # an Info frame without a count: audio starts at the next frame
+        frame = _mp3_frame(head, pos)
+        if frame is None:
+            return None
+    # constant bitrate only if the first frames all agree
+    p, checked = pos, 0
+    while checked < CBR_FRAMES_TO_CHECK:
+        f = _mp3_frame(head, p)
+        if f is None:
+            if p + 4 > len(head) and checked >= 2:
+                break  # the head ends here; the frames so far agreed
+            return None
+        if f["bitrate"] != frame["bitrate"] or f["rate"] != frame["rate"]:
+            return None
+        p += f["length"]
+        checked += 1
+    audio_bytes = size - base - pos
+    return max(0.0, audio_bytes * 8 / frame["bitrate"])
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def compressed_duration(head: bytes, size: int, read: ReadRange) -> Optional[float]:
+    """Duration of an Ogg (Opus, Vorbis) or MP3 file from its first bytes (``head``), its
+    ``size`` and at most one more range read; ``None`` when the format is neither or the
+    duration cannot be told safely."""
+    if head[:4] == b"OggS":
+        tail = head if size <= len(head) else read(max(0, size - OGG_MAX_PAGE - 1024), size)
+        return ogg_duration(head, tail)
+    return mp3_duration(head, size, read)
