@@ -1,7 +1,7 @@
 """Write a synthetic English speech corpus (espeak-ng + sox) with lhotse manifests.
 
 Example:
-  python jobs/make_synthetic_corpus.py --out data/synth --train-hours 6 --dev-utts 300 --test-utts 500 --jobs 2
+  python jobs/make_synthetic_corpus.py --out data/synth12 --seed 0 --train-hours 12 --dev-utts 300 --test-utts 500 --jobs 2
 
 Output (under --out):
   wav/{train,dev,test}/<id>.wav     16 kHz mono 16-bit

@@ -96,8 +96,11 @@ class CutDataset:
     def _compute(self, idx: Sequence[int]) -> None:
         wavs = [load_audio(self.utterances[i]) for i in idx]
         feats, lens = self._fe(wavs)
+        # one float16 block per batch, each utterance a view of it: thousands of small
+        # per-utterance copies between large temporaries fragment the heap (2x the RSS)
+        block = feats.to(torch.float16)
         for j, i in enumerate(idx):
-            self._feats[i] = feats[j, : int(lens[j])].to(torch.float16).clone()
+            self._feats[i] = block[j, : int(lens[j])]
 
     def features(self, idx: Sequence[int]) -> list[torch.Tensor]:
         missing = [i for i in idx if i not in self._feats]
