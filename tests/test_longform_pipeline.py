@@ -145,12 +145,14 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
     assert row["errors"] is not None and row["ref_words"] == len(reference.split())
     assert 100.0 * row["errors"] / row["ref_words"] == pytest.approx(long_wer, abs=0.01)
     # Seams cost little: the stitched transcript is close to cutting the same audio into
-    # window-sized chunks at sentence boundaries (measured: +3.2 and +2.9 points with and without
-    # pauses; 7 seams). Against one sentence at a time the demo model loses far more, because it
-    # was trained on single sentences only (2-4 concatenated sentences alone take it from 20 % to
-    # 33-39 %): the 1-point target against one-by-one waits for a model trained on
-    # multi-sentence audio.
-    assert long_wer <= oracle_wer + 5.0
+    # window-sized chunks at sentence boundaries (measured with the 9.1 %-test-WER demo model:
+    # 14.4 vs 12.5 % with pauses, 9.0 vs 9.4 % without; 7 and 6 seams, all aligned). Against one
+    # sentence at a time (5.8 / 4.6 %) the model still loses 4-9 points on multi-sentence audio
+    # of any window length (15 s windows: 12.7 / 8.0 %, 20 s: 11.4 / 8.8 %), most of it in the
+    # sentence-aligned chunks too: a model limit (it saw at most ~19 s and short pauses in
+    # training), not a stitching one. The 1-point target is not met yet.
+    assert long_wer <= oracle_wer + 3.0
+    assert long_wer <= one_by_one + 10.0
     # nothing dropped or doubled wholesale at the seams: word counts follow the chunked transcripts
     assert abs(hyp_words - oracle_words) <= 0.05 * oracle_words
     # the windows were read as byte ranges of the WAV, not as whole-file downloads
