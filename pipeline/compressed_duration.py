@@ -120,26 +120,26 @@ def _mp3_frame(data: bytes, pos: int) -> Optional[dict]:
             "length": length, "mono": (b3 >> 6) == 3, "version": version}
 
 
-def _mp3_sample_count(data: bytes, pos: int, frame: dict) -> Optional[int]:
-    """Samples stated by a Xing/Info or VBRI header inside the first frame, if it has one:
-    frames x samples per frame, less the encoder delay and padding of a LAME tag (what
-    decoders drop)."""
+def _mp3_tag(data: bytes, pos: int, frame: dict) -> tuple[bool, Optional[int]]:
+    """Whether the first frame holds a Xing/Info or VBRI tag (not audio), and the samples it
+    states: frames x samples per frame, less the encoder delay and padding of a LAME tag (what
+    decoders drop); ``None`` when it states no frame count."""
     side = (32 if not frame["mono"] else 17) if frame["mpeg1"] else (17 if not frame["mono"] else 9)
     x = pos + 4 + side
-    if data[x : x + 4] in (b"Xing", b"Info") and x + 12 <= len(data):
+    if data[x : x + 4] in (b"Xing", b"Info") and x + 8 <= len(data):
         flags = struct.unpack_from(">I", data, x + 4)[0]
-        if not flags & 1:
-            return None
+        if not flags & 1 or x + 12 > len(data):
+            return True, None
         samples = struct.unpack_from(">I", data, x + 8)[0] * frame["samples"]
         lame = x + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
         if data[lame : lame + 4] in (b"LAME", b"Lavc", b"Lavf") and lame + 24 <= len(data):
             packed = int.from_bytes(data[lame + 21 : lame + 24], "big")
             samples -= (packed >> 12) + (packed & 0xFFF)  # encoder delay + end padding
-        return max(0, samples)
+        return True, max(0, samples)
     v = pos + 36
     if data[v : v + 4] == b"VBRI" and v + 18 <= len(data):
-        return struct.unpack_from(">I", data, v + 14)[0] * frame["samples"]
-    return None
+        return True, struct.unpack_from(">I", data, v + 14)[0] * frame["samples"]
+    return False, None
 
 
 def mp3_duration(head: bytes, size: int, read: Optional[ReadRange] = None) -> Optional[float]:
@@ -156,7 +156,7 @@ def mp3_duration(head: bytes, size: int, read: Optional[ReadRange] = None) -> Op
     else:
         base = 0
     # the first frame: a header whose successor sits where its length says
-    pos = -1
+    pos, frame = -1, None
     for cand in range(0, min(len(head), 8192)):
         frame = _mp3_frame(head, cand)
         if frame is None:
@@ -165,15 +165,13 @@ def mp3_duration(head: bytes, size: int, read: Optional[ReadRange] = None) -> Op
         if nxt is not None and (nxt["version"], nxt["layer"], nxt["rate"]) == (frame["version"], frame["layer"], frame["rate"]):
             pos = cand
             break
-    if pos < 0:
+    if pos < 0 or frame is None:
         return None
-    frame = _mp3_frame(head, pos)
-    assert frame is not None
-    samples = _mp3_sample_count(head, pos, frame)
+    is_tag, samples = _mp3_tag(head, pos, frame)
     if samples:
         return samples / frame["rate"]
-    if head[pos + 4 : pos + 64].find(b"Info") >= 0 or head[pos + 4 : pos + 64].find(b"Xing") >= 0:
-        pos += frame["length"]  # an Info frame without a count: audio starts at the next frame
+    if is_tag:
+        pos += frame["length"]  # a tag frame without a count: audio starts at the next frame
         frame = _mp3_frame(head, pos)
         if frame is None:
             return None

@@ -225,9 +225,7 @@ class _Progress:
 
 def _stitch(long_cuts: LongCuts, cfg: TranscribeConfig, model_dir: Path) -> Optional[StitchSummary]:
     """Stitch the run's long cuts (``None`` when it had none) with the run's options."""
-    if not long_cuts.expected:
-        return None
-    return long_cuts.stitch(Tokenizer.from_dir(model_dir), normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
+    return long_cuts.stitch(model_dir, normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
                             overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
 
 

@@ -21,6 +21,7 @@ import hashlib
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow.parquet as pq
@@ -167,11 +168,13 @@ class LongCuts:
         self.expected.update(window_counts(shard.items))
         return uri
 
-    def stitch(self, tokenizer: Tokenizer, **options: Any) -> StitchSummary | None:
-        """:func:`stitch_run` over what was recorded; ``None`` when the run had no long cuts."""
+    def stitch(self, model_dir: str | Path, **options: Any) -> StitchSummary | None:
+        """:func:`stitch_run` over what was recorded, with the tokenizer of ``model_dir`` (loaded
+        only when needed); ``None`` when the run had no long cuts."""
         if not self.expected:
             return None
-        return stitch_run(self.output, self.run_id, self.window_parts, self.expected, tokenizer, **options)
+        return stitch_run(self.output, self.run_id, self.window_parts, self.expected, Tokenizer.from_dir(model_dir),
+                          **options)
 
 
 __all__ = ["LongCuts", "StitchSummary", "stitch_run", "stitched_part_uri", "window_counts", "windows_dir",

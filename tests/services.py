@@ -27,6 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+#: What `ray job submit --working-dir <repo>` leaves out: the venv, git, and generated data
+#: (corpora, demo audio and outputs, training checkpoints).
+JOB_EXCLUDES = [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/assets/demo-work"]
+
+
+def _runtime_env(extra_env: dict | None) -> dict:
+    return {"env_vars": extra_env or {}, "excludes": JOB_EXCLUDES}
+
+
 class RayHead:
     """A single-node Ray cluster for one test session."""
 
@@ -68,7 +77,7 @@ class RayHead:
         """``ray job submit --working-dir <repo> -- python jobs/...``; waits for the job."""
         import json
 
-        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/assets/demo-work"]}
+        runtime_env = _runtime_env(extra_env)
         cmd = [str(BIN / "ray"), "job", "submit", "--address", self.address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -78,7 +87,7 @@ class RayHead:
         import json
         import re as _re
 
-        runtime_env = {"env_vars": extra_env or {}, "excludes": [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/assets/demo-work"]}
+        runtime_env = _runtime_env(extra_env)
         cmd = [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120, check=True)
