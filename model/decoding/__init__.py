@@ -30,6 +30,11 @@ Methods (``DecodingConfig.method``):
     ``attention-rescoring`` if the model has CTC and attention-decoder heads,
     else ``transducer-beam`` if it has a transducer, else ``ctc-beam``.
 
+Long inputs: with ``DecodingConfig.max_segment_seconds`` set, ``ctc-beam`` and
+``attention-rescoring`` search and rescore each utterance longer than that in
+segments cut at the longest runs of CTC blanks; the encoder output is the
+whole utterance's (:mod:`model.decoding.segments`).
+
 Token times: ``token_frames`` are encoder frames (after subsampling); CTC
 methods use the first frame of each token in the best alignment of the chosen
 hypothesis (Viterbi, batched), transducer methods the emission frame.
@@ -44,7 +49,7 @@ and convert to Python lists once at the end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional
 
 import torch
@@ -54,6 +59,7 @@ from .attention_rescoring import attention_rescore, attention_scores_for_nbest
 from .confidence import ctc_blank_confidence, utterance_confidence
 from .ctc_greedy import ctc_greedy_search
 from .ctc_prefix_beam import ctc_prefix_beam_search
+from .segments import gather_segments, plan_segments
 from .transducer_beam import transducer_modified_beam_search
 from .transducer_greedy import transducer_greedy_search
 from .types import (
@@ -120,6 +126,11 @@ class DecodingConfig:
     blank_id: int = 0
     #: attach the n-best list to each Hypothesis (ctc-beam / attention-rescoring)
     return_nbest: bool = False
+    #: ctc-beam / attention-rescoring: search and rescore utterances longer than
+    #: this in segments of at most this many seconds, cut at the longest runs of
+    #: CTC blanks (:mod:`model.decoding.segments`); None: whole utterances (the
+    #: reference behaviour)
+    max_segment_seconds: Optional[float] = None
 
 
 def available_methods(model) -> List[str]:
@@ -218,6 +229,10 @@ def decode(
     log_probs = ctc_log_probs if ctc_log_probs is not None else model.ctc_output(encoder_out)
     if log_probs.dtype not in (torch.float32, torch.float64):
         log_probs = log_probs.float()  # beam arithmetic in half precision is too coarse
+    if method != "ctc-greedy" and cfg.max_segment_seconds:
+        max_frames = max(1, int(round(cfg.max_segment_seconds / shift)))
+        if max(num_frames) > max_frames:
+            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames)
     blank_conf = ctc_blank_confidence(log_probs, lens, cfg.blank_id)
 
     if method == "ctc-greedy":
@@ -295,4 +310,38 @@ def decode(
                 nbest=nb,
             )
         )
+    return out
+
+
+def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, max_frames: int) -> List[Hypothesis]:
+    """``decode`` on segments of each utterance (:mod:`model.decoding.segments`), joined back.
+
+    The joined hypothesis: tokens, frames and token confidences concatenated (frames made
+    absolute); ``ctc_score``, ``attention_score`` and ``score`` are the sums over segments
+    (segments are scored independently); ``confidence`` is the mean token confidence, or the
+    frame-weighted mean of the segments' confidences when there are no tokens. No n-best list.
+    """
+    spans = plan_segments(log_probs, lens, max_frames, cfg.blank_id)
+    seg_enc, seg_lens = gather_segments(encoder_out, spans)
+    seg_lp, _ = gather_segments(log_probs, spans)
+    inner = replace(cfg, max_segment_seconds=None, return_nbest=False)
+    pieces = iter(decode(model, seg_enc, seg_lens, inner, ctc_log_probs=seg_lp))
+    out = []
+    for ss, n_frames in zip(spans, lens.tolist()):
+        parts = [(a, next(pieces)) for a, _ in ss]
+        ids = [t for _, h in parts for t in h.token_ids]
+        frames = [a + f for a, h in parts for f in h.token_frames]
+        tok_conf = [c for _, h in parts for c in h.token_confidences]
+        if tok_conf:
+            conf = sum(tok_conf) / len(tok_conf)
+        else:
+            conf = sum(h.confidence * h.num_frames for _, h in parts) / max(1, n_frames)
+        att = [h.attention_score for _, h in parts]
+        out.append(Hypothesis(
+            token_ids=ids, token_frames=frames, token_times=_times(frames, cfg.frame_shift_s),
+            score=float(sum(h.score for _, h in parts)), confidence=conf, token_confidences=tok_conf,
+            ctc_score=float(sum(h.ctc_score for _, h in parts)),
+            attention_score=None if any(a is None for a in att) else float(sum(att)),
+            num_frames=n_frames, duration=n_frames * cfg.frame_shift_s, method=parts[0][1].method,
+        ))
     return out
