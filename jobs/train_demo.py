@@ -163,7 +163,9 @@ def main(argv=None) -> dict:
     log(f"trained {state.step} steps ({state.epoch} full epochs) in {state.elapsed_s / 60:.1f} min: "
         f"{frames_per_s:.0f} frames/s = {frames_per_s / 100:.1f} audio s/s")
 
-    decoding = {"method": "attention-rescoring", "beam": args.beam, "attention_scale": 1.0}
+    # max_segment_seconds: long inputs (windows of long recordings) are searched and rescored in
+    # pieces of at most 6 s, about the longest training sentence (model.decoding.segments)
+    decoding = {"method": "attention-rescoring", "beam": args.beam, "attention_scale": 1.0, "max_segment_seconds": 6.0}
     (out / "config.json").write_text(json.dumps({"name": args.name, **config, "decoding": decoding}, indent=1))
     results: dict = {"steps": state.step, "epochs": state.epoch, "train_minutes": round(state.elapsed_s / 60, 2),
                      "frames_per_second": round(frames_per_s, 1), "parameters": n_params,

@@ -130,7 +130,7 @@ class Recognizer:
     def from_dir(
         cls,
         model_dir: Union[str, Path],
-        decoding: Optional[DecodingConfig] = None,
+        decoding: Union[DecodingConfig, dict[str, Any], None] = None,
         device: Union[str, torch.device] = "cpu",
         amp_dtype: str = "auto",
         rescoring_dtype: str = "auto",
@@ -138,14 +138,16 @@ class Recognizer:
     ) -> "Recognizer":
         """Load checkpoint, tokenizer and optional ``config.json`` from a directory.
 
+        ``decoding``: a :class:`DecodingConfig`, or a dict of fields that override the model's
+        defaults (``config.json``'s ``"decoding"`` section), or None for those defaults.
         ``checkpoint_sha256``: the checkpoint's known digest (skips hashing it again)."""
         model_dir = Path(model_dir)
         checkpoint = find_checkpoint(model_dir)
         config_path = model_dir / "config.json"
         config, extra = split_config(json.loads(config_path.read_text())) if config_path.is_file() else (None, {})
         model = load_checkpoint(checkpoint, config=config, device=device)
-        if decoding is None:
-            decoding = DecodingConfig(**extra.get("decoding", {}))
+        if not isinstance(decoding, DecodingConfig):
+            decoding = DecodingConfig(**{**extra.get("decoding", {}), **(decoding or {})})
         info = ModelInfo(
             name=str(extra.get("name") or model_dir.resolve().name),
             checkpoint=str(checkpoint),

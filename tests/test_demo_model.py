@@ -69,6 +69,26 @@ def test_loads_like_a_public_checkpoint():
     assert sweep[cfg["decoding"]["attention_scale"]] == min(sweep.values())
 
 
+def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
+    """The pipeline passes only what the user set; the rest comes from config.json's 'decoding'."""
+    import shutil
+
+    from model.decoding import DecodingConfig
+    from model.recognizer import Recognizer
+
+    model_dir = tmp_path / "demo"
+    shutil.copytree(DEMO, model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["decoding"].update(attention_scale=0.3, max_segment_seconds=7.5)
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=8,
+                                                                      attention_scale=0.3, max_segment_seconds=7.5)
+    merged = Recognizer.from_dir(model_dir, decoding={"beam": 4, "max_segment_seconds": None}).decoding
+    assert (merged.beam, merged.attention_scale, merged.max_segment_seconds) == (4, 0.3, None)
+    explicit = Recognizer.from_dir(model_dir, decoding=DecodingConfig(beam=3)).decoding  # a full config is taken as is
+    assert (explicit.beam, explicit.attention_scale, explicit.max_segment_seconds) == (3, 1.0, None)
+
+
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     """TEST_UTTS test-split sentences, spoken now with freshly drawn voices (as `make demo` does)."""
