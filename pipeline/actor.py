@@ -22,16 +22,19 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from model.decoding import DecodingConfig
 from model.recognizer import Recognizer, StageTimes, Transcript
 
 from . import parquet, storage
 from .audio import AudioDecodeError, decode_audio
 from .audio_ranges import RangeReader
 from .batching import Batch, Shard, pack_batches
+from .heap import limit_kernel_cache, trim_heap
 from .manifests import WorkItem
 from .model_store import local_model_dir
+from .pauses import PauseSplit, join_transcripts, speech_pieces
 from .records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
+
+limit_kernel_cache()  # before the model builds its first CPU kernel (pipeline.heap)
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
@@ -54,6 +57,10 @@ class ActorConfig:
     prefetch_batches: int = 2
     loader_threads: int = 2
     normalizer: str = "english"
+    #: windows of long cuts (and whole cuts longer than ``max_cut_seconds``) are transcribed
+    #: as the speech between their pauses (pipeline.pauses); None: as they are
+    pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
+    max_cut_seconds: float = 30.0
 
 
 @dataclass
@@ -74,6 +81,7 @@ class ShardResult:
     windows_ok: int = 0  # windows of long cuts (their cuts are counted when stitched)
     windows_error: int = 0
     audio_seconds: float = 0.0
+    model_input_seconds: float = 0.0  # audio_seconds less the silences cut out between pieces
     padded_seconds: float = 0.0
     batches: int = 0
     load_seconds: float = 0.0
@@ -113,7 +121,7 @@ class Transcriber:
         self.device = _pick_device()
         model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256)
         self.recognizer = Recognizer.from_dir(
-            model_dir, decoding=DecodingConfig(**config.decoding) if config.decoding else None,
+            model_dir, decoding=dict(config.decoding),  # overrides of the model's config.json 'decoding'
             device=self.device, amp_dtype=config.amp_dtype, rescoring_dtype=config.rescoring_dtype,
             checkpoint_sha256=config.model_sha256,  # verified by local_model_dir just above
         )
@@ -135,6 +143,7 @@ class Transcriber:
         d = self.recognizer.decoding
         if d.method in ("ctc-beam", "attention-rescoring"):
             extra = f" beam={d.beam}" + (f" scale={d.attention_scale:g}" if d.method == "attention-rescoring" else "")
+            extra += f" segments<={d.max_segment_seconds:g}s" if d.max_segment_seconds else ""
         elif d.method == "transducer-beam":
             extra = f" beam={d.transducer_beam}"
         else:
@@ -218,6 +227,47 @@ class Transcriber:
                 torch.cuda.empty_cache()
             return [self._transcribe([w], times)[0] for w in waves]
 
+    def _splits_at_pauses(self, item: WorkItem, samples: np.ndarray) -> bool:
+        long = samples.size > self.config.max_cut_seconds * SAMPLE_RATE > 0
+        return self.config.pause_split is not None and (item.is_window or long)
+
+    def _transcribe_batch(self, items: list[WorkItem], waves: list[np.ndarray],
+                          times: StageTimes) -> tuple[list[Transcript | str], float, float]:
+        """Transcripts (or error messages) of a batch's cuts, and the seconds of audio the model saw
+        without and with padding.
+
+        Windows of long cuts are cut at their pauses (:mod:`pipeline.pauses`); the pieces of the
+        whole batch are packed into duration-sorted model batches of their own and joined back
+        into one transcript per window. A batch with nothing to cut goes to the model as packed."""
+        pieces: list[tuple[int, int, np.ndarray]] = []  # (index in batch, offset in samples, samples)
+        for k, (item, wave) in enumerate(zip(items, waves)):
+            spans = speech_pieces(wave, SAMPLE_RATE, self.config.pause_split) if self._splits_at_pauses(item, wave) else [(0, wave.size)]
+            pieces += [(k, a, wave[a:b]) for a, b in spans]
+        if len(pieces) == len(waves):
+            return (self._transcribe(waves, times), sum(w.size for w in waves) / SAMPLE_RATE,
+                    len(waves) * max(w.size for w in waves) / SAMPLE_RATE)
+        padded = 0.0
+        results: list[Transcript | str] = []
+        min_size = int(MIN_SECONDS * SAMPLE_RATE)
+        order = pack_batches(list(range(len(pieces))), [p[2].size / SAMPLE_RATE for p in pieces],
+                             self.config.max_batch_seconds, self.config.max_batch_size)
+        by_piece: dict[int, Transcript | str] = {}
+        for sub in order:
+            sub_waves = [np.pad(pieces[j][2], (0, max(0, min_size - pieces[j][2].size))) for j in sub.items]
+            by_piece.update(zip(sub.items, self._transcribe(sub_waves, times)))
+            padded += len(sub_waves) * max(w.size for w in sub_waves) / SAMPLE_RATE
+        of_cut: list[list[int]] = [[] for _ in waves]
+        for j, (k, _, _) in enumerate(pieces):
+            of_cut[k].append(j)
+        for mine in of_cut:
+            failed = [by_piece[j] for j in mine if isinstance(by_piece[j], str)]
+            if failed:
+                results.append(f"{failed[0]} (in {len(failed)} of the {len(mine)} pieces cut at pauses)")
+                continue
+            results.append(join_transcripts([(pieces[j][1] / SAMPLE_RATE, pieces[j][2].size / SAMPLE_RATE, by_piece[j])
+                                             for j in mine], self.recognizer.tokenizer.decode))
+        return results, sum(p[2].size for p in pieces) / SAMPLE_RATE, padded
+
     def _maybe_crash(self, task: ShardTask) -> None:
         """Test hook: ``ZIPSCRIBE_TEST_CRASH_SHARDS=shard-000001,...`` makes the actor
         process die abruptly (like a kill -9 or a lost node) during the first attempt
@@ -253,14 +303,17 @@ class Transcriber:
                     result.audio_seconds += loaded.durations[i]
             good = [i for i, s in enumerate(loaded.samples) if s is not None and i not in transcripts]
             if good:
-                waves = [loaded.samples[i] for i in good]
-                for i, tr in zip(good, self._transcribe(waves, times)):
+                done, seen, padded = self._transcribe_batch([batch.items[i] for i in good],
+                                                             [loaded.samples[i] for i in good], times)
+                for i, tr in zip(good, done):
                     if isinstance(tr, str):
                         loaded.errors[i] = tr
                     else:
                         transcripts[i] = tr
                 result.audio_seconds += sum(loaded.durations[i] for i in good)
-                result.padded_seconds += len(waves) * max(w.size for w in waves) / SAMPLE_RATE
+                result.model_input_seconds += seen
+                result.padded_seconds += padded
+            trim_heap()  # the batch's tensors are freed: give the memory back (pipeline.heap)
             if index == 0:
                 self._maybe_crash(task)
             for i, item in enumerate(batch.items):

@@ -31,6 +31,7 @@ from model.tokenizer import Tokenizer
 from . import parquet, storage
 from .records import SCHEMA_VERSION
 from .actor import ActorConfig, ShardResult, ShardTask, Transcriber
+from .pauses import PauseSplit
 from .batching import Shard, make_shards
 from .longform import expand_windows, plan_windows
 from .manifests import iter_work_items
@@ -68,6 +69,8 @@ class TranscribeConfig:
     max_cut_seconds: float = 30.0  # longer cuts are split into overlapping windows; <= 0: never
     window_overlap_seconds: float = 4.0
     segments: str = "cuts"  # or "supervisions": one row per supervision segment
+    #: windows of long cuts are transcribed as the speech between their pauses; None: whole
+    pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
 
 
 @dataclass
@@ -93,8 +96,9 @@ class RunSummary:
     seams_aligned: int = 0
     audio_seconds: float = 0.0
     audio_hours: float = 0.0
+    model_input_seconds: float = 0.0  # audio the model saw: less than audio_seconds where pauses were cut out
     padded_seconds: float = 0.0
-    padding_ratio: float = 0.0
+    padding_ratio: float = 0.0  # 1 - model input / padded model input
     wall_seconds: float = 0.0
     rtfx: float = 0.0
     model_rtfx: float = 0.0
@@ -110,6 +114,7 @@ class RunSummary:
         self.windows += r.get("windows_ok", 0) + r.get("windows_error", 0)
         self.audio_seconds += r["audio_seconds"]
         self.padded_seconds += r["padded_seconds"]
+        self.model_input_seconds += r.get("model_input_seconds", r["audio_seconds"])  # parts of older versions lack it
         for k, v in r["stage_seconds"].items():
             self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
         for k in ("load_seconds", "load_wait_seconds"):
@@ -119,7 +124,7 @@ class RunSummary:
         self.finished_at = datetime.now(timezone.utc).isoformat()
         self.wall_seconds = round(wall, 3)
         self.audio_hours = self.audio_seconds / 3600
-        self.padding_ratio = 0.0 if self.padded_seconds == 0 else 1 - self.audio_seconds / self.padded_seconds
+        self.padding_ratio = 0.0 if self.padded_seconds == 0 else 1 - self.model_input_seconds / self.padded_seconds
         self.rtfx = self.audio_seconds / wall if wall > 0 else 0.0
         model_time = sum(self.stage_seconds.get(k, 0.0) for k in ("features", "encoder", "decoding"))
         self.model_rtfx = self.audio_seconds / model_time if model_time > 0 else 0.0
@@ -171,6 +176,23 @@ def iter_items(cfg: TranscribeConfig) -> Iterator:
     for uri in cfg.manifest:
         items = iter_work_items(uri, dataset=cfg.dataset, segments=cfg.segments)
         yield from expand_windows(items, cfg.max_cut_seconds, cfg.window_overlap_seconds)
+
+
+def long_audio_label(cfg: TranscribeConfig) -> str:
+    """How long audio is cut up, for fingerprints: a change redoes the shards it affects."""
+    p = cfg.pause_split
+    pauses = "off" if p is None else f"{p.min_pause_seconds}/{p.pad_seconds}/{p.threshold_db}"
+    return f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds} pauses={pauses}"
+
+
+def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str, threads: int) -> ActorConfig:
+    """The transcriber's configuration for a run."""
+    return ActorConfig(
+        model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
+        max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
+        rescoring_dtype=cfg.rescoring_dtype, num_threads=threads, normalizer=cfg.normalizer,
+        pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds,
+    )
 
 
 def plan_resources(cluster: dict[str, float], cfg: TranscribeConfig) -> tuple[int, dict[str, float]]:
@@ -243,12 +265,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
 
     num_actors, resources = plan_resources(ray.cluster_resources(), cfg)
     threads = max(1, int(resources["num_cpus"])) if resources["num_gpus"] == 0 else 1
-    actor_cfg = ActorConfig(
-        model_uri=cfg.model, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
-        max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
-        rescoring_dtype=cfg.rescoring_dtype,
-        num_threads=threads, normalizer=cfg.normalizer,
-    )
+    actor_cfg = actor_config(cfg, cfg.model, sha256, run_id, threads)
     # max_concurrency=2: an actor holds two shards, loading the audio of one while the other uses the model
     remote_cls = ray.remote(Transcriber).options(max_restarts=cfg.max_attempts, max_task_retries=0, max_concurrency=2, **resources)
     actors = [remote_cls.remote(actor_cfg) for _ in range(num_actors)]
@@ -263,7 +280,7 @@ def run(cfg: TranscribeConfig) -> RunSummary:
                          f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}",
                          f"max_batch_seconds={cfg.max_batch_seconds}", f"normalizer={cfg.normalizer}",
                          f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
-                         f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds}")
+                         long_audio_label(cfg))
 
     total_seconds = None
     if cfg.eta:
@@ -364,15 +381,11 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
     windows -> shards -> transcripts parts -> stitched long cuts. For benchmarks, tests and
     debugging a manifest on a laptop; no retries, no resume bookkeeping beyond the parts."""
     model_dir, sha256 = validate_inputs(cfg)
-    actor = Transcriber(ActorConfig(
-        model_uri=str(model_dir), model_sha256=sha256, output_uri=cfg.output, run_id=check_run_id(run_id),
-        decoding=cfg.decoding, max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
-        amp_dtype=cfg.amp_dtype, rescoring_dtype=cfg.rescoring_dtype, num_threads=num_threads, normalizer=cfg.normalizer,
-    ))
+    actor = Transcriber(actor_config(cfg, str(model_dir), sha256, check_run_id(run_id), num_threads))
     long_cuts = LongCuts(cfg.output, run_id)
     results = []
     for shard in make_shards(iter_items(cfg), cfg.shard_size):
-        fp = shard.fingerprint(run_id, f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds}")
+        fp = shard.fingerprint(run_id, long_audio_label(cfg))
         results.append(actor.process_shard(ShardTask(shard, fp, part_uri(cfg.output, run_id, shard.shard_id),
                                                      windows_part_uri=long_cuts.windows_part_for(shard, fp))))
     return {"shards": results, "stitched": _stitch(long_cuts, cfg, model_dir), "actor": actor}
@@ -430,6 +443,8 @@ def format_summary(s: RunSummary) -> str:
         f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, {len(s.shards_failed)} failed",
         *([f"  long cuts: {s.long_cuts} stitched from {s.windows} windows ({s.seams_aligned} seams cut at an aligned word), "
            f"{s.long_cuts_incomplete} incomplete"] if s.long_cuts or s.long_cuts_incomplete else []),
+        *([f"  pauses: {100 * (1 - s.model_input_seconds / s.audio_seconds):.1f} % of the audio was silence between "
+           f"pieces and skipped"] if 0 < s.model_input_seconds < s.audio_seconds - 1e-6 else []),
         f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
         f"  transcripts: {s.transcripts_uri}",
     ]

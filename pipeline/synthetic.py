@@ -365,6 +365,43 @@ def synthesize(text: str, out: Path, style: SpeechStyle, seed: int = 0) -> float
     return samples.size / 16000
 
 
+def speak_plain(text: str, out: Path, voice: str = "en-us") -> np.ndarray:
+    """``text`` spoken by espeak-ng's default voice into ``out`` (16 kHz mono 16-bit WAV); its samples."""
+    import soundfile as sf
+
+    out = Path(out)
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    raw.unlink()
+    samples, sr = sf.read(str(out), dtype="float32")
+    assert sr == 16000
+    return samples
+
+
+def long_recording(out: Path, sentences: Sequence[str], pauses: tuple[float, float], seed: int = 0,
+                   voice: str = "en-us") -> tuple[list[np.ndarray], list[float]]:
+    """Sentences spoken one after another into ``out`` (16-bit WAV) with uniformly random pauses of
+    digital silence in ``pauses`` seconds before each (and 0.5 s at the end); returns the sentences'
+    own waves and their start times in the recording. The clips are written next to ``out``."""
+    import soundfile as sf
+
+    out = Path(out)
+    rng = random.Random(seed)
+    waves, starts, pieces, t = [], [], [], 0.0
+    for k, text in enumerate(sentences):
+        wave = speak_plain(text, out.parent / f"{out.stem}-s{k}.wav", voice)
+        gap = np.zeros(int(rng.uniform(*pauses) * 16000), dtype=np.float32)
+        pieces += [gap, wave]
+        t += gap.size / 16000
+        starts.append(t)
+        t += wave.size / 16000
+        waves.append(wave)
+    pieces.append(np.zeros(8000, dtype=np.float32))
+    sf.write(str(out), np.concatenate(pieces), 16000, subtype="PCM_16")
+    return waves, starts
+
+
 def stable_seed(*parts: object) -> int:
     """A seed derived from ``parts`` that does not depend on Python's hash randomisation."""
     return zlib.crc32("\x1f".join(str(p) for p in parts).encode())

@@ -56,3 +56,28 @@ def test_plan_only_counts_and_padding(tmp_path):
     assert out.audio_seconds == pytest.approx(32.0)
     assert out.padded_seconds >= out.audio_seconds and 0 <= out.padding_ratio < 1
     assert out.peak_rss_mb > 0
+
+
+def test_long_audio_options_reach_the_config_and_the_fingerprint():
+    import sys
+    from pathlib import Path
+
+    from pipeline.driver import long_audio_label
+    from pipeline.pauses import PauseSplit
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+    import transcribe
+
+    def parsed(*extra):
+        args = transcribe.build_parser().parse_args(["--manifest", "m", "--model", "d", "--output", "o", *extra])
+        return transcribe.config_from_args(args)
+
+    default = parsed()
+    assert default.pause_split == PauseSplit() and "max_segment_seconds" not in default.decoding  # model's default
+    tuned = parsed("--min-pause-seconds", "0.5", "--pause-threshold-db", "40", "--max-segment-seconds", "8")
+    assert tuned.pause_split == PauseSplit(min_pause_seconds=0.5, threshold_db=40.0)
+    assert tuned.decoding["max_segment_seconds"] == 8.0
+    off = parsed("--no-pause-split", "--max-segment-seconds", "0")
+    assert off.pause_split is None and off.decoding["max_segment_seconds"] is None
+    labels = {long_audio_label(c) for c in (default, tuned, off)}
+    assert len(labels) == 3  # each changes what resume may reuse

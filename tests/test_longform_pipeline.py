@@ -4,8 +4,6 @@ one by one with the shipped demo model."""
 
 from __future__ import annotations
 
-import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from helpers import have_tools, make_tiny_model_dir
-from pipeline.synthetic import DEFAULT_WORD_LIST
+from pipeline.synthetic import DEFAULT_WORD_LIST, long_recording
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "jobs"))
@@ -25,36 +23,6 @@ DEMO = REPO / "model" / "assets" / "demo"
 
 pytestmark = pytest.mark.skipif(not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()),
                                 reason="espeak-ng, sox and the wamerican word list are needed")
-
-
-def _speak(text: str, path: Path, voice: str) -> np.ndarray:
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path)], check=True, capture_output=True)
-    raw.unlink()
-    samples, sr = sf.read(str(path), dtype="float32")
-    assert sr == 16000
-    return samples
-
-
-def make_recording(out: Path, sentences: list[str], pauses: tuple[float, float], seed: int, voice: str = "en-us"):
-    """Sentences spoken one after another into ``out`` (16-bit WAV) with random pauses; returns
-    the per-sentence waves and their start times."""
-    rng = random.Random(seed)
-    waves, starts, pieces, t = [], [], [], 0.0
-    for k, text in enumerate(sentences):
-        wave = _speak(text, out.parent / f"s{k}.wav", voice)
-        gap = np.zeros(int(rng.uniform(*pauses) * 16000), dtype=np.float32)
-        pieces += [gap, wave]
-        t += gap.size / 16000
-        starts.append(t)
-        t += wave.size / 16000
-        waves.append(wave)
-    pieces.append(np.zeros(8000, dtype=np.float32))
-    sf.write(str(out), np.concatenate(pieces), 16000, subtype="PCM_16")
-    return waves, starts
-
-
 
 
 def run_in_process(manifest: Path, model_dir: Path, output: Path, run_id: str, *, max_cut: float, overlap: float,
@@ -114,7 +82,7 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
 
     sentences = held_out_sentences(60, offset=200 if pauses[1] else 260)
     wav = tmp_path / "long.wav"
-    waves, starts = make_recording(wav, sentences, pauses, seed=1)
+    waves, starts = long_recording(wav, sentences, pauses, seed=1)
     duration = sf.info(str(wav)).duration
     assert duration > 150  # several minutes, many seams
     reference = " ".join(sentences)
@@ -144,15 +112,16 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
           f"words {hyp_words} vs {oracle_words}")
     assert row["errors"] is not None and row["ref_words"] == len(reference.split())
     assert 100.0 * row["errors"] / row["ref_words"] == pytest.approx(long_wer, abs=0.01)
-    # Seams cost little: the stitched transcript is close to cutting the same audio into
-    # window-sized chunks at sentence boundaries (measured with the 9.1 %-test-WER demo model:
-    # 14.4 vs 12.5 % with pauses, 9.0 vs 9.4 % without; 7 and 6 seams, all aligned). Against one
-    # sentence at a time (5.8 / 4.6 %) the model still loses 4-9 points on multi-sentence audio
-    # of any window length (15 s windows: 12.7 / 8.0 %, 20 s: 11.4 / 8.8 %), most of it in the
-    # sentence-aligned chunks too: a model limit (it saw at most ~19 s and short pauses in
-    # training), not a stitching one. The issue's 1-point target is not met yet.
-    assert long_wer <= oracle_wer + 3.0
-    assert long_wer <= one_by_one + 10.0
+    # The issue's bar: with pauses, within 1 point (absolute) of the same sentences one by one.
+    # Windows are cut at their pauses and rescored in <= 6 s segments, so each sentence is
+    # decoded about as it is alone (measured with the demo model: 5.60 vs 6.03 % with pauses,
+    # 5.65 vs 4.60 % without; bench/longform_wer.py runs more recordings). Before that, the
+    # 30 s windows gave 14.4 / 9.0 %: n-best rescoring of a whole window fixes little.
+    if pauses[1]:
+        assert long_wer <= one_by_one + 1.0
+    else:  # no pause to cut at: only the segmented rescoring helps
+        assert long_wer <= one_by_one + 2.0
+    assert long_wer <= oracle_wer + 1.0  # and no worse than cutting at the true sentence boundaries
     # nothing dropped or doubled wholesale at the seams: word counts follow the chunked transcripts
     assert abs(hyp_words - oracle_words) <= 0.05 * oracle_words
     # the windows were read as byte ranges of the WAV, not as whole-file downloads
@@ -165,7 +134,7 @@ def test_windows_of_a_flac_file_share_one_local_copy(tmp_path):
     model_dir = make_tiny_model_dir(tmp_path / "model")
     sentences = held_out_sentences(8, offset=0)
     wav = tmp_path / "long.wav"
-    make_recording(wav, sentences * 3, (0.2, 0.5), seed=2)
+    long_recording(wav, sentences * 3, (0.2, 0.5), seed=2)
     flac = tmp_path / "long.flac"
     subprocess.run(["sox", str(wav), str(flac)], check=True, capture_output=True)
     manifest = _manifest(tmp_path / "cuts.jsonl.gz", flac, "rec", " ".join(sentences * 3))
@@ -217,6 +186,37 @@ def test_long_recording_is_read_window_by_window(tmp_path, monkeypatch):
     assert size < actor._ranges.bytes_fetched <= stitched.windows * (30 * 16000 * 2 + 65536)
 
 
+def test_windows_reach_the_model_as_the_speech_between_pauses(tmp_path, monkeypatch):
+    """Each window is cut at its pauses: the model sees sentence-sized inputs, never a window,
+    and the stitched token times fall on the sentences, not on the silences between them."""
+    from model.recognizer import Recognizer
+
+    sentences = held_out_sentences(12, offset=320)
+    wav = tmp_path / "talk.wav"
+    waves, starts = long_recording(wav, sentences, (0.8, 1.2), seed=5)
+    duration = sf.info(str(wav)).duration
+    assert duration > 45
+    seen: list[float] = []
+    original = Recognizer.transcribe
+
+    def spy(self, waveforms):
+        seen.extend(w.size / 16000 for w in waveforms)
+        return original(self, waveforms)
+
+    monkeypatch.setattr(Recognizer, "transcribe", spy)
+    manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "talk", " ".join(sentences))
+    rows, stitched, _ = run_in_process(manifest, DEMO, tmp_path / "out", "pieces", max_cut=20.0, overlap=4.0)
+    (row,) = rows
+    assert stitched.windows >= 3 and row["status"] == "ok"
+    longest = max(w.size for w in waves) / 16000
+    assert max(seen) <= longest + 0.6 + 1e-6  # a sentence and at most 0.3 s of silence each side
+    assert len(seen) >= len(sentences)  # (sentences in window overlaps are transcribed in both)
+    spans = [(s, s + w.size / 16000) for s, w in zip(starts, waves)]
+    for t in row["token_times"]:
+        assert any(a - 0.05 <= t <= b for a, b in spans), t  # on a sentence, not in a pause
+    assert 100.0 * row["errors"] / row["ref_words"] < 15.0
+
+
 def test_a_failed_window_makes_one_error_row_naming_it(tmp_path):
     """The manifest promises 60 s but the file holds 35 s: the windows past the end fail, and
     the recording becomes a single error row that says which windows and where."""
@@ -225,7 +225,7 @@ def test_a_failed_window_makes_one_error_row_naming_it(tmp_path):
 
     model_dir = make_tiny_model_dir(tmp_path / "model")
     wav = tmp_path / "short.wav"
-    make_recording(wav, held_out_sentences(10, offset=20), (0.2, 0.4), seed=3)
+    long_recording(wav, held_out_sentences(10, offset=20), (0.2, 0.4), seed=3)
     real = sf.info(str(wav)).duration
     assert 25 < real < 50
     rec = Recording(id="r", sources=[AudioSource(type="file", channels=[0], source=str(wav))], sampling_rate=16000,
@@ -246,7 +246,7 @@ def test_rerun_stitches_each_long_cut_once(tmp_path):
     model_dir = make_tiny_model_dir(tmp_path / "model")
     wav = tmp_path / "long.wav"
     sentences = held_out_sentences(12, offset=40)
-    make_recording(wav, sentences, (0.2, 0.6), seed=4)
+    long_recording(wav, sentences, (0.2, 0.6), seed=4)
     manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "rec", " ".join(sentences))
     out = tmp_path / "out"
     rows, first, _ = run_in_process(manifest, model_dir, out, "again", max_cut=12.0, overlap=2.0, threads=1)
