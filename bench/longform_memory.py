@@ -15,7 +15,6 @@ import argparse
 import json
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,14 +34,10 @@ def peak_rss_mb() -> float:
 def build_recording(path: Path, minutes: float, work: Path, seed: int = 0) -> float:
     sys.path.insert(0, str(REPO / "jobs"))
     from demo import held_out_sentences
+    from pipeline.synthetic import speak_plain
 
     sentences = held_out_sentences(20)
-    clips = []
-    for k, text in enumerate(sentences):
-        raw, wav = work / f"s{k}.raw.wav", work / f"s{k}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True, capture_output=True)
-        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True, capture_output=True)
-        clips.append(sf.read(str(wav), dtype="float32")[0])
+    clips = [speak_plain(text, work / f"s{k}.wav") for k, text in enumerate(sentences)]
     rng = random.Random(seed)
     target = int(minutes * 60 * 16000)
     written = 0
