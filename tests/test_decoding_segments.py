@@ -87,3 +87,25 @@ def test_no_limit_or_greedy_decodes_whole(ref_model, ref_expected):
     plain = decode(ref_model, x, lens, DecodingConfig(beam=4, return_nbest=True))
     roomy = decode(ref_model, x, lens, DecodingConfig(beam=4, return_nbest=True, max_segment_seconds=60.0))
     assert [h.token_ids for h in plain] == [h.token_ids for h in roomy] and roomy[0].nbest is not None
+
+
+def _inner_run_starts(mask: list[bool]) -> list[int]:
+    """Where blank runs with tokens on both sides start."""
+    return [i for i in range(1, len(mask)) if mask[i] and not mask[i - 1] and not all(mask[i:])]
+
+
+def test_an_hour_of_frames_with_ever_longer_blank_runs():
+    # 90,000 frames (an hour at 40 ms) whose blank runs grow by one frame each: the longest run
+    # is always the last one, so every cut peels one span off the end (the least balanced case)
+    pattern: list[bool] = []
+    k = 0
+    while len(pattern) < 90000:
+        k += 1
+        pattern += [False] * 20 + [True] * k
+    pattern = pattern[:90000] + [False]
+    spans = split_at_blanks(pattern, 150)
+    assert spans[0][0] == 0 and spans[-1][1] == len(pattern)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    for a, b in spans:  # a span over the limit has no blank run left inside it to cut at
+        assert b - a <= 150 or not _inner_run_starts(pattern[a:b])
+    assert sum(b - a <= 150 for a, b in spans) > 100

@@ -21,6 +21,7 @@ blank run inside stays whole, whatever its length.
 
 from __future__ import annotations
 
+import bisect
 from typing import List, Sequence, Tuple
 
 import torch
@@ -49,19 +50,21 @@ def split_at_blanks(is_blank: Sequence[bool], max_frames: int) -> List[Span]:
     if max_frames <= 0:
         raise ValueError(f"max_frames must be > 0, got {max_frames}")
     runs = _blank_runs(is_blank)
-
-    def cut(a: int, b: int) -> List[Span]:
-        if b - a <= max_frames:
-            return [(a, b)]
-        inside = [r for r in runs if r[0] > a and r[1] < b]
+    starts = [r[0] for r in runs]
+    ends = [r[1] for r in runs]  # runs are disjoint and in order: both lists increase
+    out: List[Span] = []
+    pending = [(0, len(is_blank))]  # depth-first, left half first: spans come out in order
+    while pending:
+        a, b = pending.pop()
+        inside = runs[bisect.bisect_right(starts, a):bisect.bisect_left(ends, b)] if b - a > max_frames else []
         if not inside:
-            return [(a, b)]
+            out.append((a, b))
+            continue
         middle = (a + b) / 2
         s, e = max(inside, key=lambda r: (r[1] - r[0], -abs((r[0] + r[1]) / 2 - middle)))
         c = (s + e) // 2
-        return cut(a, c) + cut(c, b)
-
-    return cut(0, len(is_blank))
+        pending += [(c, b), (a, c)]
+    return out
 
 
 def plan_segments(log_probs: torch.Tensor, lens: torch.Tensor, max_frames: int, blank_id: int = 0) -> List[List[Span]]:
