@@ -54,8 +54,9 @@ def long_form(manifest: Path, model_dir: Path, out: Path, config: str, split) ->
         cfg.pause_split = None
     if config == "whole-windows":
         cfg.decoding = {"max_segment_seconds": None}
-    done = run_in_process(cfg, config, num_threads=2)
-    (row,) = [r for p in (out / "transcripts" / f"run_id={config}").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    run_id = config.replace("+", "-and-")
+    done = run_in_process(cfg, run_id, num_threads=2)
+    (row,) = [r for p in (out / "transcripts" / f"run_id={run_id}").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
     return row["text"], done["stitched"].windows, done["stitched"].seams_aligned
 
 

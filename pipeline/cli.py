@@ -101,7 +101,7 @@ def add_longform_options(parser: argparse.ArgumentParser) -> None:
         "its pauses and the speech between them transcribed piece by piece; with the demo model this brings "
         "long-form WER to that of the same sentences transcribed one at a time.")
     g.add_argument("--max-cut-seconds", type=float, default=_DEFAULTS.max_cut_seconds, metavar="S",
-                   help=f"longest cut transcribed in one piece (default {_DEFAULTS.max_cut_seconds:g}; 0: never split)")
+                   help=f"longest cut transcribed without windows (default {_DEFAULTS.max_cut_seconds:g}; 0: never split)")
     g.add_argument("--window-overlap-seconds", type=float, default=_DEFAULTS.window_overlap_seconds, metavar="S",
                    help=f"minimum overlap of consecutive windows (default {_DEFAULTS.window_overlap_seconds:g}; "
                         "must be under half of --max-cut-seconds)")
