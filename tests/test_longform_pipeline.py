@@ -215,6 +215,15 @@ def test_windows_reach_the_model_as_the_speech_between_pauses(tmp_path, monkeypa
     for t in row["token_times"]:
         assert any(a - 0.05 <= t <= b for a, b in spans), t  # on a sentence, not in a pause
     assert 100.0 * row["errors"] / row["ref_words"] < 15.0
+    # the pauses were not transcribed: the summary counts less model input than audio
+    from pipeline.parquet import part_summary
+
+    (part,) = (tmp_path / "out" / "transcripts" / "run_id=pieces").glob("part-shard-*.parquet")
+    summary = part_summary(str(part))
+    gaps = sum(b - a for a, b in zip([s + w.size / 16000 for s, w in zip(starts, waves)], starts[1:]))
+    print(f"audio {summary['audio_seconds']:.1f} s, model input {summary['model_input_seconds']:.1f} s, "
+          f"pauses between sentences {gaps:.1f} s")
+    assert summary["model_input_seconds"] < summary["audio_seconds"] - 0.25 * gaps
 
 
 def test_a_failed_window_makes_one_error_row_naming_it(tmp_path):
