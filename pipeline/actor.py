@@ -243,7 +243,7 @@ class Transcriber:
         for k, (item, wave) in enumerate(zip(items, waves)):
             spans = speech_pieces(wave, SAMPLE_RATE, self.config.pause_split) if self._splits_at_pauses(item, wave) else [(0, wave.size)]
             pieces += [(k, a, wave[a:b]) for a, b in spans]
-        if len(pieces) == len(waves):
+        if all(p[1] == 0 and p[2].size == waves[p[0]].size for p in pieces):  # nothing cut or trimmed
             return (self._transcribe(waves, times), sum(w.size for w in waves) / SAMPLE_RATE,
                     len(waves) * max(w.size for w in waves) / SAMPLE_RATE)
         padded = 0.0
