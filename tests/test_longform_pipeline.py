@@ -114,14 +114,16 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
     assert 100.0 * row["errors"] / row["ref_words"] == pytest.approx(long_wer, abs=0.01)
     # The bar: with pauses, within 1 point (absolute) of the same sentences one by one.
     # Windows are cut at their pauses and rescored in <= 6 s segments, so each sentence is
-    # decoded about as it is alone (measured with the demo model: 5.60 vs 6.03 % with pauses,
-    # 5.65 vs 4.60 % without; bench/longform_wer.py runs more recordings). Before that, the
-    # 30 s windows gave 14.4 / 9.0 %: n-best rescoring of a whole window fixes little.
+    # decoded about as it is alone (measured with the demo model over several runs: 5.6-6.3 vs
+    # 5.8-6.3 % with pauses, 5.7-5.9 vs 4.6 % without; bench/longform_wer.py runs more
+    # recordings). Before that, the 30 s windows gave 14.4 / 9.0 %: n-best rescoring of a whole
+    # window fixes little.
     if pauses[1]:
         assert long_wer <= one_by_one + 1.0
-    else:  # no pause to cut at: only the segmented rescoring helps
+        assert long_wer <= oracle_wer  # better than multi-sentence chunks (8.4 %): the pieces work
+    else:  # no pause to cut at: only the segmented rescoring helps, and windows start mid-sentence
         assert long_wer <= one_by_one + 2.0
-    assert long_wer <= oracle_wer + 1.0  # and no worse than cutting at the true sentence boundaries
+        assert long_wer <= oracle_wer + 2.0
     # nothing dropped or doubled wholesale at the seams: word counts follow the chunked transcripts
     assert abs(hyp_words - oracle_words) <= 0.05 * oracle_words
     # the windows were read as byte ranges of the WAV, not as whole-file downloads
