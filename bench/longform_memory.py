@@ -63,19 +63,15 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     import torch
-    from lhotse import CutSet, Recording
-    from lhotse.cut import MonoCut
-
     from pipeline.driver import TranscribeConfig, run_in_process
+    from pipeline.synthetic import recording_manifest
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="zipscribe-longform-"))
     work.mkdir(parents=True, exist_ok=True)
     wav = work / "long.wav"
     seconds = build_recording(wav, args.minutes, work)
-    rec = Recording.from_file(str(wav), recording_id="long")
-    manifest = work / "cuts.jsonl.gz"
-    CutSet.from_cuts([MonoCut(id="long", start=0.0, duration=rec.duration, channel=0, recording=rec)]).to_file(str(manifest))
+    manifest = recording_manifest(work / "cuts.jsonl.gz", wav, "long")
     before = peak_rss_mb()
     cfg = TranscribeConfig(manifest=[str(manifest)], model=args.model, output=str(work / "out"),
                            max_batch_seconds=args.max_batch_seconds, max_cut_seconds=args.max_cut_seconds,

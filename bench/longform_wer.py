@@ -71,13 +71,11 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     import soundfile as sf
-    from lhotse import CutSet, Recording, SupervisionSegment
-    from lhotse.cut import MonoCut
 
     from demo import held_out_sentences
     from model.train import wer
     from pipeline.pauses import PauseSplit
-    from pipeline.synthetic import long_recording
+    from pipeline.synthetic import long_recording, recording_manifest
 
     split = PauseSplit() if args.min_pause_seconds is None else PauseSplit(min_pause_seconds=args.min_pause_seconds)
 
@@ -90,12 +88,8 @@ def main(argv=None) -> dict:
                 work.mkdir()
                 sentences = held_out_sentences(args.sentences, offset=60 + trial * args.sentences)
                 waves, _ = long_recording(work / "long.wav", sentences, pauses, seed=trial)
-                rec = Recording.from_file(str(work / "long.wav"), recording_id="long")
                 reference = " ".join(sentences)
-                CutSet.from_cuts([MonoCut(id="long", start=0.0, duration=rec.duration, channel=0, recording=rec,
-                                          supervisions=[SupervisionSegment(id="long", recording_id="long", start=0.0,
-                                                                           duration=rec.duration, text=reference)])]
-                                 ).to_file(str(work / "cuts.jsonl.gz"))
+                recording_manifest(work / "cuts.jsonl.gz", work / "long.wav", "long", reference)
                 row = {"pauses": name, "trial": trial, "minutes": round(sf.info(str(work / "long.wav")).duration / 60, 2),
                        "one_by_one": round(wer(sentences, transcribe_one_by_one(args.model, waves)), 2)}
                 for config in args.configs:

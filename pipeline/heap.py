@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 ONEDNN_CACHE = "8"
-
-_libc: Optional[ctypes.CDLL] = None
-_looked_up = False
 
 
 def limit_kernel_cache() -> None:
@@ -34,17 +32,18 @@ def limit_kernel_cache() -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
 
 
+@functools.cache
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+
+
 def trim_heap() -> bool:
     """Return free heap memory to the system; False where glibc's ``malloc_trim`` is missing."""
-    global _libc, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc = libc if hasattr(libc, "malloc_trim") else None
-        except OSError:
-            _libc = None
-    if _libc is None:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _libc.malloc_trim(0)
+    trim(0)
     return True

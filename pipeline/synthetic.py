@@ -402,6 +402,20 @@ def long_recording(out: Path, sentences: Sequence[str], pauses: tuple[float, flo
     return waves, starts
 
 
+def recording_manifest(path: Path, wav: Path, cut_id: str, reference: Optional[str] = None) -> Path:
+    """A lhotse manifest at ``path`` with one cut: the whole of ``wav``, with ``reference`` as its
+    one supervision's text (no supervision when None). Returns ``path``."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+    from lhotse.cut import MonoCut
+
+    rec = Recording.from_file(str(wav), recording_id=cut_id)
+    sups = [] if reference is None else [SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0,
+                                                            duration=rec.duration, text=reference)]
+    CutSet.from_cuts([MonoCut(id=cut_id, start=0.0, duration=rec.duration, channel=0, recording=rec,
+                              supervisions=sups)]).to_file(str(path))
+    return Path(path)
+
+
 def stable_seed(*parts: object) -> int:
     """A seed derived from ``parts`` that does not depend on Python's hash randomisation."""
     return zlib.crc32("\x1f".join(str(p) for p in parts).encode())

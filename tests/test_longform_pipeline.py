@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from helpers import have_tools, make_tiny_model_dir
-from pipeline.synthetic import DEFAULT_WORD_LIST, long_recording
+from pipeline.synthetic import DEFAULT_WORD_LIST, long_recording, recording_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "jobs"))
@@ -37,17 +37,6 @@ def run_in_process(manifest: Path, model_dir: Path, output: Path, run_id: str, *
     for part in sorted((output / "transcripts" / f"run_id={run_id}").glob("*.parquet")):
         rows += pq.read_table(part).to_pylist()
     return rows, done["stitched"], done["actor"]
-
-
-def _manifest(path: Path, wav: Path, cut_id: str, reference: str) -> Path:
-    from lhotse import CutSet, Recording, SupervisionSegment
-    from lhotse.cut import MonoCut
-
-    rec = Recording.from_file(str(wav), recording_id=cut_id)
-    sup = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=rec.duration, text=reference)
-    CutSet.from_cuts([MonoCut(id=cut_id, start=0.0, duration=rec.duration, channel=0, recording=rec,
-                              supervisions=[sup])]).to_file(str(path))
-    return path
 
 
 def _transcribe(waves) -> list[str]:
@@ -86,7 +75,7 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
     duration = sf.info(str(wav)).duration
     assert duration > 150  # several minutes, many seams
     reference = " ".join(sentences)
-    manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "meeting", reference)
+    manifest = recording_manifest(tmp_path / "cuts.jsonl.gz", wav, "meeting", reference)
     rows, stitched, actor = run_in_process(manifest, DEMO, tmp_path / "out", "long", max_cut=30.0, overlap=4.0)
 
     (row,) = rows  # one row for the recording, not one per window
@@ -139,7 +128,7 @@ def test_windows_of_a_flac_file_share_one_local_copy(tmp_path):
     long_recording(wav, sentences * 3, (0.2, 0.5), seed=2)
     flac = tmp_path / "long.flac"
     subprocess.run(["sox", str(wav), str(flac)], check=True, capture_output=True)
-    manifest = _manifest(tmp_path / "cuts.jsonl.gz", flac, "rec", " ".join(sentences * 3))
+    manifest = recording_manifest(tmp_path / "cuts.jsonl.gz", flac, "rec", " ".join(sentences * 3))
     rows, stitched, actor = run_in_process(manifest, model_dir, tmp_path / "out", "flac", max_cut=10.0, overlap=2.0,
                                            threads=1)
     (row,) = rows
@@ -164,7 +153,7 @@ def test_long_recording_is_read_window_by_window(tmp_path, monkeypatch):
     spec.loader.exec_module(bench)
     wav = tmp_path / "long.wav"
     seconds = bench.build_recording(wav, 8.0, tmp_path)
-    manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "long", "unused")
+    manifest = recording_manifest(tmp_path / "cuts.jsonl.gz", wav, "long", "unused")
 
     whole_reads = []
     real_read_bytes = storage.read_bytes
@@ -206,7 +195,7 @@ def test_windows_reach_the_model_as_the_speech_between_pauses(tmp_path, monkeypa
         return original(self, waveforms)
 
     monkeypatch.setattr(Recognizer, "transcribe", spy)
-    manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "talk", " ".join(sentences))
+    manifest = recording_manifest(tmp_path / "cuts.jsonl.gz", wav, "talk", " ".join(sentences))
     rows, stitched, _ = run_in_process(manifest, DEMO, tmp_path / "out", "pieces", max_cut=20.0, overlap=4.0)
     (row,) = rows
     assert stitched.windows >= 3 and row["status"] == "ok"
@@ -258,7 +247,7 @@ def test_rerun_stitches_each_long_cut_once(tmp_path):
     wav = tmp_path / "long.wav"
     sentences = held_out_sentences(12, offset=40)
     long_recording(wav, sentences, (0.2, 0.6), seed=4)
-    manifest = _manifest(tmp_path / "cuts.jsonl.gz", wav, "rec", " ".join(sentences))
+    manifest = recording_manifest(tmp_path / "cuts.jsonl.gz", wav, "rec", " ".join(sentences))
     out = tmp_path / "out"
     rows, first, _ = run_in_process(manifest, model_dir, out, "again", max_cut=12.0, overlap=2.0, threads=1)
     part = next((out / "transcripts" / "run_id=again").glob("part-long-*.parquet"))
