@@ -2,7 +2,7 @@
 
 Speaks a few held-out sentences with espeak-ng, writes them (with pauses, repeated) into one
 16 kHz WAV of --minutes (streamed to disk, so building it costs no memory), then runs the
-pipeline's own flow in this process (pipeline.driver.run_in_process: windows -> shards ->
+pipeline's own flow in this process (pipeline.run.driver.run_in_process: windows -> shards ->
 Transcriber with range reads -> stitching) and prints the process's peak RSS.
 
   python bench/longform_memory.py --minutes 60            # the README's figure
@@ -34,7 +34,7 @@ def peak_rss_mb() -> float:
 def build_recording(path: Path, minutes: float, work: Path, seed: int = 0) -> float:
     sys.path.insert(0, str(REPO / "jobs"))
     from demo import held_out_sentences
-    from pipeline.synthetic import speak_plain
+    from model.training.corpus import speak_plain
 
     sentences = held_out_sentences(20)
     clips = [speak_plain(text, work / f"s{k}.wav") for k, text in enumerate(sentences)]
@@ -63,8 +63,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     import torch
-    from pipeline.driver import TranscribeConfig, run_in_process
-    from pipeline.synthetic import recording_manifest
+    from pipeline.run.config import TranscribeConfig
+    from pipeline.run.driver import run_in_process
+    from model.training.corpus import recording_manifest
 
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="zipscribe-longform-"))

@@ -2,7 +2,7 @@
 
 For each trial, held-out demo sentences (never in training) are spoken with espeak-ng into one
 recording, with random pauses of digital silence between them (or none). The recording then
-goes through the pipeline's own flow in this process (pipeline.driver.run_in_process: 30 s
+goes through the pipeline's own flow in this process (pipeline.run.driver.run_in_process: 30 s
 windows overlapping by 4 s, pieces cut at pauses, segmented rescoring, stitching), once per
 configuration; the reference is the same sentences transcribed one at a time.
 
@@ -46,7 +46,8 @@ def long_form(manifest: Path, model_dir: Path, out: Path, config: str, split) ->
     """The stitched text of the recording, its window count and aligned seams."""
     import pyarrow.parquet as pq
 
-    from pipeline.driver import TranscribeConfig, run_in_process
+    from pipeline.run.config import TranscribeConfig
+    from pipeline.run.driver import run_in_process
 
     cfg = TranscribeConfig(manifest=[str(manifest)], model=str(model_dir), output=str(out), max_batch_seconds=120.0,
                            max_cut_seconds=30.0, window_overlap_seconds=4.0, pause_split=split)
@@ -73,9 +74,9 @@ def main(argv=None) -> dict:
     import soundfile as sf
 
     from demo import held_out_sentences
-    from model.train import wer
-    from pipeline.pauses import PauseSplit
-    from pipeline.synthetic import long_recording, recording_manifest
+    from pipeline.report.wer import corpus_wer
+    from pipeline.longform.pauses import PauseSplit
+    from model.training.corpus import long_recording, recording_manifest
 
     split = PauseSplit() if args.min_pause_seconds is None else PauseSplit(min_pause_seconds=args.min_pause_seconds)
 
@@ -91,10 +92,10 @@ def main(argv=None) -> dict:
                 reference = " ".join(sentences)
                 recording_manifest(work / "cuts.jsonl.gz", work / "long.wav", "long", reference)
                 row = {"pauses": name, "trial": trial, "minutes": round(sf.info(str(work / "long.wav")).duration / 60, 2),
-                       "one_by_one": round(wer(sentences, transcribe_one_by_one(args.model, waves)), 2)}
+                       "one_by_one": round(corpus_wer(sentences, transcribe_one_by_one(args.model, waves)), 2)}
                 for config in args.configs:
                     text, windows, aligned = long_form(work / "cuts.jsonl.gz", args.model, work / "out", config, split)
-                    row[config] = round(wer([reference], [text]), 2)
+                    row[config] = round(corpus_wer([reference], [text]), 2)
                     row[f"{config}_seams"] = f"{aligned}/{windows - 1}"
                 results.append(row)
                 if not args.json:

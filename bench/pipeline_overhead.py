@@ -43,7 +43,7 @@ End-to-end RTFx, measured three ways
 
 ``e2e_rtfx_including_startup``
     ``audio_seconds / summary.wall_seconds``: what the job itself reports
-    (from the start of ``pipeline.driver.run``: Ray start, actor start, model
+    (from the start of ``pipeline.run.driver.run``: Ray start, actor start, model
     load and warm-up, all shards, actor teardown; not interpreter start-up or
     imports). ``e2e_rtfx_process`` adds those: subprocess wall time.
 ``e2e_rtfx_steady``
@@ -102,10 +102,14 @@ from model import AsrModel, load_checkpoint, preset  # noqa: E402
 from model.decoding import METHODS, DecodingConfig  # noqa: E402
 from model.features import FeatureExtractor  # noqa: E402
 from model.recognizer import Recognizer, StageTimes  # noqa: E402
-from pipeline import parquet, storage  # noqa: E402
-from pipeline.audio import decode_audio  # noqa: E402
-from pipeline.batching import Batch, make_shards, pack_batches  # noqa: E402
-from pipeline.manifests import WorkItem, iter_work_items  # noqa: E402
+from model.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from pipeline.inputs.items import WorkItem  # noqa: E402
+from pipeline.inputs.manifests import iter_work_items  # noqa: E402
+from pipeline.io import storage  # noqa: E402
+from pipeline.io.audio import decode_audio  # noqa: E402
+from pipeline.output import parquet  # noqa: E402
+from pipeline.plan.batching import Batch, pack_batches  # noqa: E402
+from pipeline.plan.shards import make_shards  # noqa: E402
 
 SAMPLE_RATE = 16000
 TARGET_OVERHEAD_PCT = 10.0
@@ -279,16 +283,6 @@ def ensure_encoded(audio_dir: Path, utterances: Sequence[Utterance], fmt: str, r
 # ---------------------------------------------------------------------------
 
 
-def train_bpe(directory: Path, texts: Sequence[str], vocab_size: int) -> int:
-    """icefall-style BPE (``<blk>`` = 0, ``<sos/eos>`` = 1, ``<unk>`` = 2); returns the real vocab size."""
-    import sentencepiece as spm
-
-    from model.tokenizer import train_bpe as train_icefall_bpe
-
-    bpe = train_icefall_bpe(list(texts) * 4, directory, vocab_size, hard_vocab_limit=False)
-    return spm.SentencePieceProcessor(model_file=str(bpe)).vocab_size()
-
-
 @torch.inference_mode()
 def calibrate_ctc_head(model: AsrModel, waves: Sequence[np.ndarray], blank_fraction: float = 0.85,
                        top1: float = 0.9) -> dict[str, float]:
@@ -348,7 +342,9 @@ def ensure_model(workdir: Path, shape: str, heads: str, seed: int, texts: Sequen
         name = config.pop("name")
         model = load_checkpoint(directory / "pretrained.pt", config=config)
     else:
-        vocab = train_bpe(directory, list(FRAGMENTS) + list(texts), vocab_size=500)
+        # icefall-style BPE (<blk> = 0, <sos/eos> = 1, <unk> = 2) with the project's own trainer
+        train_bpe((list(FRAGMENTS) + list(texts)) * 4, directory, 500, hard_vocab_limit=False)
+        vocab = Tokenizer.from_dir(directory).vocab_size
         config = dict(preset(f"{shape}-ctc-aed"), vocab_size=vocab)
         name = f"{shape}-ctc-aed-random"
         torch.manual_seed(seed)

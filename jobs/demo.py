@@ -39,7 +39,7 @@ def held_out_sentences(n: int, offset: int = 0) -> list[str]:
     """Sentences ``offset .. offset + n`` of the demo corpus's test split: never spoken in training
     (the corpus job plans dev and test sentences first, from the same seeded generator)."""
     sys.path.insert(0, str(REPO))
-    from pipeline.synthetic import SentenceGenerator
+    from model.training.corpus import SentenceGenerator
 
     gen = SentenceGenerator(seed=CORPUS_SEED, open_words=CORPUS_OPEN_WORDS)
     return gen.unique_sentences(CORPUS_DEV_UTTS + offset + n)[CORPUS_DEV_UTTS + offset:]

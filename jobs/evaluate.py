@@ -14,7 +14,7 @@ Examples:
 
 What it does:
   1. transcribes every --eval-set with every --decoding through the same pipeline as
-     jobs/transcribe.py (pipeline.driver.run with dataset=NAME); the transcripts of set NAME
+     jobs/transcribe.py (pipeline.run.driver.run with dataset=NAME); the transcripts of set NAME
      and decoding METHOD land in <output>/transcripts/run_id=<run-id>.<NAME>.<METHOD>/
      (rows carry reference, normalised texts and per-utterance substitutions / deletions /
      insertions);
@@ -69,7 +69,6 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.decoding import METHODS  # noqa: E402
-from pipeline import history as hist  # noqa: E402
 from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
@@ -79,8 +78,12 @@ from pipeline.cli import (  # noqa: E402
     apply_s3_options,
     transcribe_config,
 )
-from pipeline.driver import RunSummary, TranscribeConfig, check_run_id, format_summary, new_run_id, run  # noqa: E402
-from pipeline.report import build_report, read_rows, write_report  # noqa: E402
+from pipeline.report import history as hist  # noqa: E402
+from pipeline.report.files import read_rows, write_report  # noqa: E402
+from pipeline.report.tables import build_report  # noqa: E402
+from pipeline.run.config import TranscribeConfig, check_run_id, new_run_id  # noqa: E402
+from pipeline.run.driver import run  # noqa: E402
+from pipeline.run.summary import RunSummary, format_summary  # noqa: E402
 
 EXIT_OK, EXIT_REGRESSION, EXIT_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 DEFAULT_MAX_REGRESSION = 0.5

@@ -10,7 +10,7 @@ Output (under --out):
   text_{train,dev,test}.txt         the reference texts, one utterance per line
   corpus.json                       the options and per-split counts / hours
 
-Sentences come from pipeline.synthetic.SentenceGenerator and are distinct across (and within)
+Sentences come from model.training.corpus.SentenceGenerator and are distinct across (and within)
 the splits: no dev or test sentence is ever spoken in train. A --multi-sentence-fraction of the
 train utterances say 2-4 sentences in a row, so that the model also hears the long, multi-sentence
 stretches that long-form windows hold. The same --seed (and word list)
@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline.synthetic import SentenceGenerator, load_word_list, random_style, stable_seed, synthesize
+from model.training.corpus import SentenceGenerator, load_word_list, random_style, stable_seed, synthesize
 
 SECONDS_PER_WORD = 60.0 / 170  # espeak-ng at its default-ish rate; used only to size the train split
 

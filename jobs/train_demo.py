@@ -108,8 +108,10 @@ def main(argv=None) -> dict:
 
     from model import AsrModel
     from model.tokenizer import Tokenizer, train_bpe
-    from model.train import (CutDataset, TrainConfig, Trainer, evaluate, init_for_training, load_manifest,
-                             sweep_attention_scale)
+    from model.training.data import CutDataset, load_manifest
+    from model.training.evaluation import evaluate, sweep_attention_scale
+    from model.training.trainer import TrainConfig, Trainer, init_for_training
+    from pipeline.report.wer import corpus_wer  # WER scored exactly as transcript rows and reports score it
 
     torch.set_num_threads(args.threads)
     # Subnormal floats appear in the activations and gradients within a few hundred steps and
@@ -171,13 +173,13 @@ def main(argv=None) -> dict:
                      "frames_per_second": round(frames_per_s, 1), "parameters": n_params,
                      "history": state.history[-50:]}
     if not args.skip_eval and dev_utts:
-        scale, table = sweep_attention_scale(out, dev_utts, beam=args.beam)
+        scale, table = sweep_attention_scale(out, dev_utts, corpus_wer, beam=args.beam)
         decoding["attention_scale"] = scale
         (out / "config.json").write_text(json.dumps({"name": args.name, **config, "decoding": decoding}, indent=1))
         log(f"attention_scale sweep on dev: {table} -> {scale}")
         results["scale_sweep"] = {str(k): v for k, v in table.items()}
-        results["dev"] = evaluate(out, dev_utts, attention_scale=scale, beam=args.beam)
-        results["test"] = evaluate(out, test_utts, attention_scale=scale, beam=args.beam) if test_utts else {}
+        results["dev"] = evaluate(out, dev_utts, corpus_wer, attention_scale=scale, beam=args.beam)
+        results["test"] = evaluate(out, test_utts, corpus_wer, attention_scale=scale, beam=args.beam) if test_utts else {}
         log(f"dev WER {results['dev']}  test WER {results['test']}")
     results["total_minutes"] = round((time.time() - t_start) / 60, 2)
     (out / "train_log.json").write_text(json.dumps({"log": log_lines, **results}, indent=1))
@@ -222,7 +224,7 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
         f"- {results['steps']} steps ({results['epochs']} full epochs), {results['train_minutes']} min of training "
         f"({results['frames_per_second']} feature frames/s), {results['total_minutes']} min in all, "
         f"{args.threads} CPU threads, {args.precision} forward pass",
-        "- encoder residual-branch projections initialised small as in the reference (`model.train.init_for_training`)",
+        "- encoder residual-branch projections initialised small as in the reference (`model.training.trainer.init_for_training`)",
         f"- loss: {args.ctc_scale} x CTC + {args.att_scale} x attention (label smoothing {0.1}), AdamW lr {args.lr}, "
         f"warmup {args.warmup_steps} steps then cosine decay, "
         f"{'no SpecAugment' if args.no_spec_augment else f'SpecAugment after step {args.spec_augment_after}'}, clip 5, average of the last {args.average_last} checkpoints",
@@ -233,7 +235,7 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
         for m in results["dev"]:
             lines.append(f"| {m} | {results['dev'][m]:.2f} | {results['test'].get(m, float('nan')):.2f} |")
         lines += ["", "Measured with `model.recognizer.Recognizer.from_dir` on this directory, scored as the pipeline's reports "
-                  "score (english normaliser, jiwer alignment; `model.train.wer`)."]
+                  "score (english normaliser, jiwer alignment; `pipeline.report.wer.corpus_wer`)."]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

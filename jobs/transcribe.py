@@ -61,8 +61,11 @@ from pipeline.cli import (  # noqa: E402
     apply_s3_options,
     transcribe_config,
 )
-from pipeline.driver import TranscribeConfig, format_summary, plan, run  # noqa: E402
-from pipeline.report import headline_text, write_run_report  # noqa: E402
+from pipeline.report.files import write_run_report  # noqa: E402
+from pipeline.report.markdown import headline_text  # noqa: E402
+from pipeline.run.config import TranscribeConfig  # noqa: E402
+from pipeline.run.driver import dry_run, run  # noqa: E402
+from pipeline.run.summary import format_summary  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.plan_only:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(plan(config_from_args(args))), indent=2))
+        print(json.dumps(asdict(dry_run(config_from_args(args))), indent=2))
         return 0
     missing = [flag for flag, value in (("--model", args.model), ("--output", args.output)) if not value]
     if missing:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from os import PathLike
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 
@@ -145,3 +146,35 @@ def file_sha256(path: Union[str, PathLike], chunk_size: int = 1 << 20) -> str:
         while block := f.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+_EPOCH = re.compile(r"^epoch-(\d+)(\D.*)?\.pt$")  # epoch-30.pt, epoch-30-avg-10.pt
+
+
+def pick_checkpoint(names: Iterable[str]) -> str:
+    """The checkpoint to load among a model directory's file names: ``pretrained.pt``, else the
+    ``epoch-N*.pt`` with the highest epoch number N (so ``epoch-40.pt`` beats
+    ``epoch-30-avg-10.pt``; at equal N an export such as ``epoch-N-avg-K.pt`` beats the training
+    checkpoint ``epoch-N.pt``), else the only ``*.pt``.
+
+    The one place that decides, for local directories (:func:`find_checkpoint`) and object
+    storage listings alike. Raises ``FileNotFoundError`` naming what was found when no rule
+    picks one."""
+    pts = sorted(n for n in names if n.endswith(".pt"))
+    if "pretrained.pt" in pts:
+        return "pretrained.pt"
+    epochs = [(int(m.group(1)), m.group(2) is not None, n) for n in pts if (m := _EPOCH.match(n))]
+    if epochs:
+        return max(epochs)[2]
+    if len(pts) == 1:
+        return pts[0]
+    raise FileNotFoundError(f"no pretrained.pt or epoch-N.pt, and not exactly one *.pt (found: {', '.join(pts) or 'none'})")
+
+
+def find_checkpoint(model_dir: Union[str, PathLike]) -> Path:
+    """The checkpoint file of a local model directory (see :func:`pick_checkpoint`)."""
+    model_dir = Path(model_dir)
+    try:
+        return model_dir / pick_checkpoint(p.name for p in model_dir.glob("*.pt") if p.is_file())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{model_dir}: {exc}") from None

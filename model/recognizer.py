@@ -5,8 +5,8 @@ one device and runs, for a batch: fbank -> encoder -> decoding -> text, under
 ``torch.inference_mode()`` (bf16/fp16 autocast for the encoder on CUDA when
 asked). It times each stage so callers can report per-stage seconds.
 
-A *model directory* holds a checkpoint (``pretrained.pt``, else the newest
-``epoch-N.pt``, else the only ``*.pt``), ``bpe.model`` or ``tokens.txt``, and
+A *model directory* holds a checkpoint (``pretrained.pt``, else the highest
+``epoch-N.pt``, else the only ``*.pt``: :func:`model.checkpoint.pick_checkpoint`), ``bpe.model`` or ``tokens.txt``, and
 optionally ``config.json`` (``AsrModel`` kwargs, possibly with a ``"name"``
 and ``"decoding"`` section); without ``config.json`` the architecture is
 inferred from the checkpoint.
@@ -15,7 +15,6 @@ inferred from the checkpoint.
 from __future__ import annotations
 
 import json
-import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from .asr_model import AsrModel
-from .checkpoint import file_sha256, load_checkpoint
+from .checkpoint import file_sha256, find_checkpoint, load_checkpoint
 from .config import split_config
 from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
 from .features import FeatureExtractor
@@ -73,21 +72,6 @@ class StageTimes:
 
     def as_dict(self) -> dict[str, float]:
         return {"features": self.features, "encoder": self.encoder, "decoding": self.decoding}
-
-
-def find_checkpoint(model_dir: Union[str, Path]) -> Path:
-    """``pretrained.pt``, else the highest ``epoch-N.pt``, else the only ``*.pt``."""
-    model_dir = Path(model_dir)
-    if (model_dir / "pretrained.pt").is_file():
-        return model_dir / "pretrained.pt"
-    epochs = sorted(model_dir.glob("epoch-*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-    if epochs:
-        return epochs[-1]
-    candidates = sorted(model_dir.glob("*.pt"))
-    if len(candidates) == 1:
-        return candidates[0]
-    found = ", ".join(p.name for p in candidates) or "none"
-    raise FileNotFoundError(f"{model_dir}: no pretrained.pt or epoch-N.pt, and not exactly one *.pt (found: {found})")
 
 
 def _sync(device: torch.device) -> None:

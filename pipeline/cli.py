@@ -1,6 +1,6 @@
 """Command-line pieces shared by ``jobs/transcribe.py`` and ``jobs/evaluate.py``,
 so the two jobs accept the same decoding, resource and S3 options and turn them
-into the same :class:`~pipeline.driver.TranscribeConfig`."""
+into the same :class:`~pipeline.run.config.TranscribeConfig`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 from model.checkpoint import CheckpointMismatchError
 from model.decoding import DecodingConfig
 
-from .driver import TranscribeConfig
-from .manifests import SEGMENT_MODES, ManifestError
-from .pauses import PauseSplit
-from .storage import StorageError
-from .wer import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
+from pipeline.inputs.items import SEGMENT_MODES, ManifestError
+from pipeline.io.storage import StorageError
+from pipeline.longform.pauses import PauseSplit
+from pipeline.report.normalize import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
+from pipeline.run.config import TranscribeConfig
 
 # Bad command-line inputs: reported as one line and exit status 2, no traceback.
 INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, CheckpointMismatchError, ValueError)
@@ -50,7 +50,7 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
                        help=f"text normaliser for the WER columns and report: {', '.join(NORMALIZER_CHOICES)} "
                             "(default english: case folding, punctuation removed except word-internal apostrophes, "
                             "whitespace collapsed; +numbers spells digits out, +spelling maps British to American "
-                            "spellings; see pipeline/wer.py)")
+                            "spellings; see pipeline/report/normalize.py)")
 
 
 def add_resource_options(parser: argparse.ArgumentParser, title: str = "resources and batching") -> None:
@@ -66,7 +66,12 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
                           f"finely, so less padding (default {_DEFAULTS.shard_size})")
     res.add_argument("--shards-in-flight", type=int, default=None, help="outstanding shards (default 2 per actor)")
     res.add_argument("--max-attempts", type=int, default=_DEFAULTS.max_attempts,
-                     help=f"tries per shard when actors die (default {_DEFAULTS.max_attempts})")
+                     help="tries per shard when its actor dies while holding it; each actor is restarted at most "
+                          f"this many times (default {_DEFAULTS.max_attempts})")
+    res.add_argument("--actor-restart-timeout", type=float, default=_DEFAULTS.actor_restart_timeout, metavar="S",
+                     help="how long the driver waits for a dead actor's restart before dropping it from the pool "
+                          "(no shard is sent to an actor while Ray restarts it, so retries are not spent on it; "
+                          f"default {_DEFAULTS.actor_restart_timeout:g})")
     res.add_argument("--precision", dest="amp_dtype", default="auto", choices=PRECISIONS,
                      help="encoder precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
     res.add_argument("--rescoring-precision", dest="rescoring_dtype", default="auto", choices=PRECISIONS,
@@ -109,7 +114,7 @@ def add_longform_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-pause-split", dest="pause_split", action="store_false",
                    help="transcribe each window whole; by default a window is cut at its pauses (silences of at "
                         "least --min-pause-seconds) and the speech between them is transcribed piece by piece, "
-                        "then joined (see pipeline/pauses.py)")
+                        "then joined (see pipeline/longform/pauses.py)")
     g.add_argument("--min-pause-seconds", type=float, default=p.min_pause_seconds, metavar="S",
                    help=f"shortest silence a window is cut at (default {p.min_pause_seconds:g})")
     g.add_argument("--pause-threshold-db", type=float, default=p.threshold_db, metavar="DB",
@@ -133,7 +138,8 @@ def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> T
         decoding=decoding, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, max_batch_seconds=args.max_batch_seconds,
         max_batch_size=args.max_batch_size, shard_size=args.shard_size, shards_in_flight=args.shards_in_flight,
-        max_attempts=args.max_attempts, amp_dtype=args.amp_dtype, rescoring_dtype=args.rescoring_dtype,
+        max_attempts=args.max_attempts, actor_restart_timeout=args.actor_restart_timeout, amp_dtype=args.amp_dtype,
+        rescoring_dtype=args.rescoring_dtype,
         normalizer=args.normalizer, ray_address=args.ray_address,
         max_cut_seconds=args.max_cut_seconds, window_overlap_seconds=args.window_overlap_seconds,
         segments=args.segments,

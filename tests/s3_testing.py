@@ -2,8 +2,13 @@
 
 The proxy sits between a boto3 client and moto and can, per request, answer ``503 SlowDown``,
 cut a GET response body off halfway (headers promise the full length, then the connection
-closes), or forward untouched. It counts what it forwarded so tests can assert how many
-requests reached the store.
+closes), hold a request until the test releases it, or forward untouched. It counts what it
+forwarded so tests can assert how many requests reached the store.
+
+Holding and armed outages make faults land at a point the test chooses, whatever the speed of
+the machine: a job whose next audio reads are held cannot finish before the test has killed
+its actor or stopped it; an outage armed to start right after the first part is uploaded is
+met by the requests that follow it.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import socket
 import threading
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from typing import Callable, Iterator, Mapping, Optional
+from urllib.parse import unquote
 
 from moto.server import ThreadedMotoServer
 
@@ -48,6 +55,19 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+#: ``rule(method, path, headers)`` -> whether a request matches (``path``: ``/bucket/key`` unquoted,
+#: without the query)
+Rule = Callable[[str, str, Mapping[str, str]], bool]
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    method: str
+    path: str
+    range: Optional[str]
+    client_port: int
+
+
 class FaultProxy:
     """A threading HTTP proxy on 127.0.0.1 in front of ``upstream`` (``http://host:port``).
 
@@ -57,6 +77,10 @@ class FaultProxy:
         truncate_next_gets: for the next N GETs with a body, send the upstream status and
             headers, then only the first ``truncate_keep`` fraction of the body (default half),
             then close the connection.
+        hold(rule): requests matching ``rule`` wait (are neither answered nor forwarded) until
+            :meth:`release`; ``held`` lists them as they arrive.
+        fail_after(rule, n): once a request matching ``rule`` has been forwarded, answer the
+            next ``n`` requests with 503 SlowDown (``outage_started`` is set then).
     Counters: ``requests`` (every request received), ``forwarded`` (Counter of
     ``(method, path-without-query)`` actually sent upstream), ``failed``, ``truncated``.
     """
@@ -74,6 +98,12 @@ class FaultProxy:
         self.failed = 0
         self.truncated = 0
         self.forwarded: Counter[tuple[str, str]] = Counter()
+        self.held: list[HeldRequest] = []
+        self._hold_rule: Optional[Rule] = None
+        self._released = threading.Event()
+        self._outage_rule: Optional[Rule] = None
+        self._outage_count = 0
+        self.outage_started = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,6 +115,15 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                raw_path = self.path.split("?", 1)[0]
+                path = unquote(raw_path)  # what rules see: keys as written (run_id=x, not run_id%3Dx)
+                with proxy.lock:
+                    hold = proxy._hold_rule is not None and proxy._hold_rule(self.command, path, self.headers)
+                    if hold:
+                        proxy.held.append(HeldRequest(self.command, path, self.headers.get("Range"),
+                                                      self.client_address[1]))
+                if hold:
+                    proxy._released.wait()
                 with proxy.lock:
                     proxy.requests += 1
                     fail = proxy.fail_always or proxy.fail_next > 0
@@ -107,7 +146,11 @@ class FaultProxy:
                     resp = conn.getresponse()
                     payload = resp.read()
                     with proxy.lock:
-                        proxy.forwarded[(self.command, self.path.split("?", 1)[0])] += 1
+                        proxy.forwarded[(self.command, raw_path)] += 1
+                        if proxy._outage_rule is not None and proxy._outage_rule(self.command, path, self.headers):
+                            proxy._outage_rule = None
+                            proxy.fail_next += proxy._outage_count
+                            proxy.outage_started.set()
                         cut = self.command == "GET" and len(payload) > 1 and proxy.truncate_next_gets > 0
                         if cut:
                             proxy.truncate_next_gets -= 1
@@ -139,7 +182,14 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a client that died mid-request: not news
+                import sys
+
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    super().handle_error(request, client_address)
+
+        self.server = Server((HOST, 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://{HOST}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -149,9 +199,27 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+    def hold(self, rule: Rule) -> None:
+        """Hold every request matching ``rule`` until :meth:`release`."""
+        with self.lock:
+            self._released.clear()
+            self._hold_rule = rule
+
+    def release(self) -> None:
+        """Stop holding; held requests go on (to a closed connection if their client died)."""
+        with self.lock:
+            self._hold_rule = None
+            self._released.set()
+
+    def fail_after(self, rule: Rule, count: int) -> None:
+        """Arm an outage: after the next forwarded request matching ``rule``, refuse ``count``."""
+        with self.lock:
+            self._outage_rule, self._outage_count = rule, count
 
     def gets(self, path: str) -> int:
         """How many GETs of ``path`` (e.g. ``/bucket/key``) reached the store."""

@@ -4,7 +4,9 @@
 and ports; stopping kills only the processes of this head (``ray stop`` would
 kill every Ray process of the user). ``make test`` runs the suite in a private
 network namespace (``tests/isolated.sh``), where Ray's listeners reach only
-the namespace's loopback.
+the namespace's loopback. Tests find the processes of actors and running tasks
+through Ray's state API (:meth:`RayHead.actors`, :meth:`RayHead.running_tasks`)
+and kill them from outside, the way a crash or an OOM kill would.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ JOB_EXCLUDES = [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/a
 
 def _runtime_env(extra_env: dict | None) -> dict:
     return {"env_vars": extra_env or {}, "excludes": JOB_EXCLUDES}
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``condition()`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class RayHead:
@@ -101,6 +114,27 @@ class RayHead:
     def stop_job(self, job_id: str) -> None:
         subprocess.run([str(BIN / "ray"), "job", "stop", "--address", self.address, job_id], env=self.env,
                        capture_output=True, text=True, timeout=120)
+
+    def _list(self, kind: str, *filters: str) -> list[dict]:
+        """``ray list <kind> --detail`` through the head's dashboard (Ray's state API)."""
+        import json
+
+        cmd = [str(BIN / "ray"), "list", kind, "--address", self.address, "--format", "json", "--detail"]
+        for f in filters:
+            cmd += ["--filter", f]
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
+        text = out.stdout.strip()
+        if out.returncode != 0:
+            raise RuntimeError(f"ray list {kind} failed: {out.stderr[-2000:]}")
+        return json.loads(text) if text.startswith("[") else []  # "No resource in the cluster" when empty
+
+    def actors(self, class_name: str, state: str = "ALIVE") -> list[dict]:
+        """Actors of a class in a state (``pid``, ``node_id``, ``actor_id`` ...)."""
+        return self._list("actors", f"class_name={class_name}", f"state={state}")
+
+    def running_tasks(self, name: str) -> list[dict]:
+        """Tasks named ``name`` (``Class.method`` for actor tasks) running now (``worker_pid`` ...)."""
+        return self._list("tasks", f"func_or_class_name={name}", "state=RUNNING")
 
     def stop(self) -> None:
         import psutil

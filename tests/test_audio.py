@@ -1,4 +1,4 @@
-"""pipeline.audio on real speech (espeak-ng) in many formats, plus broken inputs."""
+"""pipeline.io.audio on real speech (espeak-ng) in many formats, plus broken inputs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_testing import AudioSet, best_correlation, have_audio_tools, make_audio_set
-from pipeline.audio import AudioDecodeError, DecodedAudio, decode_audio, probe_duration
+from audio_testing import AudioSet, best_correlation, make_audio_set
+from pipeline.io.audio import AudioDecodeError, DecodedAudio, decode_audio
+from pipeline.inputs.durations import probe_duration
 
-pytestmark = pytest.mark.skipif(not have_audio_tools(), reason="needs espeak-ng, sox, ffmpeg")
+pytestmark = pytest.mark.needs_tools("espeak-ng", "sox", "ffmpeg", "ffprobe")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_decode_from_a_path_like_source_name(audio: AudioSet) -> None:
 
 
 def test_without_ffmpeg_the_reason_says_so(audio: AudioSet, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.audio as audio_mod
+    import pipeline.io.audio as audio_mod
 
     monkeypatch.setattr(audio_mod.shutil, "which", lambda name: None)
     with pytest.raises(AudioDecodeError, match="ffmpeg is not installed"):

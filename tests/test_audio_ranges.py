@@ -1,4 +1,5 @@
-"""Range reads of long audio (pipeline.audio_ranges) on local files and on moto's S3."""
+"""WAV headers (pipeline.io.wav) and range reads of long audio (pipeline.io.ranges) on local files
+and on moto's S3."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import storage
-from pipeline.audio import AudioDecodeError, decode_audio
-from pipeline.audio_ranges import RangeReader, wav_layout
+from pipeline.io import storage
+from pipeline.io.audio import AudioDecodeError, decode_audio
+from pipeline.io.ranges import RangeReader
+from pipeline.io.wav import FORMAT_FLOAT, FORMAT_PCM, parse_wav_header
 from s3_testing import moto_server
 
 
@@ -27,26 +29,32 @@ def tone(tmp_path):
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
-def test_wav_layout_finds_the_samples(tmp_path, subtype):
+def test_wav_header_finds_the_samples(tmp_path, subtype):
     path = tmp_path / "x.wav"
     sf.write(str(path), np.zeros((1000, 2), dtype=np.float32), 8000, subtype=subtype)
     data = path.read_bytes()
-    layout = wav_layout(data[:4096], len(data))
+    header = parse_wav_header(data[:4096])
     width = {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
-    assert layout is not None and layout.sample_rate == 8000 and layout.block_align == 2 * width
-    assert layout.data_size == 1000 * 2 * width and layout.data_offset + layout.data_size <= len(data)
-    assert wav_layout(b"fLaC" + data[4:4096], len(data)) is None
+    assert header is not None and header.sample_rate == 8000 and header.block_align == 2 * width
+    assert header.channels == 2 and header.bits_per_sample == 8 * width and header.plain_samples
+    assert header.format_tag == (FORMAT_FLOAT if subtype == "FLOAT" else FORMAT_PCM)  # extensible headers resolved
+    assert header.data_size(len(data)) == 1000 * 2 * width and header.data_offset + header.data_size(len(data)) <= len(data)
+    assert header.duration() == 1000 / 8000
+    assert header.data_size(header.data_offset + 2 * width * 10 + 3) == 2 * width * 10  # a cut-off object: whole frames
+    assert parse_wav_header(b"fLaC" + data[4:4096]) is None
 
 
-def test_wav_layout_of_a_streamed_header(tmp_path):
-    """Writers that stream leave 0xFFFFFFFF as the data size: the samples run to the end."""
+def test_wav_header_of_a_streamed_header(tmp_path):
+    """Writers that stream leave 0xFFFFFFFF as the data size: the samples run to the end, and
+    the header alone cannot tell the duration."""
     path = tmp_path / "x.wav"
     sf.write(str(path), np.zeros(1000, dtype=np.float32), 16000, subtype="PCM_16")
     data = bytearray(path.read_bytes())
     pos = data.index(b"data")
     data[pos + 4:pos + 8] = struct.pack("<I", 0xFFFFFFFF)
-    layout = wav_layout(bytes(data[:4096]), len(data))
-    assert layout is not None and layout.data_size == len(data) - layout.data_offset
+    header = parse_wav_header(bytes(data[:4096]))
+    assert header is not None and header.streamed and header.duration() is None
+    assert header.data_size(len(data)) == len(data) - header.data_offset
 
 
 def test_local_wav_window_matches_whole_decode(tone):

@@ -8,7 +8,8 @@ from typing import Optional
 
 import pytest
 
-from pipeline.batching import make_shards, pack_batches, padding_ratio
+from pipeline.plan.shards import make_shards
+from pipeline.plan.batching import pack_batches, padding_ratio
 
 
 @dataclass

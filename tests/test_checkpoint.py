@@ -12,8 +12,10 @@ from model import (
     PRESETS,
     AsrModel,
     CheckpointMismatchError,
+    find_checkpoint,
     infer_config,
     load_checkpoint,
+    pick_checkpoint,
     preset,
     read_state_dict,
 )
@@ -157,3 +159,25 @@ def test_config_json_with_metadata_loads(tmp_path, ref_dir, ref_config):
     for config in (tmp_path / "config.json", json.loads((tmp_path / "config.json").read_text())):
         model = load_checkpoint(ref_dir / "pretrained.pt", config=config)
         assert model.encoder.num_encoder_layers == (1, 1, 2, 2, 1, 1)
+
+
+def test_checkpoint_picking():
+    """pretrained.pt first, then the highest epoch number (not all digits of the name), an export
+    of an epoch before its training checkpoint, else the only .pt."""
+    assert pick_checkpoint(["epoch-40.pt", "pretrained.pt"]) == "pretrained.pt"
+    assert pick_checkpoint(["epoch-30-avg-10.pt", "epoch-40.pt", "epoch-9.pt"]) == "epoch-40.pt"
+    assert pick_checkpoint(["epoch-30.pt", "epoch-30-avg-10.pt", "epoch-29.pt"]) == "epoch-30-avg-10.pt"
+    assert pick_checkpoint(["epoch-100.pt", "epoch-99.pt"]) == "epoch-100.pt"
+    assert pick_checkpoint(["model.pt", "bpe.model"]) == "model.pt"
+    for names in (["a.pt", "b.pt"], ["bpe.model"], []):
+        with pytest.raises(FileNotFoundError, match="not exactly one"):
+            pick_checkpoint(names)
+
+
+def test_find_checkpoint_in_a_directory(tmp_path):
+    for name in ("epoch-30-avg-10.pt", "epoch-40.pt", "bpe.model"):
+        (tmp_path / name).write_bytes(b"x")
+    assert find_checkpoint(tmp_path) == tmp_path / "epoch-40.pt"
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
+        (tmp_path / "empty").mkdir()
+        find_checkpoint(tmp_path / "empty")

@@ -1,4 +1,4 @@
-"""Durations of long MP3 / Ogg files from frame headers (pipeline.compressed_duration), checked
+"""Durations of long MP3 / Ogg files from frame headers (pipeline.inputs.durations), checked
 against what ffprobe and a full decode say, and their use when a directory of audio is planned."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_testing import ffmpeg, have_audio_tools, speak
-from pipeline import storage
-from pipeline.audio import decode_audio
-from pipeline.compressed_duration import OGG_MAX_PAGE, compressed_duration, mp3_duration, ogg_duration
-from pipeline.manifests import iter_work_items
+from audio_testing import ffmpeg, speak
+from pipeline.io import storage
+from pipeline.io.audio import decode_audio
+from pipeline.inputs.durations import OGG_MAX_PAGE, compressed_duration, mp3_duration, ogg_duration
+from pipeline.inputs.manifests import iter_work_items
 
-pytestmark = pytest.mark.skipif(not have_audio_tools(), reason="needs espeak-ng, sox, ffmpeg")
+pytestmark = pytest.mark.needs_tools("espeak-ng", "sox", "ffmpeg", "ffprobe")
 
 
 def ffprobe_duration(path: Path) -> float:
@@ -92,7 +92,7 @@ def test_unknown_when_a_safe_duration_cannot_be_told(long_files):
     # VBR without a Xing/VBRI frame count: the first frames' bitrates differ, so no CBR guess
     assert probe(long_files["mp3_vbr_noxing"]) is None
     assert probe(long_files["m4a"]) is None  # not MP3 / Ogg
-    assert probe(long_files["wav"]) is None  # WAV is pipeline.audio.probe_duration's job
+    assert probe(long_files["wav"]) is None  # WAV is pipeline.inputs.durations.probe_duration's job
     data = long_files["opus"].read_bytes()
     # an Ogg tail that is cut off inside its last page header: no well-formed page, no guess
     assert ogg_duration(data[:4096], data[-20:]) is None
@@ -105,7 +105,7 @@ def test_unknown_when_a_safe_duration_cannot_be_told(long_files):
 def test_a_directory_of_long_compressed_files_is_windowed(long_files, tmp_path):
     """Long MP3 / Opus files in a directory (a bucket prefix) get durations, so they are cut into
     windows like long WAVs, and the probe reads ranges only."""
-    from pipeline.longform import expand_windows, plan_windows
+    from pipeline.plan.windows import expand_windows, plan_windows
 
     d = tmp_path / "prefix"
     d.mkdir()
@@ -135,9 +135,9 @@ def test_probe_reads_ranges_not_whole_files(long_files, monkeypatch):
         return real(uri, start, end, **kw)
 
     monkeypatch.setattr(storage, "read_range", spy)
-    from pipeline import manifests
+    from pipeline.inputs.durations import probe_source
 
     size = long_files["opus"].stat().st_size
-    assert manifests._probe(str(long_files["opus"]), None) is not None
+    assert probe_source(str(long_files["opus"])) is not None
     fetched = sum(min(e, size) - s for s, e in reads)
     assert len(reads) == 2 and fetched < 64 * 1024 + OGG_MAX_PAGE + 2048 < size

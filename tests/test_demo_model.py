@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import have_tools
-from pipeline.synthetic import DEFAULT_WORD_LIST
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "model" / "assets" / "demo"
 sys.path.insert(0, str(REPO / "jobs"))
 import demo as demo_job  # noqa: E402
 
-needs_speech = pytest.mark.skipif(not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()),
-                                  reason="espeak-ng, sox and the wamerican word list are needed")
+needs_speech = pytest.mark.needs_tools("espeak-ng", "sox", word_list=True)
 
 #: Held-out sentences spoken in the tests: the test split's sentences after the first 60 that
 #: `make demo` speaks, so this test and the demo do not share audio.
@@ -103,7 +100,7 @@ def held_out(tmp_path_factory):
 def test_transcribes_held_out_speech(held_out):
     from model.decoding import DecodingConfig
     from model.recognizer import Recognizer
-    from model.train import wer
+    from pipeline.report.wer import corpus_wer
 
     refs, waves = held_out
     assert len(refs) == TEST_UTTS and sum(len(r.split()) for r in refs) > 200
@@ -112,7 +109,7 @@ def test_transcribes_held_out_speech(held_out):
         rec = Recognizer.from_dir(DEMO) if method == "attention-rescoring" else Recognizer.from_dir(
             DEMO, decoding=DecodingConfig(method=method))
         transcripts, _ = rec.transcribe(waves)
-        results[method] = wer(refs, [t.text for t in transcripts])
+        results[method] = corpus_wer(refs, [t.text for t in transcripts])
     # Bound: the card's test WER plus a margin for 40 sentences (about 300 words) spoken with voices
     # drawn afresh; a model that regressed (or a broken decoder / tokenizer) lands far above it.
     bound = card_wer("test", "attention-rescoring") + 5.0

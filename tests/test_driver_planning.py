@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from pipeline.driver import TranscribeConfig, check_run_id, plan, plan_resources
+from pipeline.run.config import TranscribeConfig, check_run_id
+from pipeline.run.driver import dry_run as plan
+from pipeline.run.resources import plan_resources
 
 
 def cfg(**kw):
@@ -62,8 +64,8 @@ def test_long_audio_options_reach_the_config_and_the_fingerprint():
     import sys
     from pathlib import Path
 
-    from pipeline.driver import long_audio_label
-    from pipeline.pauses import PauseSplit
+    from pipeline.run.config import long_audio_label
+    from pipeline.longform.pauses import PauseSplit
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
     import transcribe

@@ -118,7 +118,7 @@ def transcripts(world, run_id: str) -> list[dict]:
 def check_rows_and_report(world, run_id: str) -> dict[str, float]:
     """Transcript rows carry consistent WER columns; the report's per-dataset numbers equal an
     independent edit distance over the rows. Returns {dataset: WER}."""
-    from pipeline.wer import get_normalizer
+    from pipeline.report.normalize import get_normalizer
 
     norm = get_normalizer("english")
     rows = transcripts(world, run_id)

@@ -8,7 +8,6 @@ kaldi-native-fbank (the C++ port of Kaldi's fbank used by sherpa/icefall).
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 
 import numpy as np
@@ -34,13 +33,14 @@ FLT_EPSILON = float(np.finfo(np.float32).eps)
 
 
 # --------------------------------------------------------------------------- audio
+needs_audio = pytest.mark.needs_tools("espeak-ng", "sox")
+
+
 @pytest.fixture(scope="module")
 def utterances(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
     """Synthesise sentences with espeak-ng, resample with sox to 16 kHz mono int16."""
-    sf = pytest.importorskip("soundfile")
-    for tool in ("espeak-ng", "sox"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (make install provides it)")
+    import soundfile as sf
+
     d = tmp_path_factory.mktemp("audio")
     out: list[np.ndarray] = []
     for i, text in enumerate(SENTENCES):
@@ -126,7 +126,7 @@ def assert_fbank_close(ours: np.ndarray, ref: np.ndarray) -> None:
     np.testing.assert_allclose(ours[floor], ref[floor], atol=5e-3, rtol=0)
 
 def knf_fbank(wave: np.ndarray) -> np.ndarray:
-    knf = pytest.importorskip("kaldi_native_fbank", reason="test extra kaldi-native-fbank missing")
+    import kaldi_native_fbank as knf
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = 16000
     opts.frame_opts.dither = 0.0
@@ -157,6 +157,7 @@ def test_num_frames_rule() -> None:
     assert round(80 / 160) == 0 and round(400 / 160) == 2  # why Python's round() is wrong here
 
 
+@needs_audio
 def test_single_utterance_shape(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
     u = utterances[0]
     feats, lens = fe([u], "cpu")
@@ -167,6 +168,7 @@ def test_single_utterance_shape(fe: FeatureExtractor, utterances: list[np.ndarra
     assert feats.max() > 0.0  # speech has energy well above the floor
 
 
+@needs_audio
 def test_batched_equals_single(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
     feats, lens = fe(utterances, "cpu")
     assert feats.shape == (len(utterances), max(num_frames(len(u)) for u in utterances), 80)
@@ -182,6 +184,7 @@ def test_batched_equals_single(fe: FeatureExtractor, utterances: list[np.ndarray
     assert feats.shape[1] > lens[shortest]
 
 
+@needs_audio
 def test_batched_equals_single_odd_lengths(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
     # cuts that end mid-frame and very short ones (reflection over the whole signal)
     u = utterances[0]
@@ -203,6 +206,7 @@ def test_digital_silence_is_log_flt_epsilon(fe: FeatureExtractor) -> None:
     assert feats[0, 0, 0].item() == pytest.approx(-15.9424, abs=1e-4)
 
 
+@needs_audio
 def test_matches_numpy_kaldi_reference(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
     feats, lens = fe(utterances, "cpu")
     for i, u in enumerate(utterances):
@@ -210,6 +214,7 @@ def test_matches_numpy_kaldi_reference(fe: FeatureExtractor, utterances: list[np
         assert_fbank_close(feats[i, : lens[i]].double().numpy(), ref)
 
 
+@needs_audio
 def test_matches_kaldi_native_fbank(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
     feats, lens = fe(utterances, "cpu")
     for i, u in enumerate(utterances):
@@ -218,6 +223,7 @@ def test_matches_kaldi_native_fbank(fe: FeatureExtractor, utterances: list[np.nd
         assert_fbank_close(feats[i, : lens[i]].numpy(), ref)
 
 
+@needs_audio
 def test_input_types(fe: FeatureExtractor, utterances: list[np.ndarray]) -> None:
     u = utterances[2]
     a, _ = fe([u], "cpu")
@@ -238,6 +244,7 @@ def test_empty_inputs(fe: FeatureExtractor) -> None:
     assert feats.shape == (0, 0, 80) and lens.shape == (0,)
 
 
+@needs_audio
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(utterances: list[np.ndarray]) -> None:
     fe = FeatureExtractor()

@@ -1,4 +1,4 @@
-"""The actor's memory upkeep (pipeline.heap): the oneDNN kernel-cache cap is in place before the
+"""The actor's memory upkeep (pipeline.run.heap): the oneDNN kernel-cache cap is in place before the
 model runs, a capacity set by the operator wins, and the heap trim reaches glibc."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-PROBE = "import os, pipeline.actor; print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))"
+PROBE = "import os, pipeline.run.transcriber; print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))"
 
 
 def _capacity_after_import(**env: str) -> str:
@@ -21,7 +21,7 @@ def _capacity_after_import(**env: str) -> str:
 
 
 def test_importing_the_actor_caps_the_kernel_cache_unless_set():
-    from pipeline.heap import ONEDNN_CACHE
+    from pipeline.run.heap import ONEDNN_CACHE
 
     assert _capacity_after_import() == ONEDNN_CACHE
     assert _capacity_after_import(ONEDNN_PRIMITIVE_CACHE_CAPACITY="512") == "512"
@@ -30,7 +30,7 @@ def test_importing_the_actor_caps_the_kernel_cache_unless_set():
 def test_trim_reaches_glibc():
     import platform
 
-    from pipeline.heap import trim_heap
+    from pipeline.run.heap import trim_heap
 
     libc, _ = platform.libc_ver()
     assert trim_heap() is (libc == "glibc")

@@ -606,9 +606,8 @@ def test_placeholders_are_declared_and_documented():
             assert declared <= set(SAMPLE_VALUES), "add sample values for new placeholders to this test"
 
 
+@pytest.mark.needs_tools("envsubst")
 def test_envsubst_fills_the_manifests_like_the_test_does():
-    if not shutil.which("envsubst"):
-        pytest.skip("envsubst (gettext-base) not installed; the Python substitution stands in")
     for path in k8s_files():
         text = path.read_text()
         names = " ".join("${%s}" % n for n in sorted(declared_placeholders(text)))
@@ -627,7 +626,7 @@ def test_rayjob_entrypoint_is_accepted_by_jobs_transcribe():
     assert args.manifest == [SAMPLE_VALUES["MANIFEST"]] and args.model == SAMPLE_VALUES["MODEL"]
     assert args.output == SAMPLE_VALUES["OUTPUT"] and args.run_id == SAMPLE_VALUES["RUN_ID"]
     assert args.gpus_per_actor == 1, "fail clearly instead of falling back to CPU when the GPUs are missing"
-    from pipeline.driver import check_run_id
+    from pipeline.run.config import check_run_id
 
     check_run_id(args.run_id)
     assert job["metadata"]["name"].endswith(SAMPLE_VALUES["RUN_ID"])

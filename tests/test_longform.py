@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from pipeline.longform import WORD_MARK, Window, WindowHypothesis, merge_windows, plan_windows
+from pipeline.longform.merge import WORD_MARK, WindowHypothesis, merge_windows
+from pipeline.plan.windows import Window, plan_windows
 
 
 def test_short_cut_is_one_window():
@@ -120,7 +121,7 @@ def test_merge_is_exact_on_continuous_speech(seed):
 def test_the_middle_alone_would_drop_or_double_words(monkeypatch):
     """Why the seam is aligned: with per-window timing offsets, cutting at the middle of the
     overlap by time alone loses or repeats words (the case the alignment exists for)."""
-    import pipeline.longform as lf
+    import pipeline.longform.merge as lf
 
     monkeypatch.setattr(lf, "_align", lambda a, b: [])
     wrong = 0

@@ -13,22 +13,22 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from helpers import have_tools, make_tiny_model_dir
-from pipeline.synthetic import DEFAULT_WORD_LIST, long_recording, recording_manifest
+from helpers import make_tiny_model_dir
+from model.training.corpus import long_recording, recording_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "jobs"))
 from demo import held_out_sentences  # noqa: E402  (test-split sentences of the demo corpus)
 DEMO = REPO / "model" / "assets" / "demo"
 
-pytestmark = pytest.mark.skipif(not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()),
-                                reason="espeak-ng, sox and the wamerican word list are needed")
+pytestmark = pytest.mark.needs_tools("espeak-ng", "sox", word_list=True)
 
 
 def run_in_process(manifest: Path, model_dir: Path, output: Path, run_id: str, *, max_cut: float, overlap: float,
                    shard_size: int = 4, threads: int = 2):
-    """The driver's flow without Ray (pipeline.driver.run_in_process); the run's rows."""
-    from pipeline.driver import TranscribeConfig, run_in_process as run_local
+    """The driver's flow without Ray (pipeline.run.driver.run_in_process); the run's rows."""
+    from pipeline.run.config import TranscribeConfig
+    from pipeline.run.driver import run_in_process as run_local
 
     cfg = TranscribeConfig(manifest=[str(manifest)], model=str(model_dir), output=str(output), shard_size=shard_size,
                            max_batch_seconds=120.0, max_cut_seconds=max_cut, window_overlap_seconds=overlap)
@@ -67,7 +67,7 @@ def _oracle_chunks(recording: np.ndarray, sentences, waves, starts, limit: float
 
 @pytest.mark.parametrize("pauses", [(0.3, 0.9), (0.0, 0.0)], ids=["with-pauses", "no-pauses"])
 def test_long_recording_matches_segmented_wer(tmp_path, pauses):
-    from model.train import wer
+    from pipeline.report.wer import corpus_wer
 
     sentences = held_out_sentences(60, offset=200 if pauses[1] else 260)
     wav = tmp_path / "long.wav"
@@ -89,12 +89,12 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
     # the text's first and last words are placed where those sentences were spoken
     assert abs(times[0] - starts[0]) < 1.0 and times[-1] > starts[-1]
 
-    long_wer = wer([reference], [row["text"]])
-    one_by_one = wer(sentences, _transcribe(waves))
+    long_wer = corpus_wer([reference], [row["text"]])
+    one_by_one = corpus_wer(sentences, _transcribe(waves))
     recording, _ = sf.read(str(wav), dtype="float32")
     chunks, chunk_refs = _oracle_chunks(recording, sentences, waves, starts, limit=26.0)
     chunk_texts = _transcribe(chunks)
-    oracle_wer = wer(chunk_refs, chunk_texts)
+    oracle_wer = corpus_wer(chunk_refs, chunk_texts)
     hyp_words, oracle_words = len(row["text"].split()), sum(len(t.split()) for t in chunk_texts)
     print(f"pauses {pauses}: {n_windows} windows, {stitched.seams_aligned}/{stitched.seams} seams aligned; WER long-form "
           f"{long_wer:.2f} %, sentence-aligned chunks {oracle_wer:.2f} %, one sentence at a time {one_by_one:.2f} %; "
@@ -146,7 +146,7 @@ def test_long_recording_is_read_window_by_window(tmp_path, monkeypatch):
     not asserted here.)"""
     import importlib.util
 
-    from pipeline import audio_ranges, storage
+    from pipeline.io import ranges as audio_ranges, storage
 
     spec = importlib.util.spec_from_file_location("longform_memory", REPO / "bench" / "longform_memory.py")
     bench = importlib.util.module_from_spec(spec)
@@ -207,7 +207,7 @@ def test_windows_reach_the_model_as_the_speech_between_pauses(tmp_path, monkeypa
         assert any(a - 0.05 <= t <= b for a, b in spans), t  # on a sentence, not in a pause
     assert 100.0 * row["errors"] / row["ref_words"] < 15.0
     # the pauses were not transcribed: the summary counts less model input than audio
-    from pipeline.parquet import part_summary
+    from pipeline.output.parquet import part_summary
 
     (part,) = (tmp_path / "out" / "transcripts" / "run_id=pieces").glob("part-shard-*.parquet")
     summary = part_summary(str(part))

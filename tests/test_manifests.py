@@ -1,4 +1,4 @@
-"""pipeline.manifests: lhotse CutSet / RecordingSet manifests, audio directories and S3
+"""pipeline.inputs.manifests: lhotse CutSet / RecordingSet manifests, audio directories and S3
 prefixes, URI lists -- local and on a real moto S3 server, with real audio."""
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import pytest
 from lhotse import AudioSource, CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment
 from lhotse.cut import MultiCut
 
-from audio_testing import AudioSet, have_audio_tools, make_audio_set
-from pipeline import storage
-from pipeline.audio import decode_audio
-from pipeline.manifests import ManifestError, WorkItem, detect_input_kind, iter_work_items
-from pipeline.storage import MissingObjectError, S3Options
+from audio_testing import AudioSet, make_audio_set
+from pipeline.io import storage
+from pipeline.io.audio import decode_audio
+from pipeline.inputs.items import ManifestError, WorkItem
+from pipeline.inputs.manifests import detect_input_kind, iter_work_items
+from pipeline.io.storage import MissingObjectError, S3Options
 from s3_testing import moto_server
 
-pytestmark = pytest.mark.skipif(not have_audio_tools(), reason="needs espeak-ng, sox, ffmpeg")
+pytestmark = pytest.mark.needs_tools("espeak-ng", "sox", "ffmpeg", "ffprobe")
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +364,8 @@ def test_uri_list(audio: AudioSet, bucket: str, opts: S3Options, tmp_path: Path)
 
 
 def test_duplicate_ids_found_in_buffer_and_in_merged_digests(monkeypatch):
-    from pipeline.manifests import ManifestError, _UniqueIds
+    from pipeline.inputs.items import ManifestError
+    from pipeline.inputs.manifests import _UniqueIds
 
     monkeypatch.setattr(_UniqueIds, "_BUFFER", 64)
     ids = _UniqueIds("mem://x")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from pipeline import parquet
-from pipeline.records import STATUS_ERROR, STATUS_OK, TRANSCRIPT_SCHEMA, TranscriptRow, rows_to_table
+from pipeline.output import parquet
+from pipeline.output.records import STATUS_ERROR, STATUS_OK, TRANSCRIPT_SCHEMA, TranscriptRow, rows_to_table
 
 
 def rows():

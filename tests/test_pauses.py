@@ -1,13 +1,12 @@
-"""Cutting windows at their pauses (pipeline.pauses) and joining the pieces' transcripts."""
+"""Cutting windows at their pauses (pipeline.longform.pauses) and joining the pieces' transcripts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from helpers import have_tools
 from model.recognizer import Transcript
-from pipeline.pauses import PauseSplit, join_transcripts, speech_pieces
+from pipeline.longform.pauses import PauseSplit, join_transcripts, speech_pieces
 
 SR = 16000
 
@@ -78,9 +77,9 @@ def test_no_pause_or_no_sound_is_one_piece():
         PauseSplit(min_pause_seconds=0.0)
 
 
-@pytest.mark.skipif(not have_tools("espeak-ng", "sox"), reason="espeak-ng and sox are needed")
+@pytest.mark.needs_tools("espeak-ng", "sox")
 def test_spoken_sentences_with_pauses_become_one_piece_each(tmp_path):
-    from pipeline.synthetic import long_recording
+    from model.training.corpus import long_recording
 
     sentences = ["the seven blue rivers ran far away", "a cat sat on the mat", "then we walked over the hill",
                  "nobody knew what the weather would bring"]

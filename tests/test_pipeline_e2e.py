@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -18,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from audio_testing import ffmpeg, speak
-from helpers import have_tools, make_tiny_model_dir
+from helpers import make_tiny_model_dir
 from s3_testing import moto_server
-from services import REPO, RayHead
+from services import REPO, RayHead, wait_for
 
-pytestmark = pytest.mark.skipif(not have_tools("espeak-ng", "sox"), reason="needs espeak-ng and sox")
+pytestmark = pytest.mark.needs_tools("espeak-ng", "sox", "ffmpeg")
 
 SENTENCES = {
     "utt-a": "hello world",
@@ -45,7 +44,7 @@ GOOD = list(SENTENCES) + ["utt-8k", "utt-stereo", "utt-mp3", "utt-opus", "silenc
 def s3():
     """moto on 127.0.0.1; its endpoint and fake credentials in this process's environment
     (boto3 and the pipeline read them from there) and returned for the Ray head's."""
-    from pipeline import storage
+    from pipeline.io import storage
 
     with moto_server() as url, pytest.MonkeyPatch.context() as mp:
         env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -166,8 +165,8 @@ def _s3_table(run_id: str):
 
 
 def test_ray_job_on_s3_end_to_end(ray_head, corpus):
-    from pipeline import storage
-    from pipeline.records import TRANSCRIPT_SCHEMA
+    from pipeline.io import storage
+    from pipeline.output.records import TRANSCRIPT_SCHEMA
 
     summary, log = _job(ray_head, corpus, "s3://out/run", "e2e")
     table = _s3_table("e2e")
@@ -239,10 +238,58 @@ def test_rerun_resumes_and_writes_each_cut_once(ray_head, corpus):
     assert summary["shards_skipped"] == 0 and summary["shards_done"] == shards
 
 
-def test_killed_actor_shard_is_retried(ray_head, corpus, tmp_path):
+def audio_outside(*allowed: str):
+    """A proxy rule: GETs of the corpus's audio other than ``allowed`` (file names)."""
+    def rule(method, path, headers):
+        return method == "GET" and path.startswith("/data/audio/") and path.rsplit("/", 1)[-1] not in allowed
+    return rule
+
+
+def submit_in_background(ray_head, args, env=None):
+    """``ray job submit`` (which waits for the job) on a thread; returns (thread, result list)."""
+    import threading
+
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(ray_head.submit(args, extra_env=env)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def kill_running(ray_head, task: str = "Transcriber.process_shard") -> int:
+    """SIGKILL the one process running ``task`` (found through Ray's state API); returns its pid."""
+    import signal
+
+    running = wait_for(lambda: ray_head.running_tasks(task), 60, f"a running {task}")
+    pids = {t["worker_pid"] for t in running}
+    assert len(pids) == 1, running
+    pid = pids.pop()
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_killed_actor_shard_is_retried(ray_head, corpus, s3, tmp_path):
+    """The only actor is killed (SIGKILL from outside) in the middle of a shard: Ray restarts it,
+    the driver waits for the restart instead of spending the shard's attempts on it, and the
+    shard runs once more. Shard 1's audio is held at the proxy until the kill, so the actor is
+    mid-shard whatever the machine's speed."""
+    from s3_testing import FaultProxy
+
     out = tmp_path / "out"
-    summary, log = _job(ray_head, corpus, str(out), "crash", env={"ZIPSCRIBE_TEST_CRASH_SHARDS": "shard-000001"})
-    assert summary["shard_retries"] >= 1 and summary["shards_failed"] == []
+    parts = out / "transcripts" / "run_id=crash"
+    args = ["jobs/transcribe.py", "--manifest", corpus["manifest"], "--model", corpus["model"], "--output", str(out),
+            "--run-id", "crash", "--shard-size", "3", "--shards-in-flight", "1", "--summary-json", "--no-progress"]
+    with FaultProxy(s3["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.hold(audio_outside("utt-a.wav", "utt-b.wav", "utt-c.wav"))  # shard 0's audio passes
+        thread, result = submit_in_background(ray_head, args, env={"AWS_ENDPOINT_URL": proxy.url})
+        wait_for(lambda: (parts / "part-shard-000000.parquet").exists() and proxy.held, 240,
+                 "shard 0's part and shard 1's audio read")
+        kill_running(ray_head)
+        proxy.release()
+        thread.join(timeout=400)
+    proc = result[0]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{\n"): proc.stdout.rindex("}") + 1])
+    assert summary["shard_retries"] == 1 and summary["actor_deaths"] == 1 and summary["shards_failed"] == [], proc.stdout[-6000:] + proc.stderr[-3000:]
     con = duckdb.connect()
     rows = con.execute(
         f"SELECT cut_id, count(*) FROM read_parquet('{out}/transcripts/**/*.parquet', hive_partitioning=1) "
@@ -279,11 +326,12 @@ def model_texts(corpus, shard_size: int, max_batch_seconds: float) -> dict[str, 
     import torch
 
     from model.recognizer import Recognizer
-    from pipeline import storage
-    from pipeline.actor import MIN_SECONDS
-    from pipeline.audio import decode_audio
-    from pipeline.batching import make_shards, pack_batches
-    from pipeline.manifests import iter_work_items
+    from pipeline.io import storage
+    from pipeline.run.transcriber import MIN_SECONDS
+    from pipeline.io.audio import decode_audio
+    from pipeline.plan.shards import make_shards
+    from pipeline.plan.batching import pack_batches
+    from pipeline.inputs.manifests import iter_work_items
 
     torch.set_num_threads(2)
     rec = Recognizer.from_dir(corpus["root"] / "model")
@@ -305,23 +353,29 @@ def model_texts(corpus, shard_size: int, max_batch_seconds: float) -> dict[str, 
     return texts
 
 
-def test_driver_killed_then_rerun_completes_each_cut_once(ray_head, corpus, tmp_path):
+def test_driver_killed_then_rerun_completes_each_cut_once(ray_head, corpus, s3, tmp_path):
+    """The job is stopped after three shards; only their audio gets through the proxy, so it
+    cannot have finished more. The rerun skips those three parts and writes the rest once."""
+    from s3_testing import FaultProxy
+
     out = tmp_path / "out"
     parts_dir = out / "transcripts" / "run_id=killed"
     args = ["jobs/transcribe.py", "--manifest", corpus["manifest"], "--model", corpus["model"], "--output", str(out),
             "--run-id", "killed", "--shard-size", "1", "--no-progress", "--summary-json"]
-    job = ray_head.submit_no_wait(args)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts_dir.glob("part-*.parquet"))) < 2:
-        time.sleep(0.1)
-    ray_head.stop_job(job)
+    with FaultProxy(s3["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.hold(audio_outside("utt-a.wav", "utt-b.wav", "utt-c.wav"))
+        job = ray_head.submit_no_wait(args, extra_env={"AWS_ENDPOINT_URL": proxy.url})
+        wait_for(lambda: len(list(parts_dir.glob("part-*.parquet"))) == 3 and proxy.held, 240,
+                 "three parts and a held read")
+        ray_head.stop_job(job)
+        wait_for(lambda: "was stopped" in ray_head.job_status(job), 120, "the job to stop")
     written = {p.name: p.stat().st_mtime_ns for p in parts_dir.glob("part-*.parquet")}
-    assert 2 <= len(written) < len(corpus["cut_ids"]), "the driver should have been stopped mid-run"
+    assert sorted(written) == [f"part-shard-{i:06d}.parquet" for i in range(3)]
     for part in parts_dir.glob("part-*.parquet"):
         pq.read_metadata(part)  # atomic writes: every visible part is a complete Parquet file
 
     summary, _ = _job(ray_head, corpus, str(out), "killed", "--shard-size", "1")
-    assert summary["shards_skipped"] >= len(written) and summary["shards_done"] == len(corpus["cut_ids"]) - summary["shards_skipped"]
+    assert summary["shards_skipped"] == 3 and summary["shards_done"] == len(corpus["cut_ids"]) - 3
     for name, mtime in written.items():
         assert (parts_dir / name).stat().st_mtime_ns == mtime  # completed parts not redone
     rows = duckdb.connect().execute(
@@ -330,28 +384,18 @@ def test_driver_killed_then_rerun_completes_each_cut_once(ray_head, corpus, tmp_
 
 
 def test_s3_outage_during_run_is_survived(ray_head, corpus, s3):
-    """The S3 endpoint answers 503 SlowDown for a while mid-run; retries carry the job through."""
-    import threading
-
+    """The S3 endpoint answers 503 SlowDown to the first requests (manifest, model) and, armed
+    to start once the first part is uploaded, to the 5 requests after it: reads and writes of
+    the later shards meet the outage, and the storage layer's retries carry the job through."""
     from s3_testing import FaultProxy
 
     with FaultProxy(s3["AWS_ENDPOINT_URL"]) as proxy:
         proxy.fail_next = 4  # even the first requests (manifest, model) meet errors
-
-        def outage():
-            deadline = time.time() + 120
-            while time.time() < deadline and not _s3_parts("outage"):
-                time.sleep(0.05)
-            proxy.fail_always = True
-            time.sleep(1.5)
-            proxy.fail_always = False
-
-        t = threading.Thread(target=outage, daemon=True)
-        t.start()
+        proxy.fail_after(lambda method, path, headers: method == "PUT" and "/transcripts/run_id=outage/part-" in path, 5)
         summary, _ = _job(ray_head, corpus, "s3://out/run", "outage", "--shard-size", "2",
                           env={"AWS_ENDPOINT_URL": proxy.url})
-        t.join(timeout=5)
-        assert proxy.failed >= 5
+        assert proxy.outage_started.is_set() and proxy.failed == 4 + 5
+    assert summary["shards_done"] == summary["shards_total"] > 2
     assert summary["shards_failed"] == [] and summary["cuts_ok"] == len(GOOD)
     table = _s3_table("outage")
     assert sorted(table.column("cut_id").to_pylist()) == sorted(corpus["cut_ids"])
@@ -367,7 +411,7 @@ def test_demo_model_transcripts_are_right_end_to_end(ray_head, s3, corpus, tmp_p
     from lhotse import AudioSource, MonoCut, Recording, SupervisionSegment
     import soundfile as sf
 
-    from pipeline import storage
+    from pipeline.io import storage
 
     sys.path.insert(0, str(REPO / "jobs"))
     from demo import held_out_sentences
@@ -416,7 +460,7 @@ def test_demo_model_transcripts_are_right_end_to_end(ray_head, s3, corpus, tmp_p
     assert "WER " in log
 
 
-def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, tmp_path):
+def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, s3, tmp_path):
     """A long recording's windows spread over shards on two actors; the actor holding one of
     them dies. The retried shard completes the windows and the recording is stitched into
     exactly one row; a rerun writes nothing twice."""
@@ -446,12 +490,32 @@ def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, tmp
             f.write(json.dumps(cut.to_dict()) + "\n")
     _put(client, "s3://data/long.jsonl.gz", buf.getvalue())
 
+    from pipeline.io.wav import parse_wav_header
+    from pipeline.plan.windows import plan_windows
+    from s3_testing import FaultProxy
+
     out = tmp_path / "out"
     job = {"manifest": "s3://data/long.jsonl.gz", "model": corpus["model"]}
-    extra = ["--max-cut-seconds", "10", "--window-overlap-seconds", "2", "--num-actors", "2", "--cpus-per-actor", "1"]
+    extra = ["--max-cut-seconds", "10", "--window-overlap-seconds", "2", "--num-actors", "2", "--cpus-per-actor", "1",
+             "--shards-in-flight", "2"]
     args = ["jobs/transcribe.py", "--manifest", job["manifest"], "--model", job["model"], "--output", str(out),
             "--run-id", "long", "--shard-size", "2", "--summary-json", "--no-progress", *extra]
-    proc = ray_head.submit(args, extra_env={"ZIPSCRIBE_TEST_CRASH_SHARDS": "shard-000001"})
+    # shard 1 holds windows 2 and 3: their byte ranges are held at the proxy, so whichever actor
+    # takes shard 1 is still in it while the other actor finishes shards 0 and 2
+    header = parse_wav_header(long_wav.read_bytes()[:4096])
+    plan = plan_windows(info.duration, 10, 2)
+    held = {f"bytes={header.data_offset + round(w.start * 16000) * header.block_align}-" for w in plan[2:4]}
+    parts = out / "transcripts" / "run_id=long"
+    with FaultProxy(s3["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.hold(lambda method, path, headers: path == "/data/long/long.wav"
+                   and any((headers.get("Range") or "").startswith(r) for r in held))
+        thread, result = submit_in_background(ray_head, args, env={"AWS_ENDPOINT_URL": proxy.url})
+        wait_for(lambda: all((parts / f"part-shard-{i:06d}.parquet").exists() for i in (0, 2)) and proxy.held, 300,
+                 "shards 0 and 2 done and shard 1's windows read")
+        kill_running(ray_head)  # the actor still in shard 1
+        proxy.release()
+        thread.join(timeout=400)
+    proc = result[0]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{\n"): proc.stdout.rindex("}") + 1])
     windows = summary["windows"]
@@ -467,9 +531,9 @@ def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, tmp
     assert cut_id == "long" and status == "ok" and duration == pytest.approx(info.duration)
     assert all(a <= b for a, b in zip(times, times[1:])) and (not times or times[-1] <= duration)
     assert len(shards.split(",")) == summary["shards_total"]
-    # round robin put shard 1 on the second actor, which was killed; its retry went to the live
-    # actor (one retry, none wasted on the restarting one), which wrote the windows of all shards
-    assert summary["num_actors"] == 2 and summary["shard_retries"] == 1 and worker, (summary, worker)
+    # the killed actor held shard 1 alone: one retry, none wasted on the restarting actor
+    assert summary["num_actors"] == 2 and summary["shard_retries"] == 1 and summary["actor_deaths"] == 1, summary
+    assert worker, worker
     n_windows = con.execute(f"SELECT count(*), count(DISTINCT window_index) FROM "
                             f"read_parquet('{out}/windows/run_id=long/*.parquet')").fetchone()
     assert n_windows == (windows, windows)

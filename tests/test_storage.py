@@ -1,4 +1,4 @@
-"""pipeline.storage against a real moto S3 server over HTTP, a fault-injecting proxy, and
+"""pipeline.io.storage against a real moto S3 server over HTTP, a fault-injecting proxy, and
 real local files."""
 
 from __future__ import annotations
@@ -16,13 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipeline import storage
-from pipeline.storage import (
-    ChecksumMismatchError,
-    MissingObjectError,
-    S3Options,
-    StorageError,
-)
+from pipeline.io import storage
+from pipeline.io.storage import ChecksumMismatchError, MissingObjectError, S3Options, StorageError
 from s3_testing import FaultProxy, free_port, moto_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,7 +252,7 @@ def test_atomic_local_write_never_shows_partial_content(tmp_path: Path, monkeypa
 
 _CHILD = """
 import sys
-from pipeline import storage
+from pipeline.io import storage
 opts = storage.S3Options(endpoint_url=sys.argv[1], region="us-east-1", access_key_id="testing",
                          secret_access_key="testing")
 path = storage.download_to_cache(sys.argv[2], sys.argv[3], sys.argv[4], options=opts)
@@ -424,3 +419,26 @@ def test_options_from_env_and_default_client(endpoint: str, bucket: str, opts: S
         t.join()
     assert len({id(c) for c in clients}) == 1
     assert storage.s3_client(make_opts(endpoint, region="x-2")) is not clients[0]
+
+
+def test_model_directory_picks_the_same_checkpoint_locally_and_on_s3(bucket: str, opts: S3Options, tmp_path: Path) -> None:
+    """One checkpoint picker for local directories and S3 listings: the highest epoch number wins
+    (epoch-40.pt over epoch-30-avg-10.pt, which sorting by all digits would pick)."""
+    from model.checkpoint import find_checkpoint
+    from pipeline.io.model_store import local_model_dir
+
+    names = ["epoch-9.pt", "epoch-30-avg-10.pt", "epoch-40.pt", "bpe.model"]
+    local = tmp_path / "model"
+    local.mkdir()
+    client = boto3.client("s3", endpoint_url=opts.endpoint_url, region_name="us-east-1")
+    for name in names:
+        (local / name).write_bytes(name.encode())
+        client.put_object(Bucket=bucket, Key=f"models/m/{name}", Body=name.encode())
+    assert find_checkpoint(local).name == "epoch-40.pt"
+    storage.set_default_s3_options(opts)
+    try:
+        fetched = local_model_dir(f"s3://{bucket}/models/m", cache_dir=tmp_path / "cache")
+    finally:
+        storage.set_default_s3_options(None)
+    assert sorted(p.name for p in fetched.iterdir()) == ["bpe.model", "epoch-40.pt"]  # only the chosen checkpoint
+    assert (fetched / "epoch-40.pt").read_bytes() == b"epoch-40.pt"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-spm = pytest.importorskip("sentencepiece")
+import sentencepiece as spm
 
 from model.tokenizer import Tokenizer  # noqa: E402
 

@@ -13,12 +13,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.synthetic import DEFAULT_WORD_LIST, SentenceGenerator, load_word_list, ordinal_words, time_words, year_words
-from tests.helpers import have_tools
+from model.training.corpus import SentenceGenerator, load_word_list, ordinal_words, time_words, year_words
 
 REPO = Path(__file__).resolve().parent.parent
-needs_words = pytest.mark.skipif(not DEFAULT_WORD_LIST.is_file(), reason="no /usr/share/dict word list (Debian wamerican)")
-needs_audio = pytest.mark.skipif(not have_tools("espeak-ng", "sox"), reason="espeak-ng and sox are needed")
+needs_words = pytest.mark.needs_tools(word_list=True)
+needs_audio = pytest.mark.needs_tools("espeak-ng", "sox")
 
 TINY_TRAIN_CONFIG = {
     "downsampling_factor": "1,2", "num_encoder_layers": "1,1", "encoder_dim": "64,96", "encoder_unmasked_dim": "48,48",
@@ -73,7 +72,7 @@ def test_held_out_words_are_heard_in_train():
     """The corpus recipe's promise: test sentences are new, their words are not."""
     from collections import Counter
 
-    from pipeline.synthetic import select_open_words
+    from model.training.corpus import select_open_words
 
     words = load_word_list()
     chosen = select_open_words(words, 1500, seed=0)
@@ -93,7 +92,7 @@ def test_held_out_words_are_heard_in_train():
 
 def test_init_for_training_starts_branches_small():
     from model import AsrModel
-    from model.train import BRANCH_OUT_SCALES, init_for_training
+    from model.training.trainer import BRANCH_OUT_SCALES, init_for_training
 
     cfg = dict(TINY_TRAIN_CONFIG, vocab_size=50)
     torch.manual_seed(0)
@@ -125,8 +124,6 @@ def test_init_for_training_starts_branches_small():
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
-    if not (have_tools("espeak-ng", "sox") and DEFAULT_WORD_LIST.is_file()):
-        pytest.skip("espeak-ng, sox and the wamerican word list are needed")
     out = tmp_path_factory.mktemp("corpus")
     cmd = [sys.executable, "jobs/make_synthetic_corpus.py", "--out", str(out), "--train-utts", "12", "--dev-utts", "3",
            "--test-utts", "3", "--jobs", "2", "--seed", "3", "--noise-prob", "0.5", "--gain-prob", "0.5",
@@ -233,7 +230,8 @@ def test_bf16_front_end_trains_close_to_float32(tmp_path):
     """precision="bfloat16-embed": the convolutions run in bf16, the encoder output and the
     gradients stay close to float32, and the flag is not part of the checkpoint."""
     from model import AsrModel
-    from model.train import CutDataset, TrainConfig, Trainer, compute_loss
+    from model.training.data import CutDataset
+    from model.training.trainer import TrainConfig, Trainer, compute_loss
 
     torch.manual_seed(0)
     model = AsrModel(**TINY_TRAIN_CONFIG, vocab_size=50)
@@ -264,7 +262,7 @@ def test_bf16_front_end_trains_close_to_float32(tmp_path):
 def test_bucketed_batches_respect_budget():
     import random
 
-    from model.train import bucketed_batches
+    from model.training.data import bucketed_batches
 
     durations = [1.0 + (i * 37 % 100) / 10 for i in range(200)]
     batches = bucketed_batches(durations, 40.0, random.Random(0))
@@ -275,7 +273,7 @@ def test_bucketed_batches_respect_budget():
 
 
 def test_checkpoint_averaging(tmp_path):
-    from model.train import average_checkpoints
+    from model.training.trainer import average_checkpoints
 
     for k, v in enumerate((1.0, 3.0)):
         torch.save({"model": {"w": torch.full((2,), v), "n": torch.tensor(k)}}, tmp_path / f"c{k}.pt")
@@ -332,6 +330,6 @@ def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
     transcripts, _ = rec.transcribe([c.load_audio()[0] for c in cuts])
     assert len(transcripts) == 4 and all(isinstance(t.text, str) for t in transcripts)
     # 30 steps on 4 utterances: the attention-rescored output should already share words with the references
-    from model.train import wer
+    from pipeline.report.wer import corpus_wer
 
-    assert wer([c.supervisions[0].text for c in cuts], [t.text for t in transcripts]) < 100.0
+    assert corpus_wer([c.supervisions[0].text for c in cuts], [t.text for t in transcripts]) < 100.0

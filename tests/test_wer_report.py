@@ -1,6 +1,6 @@
 """WER reports, error details, the history and its regression gate, and the HTML page in a
 real headless Chromium. Rows are scored with the same code the transcriber actor uses
-(``pipeline.wer.word_errors``); numbers are checked by hand and against an independent edit
+(``pipeline.report.wer.score_row``); numbers are checked by hand and against an independent edit
 distance written here."""
 
 from __future__ import annotations
@@ -18,37 +18,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from browser import CHECK_ID, chromium, pixels, render_check, screenshot
+from browser import CHECK_ID, pixels, render_check, screenshot
 from helpers import edit_distance
-from pipeline import history as hist
-from pipeline.records import TRANSCRIPT_SCHEMA, TranscriptRow, rows_to_table
-from pipeline.report import (
-    DURATION_BUCKETS,
-    ERRORS_SCHEMA,
-    REPORT_SCHEMA,
-    build_report,
-    duration_bucket,
-    read_rows,
-    write_report,
-)
-from pipeline.wer import get_normalizer, word_errors
+from pipeline.report import history as hist
+from pipeline.output.records import TRANSCRIPT_SCHEMA, TranscriptRow, rows_to_table
+from pipeline.report.tables import DURATION_BUCKETS, ERRORS_SCHEMA, REPORT_SCHEMA, build_report, duration_bucket
+from pipeline.report.files import read_rows, write_report
+from pipeline.report.html import render_html
+from pipeline.report.markdown import render_markdown
+from pipeline.report.wer import score_row
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
 
 
 def row(cut_id: str, ref: Optional[str], hyp: Optional[str], *, speaker: Optional[str] = "spk1", duration: Optional[float] = 1.0,
         dataset: Optional[str] = "clean", status: str = "ok", decoding: str = "ctc-greedy", normalizer: str = "english") -> TranscriptRow:
-    """A transcript row as the actor builds it (counts and normalised texts from word_errors)."""
+    """A transcript row as the actor builds it (WER columns from score_row)."""
     r = TranscriptRow(run_id="r1", cut_id=cut_id, status=status, reference=ref, text=hyp if status == "ok" else None,
                       speaker=speaker, duration=duration, dataset=dataset, decoding=decoding, model_id="tiny",
                       model_sha256="ab" * 32, error=None if status == "ok" else "unreadable audio")
-    if status == "ok" and ref is not None:
-        e = word_errors(ref, hyp or "", normalizer)
-        r.ref_words, r.errors = e.ref_words, e.errors
-        r.substitutions, r.deletions, r.insertions = e.substitutions, e.deletions, e.insertions
-        r.ref_norm, r.hyp_norm = e.ref_norm, e.hyp_norm
-    elif ref is not None:
-        r.ref_norm = get_normalizer(normalizer)(ref)
+    score_row(r, normalizer)
     return r
 
 
@@ -154,7 +143,7 @@ def test_error_details_hand_computed():
 
     worst = [(w.cut_id, w.errors) for w in report.worst]
     assert worst == [("4", 1), ("3", 1), ("1", 1), ("2", 1)]  # ties: higher WER first (1/1, 1/2, 1/3), then cut id
-    md = report.markdown()
+    md = render_markdown(report)
     assert "| 2 | cat | bat |" in md and "`the (cat->bat) sat`" in md and "`(a->*) dog`" in md and "`hi (*->there)`" in md
     assert "**WER 40.00%** over 5 scored utterances (10 reference words)" in md  # 4 errors / (3+3+2+1+1) words
 
@@ -169,7 +158,7 @@ def test_rows_without_stored_counts_are_scored_at_report_time():
 
 
 def test_write_report_and_read_rows_back(tmp_path):
-    from pipeline import parquet
+    from pipeline.output import parquet
 
     table = rows_to_table(mixed_rows())
     assert table.schema.equals(TRANSCRIPT_SCHEMA)
@@ -308,7 +297,7 @@ def html_report(tmp_path: Path) -> Path:
     verdicts = hist.compare(current, history, max_regression=0.5)
     report = build_report(rows_to_table(rows), run_id="n4", created_at=now, history=history, verdicts=verdicts)
     page = tmp_path / "report.html"
-    page.write_text(report.html(), encoding="utf-8")
+    page.write_text(render_html(report), encoding="utf-8")
     return page
 
 
@@ -321,7 +310,7 @@ def test_html_is_self_contained_and_escaped(tmp_path):
     assert "REGRESSION" in text and "WER over time" in text and "WER by speaker" in text
 
 
-@pytest.mark.skipif(chromium() is None, reason="Debian package 'chromium' is not installed (make system-deps installs it)")
+@pytest.mark.needs_tools("chromium")
 def test_html_renders_in_headless_chromium(tmp_path):
     page = html_report(tmp_path)
     proc, dom = render_check(page)
@@ -348,7 +337,7 @@ def test_history_and_report_on_s3(tmp_path, monkeypatch):
     """History append/read and report writing against a real S3 API (moto server over HTTP)."""
     import boto3
 
-    from pipeline import storage
+    from pipeline.io import storage
     from s3_testing import moto_server
 
     with moto_server() as url:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import edit_distance
-from pipeline.wer import normalize_english, word_errors
+from pipeline.report.normalize import normalize_english
+from pipeline.report.wer import word_errors
 
 
 @pytest.mark.parametrize(
@@ -54,15 +55,9 @@ def test_agrees_with_independent_edit_distance():
 
 # -- normaliser specs and rules ----------------------------------------------------------
 
-from pipeline.wer import (  # noqa: E402
-    BRITISH_TO_AMERICAN,
-    align,
-    format_alignment,
-    get_normalizer,
-    number_to_words,
-    parse_normalizer,
-    score,
-)
+from pipeline.report.normalize import BRITISH_TO_AMERICAN, get_normalizer, parse_normalizer
+from pipeline.report.wer import align, format_alignment, score
+from model.numbers import number_to_words
 
 
 @pytest.mark.parametrize(
@@ -172,3 +167,23 @@ def test_alignment_is_consistent_with_counts_and_edit_distance():
         assert sum(o.op != "C" for o in ops) == edit_distance(ref, hyp)
         e = word_errors(" ".join(ref), " ".join(hyp))
         assert (e.substitutions, e.deletions, e.insertions) == tuple(sum(o.op == k for o in ops) for k in "SDI")
+
+
+def test_score_row_fills_the_wer_columns():
+    from pipeline.output.records import STATUS_ERROR, STATUS_OK, TranscriptRow
+    from pipeline.report.wer import corpus_wer, score_row
+
+    ok = TranscriptRow(run_id="r", cut_id="a", status=STATUS_OK, reference="The cat sat.", text="the bat sat down")
+    score_row(ok, "english")
+    assert (ok.ref_words, ok.substitutions, ok.deletions, ok.insertions, ok.errors) == (3, 1, 0, 1, 2)
+    assert (ok.ref_norm, ok.hyp_norm) == ("the cat sat", "the bat sat down")
+    failed = TranscriptRow(run_id="r", cut_id="b", status=STATUS_ERROR, reference="Never heard", error="corrupt")
+    score_row(failed, "english")
+    assert failed.ref_norm == "never heard" and failed.errors is None and failed.hyp_norm is None
+    unscored = TranscriptRow(run_id="r", cut_id="c", status=STATUS_OK, text="no reference here")
+    score_row(unscored, "english")
+    assert unscored.ref_norm is None and unscored.errors is None
+    # the corpus WER sums errors over reference words (2 + 1 errors over 3 + 2 words)
+    assert corpus_wer(["The cat sat.", "hello world"], ["the bat sat down", "hello"]) == 100.0 * 3 / 5
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        corpus_wer(["a", "b"], ["a"])

@@ -37,7 +37,8 @@ from typing import Any, Mapping, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from pipeline.io import storage
+from pipeline.output.paths import history_dir, history_file
 
 __all__ = [
     "HISTORY_SCHEMA",
@@ -88,17 +89,9 @@ FIRST, PASS, REGRESSION, NO_REFERENCE, ACCEPTED = "FIRST", "PASS", "REGRESSION",
 _GATE = {FIRST: "first", PASS: "pass", REGRESSION: "fail", NO_REFERENCE: "fail", ACCEPTED: "accepted"}
 
 
-def history_root(history: str) -> str:
-    return storage.join(history, "wer_history")
-
-
-def history_file(history: str, run_id: str, day: date) -> str:
-    return storage.join(history_root(history), f"date={day.isoformat()}", f"{run_id}.parquet")
-
-
 def _history_files(history: str) -> list[str]:
     try:
-        return list(storage.list_files(history_root(history), suffixes=[".parquet"]))
+        return list(storage.list_files(history_dir(history), suffixes=[".parquet"]))
     except storage.MissingObjectError:
         return []
 

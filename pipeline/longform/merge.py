@@ -1,9 +1,7 @@
-"""Long recordings: overlapping windows, and merging their transcripts back into one.
+"""Merging the transcripts of a long cut's overlapping windows back into one.
 
-A non-streaming Zipformer attends over the whole input, so an hour of audio cannot go
-through it at once. A cut longer than ``max_cut_seconds`` is cut into equal-length windows
-that overlap by at least ``overlap_seconds`` (:func:`plan_windows`); each window is an
-ordinary batch item. Their hypotheses are stitched back together by :func:`merge_windows`.
+The windows are planned by :func:`pipeline.plan.windows.plan_windows`; each is transcribed as an
+ordinary batch item, and :func:`merge_windows` stitches their hypotheses back together.
 
 Merge rule (documented in the README):
 
@@ -29,59 +27,12 @@ Merge rule (documented in the README):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from pipeline.plan.windows import Window
+
 WORD_MARK = "\u2581"
-
-
-@dataclass(frozen=True)
-class Window:
-    """One window of a long cut, in seconds relative to the cut's start.
-
-    ``keep_from`` / ``keep_to`` are the middles of the overlaps with the previous / next
-    window (0 and the cut's duration at the ends): the part of the cut this window is
-    responsible for when the fallback rule applies.
-    """
-
-    index: int
-    count: int
-    start: float
-    duration: float
-    keep_from: float
-    keep_to: float
-
-    @property
-    def end(self) -> float:
-        return self.start + self.duration
-
-
-def plan_windows(duration: float, max_cut_seconds: float, overlap_seconds: float) -> list[Window]:
-    """Equal-length windows covering ``[0, duration)``, consecutive ones overlapping by at least
-    ``overlap_seconds``; a single window when ``duration <= max_cut_seconds``.
-
-    The number of windows is the smallest that covers the cut with windows of
-    ``max_cut_seconds`` and the requested overlap; they are then spread evenly, so every
-    window has the same length (no short tail window with little context) and overlaps may
-    come out slightly longer than requested.
-    """
-    if max_cut_seconds <= 0:
-        raise ValueError(f"max_cut_seconds must be > 0, got {max_cut_seconds}")
-    if not 0 <= overlap_seconds < max_cut_seconds / 2:
-        raise ValueError(f"window overlap must be in [0, max_cut_seconds / 2), got {overlap_seconds}")
-    if duration <= max_cut_seconds:
-        return [Window(0, 1, 0.0, duration, 0.0, duration)]
-    stride = max_cut_seconds - overlap_seconds
-    count = math.ceil((duration - overlap_seconds) / stride - 1e-9)
-    step = (duration - max_cut_seconds) / (count - 1)
-    starts = [i * step for i in range(count)]
-    windows = []
-    for i, s in enumerate(starts):
-        keep_from = 0.0 if i == 0 else (s + starts[i - 1] + max_cut_seconds) / 2
-        keep_to = duration if i == count - 1 else (starts[i + 1] + s + max_cut_seconds) / 2
-        windows.append(Window(i, count, s, max_cut_seconds, keep_from, keep_to))
-    return windows
 
 
 @dataclass
@@ -201,24 +152,3 @@ def merge_windows(hyps: Sequence[WindowHypothesis], piece: Callable[[int], str])
     if all(c is not None for c in confs) and total > 0:
         merged.confidence = float(sum((h.window.keep_to - h.window.keep_from) * c for h, c in zip(hyps, confs)) / total)
     return merged
-
-
-def expand_windows(items, max_cut_seconds: float, overlap_seconds: float):
-    """Items with every cut longer than ``max_cut_seconds`` replaced by its windows (in order).
-
-    Windows are ordinary :class:`pipeline.manifests.WorkItem` s (same ``cut_id``; their
-    ``start`` / ``duration`` the window's range in the file, ``window_index`` /
-    ``window_count`` / ``cut_start`` / ``cut_duration`` set), so they are sharded and batched
-    with everything else. Items of unknown duration pass through whole. ``max_cut_seconds``
-    <= 0 turns windowing off.
-    """
-    import dataclasses
-
-    for item in items:
-        if max_cut_seconds <= 0 or item.duration is None or item.duration <= max_cut_seconds:
-            yield item
-            continue
-        for w in plan_windows(item.duration, max_cut_seconds, overlap_seconds):
-            yield dataclasses.replace(item, start=item.start + w.start, duration=w.duration, window_index=w.index,
-                                      window_count=w.count, cut_start=item.start, cut_duration=item.duration,
-                                      custom=dict(item.custom))

@@ -1,8 +1,6 @@
-"""Shards and duration-sorted batches.
+"""Duration-sorted batches.
 
-A *shard* is a fixed-size run of consecutive work items from the manifest
-stream (``shard-000123`` by position, so ids are deterministic for a given
-manifest and shard size). Inside a shard items are sorted by duration and
+Inside a shard (:mod:`pipeline.plan.shards`) items are sorted by duration and
 split into batches whose *padded* audio (``len(batch) * longest``) stays
 under ``max_batch_seconds``: the accelerator computes on padding too, so that
 is the cost that has to be bounded. An item longer than the budget gets a
@@ -12,11 +10,8 @@ Larger shards give finer duration granularity and so less padding.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -37,41 +32,6 @@ class Batch:
     @property
     def padded_seconds(self) -> float:
         return len(self.durations) * max(self.durations, default=0.0)
-
-
-@dataclass
-class Shard:
-    shard_id: str
-    index: int
-    items: list = field(default_factory=list)
-
-    def fingerprint(self, *parts: str) -> str:
-        """SHA-256 over the shard's items (ids, sources, ranges) and the given settings."""
-        digest = hashlib.sha256()
-        for part in parts:
-            digest.update(part.encode())
-            digest.update(b"\0")
-        for item in self.items:
-            key = [item.cut_id, item.source, item.channel, item.start, item.duration]
-            digest.update(json.dumps(key, sort_keys=True, default=str).encode())
-            digest.update(b"\n")
-        return digest.hexdigest()
-
-
-def shard_id_for(index: int) -> str:
-    return f"shard-{index:06d}"
-
-
-def make_shards(items: Iterable[T], shard_size: int) -> Iterator[Shard]:
-    """Cut a (lazy) item stream into consecutive shards of ``shard_size`` items."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    iterator = iter(items)
-    for index in itertools.count():
-        chunk = list(itertools.islice(iterator, shard_size))
-        if not chunk:
-            return
-        yield Shard(shard_id=shard_id_for(index), index=index, items=chunk)
 
 
 def pack_batches(

@@ -1,21 +1,13 @@
 """Training of the CTC + attention-decoder ``AsrModel`` (library; CLI: ``jobs/train_demo.py``).
 
-Pieces:
-
-* :class:`CutDataset`: a lhotse manifest (cuts with one supervision each) whose fbank features
-  (:class:`model.features.FeatureExtractor`) are computed on first use and cached in memory as
-  float16, with token ids from the tokenizer.
-* :func:`bucketed_batches`: duration-sorted batches whose padded size (cuts x longest cut) stays
-  under ``max_seconds``, shuffled per epoch.
-* :func:`spec_augment`: time and frequency masking (filled with each utterance's mean).
+* :func:`init_for_training`: the reference's small initial scales for residual branches.
 * :func:`compute_loss`: ``ctc_scale * CTC + att_scale * label-smoothed attention CE``, both summed
   over the batch and divided by the number of target tokens.
 * :class:`Trainer`: AdamW, linear warmup then cosine decay over the larger of step and time
   progress, gradient clipping, periodic checkpoints ``{"model": state_dict}`` (what
   :func:`model.load_checkpoint` reads) and :func:`average_checkpoints`.
-* :func:`evaluate`: WER of a model directory with :class:`model.recognizer.Recognizer`, per
-  decoding method, plus the sweep of ``attention_scale`` on an n-best list.
 
+Data comes from :mod:`model.training.data`; :mod:`model.training.evaluation` scores the result.
 The model is the project's own ``AsrModel`` in train mode. It has no dropout, Balancer or
 Whiten modules (it is inference-oriented), so regularisation here is SpecAugment only.
 """
@@ -27,148 +19,15 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .asr_model import AsrModel
-from .features import FeatureExtractor
-from .tokenizer import Tokenizer
+from model.asr_model import AsrModel
 
-# ------------------------------------------------------------------ data
-
-
-@dataclass
-class Utterance:
-    id: str
-    text: str
-    duration: float
-    audio_path: Optional[str] = None
-    cut: Any = None
-
-
-def load_manifest(path: str | Path) -> list[Utterance]:
-    """Cuts of a lhotse CutSet manifest with their first supervision's text."""
-    from lhotse import CutSet
-
-    out = []
-    for cut in CutSet.from_file(str(path)):
-        text = " ".join(s.text for s in cut.supervisions if s.text)
-        out.append(Utterance(id=cut.id, text=text, duration=float(cut.duration), cut=cut))
-    return out
-
-
-def load_audio(utt: Utterance) -> np.ndarray:
-    if utt.cut is not None:
-        return utt.cut.load_audio()[0].astype(np.float32)
-    import soundfile as sf
-
-    samples, sr = sf.read(str(utt.audio_path), dtype="float32", always_2d=True)
-    if sr != 16000:
-        raise ValueError(f"{utt.audio_path}: {sr} Hz, expected 16000")
-    return samples[:, 0]
-
-
-class CutDataset:
-    """Utterances with cached fbank features and token ids."""
-
-    def __init__(self, utterances: Sequence[Utterance], tokenizer: Tokenizer, min_frames: int = 40):
-        self.utterances = [u for u in utterances if u.duration * 100 >= min_frames and u.text.strip()]
-        self.tokenizer = tokenizer
-        self.tokens = [tokenizer.encode(u.text) for u in self.utterances]
-        self._feats: dict[int, torch.Tensor] = {}
-        self._fe = FeatureExtractor()
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def precompute(self, batch: int = 32, log: Optional[Callable[[str], None]] = None) -> None:
-        # in duration order, so that each batch of the feature extractor pads little
-        todo = sorted((i for i in range(len(self)) if i not in self._feats), key=lambda i: self.utterances[i].duration)
-        t0 = time.time()
-        for k in range(0, len(todo), batch):
-            self._compute(todo[k : k + batch])
-        if log and todo:
-            log(f"features of {len(todo)} utterances in {time.time() - t0:.1f} s")
-
-    def _compute(self, idx: Sequence[int]) -> None:
-        wavs = [load_audio(self.utterances[i]) for i in idx]
-        feats, lens = self._fe(wavs)
-        # one float16 block per batch, each utterance a view of it: thousands of small
-        # per-utterance copies between large temporaries fragment the heap (2x the RSS)
-        block = feats.to(torch.float16)
-        for j, i in enumerate(idx):
-            self._feats[i] = block[j, : int(lens[j])]
-
-    def features(self, idx: Sequence[int]) -> list[torch.Tensor]:
-        missing = [i for i in idx if i not in self._feats]
-        if missing:
-            self._compute(missing)
-        return [self._feats[i].float() for i in idx]
-
-    def collate(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-        """Padded features (N, T, 80) with ``log(1e-10)`` padding, lengths, token lists."""
-        from .features import PADDING_VALUE
-
-        feats = self.features(idx)
-        lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
-        x = torch.full((len(feats), int(lens.max()), feats[0].shape[1]), PADDING_VALUE)
-        for j, f in enumerate(feats):
-            x[j, : f.shape[0]] = f
-        return x, lens, [self.tokens[i] for i in idx]
-
-
-def bucketed_batches(durations: Sequence[float], max_seconds: float, rng: Optional[random.Random] = None,
-                     max_cuts: int = 256) -> list[list[int]]:
-    """Indices grouped by duration: each batch's ``len * max(duration) <= max_seconds``
-    (a single longer cut forms its own batch). Sorted, lightly jittered so that batches differ
-    between epochs, and shuffled when ``rng`` is given."""
-    order = list(range(len(durations)))
-    if rng is not None:
-        key = {i: durations[i] * (1.0 + 0.1 * rng.random()) for i in order}
-        order.sort(key=lambda i: key[i])
-    else:
-        order.sort(key=lambda i: durations[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    longest = 0.0
-    for i in order:
-        d = durations[i]
-        if cur and (max(longest, d) * (len(cur) + 1) > max_seconds or len(cur) >= max_cuts):
-            batches.append(cur)
-            cur, longest = [], 0.0
-        cur.append(i)
-        longest = max(longest, d)
-    if cur:
-        batches.append(cur)
-    if rng is not None:
-        rng.shuffle(batches)
-    return batches
-
-
-def spec_augment(x: torch.Tensor, lens: torch.Tensor, gen: torch.Generator, num_freq_masks: int = 2,
-                 max_freq_width: int = 15, time_mask_fraction: float = 0.12, max_time_width: int = 30) -> torch.Tensor:
-    """Frequency and time masking in place on a padded batch (masked values = utterance mean)."""
-    n, _, c = x.shape
-    for i in range(n):
-        t = int(lens[i])
-        fill = x[i, :t].mean()
-        for _ in range(num_freq_masks):
-            w = int(torch.randint(0, max_freq_width + 1, (1,), generator=gen))
-            f0 = int(torch.randint(0, max(1, c - w), (1,), generator=gen))
-            x[i, :t, f0 : f0 + w] = fill
-        budget = int(time_mask_fraction * t)
-        num = max(1, t // 100 * 2) if budget > 0 else 0
-        for _ in range(num):
-            w = min(int(torch.randint(0, max_time_width + 1, (1,), generator=gen)), budget)
-            if w <= 0:
-                break
-            t0 = int(torch.randint(0, max(1, t - w), (1,), generator=gen))
-            x[i, t0 : t0 + w] = fill
-            budget -= w
-    return x
+from .data import CutDataset, bucketed_batches, spec_augment
 
 
 # ------------------------------------------------------------------ initialisation
@@ -285,6 +144,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("float32", "bfloat16-embed", "bfloat16")
+
 
 
 @dataclass
@@ -421,71 +281,3 @@ class Trainer:
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.log(f"averaging {len(paths)} checkpoints: {', '.join(Path(p).name for p in paths)}")
         return average_checkpoints(paths)
-
-
-# ------------------------------------------------------------------ evaluation
-
-
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """WER in percent, scored exactly as the pipeline's reports score it (english normaliser, jiwer)."""
-    from pipeline.wer import word_errors
-
-    counts = [word_errors(r, h) for r, h in zip(refs, hyps)]
-    return 100.0 * sum(c.errors for c in counts) / max(1, sum(c.ref_words for c in counts))
-
-
-def transcribe_nbest(recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0) -> list[Any]:
-    """Hypotheses (with n-best lists) of every utterance, in order; uses the recognizer's decoding."""
-    out: list[Any] = [None] * len(utterances)
-    for batch in bucketed_batches([u.duration for u in utterances], batch_seconds):
-        wavs = [load_audio(utterances[i]) for i in batch]
-        with torch.inference_mode():
-            feats, lens = recognizer.features(wavs)
-            enc, enc_lens = recognizer.model.forward_encoder(feats, lens)
-            from .decoding import decode
-
-            hyps = decode(recognizer.model, enc, enc_lens, recognizer.decoding)
-        for i, h in zip(batch, hyps):
-            out[i] = h
-    return out
-
-
-def evaluate(model_dir: str | Path, utterances: Sequence[Utterance], methods: Iterable[str] = ("ctc-greedy", "ctc-beam", "attention-rescoring"),
-             attention_scale: Optional[float] = None, beam: int = 8) -> dict[str, float]:
-    """WER (%) per decoding method of a model directory, through ``Recognizer.from_dir``."""
-    from .decoding import DecodingConfig
-    from .recognizer import Recognizer
-
-    refs = [u.text for u in utterances]
-    results = {}
-    for method in methods:
-        cfg = DecodingConfig(method=method, beam=beam, attention_scale=1.0 if attention_scale is None else attention_scale)
-        rec = Recognizer.from_dir(model_dir, decoding=cfg)
-        texts = [""] * len(utterances)
-        for batch in bucketed_batches([u.duration for u in utterances], 200.0):
-            transcripts, _ = rec.transcribe([load_audio(utterances[i]) for i in batch])
-            for i, t in zip(batch, transcripts):
-                texts[i] = t.text
-        results[method] = wer(refs, texts)
-    return results
-
-
-def sweep_attention_scale(model_dir: str | Path, utterances: Sequence[Utterance],
-                          scales: Sequence[float] = (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 9.0),
-                          beam: int = 8) -> tuple[float, dict[float, float]]:
-    """icefall-style sweep: rescore the CTC n-best once, pick the scale with the lowest WER."""
-    from .decoding import DecodingConfig
-    from .recognizer import Recognizer
-
-    rec = Recognizer.from_dir(model_dir, decoding=DecodingConfig(method="attention-rescoring", beam=beam, return_nbest=True))
-    hyps = transcribe_nbest(rec, utterances)
-    refs = [u.text for u in utterances]
-    table: dict[float, float] = {}
-    for s in scales:
-        texts = []
-        for h in hyps:
-            best = max(h.nbest, key=lambda e: e.ctc_score + s * (e.attention_score or 0.0)) if h.nbest else h
-            texts.append(rec.tokenizer.decode(best.token_ids))
-        table[s] = wer(refs, texts)
-    best_scale = min(scales, key=lambda s: (table[s], abs(math.log(s))))
-    return best_scale, table

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import html
 import io
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-if TYPE_CHECKING:
-    from .report import Report
+from .tables import DURATION_BUCKETS, DURATION_EDGES, GROUP_HEADER, UNKNOWN_BUCKET, Report, dataset_label, pct
 
 __all__ = ["render_html"]
 
@@ -66,16 +65,6 @@ def _e(value: Any) -> str:
     return html.escape("-" if value is None else str(value), quote=True)
 
 
-def _pct(wer: Optional[float]) -> str:
-    return "-" if wer is None else f"{100 * wer:.2f}%"
-
-
-def _label(dataset: Optional[str], decoding: Optional[str]) -> str:
-    from .report import dataset_label
-
-    return dataset_label(dataset, decoding)
-
-
 # -- plots -----------------------------------------------------------------------------
 
 
@@ -104,10 +93,8 @@ def _no_data(ax: Any, what: str) -> None:
     ax.set_yticks([])
 
 
-def plot_duration(report: "Report") -> str:
+def plot_duration(report: Report) -> str:
     """Grouped bars: WER per duration bucket, one colour per (dataset, decoding)."""
-    from .report import DURATION_BUCKETS, UNKNOWN_BUCKET
-
     groups = [g for g in report.groups("duration_bucket", any_dataset=True) if g["wer"] is not None]
     sets = sorted({(g["dataset"], g["decoding"]) for g in groups}, key=lambda k: (k[1] or "", k[0] or ""))
     buckets = [b for b in DURATION_BUCKETS + (UNKNOWN_BUCKET,) if any(g["group_value"] == b for g in groups)]
@@ -121,7 +108,7 @@ def plot_duration(report: "Report") -> str:
             values = {g["group_value"]: g for g in groups if (g["dataset"], g["decoding"]) == key}
             xs = [i + (k - (len(sets) - 1) / 2) * width for i, b in enumerate(buckets) if b in values]
             ys = [100 * values[b]["wer"] for b in buckets if b in values]
-            bars = ax.bar(xs, ys, width=width * 0.95, color=PALETTE[k % len(PALETTE)], label=_label(*key))
+            bars = ax.bar(xs, ys, width=width * 0.95, color=PALETTE[k % len(PALETTE)], label=dataset_label(*key))
             counts = [values[b]["scored"] for b in buckets if b in values]
             ax.bar_label(bars, labels=[f"n={n}" for n in counts], fontsize=7, padding=1)
         ax.set_xticks(range(len(buckets)), buckets)
@@ -133,7 +120,7 @@ def plot_duration(report: "Report") -> str:
     return _svg(fig, "duration")
 
 
-def plot_speakers(report: "Report") -> str:
+def plot_speakers(report: Report) -> str:
     """Horizontal bars: WER of the worst speakers (up to :data:`MAX_SPEAKERS_PLOTTED`)."""
     groups = [g for g in report.groups("speaker", any_dataset=True) if g["wer"] is not None]
     groups.sort(key=lambda g: (-(g["wer"] or 0.0), -g["ref_words"], g["group_value"]))
@@ -171,7 +158,7 @@ def plot_history(history: Any) -> str:
             mine = sorted((r for r in rows if (r["dataset"], r["decoding"]) == key), key=lambda r: r["created_at"])
             xs = [r["created_at"].replace(tzinfo=None) for r in mine]
             ys = [100 * r["wer"] for r in mine]
-            ax.plot(xs, ys, marker="o", color=PALETTE[k % len(PALETTE)], label=_label(*key))
+            ax.plot(xs, ys, marker="o", color=PALETTE[k % len(PALETTE)], label=dataset_label(*key))
             failed = [(x, y) for x, y, r in zip(xs, ys, mine) if r["gate"] == "fail"]
             if failed:
                 ax.scatter([x for x, _ in failed], [y for _, y in failed], s=90, facecolors="none", edgecolors="#c62828",
@@ -207,7 +194,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1,
 
 def _group_rows(groups: Sequence[dict[str, Any]], label: Any) -> list[list[Any]]:
     return [[label(g), g["utterances"], g["scored"], g["failed"], g["no_reference"], g["empty_reference"], g["ref_words"],
-             g["substitutions"], g["deletions"], g["insertions"], _pct(g["wer"]), f"{g['audio_seconds']:.1f}"]
+             g["substitutions"], g["deletions"], g["insertions"], pct(g["wer"]), f"{g['audio_seconds']:.1f}"]
             for g in groups]
 
 
@@ -226,10 +213,8 @@ def _alignment_html(alignment: Sequence[Any]) -> str:
     return " ".join(parts) or "<em>(empty)</em>"
 
 
-def render_html(report: "Report", top_errors: int = 15) -> str:
+def render_html(report: Report, top_errors: int = 15) -> str:
     """The whole page as a string."""
-    from .report import DURATION_EDGES, GROUP_HEADER
-
     verdicts = {(v.dataset, v.decoding): v for v in report.verdicts}
     body: list[str] = []
     body.append(f"<h1>WER report: run {_e(report.run_id)}</h1>")
@@ -240,21 +225,21 @@ def render_html(report: "Report", top_errors: int = 15) -> str:
 
     body.append('<div class="cards" id="headline">')
     for g in report.overall():
-        body.append(f'<div class="card"><div class="label">all [{_e(g["decoding"])}]</div><div class="wer">{_pct(g["wer"])}</div>'
+        body.append(f'<div class="card"><div class="label">all [{_e(g["decoding"])}]</div><div class="wer">{pct(g["wer"])}</div>'
                     f'<div class="sub">{g["scored"]} scored, {g["ref_words"]} words, {g["failed"]} failed</div></div>')
     for g in report.headline():
         v = verdicts.get((g["group_value"], g["decoding"]))
         cls = v.status if v else ""
         status = f'<div class="sub status-{_e(cls)}">{_e(v.status)}</div>' if v else ""
-        body.append(f'<div class="card {_e(cls)}"><div class="label">{_e(_label(g["dataset"], g["decoding"]))}</div>'
-                    f'<div class="wer">{_pct(g["wer"])}</div>{status}'
+        body.append(f'<div class="card {_e(cls)}"><div class="label">{_e(dataset_label(g["dataset"], g["decoding"]))}</div>'
+                    f'<div class="wer">{pct(g["wer"])}</div>{status}'
                     f'<div class="sub">{g["scored"]} scored, {g["ref_words"]} words, {g["failed"]} failed, '
                     f'{g["no_reference"]} no ref</div></div>')
     body.append("</div>")
 
     if report.verdicts:
         body.append('<h2 id="verdicts">Regression check</h2>')
-        rows = [[v.dataset, v.decoding, v.status, _pct(v.wer), _pct(v.baseline_wer),
+        rows = [[v.dataset, v.decoding, v.status, pct(v.wer), pct(v.baseline_wer),
                  "-" if v.delta_points is None else f"{v.delta_points:+.2f}", v.baseline_run_id, v.reason]
                 for v in report.verdicts]
         body.append(_table(("dataset", "decoding", "verdict", "WER", "baseline WER", "delta (points)", "baseline run",
@@ -273,13 +258,13 @@ def render_html(report: "Report", top_errors: int = 15) -> str:
                 f'reference). Failed cuts and cuts without reference are counted, not scored. Duration buckets are '
                 f'[lo, hi) seconds with edges {", ".join(f"{e:g}" for e in DURATION_EDGES)}.</p>')
     body.append(_table(GROUP_HEADER, _group_rows(report.overall(), lambda g: f"all [{g['decoding']}]")
-                       + _group_rows(report.headline(), lambda g: _label(g["dataset"], g["decoding"]))))
+                       + _group_rows(report.headline(), lambda g: dataset_label(g["dataset"], g["decoding"]))))
     body.append("<h3>By duration</h3>")
     body.append(_table(GROUP_HEADER, _group_rows(report.groups("duration_bucket", any_dataset=True),
-                                                 lambda g: f"{_label(g['dataset'], g['decoding'])} {g['group_value']}")))
+                                                 lambda g: f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")))
     speakers = report.groups("speaker", any_dataset=True)
     body.append(f"<details><summary>By speaker ({len(speakers)})</summary>")
-    body.append(_table(GROUP_HEADER, _group_rows(speakers, lambda g: f"{_label(g['dataset'], g['decoding'])} {g['group_value']}")))
+    body.append(_table(GROUP_HEADER, _group_rows(speakers, lambda g: f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")))
     body.append("</details>")
 
     body.append('<h2 id="errors">Most frequent errors</h2>')
@@ -289,7 +274,7 @@ def render_html(report: "Report", top_errors: int = 15) -> str:
         body.append("<p>No errors.</p>")
     for key in sets:
         mine = [e for e in errors if (e["dataset"], e["decoding"]) == key]
-        body.append(f"<h3>{_e(_label(*key))}</h3><div class=\"plots\">")
+        body.append(f"<h3>{_e(dataset_label(*key))}</h3><div class=\"plots\">")
         subs = [e for e in mine if e["kind"] == "substitution"][:top_errors]
         dels = [e for e in mine if e["kind"] == "deletion"][:top_errors]
         ins = [e for e in mine if e["kind"] == "insertion"][:top_errors]
@@ -306,9 +291,9 @@ def render_html(report: "Report", top_errors: int = 15) -> str:
                 '<span class="hyp">hyp</span></span> substitution <span class="w D">ref</span> deletion '
                 '<span class="w I">hyp</span> insertion (normalised texts)</p>')
     for w in report.worst:
-        body.append(f'<div class="utt"><div class="head"><b>{_e(w.cut_id)}</b> &middot; {_e(_label(w.dataset, w.decoding))} '
+        body.append(f'<div class="utt"><div class="head"><b>{_e(w.cut_id)}</b> &middot; {_e(dataset_label(w.dataset, w.decoding))} '
                     f'&middot; speaker {_e(w.speaker)} &middot; {"-" if w.duration is None else f"{w.duration:.2f} s"} '
-                    f'&middot; {w.errors} errors / {w.ref_words} words ({_pct(w.wer)})</div>'
+                    f'&middot; {w.errors} errors / {w.ref_words} words ({pct(w.wer)})</div>'
                     f'<div class="align">{_alignment_html(w.alignment)}</div>'
                     f'<div class="texts">REF: {_e(w.reference)}<br>HYP: {_e(w.text)}</div></div>')
     if not report.worst:

@@ -1,8 +1,9 @@
-"""WER reports: transcript rows in, report tables, Markdown and HTML out.
+"""WER report tables: transcript rows in, the report's tables out.
 
 The builders (:func:`build_report` and everything it calls) are pure: they take an Arrow table
-of transcript rows (``TRANSCRIPT_SCHEMA`` or a subset of its columns) and return values. Only
-:func:`read_rows` and :func:`write_report` at the bottom touch storage.
+of transcript rows (``TRANSCRIPT_SCHEMA`` or a subset of its columns) and return a
+:class:`Report`. The renderers (:mod:`pipeline.report.markdown`, :mod:`pipeline.report.html`)
+turn a report into text; :mod:`pipeline.report.files` reads rows and writes the files.
 
 Files of a report, under ``<output>/wer/run_id=<run_id>/``:
 
@@ -37,26 +38,23 @@ error columns, icefall's ``tot_errs``).
 errors and the worst utterances with an icefall-style alignment (``(ref->hyp)``).
 
 ``report.html``: the same for a browser, self-contained (inline CSS and SVG plots drawn with
-matplotlib), see :mod:`pipeline.report_html`.
+matplotlib), see :mod:`pipeline.report.html`.
 """
 
 from __future__ import annotations
 
-import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from . import storage
-from .records import STATUS_ERROR, STATUS_OK
-from .wer import AlignedWord, align, align_many, format_alignment, get_normalizer
+from pipeline.output.records import STATUS_ERROR, STATUS_OK
 
-if TYPE_CHECKING:
-    from .history import Verdict
+from .history import Verdict
+from .normalize import get_normalizer
+from .wer import AlignedWord, align, align_many
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -66,11 +64,12 @@ __all__ = [
     "ROW_COLUMNS",
     "Report",
     "WorstUtterance",
+    "GROUP_HEADER",
     "build_report",
+    "dataset_label",
     "duration_bucket",
-    "read_rows",
-    "report_dir",
-    "write_report",
+    "edge_label",
+    "pct",
 ]
 
 #: duration bucket edges in seconds; a cut of duration d falls in [lo, hi)
@@ -79,14 +78,15 @@ NONE_LABEL = "(none)"
 UNKNOWN_BUCKET = "unknown"
 
 
-def _edge(x: float) -> str:
+def edge_label(x: float) -> str:
+    """A bucket edge as printed: ``2.0`` -> ``2``."""
     return f"{x:g}"
 
 
 #: bucket labels in order (then ``unknown`` for rows without a duration)
 DURATION_BUCKETS: tuple[str, ...] = tuple(
-    [f"{_edge(lo)}-{_edge(hi)}s" for lo, hi in zip((0.0,) + DURATION_EDGES[:-1], DURATION_EDGES)]
-    + [f"{_edge(DURATION_EDGES[-1])}s+"]
+    [f"{edge_label(lo)}-{edge_label(hi)}s" for lo, hi in zip((0.0,) + DURATION_EDGES[:-1], DURATION_EDGES)]
+    + [f"{edge_label(DURATION_EDGES[-1])}s+"]
 )
 
 
@@ -246,7 +246,7 @@ class Report:
     errors: pa.Table
     worst: list[WorstUtterance]
     history: Optional[pa.Table] = None
-    verdicts: list["Verdict"] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
 
     # -- convenient views --------------------------------------------------------------
     def groups(self, group_by: str, dataset: Optional[str] = None, decoding: Optional[str] = None,
@@ -270,14 +270,6 @@ class Report:
     def overall(self) -> list[dict[str, Any]]:
         """The ``group_by='all'`` rows (one per decoding)."""
         return self.groups("all")
-
-    def markdown(self) -> str:
-        return render_markdown(self)
-
-    def html(self) -> str:
-        from .report_html import render_html
-
-        return render_html(self)
 
 
 # -- reading rows ----------------------------------------------------------------------
@@ -456,13 +448,13 @@ def build_report(
     normalizer: str = "english",
     created_at: Optional[datetime] = None,
     history: Optional[pa.Table] = None,
-    verdicts: Sequence["Verdict"] = (),
+    verdicts: Sequence[Verdict] = (),
     worst_n: int = 20,
 ) -> Report:
     """Build the report of a run from its transcript rows (pure; nothing is written).
 
-    ``history`` (rows of ``wer_history``, :data:`pipeline.history.HISTORY_SCHEMA`) adds the
-    WER-over-time plot to the HTML; ``verdicts`` (from :func:`pipeline.history.compare`) add
+    ``history`` (rows of ``wer_history``, :data:`pipeline.report.history.HISTORY_SCHEMA`) adds the
+    WER-over-time plot to the HTML; ``verdicts`` (from :func:`pipeline.report.history.compare`) add
     the regression verdicts to Markdown and HTML.
     """
     created = created_at or datetime.now(timezone.utc)
@@ -478,7 +470,7 @@ def build_report(
     )
 
 
-# -- Markdown --------------------------------------------------------------------------
+# -- labels the renderers share --------------------------------------------------------
 
 
 def pct(wer: Optional[float]) -> str:
@@ -486,155 +478,11 @@ def pct(wer: Optional[float]) -> str:
     return "-" if wer is None else f"{100 * wer:.2f}%"
 
 
-def _md(value: Any) -> str:
-    text = "-" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    rows = list(rows)
-    if not rows:
-        return ["(none)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
-    return lines
-
-
-def _group_row(g: dict[str, Any], label: str) -> list[Any]:
-    return [label, g["utterances"], g["scored"], g["failed"], g["no_reference"], g["empty_reference"],
-            g["ref_words"], g["substitutions"], g["deletions"], g["insertions"], pct(g["wer"]),
-            f"{g['audio_seconds']:.1f}"]
-
-
-GROUP_HEADER = ("group", "utterances", "scored", "failed", "no ref", "empty ref", "ref words", "sub", "del", "ins",
-                "WER", "audio s")
-
-
 def dataset_label(dataset: Optional[str], decoding: Optional[str]) -> str:
+    """``clean [attention-rescoring ...]``: how a (dataset, decoding) set is named in reports."""
     return f"{dataset if dataset is not None else NONE_LABEL} [{decoding or '-'}]"
 
 
-def render_markdown(report: Report, top: int = 20, speakers: int = 20) -> str:
-    """``summary.md``: a readable digest of the report (the Parquet files hold everything)."""
-    lines = [f"# WER report: run {report.run_id}", ""]
-    models = sorted({(g["model_id"], g["model_sha256"]) for g in report.overall()}, key=str)
-    lines.append(f"Created {report.created_at.isoformat(timespec='seconds')}; normaliser `{report.normalizer}`; "
-                 + "; ".join(f"model {m or '-'} (sha256 {(s or '-')[:12]})" for m, s in models) + ".")
-    lines.append("")
-    for g in report.overall():
-        lines.append(f"**WER {pct(g['wer'])}** over {g['scored']} scored utterances ({g['ref_words']} reference words), "
-                     f"decoding `{g['decoding']}`; {g['failed']} failed, {g['no_reference']} without reference.")
-    if report.verdicts:
-        from .history import format_verdicts
-
-        lines += ["", "## Regression check", "", "```", format_verdicts(report.verdicts), "```"]
-    lines += ["", "## Datasets", ""]
-    lines += _md_table(GROUP_HEADER, [_group_row(g, dataset_label(g["dataset"], g["decoding"])) for g in report.headline()])
-    lines += ["", f"## By duration (buckets [lo, hi) s, edges {', '.join(_edge(e) for e in DURATION_EDGES)})", ""]
-    lines += _md_table(GROUP_HEADER, [_group_row(g, f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")
-                                      for g in report.groups("duration_bucket", any_dataset=True)])
-    spk = [g for g in report.groups("speaker", any_dataset=True) if g["scored"]]
-    spk.sort(key=lambda g: (-(g["wer"] or 0.0), -g["ref_words"], g["group_value"]))
-    lines += ["", f"## Speakers (worst {min(speakers, len(spk))} of {len(spk)} by WER)", ""]
-    lines += _md_table(GROUP_HEADER, [_group_row(g, f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")
-                                      for g in spk[:speakers]])
-    errors = report.errors.to_pylist()
-    sets = sorted({(e["dataset"], e["decoding"]) for e in errors}, key=lambda k: (k[1] or "", k[0] or ""))
-    for dataset, decoding in sets:
-        mine = [e for e in errors if (e["dataset"], e["decoding"]) == (dataset, decoding)]
-        lines += ["", f"## Errors: {dataset_label(dataset, decoding)}", ""]
-        subs = [e for e in mine if e["kind"] == "substitution"][:top]
-        dels = [e for e in mine if e["kind"] == "deletion"][:top]
-        ins = [e for e in mine if e["kind"] == "insertion"][:top]
-        words = [e for e in mine if e["kind"] == "word" and e["count"] > 0][:top]
-        lines += [f"Most frequent substitutions (ref -> hyp), top {len(subs)}:", ""]
-        lines += _md_table(("count", "ref", "hyp"), [(e["count"], e["ref_word"], e["hyp_word"]) for e in subs])
-        lines += ["", f"Most frequent deletions, top {len(dels)}:", ""]
-        lines += _md_table(("count", "ref"), [(e["count"], e["ref_word"]) for e in dels])
-        lines += ["", f"Most frequent insertions, top {len(ins)}:", ""]
-        lines += _md_table(("count", "hyp"), [(e["count"], e["hyp_word"]) for e in ins])
-        lines += ["", f"Per-word statistics, top {len(words)} by errors:", ""]
-        lines += _md_table(("word", "errors", "correct", "in ref", "in hyp", "substituted", "substituted in", "deleted",
-                            "inserted"),
-                           [(e["ref_word"], e["count"], e["correct"], e["ref_count"], e["hyp_count"], e["substituted"],
-                             e["substituted_in"], e["deleted"], e["inserted"]) for e in words])
-    lines += ["", f"## Worst utterances (top {len(report.worst)} by errors)", "",
-              "Alignment of the normalised texts: `(ref->hyp)` substitution, `(ref->*)` deletion, `(*->hyp)` insertion.", ""]
-    for w in report.worst:
-        lines += [f"- `{_md(w.cut_id)}` ({dataset_label(w.dataset, w.decoding)}, speaker {w.speaker or '-'}, "
-                  f"{w.errors} errors / {w.ref_words} words, WER {pct(w.wer)})",
-                  f"  - `{_md(format_alignment(w.alignment)) or '(empty)'}`"]
-    return "\n".join(lines) + "\n"
-
-
-# -- storage ---------------------------------------------------------------------------
-
-
-def report_dir(output: str, run_id: str) -> str:
-    """``<output>/wer/run_id=<run_id>``."""
-    return storage.join(output, "wer", f"run_id={run_id}")
-
-
-def read_rows(transcript_dirs: Sequence[str]) -> pa.Table:
-    """The :data:`ROW_COLUMNS` of every Parquet part under the given
-    ``transcripts/run_id=<id>`` directories (local or ``s3://``), as one table.
-
-    Parts are read one at a time and only the needed columns are kept; rows of a million-cut
-    run take a few hundred MB."""
-    tables = []
-    for directory in transcript_dirs:
-        try:
-            uris = list(storage.list_files(directory, suffixes=[".parquet"]))
-        except storage.MissingObjectError:
-            uris = []
-        for uri in uris:
-            pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
-            names = [c for c in ROW_COLUMNS if c in pf.schema_arrow.names]
-            tables.append(pf.read(columns=names))
-    if not tables:
-        return pa.table({name: pa.array([], pa.string()) for name in ("cut_id", "status")})
-    return pa.concat_tables(tables, promote_options="default")
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
-def write_report(report: Report, output: str) -> dict[str, str]:
-    """Write ``report.parquet``, ``errors.parquet``, ``summary.md`` and ``report.html``
-    (each atomically) under :func:`report_dir`; returns ``{file name: URI}``."""
-    base = report_dir(output, report.run_id)
-    uris = {name: storage.join(base, name) for name in ("report.parquet", "errors.parquet", "summary.md", "report.html")}
-    storage.write_bytes_atomic(uris["report.parquet"], _parquet_bytes(report.table))
-    storage.write_bytes_atomic(uris["errors.parquet"], _parquet_bytes(report.errors))
-    storage.write_bytes_atomic(uris["summary.md"], report.markdown().encode(), content_type="text/markdown; charset=utf-8")
-    storage.write_bytes_atomic(uris["report.html"], report.html().encode(), content_type="text/html; charset=utf-8")
-    return uris
-
-
-def has_references(rows: pa.Table) -> bool:
-    """True when any row carries a reference text."""
-    return "reference" in rows.column_names and rows.column("reference").null_count < rows.num_rows
-
-
-def write_run_report(transcripts_uri: str, output: str, run_id: str, normalizer: str,
-                     worst_n: int = 20) -> Optional[tuple[Report, dict[str, str]]]:
-    """The WER report of one transcription run (``jobs/transcribe.py``): reads the run's parts
-    under ``transcripts_uri``, and when any row has a reference builds the report and writes it
-    under :func:`report_dir`. Returns the report and its file URIs, or None (no references)."""
-    rows = read_rows([transcripts_uri])
-    if not has_references(rows):
-        return None
-    report = build_report(rows, run_id=run_id, normalizer=normalizer, worst_n=worst_n)
-    return report, write_report(report, output)
-
-
-def headline_text(report: Report) -> str:
-    """One line per decoding: ``WER 12.34% over 100 scored utterances (...)``."""
-    return "\n".join(
-        f"WER {pct(g['wer'])} over {g['scored']} scored utterances ({g['ref_words']} reference words; "
-        f"{g['failed']} failed, {g['no_reference']} without reference), decoding {g['decoding']}"
-        for g in report.overall()
-    )
+#: the columns of the group tables in Markdown and HTML
+GROUP_HEADER = ("group", "utterances", "scored", "failed", "no ref", "empty ref", "ref words", "sub", "del", "ins",
+                "WER", "audio s")

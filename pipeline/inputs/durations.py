@@ -1,9 +1,11 @@
-"""Durations of compressed audio (MP3, Ogg Opus / Vorbis) from a few byte ranges, without decoding.
+"""Durations of audio files from a few byte ranges, without decoding them.
 
-A bucket prefix of hour-long MP3 or Opus recordings must still be cut into long-form windows,
-and that needs each file's duration before any audio is fetched. WAV and FLAC headers state it
-(:func:`pipeline.audio.probe_duration`); these formats do not, but their framing does:
+Long-form windows need each cut's duration before any audio is fetched. Manifests state it;
+for plain audio files (a bucket prefix, a list, one file) :func:`probe_source` reads the first
+64 KiB and, for compressed formats, at most one more range:
 
+* **WAV** and **FLAC** state it in their headers (:mod:`pipeline.io.wav`; FLAC's STREAMINFO).
+  Small files of any format libsndfile reads are probed whole (:func:`probe_duration`).
 * **Ogg** (Opus, Vorbis): every page carries the granule position (samples so far) of the
   stream. The last page's granule, minus Opus's pre-skip, over the granule rate (48 kHz for
   Opus, the identification header's rate for Vorbis) is the exact duration. The last page
@@ -14,14 +16,21 @@ and that needs each file's duration before any audio is fetched. WAV and FLAC he
   first frames differ in bitrate and has no frame count gives ``None``: a guessed duration
   could cut off the end of the recording, an unknown one only means it is transcribed whole.
 
-Everything here takes bytes already read plus a ``read(start, end)`` callback for the one
+The format parsers take bytes already read plus a ``read(start, end)`` callback for the one
 extra range a format needs (the Ogg tail, or the audio after a large ID3v2 tag).
 """
 
 from __future__ import annotations
 
+import io
 import struct
 from typing import Callable, Optional
+
+import soundfile as sf
+
+from pipeline.io import storage
+from pipeline.io.storage import S3Options
+from pipeline.io.wav import parse_wav_header
 
 ReadRange = Callable[[int, int], bytes]
 
@@ -202,3 +211,71 @@ def compressed_duration(head: bytes, size: int, read: ReadRange) -> Optional[flo
         tail = head if size <= len(head) else read(max(0, size - OGG_MAX_PAGE - 1024), size)
         return ogg_duration(head, tail)
     return mp3_duration(head, size, read)
+
+
+# ------------------------------------------------------------------ headers (WAV, FLAC, small files)
+
+
+def _flac_duration(head: bytes) -> Optional[float]:
+    """Duration from FLAC's STREAMINFO block (always the first metadata block)."""
+    if len(head) < 8 + 34 or head[:4] != b"fLaC" or (head[4] & 0x7F) != 0:
+        return None
+    info = head[8 : 8 + 34]
+    bits = int.from_bytes(info[10:18], "big")
+    rate = bits >> 44
+    total = bits & ((1 << 36) - 1)
+    if not rate or not total:
+        return None
+    return total / rate
+
+
+def _wav_duration(head: bytes) -> Optional[float]:
+    header = parse_wav_header(head)
+    return None if header is None else header.duration()
+
+
+def probe_duration(data_or_header_bytes: bytes, *, complete: bool = True) -> Optional[float]:
+    """Audio duration in seconds without decoding, or ``None`` when it cannot be told.
+
+    WAV and FLAC durations come from their headers, so the first few KiB of the file suffice
+    (pass ``complete=False`` with a header-only prefix). Other formats (MP3, Ogg/Opus, ...)
+    need the whole file, read through ``soundfile.info``; for a prefix (``complete=False``)
+    they give ``None`` -- libsndfile would otherwise report the length of the prefix.
+    Formats libsndfile cannot read (M4A/AAC) give ``None``.
+    """
+    data = data_or_header_bytes
+    if not data:
+        return None
+    for parse in (_wav_duration, _flac_duration):
+        value = parse(data)
+        if value is not None:
+            return value
+    if not complete:
+        return None
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 -- unreadable: unknown duration
+        return None
+    if info.samplerate <= 0 or info.frames <= 0:
+        return 0.0 if info.samplerate > 0 else None
+    return info.frames / info.samplerate
+
+
+#: enough for WAV/FLAC headers and the first MP3 frames; smaller files are probed whole
+PROBE_BYTES = 64 * 1024
+
+
+def probe_source(source: str, options: Optional[S3Options] = None) -> Optional[float]:
+    """The duration of the audio object at ``source`` (local or ``s3://``) from its first
+    :data:`PROBE_BYTES` and, for MP3 / Ogg, at most one more range; ``None`` when it cannot be
+    told or the object cannot be read now (the audio stage reports that per cut)."""
+    try:
+        head = storage.read_range(source, 0, PROBE_BYTES, options=options)
+        duration = probe_duration(head, complete=len(head) < PROBE_BYTES)
+        if duration is None and len(head) >= PROBE_BYTES:
+            # MP3 / Ogg: from the frame headers and one more range (the Ogg tail), not a download
+            size = storage.size(source, options=options)
+            duration = compressed_duration(head, size, lambda a, b: storage.read_range(source, a, b, options=options))
+        return duration
+    except storage.StorageError:
+        return None

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from fractions import Fraction
 import numpy as np
 import soundfile as sf
 
-__all__ = ["AudioDecodeError", "DecodedAudio", "decode_audio", "probe_duration"]
+__all__ = ["AudioDecodeError", "DecodedAudio", "decode_audio"]
 
 TARGET_SAMPLE_RATE = 16000
 _FFMPEG_TIMEOUT_S = 600
@@ -252,68 +251,3 @@ def decode_audio(
         duration_s=len(out) / target_sr,
         decoder=decoder,
     )
-
-
-# --------------------------------------------------------------------------------------
-# Probing
-# --------------------------------------------------------------------------------------
-
-
-def _wav_duration(head: bytes) -> float | None:
-    """Duration from a RIFF/WAVE header's ``fmt `` and ``data`` chunk sizes (header bytes suffice)."""
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    pos, block_align, rate = 12, 0, 0
-    while pos + 8 <= len(head):
-        chunk_id, chunk_size = head[pos : pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
-        body = pos + 8
-        if chunk_id == b"fmt ":
-            if body + 16 > len(head):
-                return None
-            _, _, rate, _, block_align = struct.unpack_from("<HHIIH", head, body)
-        elif chunk_id == b"data":
-            if not rate or not block_align or chunk_size in (0, 0xFFFFFFFF):
-                return None  # no format yet, or a streamed WAV with an unknown length
-            return (chunk_size // block_align) / rate
-        pos = body + chunk_size + (chunk_size & 1)
-    return None
-
-
-def _flac_duration(head: bytes) -> float | None:
-    """Duration from FLAC's STREAMINFO block (always the first metadata block)."""
-    if len(head) < 8 + 34 or head[:4] != b"fLaC" or (head[4] & 0x7F) != 0:
-        return None
-    info = head[8 : 8 + 34]
-    bits = int.from_bytes(info[10:18], "big")
-    rate = bits >> 44
-    total = bits & ((1 << 36) - 1)
-    if not rate or not total:
-        return None
-    return total / rate
-
-
-def probe_duration(data_or_header_bytes: bytes, *, complete: bool = True) -> float | None:
-    """Audio duration in seconds without decoding, or ``None`` when it cannot be told.
-
-    WAV and FLAC durations come from their headers, so the first few KiB of the file suffice
-    (pass ``complete=False`` with a header-only prefix). Other formats (MP3, Ogg/Opus, ...)
-    need the whole file, read through ``soundfile.info``; for a prefix (``complete=False``)
-    they give ``None`` -- libsndfile would otherwise report the length of the prefix.
-    Formats libsndfile cannot read (M4A/AAC) give ``None``.
-    """
-    data = data_or_header_bytes
-    if not data:
-        return None
-    for parse in (_wav_duration, _flac_duration):
-        value = parse(data)
-        if value is not None:
-            return value
-    if not complete:
-        return None
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 -- unreadable: unknown duration
-        return None
-    if info.samplerate <= 0 or info.frames <= 0:
-        return 0.0 if info.samplerate > 0 else None
-    return info.frames / info.samplerate

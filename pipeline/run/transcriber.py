@@ -23,18 +23,21 @@ import numpy as np
 import torch
 
 from model.recognizer import Recognizer, StageTimes, Transcript
+from pipeline.inputs.items import WorkItem
+from pipeline.io import storage
+from pipeline.io.audio import AudioDecodeError, decode_audio
+from pipeline.io.model_store import local_model_dir
+from pipeline.io.ranges import RangeReader
+from pipeline.longform.pauses import PauseSplit, join_transcripts, speech_pieces
+from pipeline.output import parquet
+from pipeline.output.records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
+from pipeline.plan.batching import Batch, pack_batches
+from pipeline.plan.shards import Shard
+from pipeline.report.wer import score_row
 
-from . import parquet, storage
-from .audio import AudioDecodeError, decode_audio
-from .audio_ranges import RangeReader
-from .batching import Batch, Shard, pack_batches
 from .heap import limit_kernel_cache, trim_heap
-from .manifests import WorkItem
-from .model_store import local_model_dir
-from .pauses import PauseSplit, join_transcripts, speech_pieces
-from .records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
 
-limit_kernel_cache()  # before the model builds its first CPU kernel (pipeline.heap)
+limit_kernel_cache()  # before the model builds its first CPU kernel (pipeline.run.heap)
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
@@ -58,7 +61,7 @@ class ActorConfig:
     loader_threads: int = 2
     normalizer: str = "english"
     #: windows of long cuts (and whole cuts longer than ``max_cut_seconds``) are transcribed
-    #: as the speech between their pauses (pipeline.pauses); None: as they are
+    #: as the speech between their pauses (pipeline.longform.pauses); None: as they are
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
     max_cut_seconds: float = 30.0
 
@@ -209,7 +212,7 @@ class Transcriber:
             row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
             row.reference = item.reference if item.window_index == 0 else None
             return row
-        row.score(self.config.normalizer)
+        score_row(row, self.config.normalizer)
         return row
 
     def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
@@ -236,7 +239,7 @@ class Transcriber:
         """Transcripts (or error messages) of a batch's cuts, and the seconds of audio the model saw
         without and with padding.
 
-        Windows of long cuts are cut at their pauses (:mod:`pipeline.pauses`); the pieces of the
+        Windows of long cuts are cut at their pauses (:mod:`pipeline.longform.pauses`); the pieces of the
         whole batch are packed into duration-sorted model batches of their own and joined back
         into one transcript per window. A batch with nothing to cut goes to the model as packed."""
         pieces: list[tuple[int, int, np.ndarray]] = []  # (index in batch, offset in samples, samples)
@@ -267,14 +270,6 @@ class Transcriber:
             results.append(join_transcripts([(pieces[j][1] / SAMPLE_RATE, pieces[j][2].size / SAMPLE_RATE, by_piece[j])
                                              for j in mine], self.recognizer.tokenizer.decode))
         return results, sum(p[2].size for p in pieces) / SAMPLE_RATE, padded
-
-    def _maybe_crash(self, task: ShardTask) -> None:
-        """Test hook: ``ZIPSCRIBE_TEST_CRASH_SHARDS=shard-000001,...`` makes the actor
-        process die abruptly (like a kill -9 or a lost node) during the first attempt
-        at those shards, so tests can prove the driver's retry path."""
-        crash = os.environ.get("ZIPSCRIBE_TEST_CRASH_SHARDS", "")
-        if task.attempt == 1 and task.shard.shard_id in crash.split(","):
-            os._exit(137)
 
     # -- shards --------------------------------------------------------------
     def process_shard(self, task: ShardTask) -> ShardResult:
@@ -313,9 +308,7 @@ class Transcriber:
                 result.audio_seconds += sum(loaded.durations[i] for i in good)
                 result.model_input_seconds += seen
                 result.padded_seconds += padded
-            trim_heap()  # the batch's tensors are freed: give the memory back (pipeline.heap)
-            if index == 0:
-                self._maybe_crash(task)
+            trim_heap()  # the batch's tensors are freed: give the memory back (pipeline.run.heap)
             for i, item in enumerate(batch.items):
                 row = self._row(item, shard.shard_id, transcripts.get(i), loaded.errors[i])
                 if row.duration is None:

@@ -1,9 +1,9 @@
 """Stitching the windows of long cuts back into one transcript row per cut.
 
 The actors write the rows of long-cut windows to ``windows/run_id=<id>/part-<shard>.parquet``
-(:data:`pipeline.records.WINDOW_SCHEMA`). Once every shard of a run has finished, the
+(:data:`pipeline.output.records.WINDOW_SCHEMA`). Once every shard of a run has finished, the
 driver calls :func:`stitch_run`: for each long cut whose windows are all there it merges
-them (:func:`pipeline.longform.merge_windows`), scores WER against the cut's reference and
+them (:func:`pipeline.longform.merge.merge_windows`), scores WER against the cut's reference and
 writes the cut's row to ``transcripts/run_id=<id>/part-long-<hash>.parquet``, one small part
 per cut, beside the shard parts.
 
@@ -27,23 +27,15 @@ from typing import Any, Iterable
 import pyarrow.parquet as pq
 
 from model.tokenizer import Tokenizer
+from pipeline.io import storage
+from pipeline.output import parquet
+from pipeline.output.paths import RunPaths
+from pipeline.output.records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
+from pipeline.plan.shards import Shard
+from pipeline.plan.windows import Window, plan_windows
+from pipeline.report.wer import score_row
 
-from . import parquet, storage
-from .longform import Window, WindowHypothesis, merge_windows, plan_windows
-from .records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
-
-
-def windows_dir(output: str, run_id: str) -> str:
-    return storage.join(output, "windows", f"run_id={run_id}")
-
-
-def windows_part_uri(output: str, run_id: str, shard_id: str) -> str:
-    return storage.join(windows_dir(output, run_id), f"part-{shard_id}.parquet")
-
-
-def stitched_part_uri(output: str, run_id: str, cut_id: str) -> str:
-    digest = hashlib.sha1(cut_id.encode()).hexdigest()[:20]
-    return storage.join(output, "transcripts", f"run_id={run_id}", f"part-long-{digest}.parquet")
+from .merge import WindowHypothesis, merge_windows
 
 
 @dataclass
@@ -86,7 +78,7 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
         out.error = "; ".join(
             f"window {r['window_index'] + 1}/{r['window_count']} ({r['start'] - r['cut_start']:.1f}-"
             f"{r['start'] - r['cut_start'] + r['duration']:.1f} s): {r['error']}" for r in failed)
-        out.score(normalizer)
+        score_row(out, normalizer)
         return out, 0
     windows = _windows_of(rows, overlap_seconds, max_cut_seconds)
     hyps = [WindowHypothesis(w, list(r["token_ids"] or []), list(r["token_times"] or []), r["ctc_score"],
@@ -95,7 +87,7 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
     out.token_ids, out.token_times = merged.token_ids, [float(t) for t in merged.token_times]
     out.text = tokenizer.decode(merged.token_ids)
     out.ctc_score, out.attention_score, out.confidence = merged.ctc_score, merged.attention_score, merged.confidence
-    out.score(normalizer)
+    score_row(out, normalizer)
     return out, merged.seams_aligned
 
 
@@ -124,7 +116,7 @@ def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected:
             summary.cuts_incomplete += 1
             summary.incomplete.append(cut_id)
             continue
-        uri = stitched_part_uri(output, run_id, cut_id)
+        uri = RunPaths(output, run_id).stitched_part(cut_id)
         fp = hashlib.sha256("\n".join([cut_id, *sorted(sources[cut_id])]).encode()).hexdigest()
         done = parquet.finished_shard(uri, fp) if resume else None
         if done is not None:
@@ -159,11 +151,11 @@ class LongCuts:
     window_parts: dict[str, str] = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
 
-    def windows_part_for(self, shard: Any, fingerprint: str) -> str | None:
+    def windows_part_for(self, shard: Shard, fingerprint: str) -> str | None:
         """Where ``shard``'s window rows go (``None``: it holds no windows); records the shard."""
         if not any(i.is_window for i in shard.items):
             return None
-        uri = windows_part_uri(self.output, self.run_id, shard.shard_id)
+        uri = RunPaths(self.output, self.run_id).windows_part(shard.shard_id)
         self.window_parts[uri] = fingerprint
         self.expected.update(window_counts(shard.items))
         return uri
@@ -177,5 +169,4 @@ class LongCuts:
                           **options)
 
 
-__all__ = ["LongCuts", "StitchSummary", "stitch_run", "stitched_part_uri", "window_counts", "windows_dir",
-           "windows_part_uri"]
+__all__ = ["LongCuts", "StitchSummary", "stitch_run", "window_counts"]

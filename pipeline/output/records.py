@@ -4,7 +4,7 @@ Plain Arrow types only (strings are UTF-8, lists of int32/float32, UTC
 timestamps), so DuckDB, pandas, Spark and Athena read the files without help.
 ``run_id`` is stored in the rows *and* is the hive partition directory.
 
-WER columns (filled when the cut has a reference; see ``pipeline/wer.py``):
+WER columns (filled when the cut has a reference by :func:`pipeline.report.wer.score_row`):
 ``ref_norm`` / ``hyp_norm`` are the normalised reference and hypothesis that were compared,
 ``ref_words`` the number of words in ``ref_norm``, and ``substitutions`` / ``deletions`` /
 ``insertions`` the operations of their jiwer alignment, ``errors`` their sum. A cut whose
@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 from typing import Optional
 
 import pyarrow as pa
-
-from .wer import get_normalizer, word_errors
 
 TRANSCRIPT_SCHEMA = pa.schema(
     [
@@ -59,8 +57,8 @@ TRANSCRIPT_SCHEMA = pa.schema(
 )
 
 #: One row per window of a long cut (``windows/run_id=<id>/part-<shard>.parquet``): the
-#: transcript columns for the window's own range, plus where it sits in its cut. The driver
-#: stitches them into one TRANSCRIPT_SCHEMA row per cut (``pipeline.stitching``). The
+#: transcript columns for the window's own range, plus where it sits in its cut. They are
+#: stitched into one TRANSCRIPT_SCHEMA row per cut (:mod:`pipeline.longform.stitching`). The
 #: reference text of the cut rides on window 0 only; no WER is computed per window.
 WINDOW_SCHEMA = pa.schema(
     list(TRANSCRIPT_SCHEMA)
@@ -120,19 +118,6 @@ class TranscriptRow:
     shard_id: Optional[str] = None
     worker: Optional[str] = None
     processed_at: datetime = field(default_factory=utc_now)
-
-    def score(self, normalizer: str) -> None:
-        """Fill the WER columns from ``reference`` and ``text`` (an ``ok`` row with text), or,
-        for a failed row, only ``ref_norm``: what would have been compared, counting nothing."""
-        if self.reference is None:
-            return
-        if self.status != STATUS_OK or self.text is None:
-            self.ref_norm = get_normalizer(normalizer)(self.reference)
-            return
-        errs = word_errors(self.reference, self.text, normalizer)
-        self.ref_words, self.errors = errs.ref_words, errs.errors
-        self.substitutions, self.deletions, self.insertions = errs.substitutions, errs.deletions, errs.insertions
-        self.ref_norm, self.hyp_norm = errs.ref_norm, errs.hyp_norm
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from pipeline.io import storage
 
 FINGERPRINT_KEY = b"zipscribe.fingerprint"
 SUMMARY_KEY = b"zipscribe.shard_summary"

@@ -1,10 +1,10 @@
 """Reading a time range of a long audio file without fetching or decoding all of it.
 
-Long recordings are transcribed window by window (``pipeline.longform``); each window needs
+Long recordings are transcribed window by window (:mod:`pipeline.plan.windows`); each window needs
 tens of seconds of a file that may hold hours. :class:`RangeReader` gets them cheaply:
 
 * **PCM WAV** (and WAVE_FORMAT_EXTENSIBLE / IEEE float WAV): the header (first 64 KiB, read
-  once per file) tells where the samples are, so exactly the window's bytes are fetched (an HTTP ``Range`` request
+  once per file, parsed by :mod:`pipeline.io.wav`) tells where the samples are, so exactly the window's bytes are fetched (an HTTP ``Range`` request
   on S3, a seek on local files) and decoded.
 * **Anything else** (FLAC, Ogg/Opus, MP3, M4A, ...): the object is streamed once to a local
   temporary file (never held in memory) and the window is decoded from it with a seek
@@ -28,53 +28,23 @@ from typing import Optional
 
 from . import storage
 from .audio import AudioDecodeError, DecodedAudio, decode_audio
+from .wav import WavHeader, parse_wav_header
 
 HEAD_BYTES = 64 * 1024
-_PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
 
 
 @dataclass(frozen=True)
-class WavLayout:
-    fmt_chunk: bytes  # the whole 'fmt ' chunk, header included
-    data_offset: int  # first sample byte
-    data_size: int  # sample bytes (clipped to the object's size)
-    sample_rate: int
-    block_align: int
+class _Samples:
+    """Where the samples of a PCM / float WAV object lie (from its header and its size)."""
+
+    header: WavHeader
+    data_size: int
 
 
-def wav_layout(head: bytes, object_size: int) -> Optional[WavLayout]:
-    """Where the samples of a PCM / float WAV are, from its first bytes; ``None`` when the
-    file is not such a WAV or its ``data`` chunk does not start within ``head``."""
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    pos, fmt = 12, None
-    while pos + 8 <= len(head):
-        cid, size = head[pos:pos + 4], struct.unpack_from("<I", head, pos + 4)[0]
-        if cid == b"fmt ":
-            if pos + 8 + size > len(head) or size < 16:
-                return None
-            fmt = head[pos:pos + 8 + size]
-        elif cid == b"data":
-            if fmt is None:
-                return None
-            tag, channels, rate, _, align, bits = struct.unpack_from("<HHIIHH", fmt, 8)
-            if tag == _EXTENSIBLE and len(fmt) >= 8 + 26:
-                tag = struct.unpack_from("<H", fmt, 8 + 24)[0]
-            if tag not in (_PCM, _FLOAT) or channels < 1 or rate < 1 or align < 1 or bits not in (8, 16, 24, 32, 64):
-                return None
-            start = pos + 8
-            available = max(0, object_size - start)
-            # streamed writers leave 0 or 0xFFFFFFFF as the size: the samples run to the end
-            data_size = available if size in (0, 0xFFFFFFFF) else min(size, available)
-            return WavLayout(fmt, start, data_size - data_size % align, rate, align)
-        pos += 8 + size + (size & 1)
-    return None
-
-
-def _wav_bytes(layout: WavLayout, body: bytes) -> bytes:
+def _wav_bytes(header: WavHeader, body: bytes) -> bytes:
     """A complete little WAV file: the original 'fmt ' chunk and ``body`` as its samples."""
-    riff_size = 4 + len(layout.fmt_chunk) + 8 + len(body)
-    return b"".join([b"RIFF", struct.pack("<I", riff_size), b"WAVE", layout.fmt_chunk,
+    riff_size = 4 + len(header.fmt_chunk) + 8 + len(body)
+    return b"".join([b"RIFF", struct.pack("<I", riff_size), b"WAVE", header.fmt_chunk,
                      b"data", struct.pack("<I", len(body)), body])
 
 
@@ -85,12 +55,12 @@ class RangeReader:
         self.keep_copies = max(1, keep_copies)
         self._dir = tempfile.mkdtemp(prefix="zipscribe-ranges-", dir=tmp_dir)
         self._copies: OrderedDict[str, str] = OrderedDict()
-        self._layouts: OrderedDict[str, Optional[WavLayout]] = OrderedDict()
+        self._layouts: OrderedDict[str, Optional[_Samples]] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes_fetched = 0
         self._made = 0
 
-    def _layout(self, source: str) -> Optional[WavLayout]:
+    def _layout(self, source: str) -> Optional[_Samples]:
         """The WAV layout of ``source`` (``None``: not a PCM / float WAV), from one size request and
         one header read per file; kept for the file's next windows."""
         with self._lock:
@@ -101,7 +71,8 @@ class RangeReader:
         if object_size == 0:
             raise AudioDecodeError(source, "empty file (0 bytes)")
         head = storage.read_range(source, 0, min(HEAD_BYTES, object_size))
-        layout = wav_layout(head, object_size)
+        header = parse_wav_header(head)
+        layout = _Samples(header, header.data_size(object_size)) if header is not None and header.plain_samples else None
         with self._lock:
             self.bytes_fetched += len(head)
             self._layouts[source] = layout
@@ -112,17 +83,18 @@ class RangeReader:
     def read(self, source: str, start: float, duration: float, *, target_sr: int, channel: Optional[int]) -> DecodedAudio:
         layout = self._layout(source)
         if layout is not None:
-            first = int(round(start * layout.sample_rate))
-            count = max(1, int(round(duration * layout.sample_rate)))
-            lo = layout.data_offset + first * layout.block_align
-            end = layout.data_offset + layout.data_size
+            h = layout.header
+            first = int(round(start * h.sample_rate))
+            count = max(1, int(round(duration * h.sample_rate)))
+            lo = h.data_offset + first * h.block_align
+            end = h.data_offset + layout.data_size
             if lo >= end:
                 raise AudioDecodeError(source, f"range beyond end of audio (start {start:.3f} s, "
-                                               f"audio is {layout.data_size / layout.block_align / layout.sample_rate:.3f} s)")
-            hi = min(end, lo + count * layout.block_align)
+                                               f"audio is {layout.data_size / h.block_align / h.sample_rate:.3f} s)")
+            hi = min(end, lo + count * h.block_align)
             body = storage.read_range(source, lo, hi)
             self.bytes_fetched += len(body)
-            return decode_audio(_wav_bytes(layout, body), source=source, target_sr=target_sr, channel=channel)
+            return decode_audio(_wav_bytes(h, body), source=source, target_sr=target_sr, channel=channel)
         path = self._local_copy(source)
         return decode_audio(path, source=source, target_sr=target_sr, channel=channel, start=start, duration=duration)
 

@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from model.checkpoint import file_sha256
-from model.recognizer import find_checkpoint
+from model.checkpoint import file_sha256, find_checkpoint, pick_checkpoint
 
 from . import storage
 
@@ -46,7 +45,7 @@ def local_model_dir(uri: str, cache_dir: Optional[Path] = None, expected_sha256:
     wanted = [n for n in names if "/" not in n and (n in MODEL_FILES or n.endswith(".pt"))]
     if not any(n.endswith(".pt") for n in wanted):
         raise FileNotFoundError(f"no checkpoint (*.pt) under {uri}")
-    checkpoint_name = find_checkpoint_name(wanted)
+    checkpoint_name = pick_checkpoint(wanted)
     for name in wanted:
         if name.endswith(".pt") and name != checkpoint_name:
             continue
@@ -64,17 +63,3 @@ def _link(blob: Path, dest: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(blob, tmp)
     os.replace(tmp, dest)
-
-
-def find_checkpoint_name(names: list[str]) -> str:
-    """Same preference as ``find_checkpoint`` but over file names."""
-    if "pretrained.pt" in names:
-        return "pretrained.pt"
-    epochs = sorted((n for n in names if n.startswith("epoch-") and n.endswith(".pt")),
-                    key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))
-    if epochs:
-        return epochs[-1]
-    pts = [n for n in names if n.endswith(".pt")]
-    if len(pts) != 1:
-        raise FileNotFoundError(f"cannot choose a checkpoint among {pts}")
-    return pts[0]

@@ -5,7 +5,7 @@ Accepted inputs (local paths, ``file://`` or ``s3://`` URIs), detected by :func:
 ``lhotse``
     A lhotse manifest in JSON Lines, ``*.jsonl`` or ``*.jsonl.gz``: a **CutSet** (``MonoCut`` /
     ``MultiCut`` lines) or a **RecordingSet** (one item per recording, all of its audio). The
-    file is streamed line by line through :func:`pipeline.storage.open_text` and each line is
+    file is streamed line by line through :func:`pipeline.io.storage.open_text` and each line is
     deserialised on its own with ``lhotse.serialization.deserialize_item``; no CutSet is ever
     built, so memory does not grow with the manifest.
 ``uri_list``
@@ -31,7 +31,7 @@ an error naming the id and the line where it repeats; the check keeps a 64-bit d
 each, ~70 MB per million cuts).
 
 ``channel`` is the channel to pick *in the file at* ``source`` (what
-:func:`pipeline.audio.decode_audio` takes), or ``None`` when the file is mono or when all its
+:func:`pipeline.io.audio.decode_audio` takes), or ``None`` when the file is mono or when all its
 channels are to be mixed. A ``MonoCut`` on channel 1 of a 2-channel file gives ``channel=1``;
 a mono recording, or a recording whose channels are stored one file each, gives ``None``.
 """
@@ -45,15 +45,15 @@ import os
 import posixpath
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
 
 import numpy as np
 
-from pipeline import storage
-from pipeline.audio import probe_duration
-from pipeline.compressed_duration import compressed_duration
-from pipeline.storage import S3Options
+from pipeline.io import storage
+from pipeline.io.storage import S3Options
+
+from .durations import probe_source
+from .items import SEGMENT_MODES, ManifestError, WorkItem
 
 __all__ = [
     "AUDIO_SUFFIXES",
@@ -67,73 +67,8 @@ __all__ = [
 AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".mp3", ".opus", ".ogg", ".m4a")
 _LHOTSE_SUFFIXES = (".jsonl", ".jsonl.gz")
 _LIST_SUFFIXES = (".txt", ".lst", ".txt.gz", ".lst.gz")
-_PROBE_BYTES = 64 * 1024  # enough for WAV/FLAC headers; smaller files are probed whole
 
 InputKind = Literal["lhotse", "uri_list", "audio_dir", "audio_file"]
-#: how lhotse cuts become work items: whole cuts, or one item per supervision segment
-SEGMENT_MODES = ("cuts", "supervisions")
-
-
-class ManifestError(ValueError):
-    """The input cannot be turned into work items. Names the input and, for line-based
-    inputs, the 1-based line number."""
-
-    def __init__(self, uri: str, reason: str, line: int | None = None) -> None:
-        super().__init__(uri, reason, line)
-        self.uri = uri
-        self.reason = reason
-        self.line = line
-
-    def __str__(self) -> str:
-        where = self.uri if self.line is None else f"{self.uri}, line {self.line}"
-        return f"{where}: {self.reason}"
-
-
-@dataclass
-class WorkItem:
-    """One unit of transcription: a time range of one channel (or the channel mix) of one file.
-
-    Attributes:
-        cut_id: unique id within the input (see the module docstring for the rules).
-        recording_id: id of the recording (lhotse) or the same as ``cut_id`` for plain files.
-        source: where the audio bytes are: a local path, ``file://`` or ``s3://`` URI.
-        source_type: lhotse's AudioSource type: ``"file"`` (local path) or ``"url"`` (URI).
-        channel: channel index within the file to decode, ``None`` = the file is mono or all
-            channels are averaged.
-        start: offset in seconds into the file.
-        duration: seconds to transcribe from ``start``; ``None`` when unknown (to the end).
-        reference: reference transcript (the cut's supervision texts joined with single
-            spaces in time order), ``None`` when there is none.
-        speaker, language: from the supervisions; several distinct values are joined with
-            ``","`` in order of first appearance.
-        dataset: label set by the caller of :func:`iter_work_items`.
-        custom: the cut's ``custom`` fields with scalar values, as strings.
-        window_index, window_count: set on the windows of a long cut
-            (:func:`pipeline.longform.expand_windows`): this item is window ``window_index``
-            of ``window_count``; ``start`` / ``duration`` are then the window's range and
-            ``cut_start`` / ``cut_duration`` the whole cut's.
-    """
-
-    cut_id: str
-    recording_id: str
-    source: str
-    source_type: str
-    channel: int | None = None
-    start: float = 0.0
-    duration: float | None = None
-    reference: str | None = None
-    speaker: str | None = None
-    language: str | None = None
-    dataset: str | None = None
-    custom: dict[str, str] = field(default_factory=dict)
-    window_index: int | None = None
-    window_count: int | None = None
-    cut_start: float | None = None
-    cut_duration: float | None = None
-
-    @property
-    def is_window(self) -> bool:
-        return self.window_index is not None
 
 
 # --------------------------------------------------------------------------------------
@@ -196,7 +131,7 @@ def iter_work_items(
             64 KiB of each file to get its duration from the header (WAV, FLAC; small files of
             any libsndfile format are probed whole); larger MP3 and Ogg Opus / Vorbis files from
             their frame headers plus, for Ogg, one read of the file's tail
-            (:mod:`pipeline.compressed_duration`); ``duration`` is ``None`` when unknown.
+            (:mod:`pipeline.inputs.durations`); ``duration`` is ``None`` when unknown.
         probe_workers: concurrent header reads (order of the output is preserved).
         check_unique: fail on a repeated ``cut_id`` (lhotse manifests and URI lists).
         options: S3 options for reading the input and probing.
@@ -207,7 +142,7 @@ def iter_work_items(
     Raises:
         ManifestError: malformed lines (with the line number), unsupported cut/source types
             (in-memory audio, MixedCut, ...), duplicate ids, an empty directory/prefix.
-        pipeline.storage.MissingObjectError: the input does not exist.
+        pipeline.io.storage.MissingObjectError: the input does not exist.
     """
     if segments not in SEGMENT_MODES:
         raise ValueError(f"segments must be one of {SEGMENT_MODES}, got {segments!r}")
@@ -299,19 +234,6 @@ def _ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iter
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _probe(source: str, options: S3Options | None) -> float | None:
-    try:
-        head = storage.read_range(source, 0, _PROBE_BYTES, options=options)
-        duration = probe_duration(head, complete=len(head) < _PROBE_BYTES)
-        if duration is None and len(head) >= _PROBE_BYTES:
-            # MP3 / Ogg: from the frame headers and one more range (the Ogg tail), not a download
-            size = storage.size(source, options=options)
-            duration = compressed_duration(head, size, lambda a, b: storage.read_range(source, a, b, options=options))
-        return duration
-    except storage.StorageError:
-        return None  # unreadable now: the loader reports it per cut
-
-
 def _probe_items(
     entries: Iterator[tuple[str, str, int | None]],
     dataset: str | None,
@@ -322,7 +244,7 @@ def _probe_items(
     """entries: (cut_id, source, line). Adds probed durations."""
 
     def duration_of(entry: tuple[str, str, int | None]) -> float | None:
-        return _probe(entry[1], options) if probe else None
+        return probe_source(entry[1], options) if probe else None
 
     for (cut_id, source, _), duration in _ordered_map(duration_of, entries, workers if probe else 1):
         yield WorkItem(

@@ -1,7 +1,5 @@
-"""Text normalisation and word error counting (per utterance) for transcript rows and reports.
+"""Text normalisation: what references and hypotheses go through before words are compared.
 
-Normalisers
------------
 A normaliser is named by a *spec*: ``english`` (the default), ``none``, or ``english`` plus
 optional rules joined with ``+``: ``english+numbers``, ``english+spelling``,
 ``english+numbers+spelling``. References and hypotheses always go through the same one, and
@@ -34,41 +32,27 @@ words (``colour`` -> ``color``, ``organisation`` -> ``organization``, ``centre``
 ``travelled`` -> ``traveled``, ``grey`` -> ``gray``, ...; see :data:`BRITISH_TO_AMERICAN`).
 
 ``none``: only whitespace is collapsed; case and punctuation count.
-
-Counting
---------
-:func:`align` aligns normalised reference and hypothesis words with jiwer's
-``process_words`` (minimum edit distance; substitutions, deletions and insertions all cost
-one); :func:`word_errors` counts the operations of that alignment. An empty reference makes
-every hypothesis word an insertion; an empty hypothesis makes every reference word a deletion.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Callable
 
-import jiwer
+from model.numbers import digit_words, number_to_words, ordinal_of
 
 __all__ = [
     "BRITISH_TO_AMERICAN",
     "DEFAULT_NORMALIZER",
     "NORMALIZER_CHOICES",
-    "AlignedWord",
-    "WordErrors",
-    "align",
-    "align_many",
-    "format_alignment",
+    "americanize",
     "get_normalizer",
     "normalize_english",
     "normalize_none",
-    "number_to_words",
     "parse_normalizer",
-    "score",
-    "word_errors",
+    "spell_numbers",
 ]
 
 DEFAULT_NORMALIZER = "english"
@@ -85,12 +69,6 @@ _EDGE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")
 
 # -- numbers ---------------------------------------------------------------------------
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (10**3, "thousand"))
-_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-                  "nine": "ninth", "twelve": "twelfth"}
 # a number not glued to a letter/digit before it: 1,234,567 or 1234, optional decimals,
 # optional ordinal suffix or percent sign, not followed by a letter or digit
 _NUMBER = re.compile(
@@ -98,70 +76,17 @@ _NUMBER = re.compile(
 )
 
 
-def _below_thousand(n: int) -> list[str]:
-    words: list[str] = []
-    if n >= 100:
-        words += [_ONES[n // 100], "hundred"]
-        n %= 100
-        if n == 0:
-            return words
-    if n < 20:
-        words.append(_ONES[n])
-    else:
-        words.append(_TENS[n // 10])
-        if n % 10:
-            words.append(_ONES[n % 10])
-    return words
-
-
-def number_to_words(n: int) -> str:
-    """Cardinal American English words for ``0 <= n < 10**15``: ``25`` -> ``twenty five``."""
-    if n < 0 or n >= 10**15:
-        raise ValueError(f"number out of range: {n}")
-    if n == 0:
-        return "zero"
-    words: list[str] = []
-    for value, name in _SCALES:
-        if n >= value:
-            words += _below_thousand(n // value) + [name]
-            n %= value
-    if n:
-        words += _below_thousand(n)
-    return " ".join(words)
-
-
-def _digits(s: str) -> str:
-    return " ".join(_ONES[int(c)] for c in s)
-
-
-def ordinal_words(n: int) -> str:
-    """``3`` -> ``third``, ``21`` -> ``twenty first``, ``40`` -> ``fortieth``."""
-    return _ordinal(number_to_words(n))
-
-
-def _ordinal(words: str) -> str:
-    """Turn the last word of a spelled-out number into its ordinal."""
-    head, _, last = words.rpartition(" ")
-    if last in _ORDINAL_WORDS:
-        last = _ORDINAL_WORDS[last]
-    elif last.endswith("y"):
-        last = last[:-1] + "ieth"
-    else:
-        last += "th"
-    return f"{head} {last}" if head else last
-
-
 def _spell_number(m: re.Match[str]) -> str:
     integer, decimals, ordinal, percent = m.group(1), m.group(2), m.group(3), m.group(4)
     digits = integer.replace(",", "")
     if (len(digits) > 1 and digits.startswith("0")) or len(digits) > 15:
-        words = _digits(digits)
+        words = digit_words(digits)
     else:
         words = number_to_words(int(digits))
     if decimals:
-        words += " point " + _digits(decimals)
+        words += " point " + digit_words(decimals)
     elif ordinal:
-        words = _ordinal(words)
+        words = ordinal_of(words)
     if percent:
         words += " percent"
     return f" {words} "
@@ -270,108 +195,3 @@ def get_normalizer(spec: str = DEFAULT_NORMALIZER) -> Callable[[str], str]:
 
     normalize.__name__ = f"normalize_{canonical.replace('+', '_')}"
     return normalize
-
-
-#: kept for callers of the first version of this module
-NORMALIZERS: dict[str, Callable[[str], str]] = {"english": normalize_english, "none": normalize_none}
-
-# -- alignment and counts --------------------------------------------------------------
-
-Op = Literal["C", "S", "D", "I"]
-
-
-@dataclass(frozen=True)
-class AlignedWord:
-    """One step of an alignment: ``C`` correct, ``S`` substitution, ``D`` deletion (reference
-    word missing from the hypothesis), ``I`` insertion (hypothesis word not in the reference)."""
-
-    op: Op
-    ref: Optional[str]
-    hyp: Optional[str]
-
-
-@dataclass
-class WordErrors:
-    """Counts for one utterance, and the normalised texts they were computed on."""
-
-    ref_words: int
-    substitutions: int
-    deletions: int
-    insertions: int
-    ref_norm: str = ""
-    hyp_norm: str = ""
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-
-_JIWER_OP: dict[str, Op] = {"equal": "C", "substitute": "S", "delete": "D", "insert": "I"}
-
-
-def _convert(ref: list[str], hyp: list[str], chunks: list[Any]) -> list[AlignedWord]:
-    out: list[AlignedWord] = []
-    for chunk in chunks:
-        op = _JIWER_OP[chunk.type]
-        r = ref[chunk.ref_start_idx:chunk.ref_end_idx]
-        h = hyp[chunk.hyp_start_idx:chunk.hyp_end_idx]
-        if op == "D":
-            out += [AlignedWord("D", w, None) for w in r]
-        elif op == "I":
-            out += [AlignedWord("I", None, w) for w in h]
-        else:
-            out += [AlignedWord(op, a, b) for a, b in zip(r, h)]
-    return out
-
-
-def align_many(pairs: Sequence[tuple[str, str]]) -> list[list[AlignedWord]]:
-    """:func:`align` of many ``(ref_norm, hyp_norm)`` pairs with one jiwer call."""
-    split = [(r.split(), h.split()) for r, h in pairs]
-    out: list[list[AlignedWord]] = [
-        [AlignedWord("D", w, None) for w in r] + [AlignedWord("I", None, w) for w in h] for r, h in split
-    ]  # final for pairs with an empty side (jiwer < 4 rejects empty references)
-    both = [i for i, (r, h) in enumerate(split) if r and h]
-    if both:
-        result = jiwer.process_words([" ".join(split[i][0]) for i in both], [" ".join(split[i][1]) for i in both])
-        for i, chunks in zip(both, result.alignments):
-            out[i] = _convert(split[i][0], split[i][1], chunks)
-    return out
-
-
-def align(ref_norm: str, hyp_norm: str) -> list[AlignedWord]:
-    """Word alignment of two already normalised texts (jiwer ``process_words``)."""
-    return align_many([(ref_norm, hyp_norm)])[0]
-
-
-def count(alignment: list[AlignedWord]) -> tuple[int, int, int, int]:
-    """``(ref_words, substitutions, deletions, insertions)`` of an alignment."""
-    s = sum(a.op == "S" for a in alignment)
-    d = sum(a.op == "D" for a in alignment)
-    i = sum(a.op == "I" for a in alignment)
-    c = sum(a.op == "C" for a in alignment)
-    return c + s + d, s, d, i
-
-
-def score(reference: str, hypothesis: str, normalizer: str = DEFAULT_NORMALIZER) -> tuple[WordErrors, list[AlignedWord]]:
-    """Normalise both texts with ``normalizer``, align them, count. Returns counts and alignment."""
-    norm = get_normalizer(normalizer)
-    ref, hyp = norm(reference), norm(hypothesis)
-    alignment = align(ref, hyp)
-    n, s, d, i = count(alignment)
-    return WordErrors(n, s, d, i, ref_norm=ref, hyp_norm=hyp), alignment
-
-
-def word_errors(reference: str, hypothesis: str, normalizer: str = DEFAULT_NORMALIZER) -> WordErrors:
-    """Edit-distance word errors after normalisation (jiwer alignment)."""
-    return score(reference, hypothesis, normalizer)[0]
-
-
-def format_alignment(alignment: list[AlignedWord]) -> str:
-    """icefall ``errs-*`` style: ``the (cat->bat) sat (on->*) (*->uh) mat``."""
-    parts = []
-    for a in alignment:
-        if a.op == "C":
-            parts.append(a.ref or "")
-        else:
-            parts.append(f"({a.ref or '*'}->{a.hyp or '*'})")
-    return " ".join(parts)

@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .wer import number_to_words, ordinal_words
+from model.numbers import number_to_words, ordinal_words
 
 DEFAULT_WORD_LIST = Path("/usr/share/dict/american-english")
 

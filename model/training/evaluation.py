@@ -1,0 +1,76 @@
+"""Scoring a trained model directory: WER per decoding method, and the attention-scale sweep.
+
+WER is computed by a *scorer* the caller passes in (``scorer(references, hypotheses) -> WER in
+percent``), so this package never depends on how the product normalises and counts words;
+``jobs/train_demo.py`` passes :func:`pipeline.report.wer.corpus_wer`, the same scoring the
+transcript rows and reports use.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+from model.decoding import DecodingConfig, decode
+from model.recognizer import Recognizer
+
+from .data import Utterance, bucketed_batches, load_audio
+
+__all__ = ["Scorer", "evaluate", "sweep_attention_scale", "transcribe_nbest"]
+
+#: ``scorer(references, hypotheses)`` -> WER in percent
+Scorer = Callable[[Sequence[str], Sequence[str]], float]
+
+
+def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0) -> list[Any]:
+    """Hypotheses (with n-best lists) of every utterance, in order; uses the recognizer's decoding."""
+    out: list[Any] = [None] * len(utterances)
+    for batch in bucketed_batches([u.duration for u in utterances], batch_seconds):
+        wavs = [load_audio(utterances[i]) for i in batch]
+        with torch.inference_mode():
+            feats, lens = recognizer.features(wavs)
+            enc, enc_lens = recognizer.model.forward_encoder(feats, lens)
+            hyps = decode(recognizer.model, enc, enc_lens, recognizer.decoding)
+        for i, h in zip(batch, hyps):
+            out[i] = h
+    return out
+
+
+def evaluate(model_dir: str | Path, utterances: Sequence[Utterance], scorer: Scorer,
+             methods: Iterable[str] = ("ctc-greedy", "ctc-beam", "attention-rescoring"),
+             attention_scale: Optional[float] = None, beam: int = 8) -> dict[str, float]:
+    """WER (%, by ``scorer``) per decoding method of a model directory, through ``Recognizer.from_dir``."""
+    refs = [u.text for u in utterances]
+    results = {}
+    for method in methods:
+        cfg = DecodingConfig(method=method, beam=beam, attention_scale=1.0 if attention_scale is None else attention_scale)
+        rec = Recognizer.from_dir(model_dir, decoding=cfg)
+        texts = [""] * len(utterances)
+        for batch in bucketed_batches([u.duration for u in utterances], 200.0):
+            transcripts, _ = rec.transcribe([load_audio(utterances[i]) for i in batch])
+            for i, t in zip(batch, transcripts):
+                texts[i] = t.text
+        results[method] = scorer(refs, texts)
+    return results
+
+
+def sweep_attention_scale(model_dir: str | Path, utterances: Sequence[Utterance], scorer: Scorer,
+                          scales: Sequence[float] = (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 9.0),
+                          beam: int = 8) -> tuple[float, dict[float, float]]:
+    """icefall-style sweep: rescore the CTC n-best once, pick the scale with the lowest WER
+    (by ``scorer``)."""
+    rec = Recognizer.from_dir(model_dir, decoding=DecodingConfig(method="attention-rescoring", beam=beam, return_nbest=True))
+    hyps = transcribe_nbest(rec, utterances)
+    refs = [u.text for u in utterances]
+    table: dict[float, float] = {}
+    for s in scales:
+        texts = []
+        for h in hyps:
+            best = max(h.nbest, key=lambda e: e.ctc_score + s * (e.attention_score or 0.0)) if h.nbest else h
+            texts.append(rec.tokenizer.decode(best.token_ids))
+        table[s] = scorer(refs, texts)
+    best_scale = min(scales, key=lambda s: (table[s], abs(math.log(s))))
+    return best_scale, table

@@ -1,0 +1,87 @@
+"""Where every output of a run lives: the one place that builds output URIs.
+
+Under ``<output>`` (local path or ``s3://``), for run ``<id>``::
+
+    transcripts/run_id=<id>/part-<shard>.parquet        one row per cut of a shard
+    transcripts/run_id=<id>/part-long-<hash>.parquet    one stitched long cut
+    windows/run_id=<id>/part-<shard>.parquet            the windows of long cuts in a shard
+    runs/<id>/summary.json                              the run summary
+    wer/run_id=<id>/{report.parquet, errors.parquet, summary.md, report.html}
+
+and under ``<history>`` (nightly evaluations)::
+
+    wer_history/date=YYYY-MM-DD/<run id>.parquet
+
+The ``run_id=`` / ``date=`` directories are hive partitions, so DuckDB, Spark, Athena and
+pyarrow datasets see ``run_id`` / ``date`` as columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+
+from pipeline.io import storage
+
+__all__ = ["REPORT_FILES", "RunPaths", "history_dir", "history_file"]
+
+#: the files of a WER report, in :meth:`RunPaths.report_file`'s directory
+REPORT_FILES = ("report.parquet", "errors.parquet", "summary.md", "report.html")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The URIs of one run's outputs under ``output``."""
+
+    output: str
+    run_id: str
+
+    @property
+    def transcripts(self) -> str:
+        """``<output>/transcripts/run_id=<id>``: every transcripts part of the run."""
+        return storage.join(self.output, "transcripts", f"run_id={self.run_id}")
+
+    def part(self, shard_id: str) -> str:
+        """The transcripts part of a shard."""
+        return storage.join(self.transcripts, f"part-{shard_id}.parquet")
+
+    def stitched_part(self, cut_id: str) -> str:
+        """The transcripts part of one stitched long cut (named by a digest of its id)."""
+        digest = hashlib.sha1(cut_id.encode()).hexdigest()[:20]
+        return storage.join(self.transcripts, f"part-long-{digest}.parquet")
+
+    @property
+    def windows(self) -> str:
+        """``<output>/windows/run_id=<id>``: the window rows of long cuts."""
+        return storage.join(self.output, "windows", f"run_id={self.run_id}")
+
+    def windows_part(self, shard_id: str) -> str:
+        """The windows part of a shard that holds windows of long cuts."""
+        return storage.join(self.windows, f"part-{shard_id}.parquet")
+
+    @property
+    def summary(self) -> str:
+        """``<output>/runs/<id>/summary.json``."""
+        return storage.join(self.output, "runs", self.run_id, "summary.json")
+
+    @property
+    def report(self) -> str:
+        """``<output>/wer/run_id=<id>``: the WER report's directory."""
+        return storage.join(self.output, "wer", f"run_id={self.run_id}")
+
+    def report_file(self, name: str) -> str:
+        """One of the report's :data:`REPORT_FILES`."""
+        if name not in REPORT_FILES:
+            raise ValueError(f"not a report file: {name!r} (one of {', '.join(REPORT_FILES)})")
+        return storage.join(self.report, name)
+
+
+def history_dir(history: str) -> str:
+    """``<history>/wer_history``: every history file."""
+    return storage.join(history, "wer_history")
+
+
+def history_file(history: str, run_id: str, day: date) -> str:
+    """The history file of one evaluation run, in the partition of its UTC day."""
+    return storage.join(history_dir(history), f"date={day.isoformat()}", f"{run_id}.parquet")

@@ -1,0 +1,69 @@
+"""A run's options (:class:`TranscribeConfig`) and run ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from pipeline.longform.pauses import PauseSplit
+
+__all__ = ["TranscribeConfig", "check_run_id", "long_audio_label", "new_run_id"]
+
+
+@dataclass
+class TranscribeConfig:
+    """Everything a run needs; ``jobs/transcribe.py`` fills it from the command line."""
+
+    manifest: list[str]
+    model: str
+    output: str
+    run_id: Optional[str] = None
+    dataset: Optional[str] = None
+    decoding: dict[str, Any] = field(default_factory=dict)
+    num_actors: Optional[int] = None
+    gpus_per_actor: Optional[float] = None
+    cpus_per_actor: Optional[float] = None
+    max_batch_seconds: float = 160.0
+    max_batch_size: Optional[int] = None
+    shard_size: int = 1000
+    shards_in_flight: Optional[int] = None
+    max_attempts: int = 3
+    #: how long a shard waits for its restarting actor before the restart counts as failed
+    actor_restart_timeout: float = 300.0
+    resume: bool = True
+    eta: bool = True
+    amp_dtype: str = "auto"
+    rescoring_dtype: str = "auto"
+    normalizer: str = "english"
+    progress: bool = True
+    ray_address: Optional[str] = None
+    max_cut_seconds: float = 30.0  # longer cuts are split into overlapping windows; <= 0: never
+    window_overlap_seconds: float = 4.0
+    segments: str = "cuts"  # or "supervisions": one row per supervision segment
+    #: windows of long cuts are transcribed as the speech between their pauses; None: whole
+    pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become path segments of every output object: letters, digits, ``._=-`` only."""
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"invalid --run-id {run_id!r}: use 1-128 letters, digits, '.', '_', '=', '-' (no '..', no '/')")
+    return run_id
+
+
+def new_run_id() -> str:
+    """A fresh run id: the UTC time and a random suffix (``20261201T120000Z-1a2b3c``)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def long_audio_label(cfg: TranscribeConfig) -> str:
+    """How long audio is cut up, for fingerprints: a change redoes the shards it affects."""
+    p = cfg.pause_split
+    pauses = "off" if p is None else f"{p.min_pause_seconds}/{p.pad_seconds}/{p.threshold_db}"
+    return f"windows={cfg.max_cut_seconds}/{cfg.window_overlap_seconds} pauses={pauses}"

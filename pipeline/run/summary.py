@@ -1,0 +1,91 @@
+"""The run summary: what a run did (:class:`RunSummary`, written as ``runs/<id>/summary.json``)
+and its human-readable form (:func:`format_summary`, printed at the end of a job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["RunSummary", "format_summary"]
+
+
+@dataclass
+class RunSummary:
+    """What a run did: counts, audio, speed, stage times, resources; ``runs/<id>/summary.json``."""
+
+    run_id: str
+    manifest: list[str]
+    output: str
+    model_id: str
+    model_sha256: str
+    decoding: str
+    started_at: str
+    finished_at: str = ""
+    shards_total: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_failed: list[str] = field(default_factory=list)
+    shard_retries: int = 0
+    actor_deaths: int = 0  # times a transcriber actor died (and was restarted, or left the pool)
+    cuts_ok: int = 0
+    cuts_error: int = 0
+    long_cuts: int = 0  # cuts transcribed in windows and stitched (included in cuts_ok / cuts_error)
+    long_cuts_incomplete: int = 0  # long cuts with a window in a failed shard: no row yet
+    windows: int = 0
+    seams_aligned: int = 0
+    audio_seconds: float = 0.0
+    audio_hours: float = 0.0
+    model_input_seconds: float = 0.0  # audio the model saw: less than audio_seconds where pauses were cut out
+    padded_seconds: float = 0.0
+    padding_ratio: float = 0.0  # 1 - model input / padded model input
+    wall_seconds: float = 0.0
+    rtfx: float = 0.0
+    model_rtfx: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    num_actors: int = 0
+    resources_per_actor: dict[str, float] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)
+    transcripts_uri: str = ""
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.cuts_ok += r["cuts_ok"]
+        self.cuts_error += r["cuts_error"]
+        self.windows += r.get("windows_ok", 0) + r.get("windows_error", 0)
+        self.audio_seconds += r["audio_seconds"]
+        self.padded_seconds += r["padded_seconds"]
+        self.model_input_seconds += r.get("model_input_seconds", r["audio_seconds"])  # parts of older versions lack it
+        for k, v in r["stage_seconds"].items():
+            self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
+        for k in ("load_seconds", "load_wait_seconds"):
+            self.stage_seconds[k.removesuffix("_seconds")] = self.stage_seconds.get(k.removesuffix("_seconds"), 0.0) + r[k]
+
+    def finish(self, wall: float) -> None:
+        self.finished_at = datetime.now(timezone.utc).isoformat()
+        self.wall_seconds = round(wall, 3)
+        self.audio_hours = self.audio_seconds / 3600
+        self.padding_ratio = 0.0 if self.padded_seconds == 0 else 1 - self.model_input_seconds / self.padded_seconds
+        self.rtfx = self.audio_seconds / wall if wall > 0 else 0.0
+        model_time = sum(self.stage_seconds.get(k, 0.0) for k in ("features", "encoder", "decoding"))
+        self.model_rtfx = self.audio_seconds / model_time if model_time > 0 else 0.0
+
+
+def format_summary(s: RunSummary) -> str:
+    """The human-readable job summary printed at the end of a run."""
+    st = s.stage_seconds
+    lines = [
+        f"run {s.run_id}: {s.cuts_ok} cuts ok, {s.cuts_error} errors, {s.audio_hours:.3f} h of audio in {s.wall_seconds:.1f} s",
+        f"  RTFx {s.rtfx:.1f} end-to-end, {s.model_rtfx:.1f} model-only; padding ratio {s.padding_ratio:.3f}",
+        "  stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(st.items())),
+        f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, {len(s.shards_failed)} failed"
+        + (f"; {s.actor_deaths} actor death(s)" if s.actor_deaths else ""),
+        *([f"  long cuts: {s.long_cuts} stitched from {s.windows} windows ({s.seams_aligned} seams cut at an aligned word), "
+           f"{s.long_cuts_incomplete} incomplete"] if s.long_cuts or s.long_cuts_incomplete else []),
+        *([f"  pauses: {100 * (1 - s.model_input_seconds / s.audio_seconds):.1f} % of the audio was silence between "
+           f"pieces and skipped"] if 0 < s.model_input_seconds < s.audio_seconds - 1e-6 else []),
+        f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
+        f"  transcripts: {s.transcripts_uri}",
+    ]
+    if s.cuts_ok + s.cuts_error == 0:
+        lines.append("  (the manifest held no cuts)")
+    return "\n".join(lines)
