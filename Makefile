@@ -12,7 +12,7 @@ VENV         ?= .venv
 TORCH_SPEC   ?= torch==2.13.0
 TORCH_INDEX  ?=
 APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux wamerican
-APT_TEST_PACKAGES ?= chromium
+APT_TEST_PACKAGES ?= chromium gettext-base
 PYTEST_ARGS  ?=
 
 BIN          := $(VENV)/bin
@@ -44,15 +44,18 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Debian packages only the test suite needs: chromium renders the HTML WER report headless
-# (tests/test_wer_report.py, tests/test_evaluate.py). Kept out of system-deps so runtime images
-# (infra/docker runs `make system-deps`) carry no browser. If it cannot be installed, those
-# checks are skipped with that reason.
+# (tests/test_wer_report.py, tests/test_evaluate.py), envsubst (gettext-base) fills the k8s
+# manifests' placeholders (tests/test_infra.py). Kept out of system-deps, so runtime images
+# (infra/docker runs `make system-deps`) carry no browser. Tests that need a missing tool are
+# skipped, saying which, except under CI=true, where they fail.
 test-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  echo "installing Debian packages for the tests: $(APT_TEST_PACKAGES)"; \
+	@missing=""; \
+	for tool in chromium envsubst; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests (missing:$$missing)"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_TEST_PACKAGES) >/dev/null; } \
-	    || echo "warning: could not install $(APT_TEST_PACKAGES): the HTML report rendering checks will be skipped"; \
+	    || echo "warning: could not install $(APT_TEST_PACKAGES): the tests that need them are skipped (they fail under CI=true)"; \
 	fi
 
 # The suite runs in its own network namespace (loopback only) when the machine allows it.

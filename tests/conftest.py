@@ -1,15 +1,48 @@
-"""Shared test helpers: locating the golden fixtures and loading the reference model."""
+"""Shared test helpers: the golden fixtures and the reference model, and the ``needs_tools``
+marker.
+
+``@pytest.mark.needs_tools("espeak-ng", "sox", word_list=True)``: the test needs these programs
+(and Debian's word list). Where one is missing the test is skipped, saying which, except under
+``CI=true``: there ``make test`` has installed them, so a missing tool fails the test instead of
+quietly hiding what it covers.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from model.training.corpus import DEFAULT_WORD_LIST as WORD_LIST  # Debian wamerican
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_tools(*programs, word_list=False): skip without them (fail under CI=true)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    missing: list[str] = []
+    for mark in item.iter_markers("needs_tools"):
+        missing += [t for t in mark.args if shutil.which(t) is None and t not in missing]
+        if mark.kwargs.get("word_list") and not WORD_LIST.is_file() and str(WORD_LIST) not in missing:
+            missing.append(str(WORD_LIST))
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)} (make install and make test-deps install them)"
+    if in_ci():
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
 
 
 def fixture_dir() -> Path:

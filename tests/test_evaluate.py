@@ -25,11 +25,11 @@ import pytest
 import torch
 
 from audio_testing import speak
-from browser import CHECK_ID, chromium, pixels, render_check, screenshot
-from helpers import edit_distance, have_tools, make_tiny_model_dir
+from browser import CHECK_ID, pixels, render_check, screenshot
+from helpers import edit_distance, make_tiny_model_dir
 from services import REPO, RayHead
 
-pytestmark = pytest.mark.skipif(not have_tools("espeak-ng", "sox"), reason="needs espeak-ng and sox")
+pytestmark = pytest.mark.needs_tools("espeak-ng", "sox")
 
 # (cut id, text, voice, speaker); "broken" is unreadable audio with a reference: a failed cut
 EVAL_SETS = {
@@ -166,17 +166,17 @@ def test_help_and_bad_input_fail_fast(world):
     assert not (world["hist"] / "wer_history").exists()
 
 
-def test_nightly_sequence_creates_history_passes_then_trips_the_gate(world):
+@pytest.fixture(scope="module")
+def nightly(world):
+    """Three nights of evaluation on the same eval sets (see the module docstring); returns the
+    jobs' outputs and night 1's per-dataset WER. Each night needs the one before it, so a
+    failure stops here and errors every test that uses the outputs."""
     root = world["root"]
     manifests = {name: write_manifest(root / f"{name}-1.jsonl", cuts) for name, cuts in world["cuts"].items()}
 
     # night 1: first run, no history
     first = run_local(world, evaluate_args(world, manifests, world["model_a"], "night-1"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    lines = verdict_lines(first.stdout)
-    assert set(lines) == {"clean", "other"}
-    assert all(": FIRST " in line and "first run" in line for line in lines.values()), lines
-    assert "evaluation passed: 2 of 2 checks passed" in first.stdout
     wer1 = check_rows_and_report(world, "night-1")
 
     # references := night 1's own transcripts (the model now matches them exactly)
@@ -193,12 +193,24 @@ def test_nightly_sequence_creates_history_passes_then_trips_the_gate(world):
     finally:
         head.stop()
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+
+    # night 3: the perturbed model is worse by more than --max-regression 1.0
+    third = run_local(world, evaluate_args(world, relabelled, world["model_b"], "night-3"))
+    return dict(first=first, second=second, third=third, wer1=wer1)
+
+
+def test_nightly_sequence_creates_history_passes_then_trips_the_gate(world, nightly):
+    first, second, third, wer1 = nightly["first"], nightly["second"], nightly["third"], nightly["wer1"]
+    lines = verdict_lines(first.stdout)
+    assert set(lines) == {"clean", "other"}
+    assert all(": FIRST " in line and "first run" in line for line in lines.values()), lines
+    assert "evaluation passed: 2 of 2 checks passed" in first.stdout
+
     lines = verdict_lines(second.stdout)
     assert all(": PASS  WER 0.00% (baseline" in line and "in run night-1" in line for line in lines.values()), lines
     assert check_rows_and_report(world, "night-2") == {"clean": 0.0, "other": 0.0}
 
-    # night 3: the perturbed model is worse by more than --max-regression 1.0: exit 1, a verdict per dataset
-    third = run_local(world, evaluate_args(world, relabelled, world["model_b"], "night-3"))
+    # night 3: exit 1, a verdict per dataset
     assert third.returncode == 1, third.stdout[-3000:] + third.stderr[-3000:]
     wer3 = check_rows_and_report(world, "night-3")
     lines = verdict_lines(third.stdout)
@@ -231,11 +243,14 @@ def test_nightly_sequence_creates_history_passes_then_trips_the_gate(world):
     md = (report_dir / "summary.md").read_text()
     assert "## Regression check" in md and lines["clean"] in md and "## Worst utterances" in md
     assert pq.read_table(report_dir / "errors.parquet").num_rows > 0
-    page = report_dir / "report.html"
-    html = page.read_text()
+    html = (report_dir / "report.html").read_text()
     assert html.count("<svg") == 3 and "WER over time" in html and "REGRESSION" in html
-    if chromium() is None:
-        pytest.skip("Debian package 'chromium' is not installed (make system-deps installs it): HTML not rendered")
+
+
+@pytest.mark.needs_tools("chromium")
+def test_nightly_html_report_renders_in_chromium(world, nightly):
+    """Night 3's page in a real headless Chromium: three plots laid out, no script errors, not blank."""
+    page = world["out"] / "wer" / "run_id=night-3" / "report.html"
     proc, dom = render_check(page)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = json.loads(re.search(rf'<div id="{CHECK_ID}">(.*?)</div>', dom).group(1).replace("&quot;", '"'))
@@ -246,10 +261,8 @@ def test_nightly_sequence_creates_history_passes_then_trips_the_gate(world):
     assert (img < 0.95).any(axis=2).mean() > 0.03  # not blank
 
 
-def test_documented_duckdb_queries_run_on_real_outputs(world):
+def test_documented_duckdb_queries_run_on_real_outputs(world, nightly):
     """docs/queries.sql, each named query, against the outputs of the nightly sequence."""
-    if not (world["hist"] / "wer_history").exists():
-        pytest.skip("needs the outputs of test_nightly_sequence_creates_history_passes_then_trips_the_gate")
     queries = named_queries()
     assert {"wer_per_dataset_over_time", "worst_speakers", "transcripts_search"} <= set(queries)
     con = duckdb.connect()
