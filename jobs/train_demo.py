@@ -88,10 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--spec-augment-after", type=int, default=600, help="steps before SpecAugment starts")
     p.add_argument("--vocab-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", choices=("bfloat16-embed", "float32", "bfloat16"), default="bfloat16-embed",
-                   help="bfloat16-embed (default): the convolutional front end under bfloat16 autocast, the rest "
-                        "float32 (fastest on a CPU with AMX); bfloat16: the whole forward (for a GPU); float32. "
-                        "Weights, optimizer and losses are float32 in every case")
+    p.add_argument("--precision", choices=("auto", "bfloat16-embed", "float32", "bfloat16"), default="auto",
+                   help="auto (default): bfloat16-embed where the CPU computes bfloat16 natively (AVX-512 BF16 / "
+                        "AMX), else float32 (emulated bf16 makes steps ~5x slower on AVX2-only CPUs); "
+                        "bfloat16-embed: the convolutional front end under bfloat16 autocast, the rest float32 "
+                        "(fastest on a CPU with AMX; what the shipped demo model was trained with); bfloat16: the "
+                        "whole forward (for a GPU); float32. Weights, optimizer and losses are float32 in every case")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=150)
     p.add_argument("--average-last", type=int, default=4)
@@ -110,8 +112,11 @@ def main(argv=None) -> dict:
     from model.tokenizer import Tokenizer, train_bpe
     from model.training.data import CutDataset, load_manifest
     from model.training.evaluation import evaluate, sweep_attention_scale
-    from model.training.trainer import TrainConfig, Trainer, init_for_training
+    from model.training.trainer import TrainConfig, Trainer, default_cpu_precision, init_for_training
     from pipeline.report.wer import corpus_wer  # WER scored exactly as transcript rows and reports score it
+
+    if args.precision == "auto":
+        args.precision = default_cpu_precision()
 
     torch.set_num_threads(args.threads)
     # Subnormal floats appear in the activations and gradients within a few hundred steps and

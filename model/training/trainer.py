@@ -146,6 +146,20 @@ class TrainConfig:
 PRECISIONS = ("float32", "bfloat16-embed", "bfloat16")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 / AMX), as oneDNN sees it.
+    Without it bf16 convolutions are emulated: ~5x slower steps on an AVX2-only CPU."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def default_cpu_precision() -> str:
+    """``bfloat16-embed`` where the CPU has native bf16, else ``float32``."""
+    return "bfloat16-embed" if cpu_has_native_bf16() else "float32"
+
 
 @dataclass
 class TrainState:
