@@ -1,4 +1,4 @@
-"""Shards and duration-sorted batch packing."""
+"""Content-defined shards and duration-sorted batch packing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Optional
 
 import pytest
 
-from pipeline.plan.shards import make_shards
 from pipeline.plan.batching import pack_batches, padding_ratio
+from pipeline.plan.shards import MAX_SHARD_FACTOR, make_shards
 
 
 @dataclass
@@ -19,16 +19,47 @@ class Item:
     source: str = "s3://b/a.wav"
     channel: Optional[int] = None
     start: float = 0.0
+    window_index: Optional[int] = None
 
 
 def test_shards_are_consecutive_and_deterministic():
-    items = [Item(f"c{i}", 1.0) for i in range(23)]
+    items = [Item(f"c{i}", 1.0) for i in range(230)]
     shards = list(make_shards(iter(items), 10))
-    assert [s.shard_id for s in shards] == ["shard-000000", "shard-000001", "shard-000002"]
-    assert [len(s.items) for s in shards] == [10, 10, 3]
     assert [i.cut_id for s in shards for i in s.items] == [i.cut_id for i in items]
+    assert [s.index for s in shards] == list(range(len(shards)))
+    assert all(s.shard_id.startswith("shard-") and len(s.shard_id) == 22 for s in shards)
+    assert len({s.shard_id for s in shards}) == len(shards)
+    assert all(1 <= len(s.items) <= MAX_SHARD_FACTOR * 10 for s in shards)
+    assert 10 <= len(shards) <= 46  # about 23 shards of 10 on average
     again = list(make_shards(iter(items), 10))
+    assert [s.shard_id for s in again] == [s.shard_id for s in shards]
     assert [s.fingerprint("m", "d") for s in shards] == [s.fingerprint("m", "d") for s in again]
+
+
+def test_an_inserted_item_changes_only_its_own_shard():
+    """Content-defined boundaries: a file added to a prefix renumbers nothing; only the shard
+    that receives it gets a new id (every other shard's part is reused by a rerun)."""
+    items = [Item(f"audio/{i:05d}.wav", 1.0) for i in range(2000)]
+    before = {s.shard_id: [i.cut_id for i in s.items] for s in make_shards(items, 20)}
+    grown = items[:777] + [Item("audio/00776b.wav", 1.0)] + items[777:]
+    after = {s.shard_id: [i.cut_id for i in s.items] for s in make_shards(grown, 20)}
+    new = set(after) - set(before)
+    gone = set(before) - set(after)
+    # the new item may itself end a shard, or push a shard that was cut at the size limit over it:
+    # the change stays local, a few shards between two content boundaries
+    assert 1 <= len(new) <= 3 and 1 <= len(gone) <= 2
+    assert sorted(i for s in new for i in after[s]) == sorted([i for s in gone for i in before[s]] + ["audio/00776b.wav"])
+    # a position-based cut would have renumbered every later shard
+    assert set(before) - gone == set(after) - new and len(set(before) - gone) >= len(before) - 2
+
+
+def test_shard_size_one_gives_one_shard_per_item_and_the_maximum_holds():
+    items = [Item(f"c{i}", 1.0) for i in range(7)]
+    assert [len(s.items) for s in make_shards(items, 1)] == [1] * 7
+    many = [Item(f"c{i}", 1.0) for i in range(5000)]
+    sizes = [len(s.items) for s in make_shards(many, 100)]
+    assert max(sizes) <= MAX_SHARD_FACTOR * 100 and sum(sizes) == 5000
+    assert 60 <= sum(sizes) / len(sizes) <= 160  # mean near the shard size
 
 
 def test_fingerprint_changes_with_content_and_settings():
@@ -39,13 +70,15 @@ def test_fingerprint_changes_with_content_and_settings():
 
 
 def test_make_shards_is_lazy():
+    items = [Item(f"c{i}", 1.0) for i in range(100)]
+    size = len(next(make_shards(items, 5)).items)
+
     def stream():
-        for i in range(5):
-            yield Item(f"c{i}", 1.0)
+        yield from items[:size]
         raise RuntimeError("read past what the first shard needs")
 
     first = next(make_shards(stream(), 5))
-    assert len(first.items) == 5
+    assert [i.cut_id for i in first.items] == [i.cut_id for i in items[:size]]
 
 
 def test_packing_respects_padded_budget_and_keeps_every_item():

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Callable, Optional
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 import soundfile as sf
 
@@ -279,3 +281,35 @@ def probe_source(source: str, options: Optional[S3Options] = None) -> Optional[f
         return duration
     except storage.StorageError:
         return None
+
+
+P = TypeVar("P")
+#: ``prober(pairs)``: for ``(payload, source URI)`` pairs, yields ``(payload, duration or None)`` in
+#: the same order, lazily. The payload is anything the caller needs back (e.g. the cut's id).
+Prober = Callable[[Iterable[tuple[Any, str]]], Iterator[tuple[Any, Optional[float]]]]
+
+
+def threaded_prober(workers: int = 8, options: Optional[S3Options] = None) -> Prober:
+    """A :data:`Prober` that reads headers on ``workers`` threads of this process, at most
+    ``2 * workers`` sources ahead of the consumer."""
+
+    def probe(pairs: Iterable[tuple[P, str]]) -> Iterator[tuple[P, Optional[float]]]:
+        if workers <= 1:
+            for payload, source in pairs:
+                yield payload, probe_source(source, options)
+            return
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+        pending: deque[tuple[P, Future]] = deque()
+        try:
+            for payload, source in pairs:
+                pending.append((payload, pool.submit(probe_source, source, options)))
+                if len(pending) >= 2 * workers:
+                    head, fut = pending.popleft()
+                    yield head, fut.result()
+            while pending:
+                head, fut = pending.popleft()
+                yield head, fut.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    return probe

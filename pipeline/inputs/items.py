@@ -3,7 +3,8 @@ transcribe, and :class:`ManifestError` for inputs that cannot become work items.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 __all__ = ["SEGMENT_MODES", "ManifestError", "WorkItem"]
 
@@ -71,3 +72,17 @@ class WorkItem:
     @property
     def is_window(self) -> bool:
         return self.window_index is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (what a frozen plan stores). Field by field: ``dataclasses.asdict``
+        deep-copies recursively and was most of the time of planning a million cuts."""
+        out = {name: getattr(self, name) for name in _FIELDS}
+        out["custom"] = dict(self.custom)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WorkItem":
+        return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in fields(WorkItem))

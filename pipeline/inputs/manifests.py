@@ -43,16 +43,14 @@ import hashlib
 import json
 import os
 import posixpath
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
 from pipeline.io import storage
 from pipeline.io.storage import S3Options
 
-from .durations import probe_source
+from .durations import Prober, threaded_prober
 from .items import SEGMENT_MODES, ManifestError, WorkItem
 
 __all__ = [
@@ -117,6 +115,7 @@ def iter_work_items(
     kind: InputKind | None = None,
     probe_durations: bool = True,
     probe_workers: int = 8,
+    prober: Prober | None = None,
     check_unique: bool = True,
     options: S3Options | None = None,
     segments: str = "cuts",
@@ -132,7 +131,9 @@ def iter_work_items(
             any libsndfile format are probed whole); larger MP3 and Ogg Opus / Vorbis files from
             their frame headers plus, for Ogg, one read of the file's tail
             (:mod:`pipeline.inputs.durations`); ``duration`` is ``None`` when unknown.
-        probe_workers: concurrent header reads (order of the output is preserved).
+        probe_workers: concurrent header reads in this process (order of the output is preserved).
+        prober: how durations are probed instead (:data:`pipeline.inputs.durations.Prober`;
+            the driver passes one that runs the reads in Ray tasks).
         check_unique: fail on a repeated ``cut_id`` (lhotse manifests and URI lists).
         options: S3 options for reading the input and probing.
         segments: ``"cuts"`` (one item per cut) or ``"supervisions"``: for lhotse cuts, one
@@ -147,16 +148,18 @@ def iter_work_items(
     if segments not in SEGMENT_MODES:
         raise ValueError(f"segments must be one of {SEGMENT_MODES}, got {segments!r}")
     kind = kind or detect_input_kind(uri)
+    if not probe_durations:
+        prober = None
+    elif prober is None:
+        prober = threaded_prober(probe_workers if kind != "audio_file" else 1, options)
     if kind == "lhotse":
         items = _iter_lhotse(uri, dataset, check_unique, options, segments)
     elif kind == "uri_list":
-        items = _iter_uri_list(uri, dataset, check_unique, probe_durations, probe_workers, options)
+        items = _iter_uri_list(uri, dataset, check_unique, prober, options)
     elif kind == "audio_dir":
-        items = _iter_audio_dir(uri, dataset, probe_durations, probe_workers, options)
+        items = _iter_audio_dir(uri, dataset, prober, options)
     elif kind == "audio_file":
-        items = _probe_items(
-            iter([(posixpath.basename(uri.rstrip("/")), uri, None)]), dataset, probe_durations, 1, options
-        )
+        items = _probe_items(iter([(posixpath.basename(uri.rstrip("/")), uri, None)]), dataset, prober)
     else:
         raise ValueError(f"unknown input kind {kind!r}")
     return items
@@ -209,44 +212,15 @@ def _scalar_custom(custom: dict[str, Any] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in custom.items() if isinstance(v, (str, int, float, bool))}
 
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _ordered_map(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator[tuple[T, R]]:
-    """``(item, fn(item))`` in input order, computing at most ``2 * workers`` ahead (lazy)."""
-    if workers <= 1:
-        for item in items:
-            yield item, fn(item)
-        return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
-    pending: deque[tuple[T, Future[R]]] = deque()
-    try:
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) >= 2 * workers:
-                head, fut = pending.popleft()
-                yield head, fut.result()
-        while pending:
-            head, fut = pending.popleft()
-            yield head, fut.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _probe_items(
     entries: Iterator[tuple[str, str, int | None]],
     dataset: str | None,
-    probe: bool,
-    workers: int,
-    options: S3Options | None,
+    prober: Prober | None,
 ) -> Iterator[WorkItem]:
-    """entries: (cut_id, source, line). Adds probed durations."""
-
-    def duration_of(entry: tuple[str, str, int | None]) -> float | None:
-        return probe_source(entry[1], options) if probe else None
-
-    for (cut_id, source, _), duration in _ordered_map(duration_of, entries, workers if probe else 1):
+    """entries: (cut_id, source, line). Adds probed durations (``None`` without a prober)."""
+    pairs = ((entry, entry[1]) for entry in entries)
+    probed = prober(pairs) if prober is not None else ((entry, None) for entry, _ in pairs)
+    for (cut_id, source, _), duration in probed:
         yield WorkItem(
             cut_id=cut_id,
             recording_id=cut_id,
@@ -425,9 +399,7 @@ def _item_from_recording(recording: Any, uri: str, line: int) -> WorkItem:
 # --------------------------------------------------------------------------------------
 
 
-def _iter_audio_dir(
-    uri: str, dataset: str | None, probe: bool, workers: int, options: S3Options | None
-) -> Iterator[WorkItem]:
+def _iter_audio_dir(uri: str, dataset: str | None, prober: Prober | None, options: S3Options | None) -> Iterator[WorkItem]:
     base = uri if uri.endswith("/") else uri + "/"
 
     def entries() -> Iterator[tuple[str, str, int | None]]:
@@ -440,7 +412,7 @@ def _iter_audio_dir(
             raise ManifestError(uri, f"no audio files ({' '.join(AUDIO_SUFFIXES)}) found under this "
                                 "directory / prefix")
 
-    return _probe_items(entries(), dataset, probe, workers, options)
+    return _probe_items(entries(), dataset, prober)
 
 
 def _parent(uri: str) -> str:
@@ -458,7 +430,7 @@ def _resolve_entry(entry: str, parent: str) -> str:
 
 
 def _iter_uri_list(
-    uri: str, dataset: str | None, check_unique: bool, probe: bool, workers: int, options: S3Options | None
+    uri: str, dataset: str | None, check_unique: bool, prober: Prober | None, options: S3Options | None
 ) -> Iterator[WorkItem]:
     parent = _parent(uri)
     unique = _UniqueIds(uri) if check_unique else None
@@ -475,4 +447,4 @@ def _iter_uri_list(
                 unique.add(entry, lineno)
             yield entry, _resolve_entry(entry, parent), lineno
 
-    return _probe_items(entries(), dataset, probe, workers, options)
+    return _probe_items(entries(), dataset, prober)

@@ -58,7 +58,9 @@ __all__ = [
     "ChecksumMismatchError",
     "MissingObjectError",
     "S3Options",
+    "S3_ENV_VARS",
     "StorageError",
+    "delete",
     "download_to_cache",
     "exists",
     "get_default_s3_options",
@@ -70,9 +72,11 @@ __all__ = [
     "read_bytes",
     "read_range",
     "s3_client",
+    "s3_environment",
     "set_default_s3_options",
     "sha256_file",
     "size",
+    "version",
     "write_bytes_atomic",
     "write_text_atomic",
 ]
@@ -195,6 +199,18 @@ class S3Options:
             max_attempts=int(attempts) if attempts else cls.max_attempts,
             addressing_style=first("ZIPSCRIBE_S3_ADDRESSING_STYLE"),
         )
+
+
+#: the environment variables :meth:`S3Options.from_env` reads (credentials excluded): a run passes
+#: the driver's values on to its workers, so ``--s3-endpoint-url`` reaches every node
+S3_ENV_VARS = ("ZIPSCRIBE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION",
+               "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "ZIPSCRIBE_S3_ADDRESSING_STYLE")
+
+
+def s3_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The :data:`S3_ENV_VARS` set in ``environ`` (default: this process's environment)."""
+    env = os.environ if environ is None else environ
+    return {name: env[name] for name in S3_ENV_VARS if env.get(name)}
 
 
 _default_options: S3Options | None = None
@@ -538,6 +554,19 @@ def size(uri: str, *, options: S3Options | None = None) -> int:
         raise _map_error(uri, exc) from exc
 
 
+def version(uri: str, *, options: S3Options | None = None) -> str:
+    """A string that changes when the object changes: ``<size>:<ETag>`` on S3,
+    ``<size>:<mtime in ns>`` locally; :class:`MissingObjectError` when absent."""
+    if is_s3_uri(uri):
+        head = _head(uri, options)
+        return f"{int(head['ContentLength'])}:{str(head.get('ETag', '')).strip(chr(34))}"
+    try:
+        st = os.stat(_local_path(uri))
+    except OSError as exc:
+        raise _map_error(uri, exc) from exc
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def exists(uri: str, *, options: S3Options | None = None) -> bool:
     """True when the object (S3) or regular file (local) exists. Directories/prefixes: False."""
     if is_s3_uri(uri):
@@ -746,6 +775,25 @@ def write_text_atomic(
     """:func:`write_bytes_atomic` of ``text`` encoded (UTF-8 by default)."""
     content_type = f"text/plain; charset={encoding}"
     write_bytes_atomic(uri, text.encode(encoding), content_type=content_type, options=options)
+
+
+def delete(uri: str, *, options: S3Options | None = None) -> None:
+    """Remove an object or local file; a missing one is not an error."""
+    if is_s3_uri(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            s3_client(_opts(options)).delete_object(Bucket=bucket, Key=key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            error = _map_error(uri, exc)
+            if not isinstance(error, MissingObjectError):
+                raise error from exc
+        return
+    try:
+        os.unlink(_local_path(uri))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _map_error(uri, exc) from exc
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ Under ``<output>`` (local path or ``s3://``), for run ``<id>``::
     transcripts/run_id=<id>/part-long-<hash>.parquet    one stitched long cut
     windows/run_id=<id>/part-<shard>.parquet            the windows of long cuts in a shard
     runs/<id>/summary.json                              the run summary
+    runs/<id>/plan/summary.json                         the frozen plan: what it holds, how it was made
+    runs/<id>/plan/index-<n>.parquet                    the plan's shards in order, one row each
+    runs/<id>/plan/shards/<shard>.jsonl.gz              the work items of one shard
+    runs/<id>/plan/long_cuts.parquet                    the plan's long cuts and their windows
     wer/run_id=<id>/{report.parquet, errors.parquet, summary.md, report.html}
 
 and under ``<history>`` (nightly evaluations)::
@@ -64,6 +68,27 @@ class RunPaths:
     def summary(self) -> str:
         """``<output>/runs/<id>/summary.json``."""
         return storage.join(self.output, "runs", self.run_id, "summary.json")
+
+    @property
+    def plan(self) -> str:
+        """``<output>/runs/<id>/plan``: the run's frozen plan."""
+        return storage.join(self.output, "runs", self.run_id, "plan")
+
+    @property
+    def plan_summary(self) -> str:
+        return storage.join(self.plan, "summary.json")
+
+    def plan_index(self, number: int) -> str:
+        """The ``number``-th file of the plan's shard index."""
+        return storage.join(self.plan, f"index-{number:05d}.parquet")
+
+    def plan_shard(self, shard_id: str) -> str:
+        """The work items of one shard of the plan."""
+        return storage.join(self.plan, "shards", f"{shard_id}.jsonl.gz")
+
+    @property
+    def plan_long_cuts(self) -> str:
+        return storage.join(self.plan, "long_cuts.parquet")
 
     @property
     def report(self) -> str:

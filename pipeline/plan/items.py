@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+from pipeline.inputs.durations import Prober
 from pipeline.inputs.items import WorkItem
 from pipeline.inputs.manifests import iter_work_items
 
@@ -13,10 +14,12 @@ __all__ = ["plan_items"]
 
 
 def plan_items(manifests: Sequence[str], *, dataset: str | None = None, segments: str = "cuts",
-               max_cut_seconds: float = 30.0, overlap_seconds: float = 4.0) -> Iterator[WorkItem]:
+               max_cut_seconds: float = 30.0, overlap_seconds: float = 4.0,
+               prober: Prober | None = None) -> Iterator[WorkItem]:
     """Stream the work items of ``manifests`` in order: each input's items
-    (:func:`pipeline.inputs.manifests.iter_work_items`), every cut longer than
-    ``max_cut_seconds`` replaced by its windows (:func:`pipeline.plan.windows.expand_windows`)."""
+    (:func:`pipeline.inputs.manifests.iter_work_items`, durations of plain audio files probed by
+    ``prober``, else on threads here), every cut longer than ``max_cut_seconds`` replaced by its
+    windows (:func:`pipeline.plan.windows.expand_windows`)."""
     for uri in manifests:
-        items = iter_work_items(uri, dataset=dataset, segments=segments)
+        items = iter_work_items(uri, dataset=dataset, segments=segments, prober=prober)
         yield from expand_windows(items, max_cut_seconds, overlap_seconds)
