@@ -73,6 +73,7 @@ from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
     add_longform_options,
+    add_plan_options,
     add_resource_options,
     add_s3_options,
     apply_s3_options,
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="history root: rows go to <history>/wer_history/ (local or s3://; may equal --output)")
     io.add_argument("--run-id", default=None,
                     help="evaluation run id (default: eval-<UTC timestamp>-<random>); reuse it to resume")
-    io.add_argument("--no-resume", dest="resume", action="store_false", help="redo shards even if their part exists")
+    add_plan_options(io)
 
     gate = p.add_argument_group("regression gate")
     gate.add_argument("--max-regression", type=float, default=DEFAULT_MAX_REGRESSION, metavar="ABS_POINTS",
@@ -144,7 +145,7 @@ def eval_set_config(args: argparse.Namespace, run_id: str, name: str, uri: str, 
     """The driver configuration of one (eval set, decoding): exactly what jobs/transcribe.py would run."""
     return transcribe_config(
         args, method, manifest=[uri], model=args.model, output=args.output, run_id=f"{run_id}.{name}.{method}",
-        dataset=name, resume=args.resume, progress=args.progress,
+        dataset=name, progress=args.progress,
     )
 
 

@@ -23,17 +23,26 @@ $ZIPSCRIBE_CACHE (default ~/.cache/zipscribe) and checked against the checkpoint
 
 Output (--output, local or s3://):
   transcripts/run_id=<id>/part-<shard>.parquet   one row per cut (schema in README)
-  runs/<id>/summary.json                         counts, audio hours, RTFx, padding, stage times
+  runs/<id>/summary.json                         counts, audio hours, RTFx, padding, stage times, plan, actors
+  runs/<id>/plan/                                the frozen plan (summary.json, index, one file per shard)
   wer/run_id=<id>/report.parquet, errors.parquet, summary.md, report.html
                                                  WER report, written when the cuts have references
                                                  (manifest supervisions): WER per dataset, speaker and
                                                  duration bucket, most frequent errors, worst utterances
-Exit status: 0 done; 1 some shard failed every attempt; 2 bad input (unreadable manifest or
-model, invalid option); 3 cuts with status='error' under --fail-on-error.
+Exit status: 0 done; 2 bad input (unreadable manifest or model, invalid option, a plan made
+with other options, no node a model actor fits on within --resource-timeout, a GPU actor whose
+torch has no CUDA); 3 incomplete: shards not done (they failed every attempt, or the run
+stopped), or cuts with status='error' under --fail-on-error. A rerun finishes what is missing.
 
-Rerunning with the same --output and --run-id resumes: shards whose part exists with the same
-fingerprint (manifest shard + model checksum + decoding settings) are skipped, so every cut is
-written exactly once.
+How it runs: the inputs are planned once into shards (content-derived ids) under
+<output>/runs/<id>/plan/; then, on Ray Data, each shard is checked (a part with the same
+fingerprint means done), its audio fetched and decoded by CPU tasks (--audio-cpus), and
+transcribed by a pool of model actors (--num-actors N or MIN:MAX, --gpus-per-actor,
+--cpus-per-actor), each shard's part written atomically. Long recordings are stitched last.
+
+Rerunning with the same --output and --run-id resumes: the plan is reused (say --replan after
+the inputs changed), shards whose part exists with the same fingerprint (shard contents + model
+checksum + decoding settings) are skipped, so every cut is written exactly once.
 
 S3: endpoint, region and credentials come from the standard AWS chain (AWS_ENDPOINT_URL,
 AWS_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles) or the flags.
@@ -56,6 +65,7 @@ from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
     add_longform_options,
+    add_plan_options,
     add_resource_options,
     add_s3_options,
     apply_s3_options,
@@ -80,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "driver peak memory; no Ray, no model, no output")
     io.add_argument("--run-id", default=None, help="run id (default: UTC timestamp + random suffix); reuse it to resume")
     io.add_argument("--dataset", default=None, help="dataset name stored in every row (e.g. the eval set name)")
-    io.add_argument("--no-resume", dest="resume", action="store_false", help="redo shards even if their part exists")
+    add_plan_options(io)
 
     dec = p.add_argument_group("decoding")
     dec.add_argument("--decoding", default="auto", choices=("auto",) + METHODS,
@@ -95,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_s3_options(p)
 
     out = p.add_argument_group("reporting")
-    out.add_argument("--no-eta", dest="eta", action="store_false", help="skip the counting pass over the manifest (no ETA)")
+    out.add_argument("--no-eta", dest="eta", action="store_false", help="no ETA in the progress bar")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     out.add_argument("--summary-json", action="store_true", help="print the summary as JSON instead of text")
     out.add_argument("--fail-on-error", action="store_true", help="exit with status 3 when any cut ends with status='error'")
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TranscribeConfig:
     return transcribe_config(
         args, args.decoding, manifest=args.manifest, model=args.model, output=args.output, run_id=args.run_id,
-        dataset=args.dataset, resume=args.resume, eta=args.eta, progress=args.progress,
+        dataset=args.dataset, eta=args.eta, progress=args.progress,
     )
 
 
@@ -137,7 +147,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(headline_text(report[0]) + f"\nWER report: {report[1]['report.html']}",
               file=sys.stderr if args.summary_json else sys.stdout)
     if summary.shards_failed:
-        return 1
+        print(f"error: {len(summary.shards_failed)} shard(s) not done ({', '.join(summary.shards_failed[:5])}"
+              f"{', ...' if len(summary.shards_failed) > 5 else ''}); rerun with the same --output and --run-id to "
+              "finish them", file=sys.stderr)
+        return 3
     if args.fail_on_error and summary.cuts_error:
         print(f"error: {summary.cuts_error} cut(s) failed (--fail-on-error)", file=sys.stderr)
         return 3

@@ -16,9 +16,13 @@ from pipeline.io.storage import StorageError
 from pipeline.longform.pauses import PauseSplit
 from pipeline.report.normalize import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
 from pipeline.run.config import TranscribeConfig
+from pipeline.run.resources import ResourceTimeoutError
+from pipeline.run.transcriber import DeviceError
 
-# Bad command-line inputs: reported as one line and exit status 2, no traceback.
-INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, CheckpointMismatchError, ValueError)
+# Bad command-line inputs, and runs that cannot start (no node an actor fits on, a GPU without
+# CUDA): reported as one line and exit status 2, no traceback.
+INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, CheckpointMismatchError, ValueError, DeviceError,
+                ResourceTimeoutError)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _DEFAULTS = TranscribeConfig(manifest=[], model="", output="")
 
@@ -54,24 +58,41 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
 
 
 def add_resource_options(parser: argparse.ArgumentParser, title: str = "resources and batching") -> None:
-    res = parser.add_argument_group(title)
-    res.add_argument("--num-actors", type=int, default=None, help="transcriber actors (default: one per GPU, else CPUs / cpus-per-actor)")
-    res.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default 1 if the cluster has GPUs, else 0)")
-    res.add_argument("--cpus-per-actor", type=float, default=None, help="CPUs per actor (default 1 with GPUs, else min(4, cluster CPUs))")
+    res = parser.add_argument_group(
+        title,
+        "A run is three Ray Data stages: shard checks, the audio stage (CPU tasks that fetch, decode and resample) "
+        "and the model stage (an actor pool, one resident model per actor). Sizes come from single nodes: without "
+        "GPUs an actor takes the largest node's CPUs less one audio task (at most 4); with GPUs, one GPU and one "
+        "CPU. Give the audio stage the CPUs that decode what the models consume (README: sizing audio CPUs "
+        "per GPU).")
+    res.add_argument("--num-actors", default=None, metavar="N|MIN:MAX",
+                     help="model actors: N fixed, or MIN:MAX for a pool Ray Data grows while work waits (default: "
+                          "as many as the cluster's nodes hold now; with GPUs 1:<GPUs in the cluster>)")
+    res.add_argument("--gpus-per-actor", type=float, default=None,
+                     help="GPUs per model actor (default 1 if the cluster has GPUs, else 0). On an autoscaling "
+                          "cluster whose GPU nodes start at zero, set it: the run asks the autoscaler and waits")
+    res.add_argument("--cpus-per-actor", type=float, default=None,
+                     help="CPUs per model actor (default 1 with GPUs, else the largest node's CPUs less "
+                          "--audio-cpus, at most 4; torch uses that many threads)")
+    res.add_argument("--audio-cpus", type=float, default=None,
+                     help="CPUs per audio-stage task (one shard's audio at a time; default 1 with GPUs, else 0.5)")
+    res.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                     help="auto: CUDA when the actor was given a GPU (an actor given a GPU by a torch build without "
+                          "CUDA stops the run with one clear error); cpu: CPUs even on GPU nodes, on purpose")
+    res.add_argument("--resource-timeout", type=float, default=_DEFAULTS.resource_timeout, metavar="S",
+                     help="how long to wait for a node a model actor fits on (an autoscaler adding GPU nodes) "
+                          f"before giving up with exit status 2 (default {_DEFAULTS.resource_timeout:g})")
     res.add_argument("--max-batch-seconds", type=float, default=_DEFAULTS.max_batch_seconds,
                      help=f"padded audio seconds per batch (default {_DEFAULTS.max_batch_seconds:g}; ~1000 on a big GPU)")
     res.add_argument("--max-batch-size", type=int, default=None, help="cap on cuts per batch")
     res.add_argument("--shard-size", type=int, default=_DEFAULTS.shard_size,
-                     help="cuts per shard = per Parquet part and unit of retry; larger shards sort durations more "
-                          f"finely, so less padding (default {_DEFAULTS.shard_size})")
-    res.add_argument("--shards-in-flight", type=int, default=None, help="outstanding shards (default 2 per actor)")
+                     help="cuts per shard on average = per Parquet part and unit of retry; larger shards sort "
+                          "durations more finely, so less padding, and hold more audio in memory at once "
+                          f"(default {_DEFAULTS.shard_size})")
     res.add_argument("--max-attempts", type=int, default=_DEFAULTS.max_attempts,
-                     help="tries per shard when its actor dies while holding it; each actor is restarted at most "
-                          f"this many times (default {_DEFAULTS.max_attempts})")
-    res.add_argument("--actor-restart-timeout", type=float, default=_DEFAULTS.actor_restart_timeout, metavar="S",
-                     help="how long the driver waits for a dead actor's restart before dropping it from the pool "
-                          "(no shard is sent to an actor while Ray restarts it, so retries are not spent on it; "
-                          f"default {_DEFAULTS.actor_restart_timeout:g})")
+                     help="tries per shard: when its actor dies (Ray restarts an actor at most this many times, "
+                          "then the run stops and reports the shards not done) or its part cannot be written "
+                          f"(default {_DEFAULTS.max_attempts})")
     res.add_argument("--precision", dest="amp_dtype", default="auto", choices=PRECISIONS,
                      help="encoder precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
     res.add_argument("--rescoring-precision", dest="rescoring_dtype", default="auto", choices=PRECISIONS,
@@ -126,6 +147,16 @@ def add_longform_options(parser: argparse.ArgumentParser) -> None:
                         "supervisions stay whole)")
 
 
+def add_plan_options(group: argparse._ArgumentGroup) -> None:
+    """Resume and the frozen plan (both jobs)."""
+    group.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="redo shards even if their part exists with the same fingerprint")
+    group.add_argument("--replan", action="store_true",
+                       help="plan the run's inputs again (a rerun with the same --run-id otherwise reuses its plan "
+                            "under <output>/runs/<id>/plan/ and only says when the inputs changed); parts of shards "
+                            "the new plan does not have are removed, the others are kept and skipped")
+
+
 def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> TranscribeConfig:
     """The driver configuration for the shared options, a decoding method and job-specific fields
     (``manifest``, ``model``, ``output``, ``run_id``, ``dataset`` ...)."""
@@ -136,13 +167,14 @@ def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> T
         decoding["max_segment_seconds"] = args.max_segment_seconds or None
     return TranscribeConfig(
         decoding=decoding, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=args.cpus_per_actor, max_batch_seconds=args.max_batch_seconds,
-        max_batch_size=args.max_batch_size, shard_size=args.shard_size, shards_in_flight=args.shards_in_flight,
-        max_attempts=args.max_attempts, actor_restart_timeout=args.actor_restart_timeout, amp_dtype=args.amp_dtype,
+        cpus_per_actor=args.cpus_per_actor, audio_cpus=args.audio_cpus, device=args.device,
+        resource_timeout=args.resource_timeout, max_batch_seconds=args.max_batch_seconds,
+        max_batch_size=args.max_batch_size, shard_size=args.shard_size, max_attempts=args.max_attempts,
+        amp_dtype=args.amp_dtype,
         rescoring_dtype=args.rescoring_dtype,
         normalizer=args.normalizer, ray_address=args.ray_address,
         max_cut_seconds=args.max_cut_seconds, window_overlap_seconds=args.window_overlap_seconds,
-        segments=args.segments,
+        segments=args.segments, resume=args.resume, replan=args.replan,
         pause_split=PauseSplit(min_pause_seconds=args.min_pause_seconds, threshold_db=args.pause_threshold_db)
         if args.pause_split else None,
         **fields,

@@ -78,9 +78,10 @@ class FaultProxy:
             headers, then only the first ``truncate_keep`` fraction of the body (default half),
             then close the connection.
         hold(rule): requests matching ``rule`` wait (are neither answered nor forwarded) until
-            :meth:`release`; ``held`` lists them as they arrive.
-        fail_after(rule, n): once a request matching ``rule`` has been forwarded, answer the
-            next ``n`` requests with 503 SlowDown (``outage_started`` is set then).
+            :meth:`release` (which forwards them, or refuses them); ``held`` lists them as they arrive.
+        fail_after(rule, n, which): once a request matching ``rule`` has been forwarded, answer
+            the next ``n`` requests (those matching ``which``, when given) with 503 SlowDown
+            (``outage_started`` is set then).
     Counters: ``requests`` (every request received), ``forwarded`` (Counter of
     ``(method, path-without-query)`` actually sent upstream), ``failed``, ``truncated``.
     """
@@ -101,8 +102,11 @@ class FaultProxy:
         self.held: list[HeldRequest] = []
         self._hold_rule: Optional[Rule] = None
         self._released = threading.Event()
+        self._forward_held = True
         self._outage_rule: Optional[Rule] = None
         self._outage_count = 0
+        self._outage_which: Optional[Rule] = None
+        self._failing_which = 0  # requests matching _outage_which still to refuse
         self.outage_started = threading.Event()
         proxy = self
 
@@ -126,8 +130,11 @@ class FaultProxy:
                     proxy._released.wait()
                 with proxy.lock:
                     proxy.requests += 1
-                    fail = proxy.fail_always or proxy.fail_next > 0
-                    if proxy.fail_next > 0 and not proxy.fail_always:
+                    targeted = proxy._failing_which > 0 and proxy._outage_which(self.command, path, self.headers)
+                    fail = proxy.fail_always or proxy.fail_next > 0 or targeted or (hold and not proxy._forward_held)
+                    if targeted:
+                        proxy._failing_which -= 1
+                    elif proxy.fail_next > 0 and not proxy.fail_always:
                         proxy.fail_next -= 1
                     if fail:
                         proxy.failed += 1
@@ -149,7 +156,10 @@ class FaultProxy:
                         proxy.forwarded[(self.command, raw_path)] += 1
                         if proxy._outage_rule is not None and proxy._outage_rule(self.command, path, self.headers):
                             proxy._outage_rule = None
-                            proxy.fail_next += proxy._outage_count
+                            if proxy._outage_which is None:
+                                proxy.fail_next += proxy._outage_count
+                            else:
+                                proxy._failing_which += proxy._outage_count
                             proxy.outage_started.set()
                         cut = self.command == "GET" and len(payload) > 1 and proxy.truncate_next_gets > 0
                         if cut:
@@ -210,16 +220,19 @@ class FaultProxy:
             self._released.clear()
             self._hold_rule = rule
 
-    def release(self) -> None:
-        """Stop holding; held requests go on (to a closed connection if their client died)."""
+    def release(self, forward: bool = True) -> None:
+        """Stop holding. Held requests go on to the store, or with ``forward=False`` are answered
+        503 (what a request of a client that was killed meanwhile must not do: reach the store)."""
         with self.lock:
             self._hold_rule = None
+            self._forward_held = forward
             self._released.set()
 
-    def fail_after(self, rule: Rule, count: int) -> None:
-        """Arm an outage: after the next forwarded request matching ``rule``, refuse ``count``."""
+    def fail_after(self, rule: Rule, count: int, which: Optional[Rule] = None) -> None:
+        """Arm an outage: after the next forwarded request matching ``rule``, refuse the next
+        ``count`` requests, or the next ``count`` that match ``which``."""
         with self.lock:
-            self._outage_rule, self._outage_count = rule, count
+            self._outage_rule, self._outage_count, self._outage_which = rule, count, which
 
     def gets(self, path: str) -> int:
         """How many GETs of ``path`` (e.g. ``/bucket/key``) reached the store."""

@@ -11,6 +11,7 @@ and kill them from outside, the way a crash or an OOM kill would.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -36,6 +37,126 @@ JOB_EXCLUDES = [".venv", ".git", "demo-output", "/demo-data", "/data", "/model/a
 
 def _runtime_env(extra_env: dict | None) -> dict:
     return {"env_vars": extra_env or {}, "excludes": JOB_EXCLUDES}
+
+
+#: the process name Ray Data gives the model stage's actors
+MODEL_ACTOR = "MapWorker(MapBatches(ShardTranscriber))"
+
+
+def list_state(dashboard: str, kind: str, *filters: str, env: Optional[dict[str, str]] = None) -> list[dict]:
+    """``ray list <kind> --detail`` through a dashboard (Ray's state API): actors, tasks, nodes."""
+    import json
+
+    cmd = [str(BIN / "ray"), "list", kind, "--address", dashboard, "--format", "json", "--detail"]
+    for f in filters:
+        cmd += ["--filter", f]
+    out = subprocess.run(cmd, env=env if env is not None else dict(os.environ, RAY_AUTH_MODE="disabled"),
+                         capture_output=True, text=True, timeout=60)
+    text = out.stdout.strip()
+    if out.returncode != 0:
+        raise RuntimeError(f"ray list {kind} failed: {out.stderr[-2000:]}")
+    return json.loads(text) if text.startswith("[") else []  # "No resource in the cluster" when empty
+
+
+def pid_holding(pid: int, client_port: int) -> bool:
+    """Whether process ``pid`` owns the TCP connection from local port ``client_port``."""
+    import psutil
+
+    try:
+        return any(c.laddr and c.laddr.port == client_port for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_actor_holding(actors: list[dict], client_port: int) -> int:
+    """SIGKILL the one actor among ``actors`` (Ray state API rows) whose process owns the TCP
+    connection from local port ``client_port``; returns its pid."""
+    for actor in actors:
+        if pid_holding(actor["pid"], client_port):
+            os.kill(actor["pid"], signal.SIGKILL)
+            return actor["pid"]
+    raise AssertionError(f"no actor among {[a['pid'] for a in actors]} holds a connection from port {client_port}")
+
+
+def stop_processes(temp_dir: str, port: int) -> None:
+    """Stop every process of one Ray cluster (command line naming its temp dir or GCS port) and their
+    children: ``ray stop`` would kill every Ray process of the user."""
+    import psutil
+
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if temp_dir in cmdline or re.search(rf":{port}\b", cmdline):
+            roots.append(proc)
+    victims = {p.pid: p for p in roots}
+    for proc in roots:  # agents and workers rename themselves (ray::...): take whole trees
+        try:
+            victims.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    procs = list(victims.values())
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class FakeAutoscalingCluster:
+    """A Ray head with Ray's ``fake_multinode`` autoscaler: worker "nodes" (local raylets) are
+    launched when work asks for resources no node has, up to ``max_workers`` of one type, and
+    start at zero. The resources they declare (GPUs included) are made up. Started with its own
+    temp dir and ports, stopped by those (never ``ray stop``)."""
+
+    def __init__(self, worker_resources: dict[str, float], max_workers: int):
+        self.temp_dir = tempfile.mkdtemp(prefix="zsas", dir="/tmp")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        config = {
+            "cluster_name": "zipscribe-test", "max_workers": max_workers, "idle_timeout_minutes": 5,
+            "upscaling_speed": 1.0,
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True, "gcs_address": self.address},
+            "available_node_types": {
+                "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+                "worker": {"resources": {**worker_resources, "object_store_memory": 200_000_000}, "node_config": {},
+                           "min_workers": 0, "max_workers": max_workers}},
+            "head_node_type": "ray.head.default",
+            "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+            "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        }
+        self.config = Path(self.temp_dir) / "autoscaling.json"
+        self.config.write_text(json.dumps(config))
+
+    def __enter__(self) -> "FakeAutoscalingCluster":
+        env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="disabled",
+                   RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+        env.pop("RAY_ADDRESS", None)
+        cmd = [str(BIN / "ray"), "start", "--head", f"--autoscaling-config={self.config}", "--port", str(self.port),
+               "--num-cpus", "0", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp_dir,
+               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+               "--dashboard-port", self.dashboard.rsplit(":", 1)[1], "--disable-usage-stats"]
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120, start_new_session=True)
+        return self
+
+    def actors(self, class_name: str, state: str = "ALIVE") -> list[dict]:
+        return list_state(self.dashboard, "actors", f"class_name={class_name}", f"state={state}")
+
+    def __exit__(self, *exc: object) -> None:
+        stop_processes(self.temp_dir, self.port)
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
@@ -115,54 +236,14 @@ class RayHead:
         subprocess.run([str(BIN / "ray"), "job", "stop", "--address", self.address, job_id], env=self.env,
                        capture_output=True, text=True, timeout=120)
 
-    def _list(self, kind: str, *filters: str) -> list[dict]:
-        """``ray list <kind> --detail`` through the head's dashboard (Ray's state API)."""
-        import json
-
-        cmd = [str(BIN / "ray"), "list", kind, "--address", self.address, "--format", "json", "--detail"]
-        for f in filters:
-            cmd += ["--filter", f]
-        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
-        text = out.stdout.strip()
-        if out.returncode != 0:
-            raise RuntimeError(f"ray list {kind} failed: {out.stderr[-2000:]}")
-        return json.loads(text) if text.startswith("[") else []  # "No resource in the cluster" when empty
-
     def actors(self, class_name: str, state: str = "ALIVE") -> list[dict]:
         """Actors of a class in a state (``pid``, ``node_id``, ``actor_id`` ...)."""
-        return self._list("actors", f"class_name={class_name}", f"state={state}")
+        return list_state(self.address, "actors", f"class_name={class_name}", f"state={state}", env=self.env)
 
-    def running_tasks(self, name: str) -> list[dict]:
-        """Tasks named ``name`` (``Class.method`` for actor tasks) running now (``worker_pid`` ...)."""
-        return self._list("tasks", f"func_or_class_name={name}", "state=RUNNING")
+    def kill_holder(self, client_port: int, class_name: str = MODEL_ACTOR) -> int:
+        """SIGKILL the actor (of ``class_name``, from Ray's state API) whose process holds the TCP
+        connection from local port ``client_port`` (a request a proxy is holding); returns its pid."""
+        return kill_actor_holding(self.actors(class_name), client_port)
 
     def stop(self) -> None:
-        import psutil
-
-        roots = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                cmdline = " ".join(proc.info["cmdline"] or [])
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            if self.temp_dir in cmdline or re.search(rf":{self.port}\b", cmdline):
-                roots.append(proc)
-        victims = {p.pid: p for p in roots}
-        for proc in roots:  # agents and workers rename themselves (ray::...): take whole trees
-            try:
-                victims.update({c.pid: c for c in proc.children(recursive=True)})
-            except psutil.NoSuchProcess:
-                pass
-        victims = list(victims.values())
-        for proc in victims:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(victims, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        stop_processes(self.temp_dir, self.port)

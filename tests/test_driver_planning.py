@@ -1,4 +1,4 @@
-"""Actor sizing from cluster resources, run-id checks and the plan-only dry run."""
+"""Stage sizing from the nodes, waiting for an autoscaler, run-id checks and the plan-only dry run."""
 
 from __future__ import annotations
 
@@ -8,35 +8,80 @@ import json
 import pytest
 
 from pipeline.run.config import TranscribeConfig, check_run_id
-from pipeline.run.driver import dry_run as plan
-from pipeline.run.resources import plan_resources
+from pipeline.run.driver import dry_run
+from pipeline.run.resources import ResourceTimeoutError, capacity, parse_num_actors, plan_resources, wait_for_resources
 
 
 def cfg(**kw):
     return TranscribeConfig(manifest=["m"], model="d", output="o", **kw)
 
 
-def test_two_cpu_machine_gets_one_actor_using_both_cores():
-    assert plan_resources({"CPU": 2.0}, cfg()) == (1, {"num_cpus": 2.0, "num_gpus": 0.0})
+def test_two_cpu_machine_gets_one_actor_using_both_cores_beside_an_audio_task():
+    res = plan_resources([{"CPU": 2.0}], cfg())
+    assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.audio_cpus, res.threads) == (1, 1, 1.5, 0.5, 2)
 
 
-def test_cpu_cluster_is_split_into_four_cpu_actors():
-    assert plan_resources({"CPU": 32.0}, cfg()) == (8, {"num_cpus": 4.0, "num_gpus": 0.0})
+def test_actors_are_sized_by_the_largest_node_not_the_cluster():
+    """A head with no CPUs and three 1-CPU workers: 2 CPUs per actor would fit no node."""
+    res = plan_resources([{"CPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}], cfg())
+    assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.threads) == (3, 3, 0.5, 1)
+    big = plan_resources([{"CPU": 32.0}, {"CPU": 32.0}], cfg())
+    assert (big.cpus_per_actor, big.max_actors, big.threads) == (4.0, 14, 4)  # 7 per node beside an audio task each
 
 
-def test_gpu_cluster_gets_one_actor_per_gpu():
-    assert plan_resources({"CPU": 64.0, "GPU": 4.0}, cfg()) == (4, {"num_cpus": 1.0, "num_gpus": 1.0})
-    assert plan_resources({"CPU": 64.0, "GPU": 4.0}, cfg(gpus_per_actor=0.5)) == (8, {"num_cpus": 1.0, "num_gpus": 0.5})
+def test_gpu_cluster_pool_grows_from_one_to_the_gpus():
+    res = plan_resources([{"CPU": 16.0, "GPU": 2.0}, {"CPU": 16.0, "GPU": 2.0}], cfg())
+    assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.gpus_per_actor, res.audio_cpus) == (1, 4, 1.0, 1.0, 1.0)
+    assert res.actor_bundle() == {"CPU": 1.0, "GPU": 1.0}
+    assert plan_resources([{"CPU": 16.0, "GPU": 4.0}], cfg(gpus_per_actor=0.5)).max_actors == 8
 
 
-def test_gpus_never_requested_from_a_cluster_without_them():
-    with pytest.raises(RuntimeError, match="no GPUs"):
-        plan_resources({"CPU": 8.0}, cfg(gpus_per_actor=1.0))
-    assert plan_resources({"CPU": 8.0}, cfg(gpus_per_actor=0.0))[1]["num_gpus"] == 0.0
+def test_explicit_pool_bounds_win():
+    res = plan_resources([{"CPU": 8.0}], cfg(num_actors="1:2", cpus_per_actor=2.0, audio_cpus=1.0))
+    assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.audio_cpus) == (1, 2, 2.0, 1.0)
+    assert plan_resources([{"CPU": 8.0}], cfg(num_actors="3")).min_actors == 3
+    assert parse_num_actors(None) is None and parse_num_actors(2) == (2, 2)
+    for bad in ("0", "3:2", "x", "1:"):
+        with pytest.raises(ValueError, match="--num-actors"):
+            parse_num_actors(bad)
 
 
-def test_explicit_actor_count_wins():
-    assert plan_resources({"CPU": 8.0}, cfg(num_actors=3, cpus_per_actor=2.0)) == (3, {"num_cpus": 2.0, "num_gpus": 0.0})
+class FakeRequest:
+    """What wait_for_resources asked the autoscaler for, and whether it was released."""
+
+    made: list = []
+
+    def __init__(self, bundle, count):
+        self.bundle, self.count, self.released = bundle, count, False
+        FakeRequest.made.append(self)
+
+    def release(self):
+        self.released = True
+
+
+def test_gpus_asked_of_a_cluster_without_them_are_waited_for_then_refused():
+    FakeRequest.made = []
+    with pytest.raises(ResourceTimeoutError, match="GPU 1.*--resource-timeout"):
+        wait_for_resources({"CPU": 1.0, "GPU": 1.0}, 1, 2, timeout=0.3, nodes=lambda: [{"CPU": 8.0}], poll=0.05,
+                           request=FakeRequest)
+    (asked,) = FakeRequest.made
+    assert (asked.bundle, asked.count, asked.released) == ({"CPU": 1.0, "GPU": 1.0}, 2, True)  # asked, then withdrew
+
+
+def test_a_node_that_joins_ends_the_wait_and_the_request_stays_for_the_pool_to_grow():
+    FakeRequest.made = []
+    calls = iter([[{"CPU": 0.0}], [{"CPU": 0.0}], [{"CPU": 0.0}, {"CPU": 2.0, "GPU": 1.0}]])
+    waited, asked = wait_for_resources({"CPU": 1.0, "GPU": 1.0}, 1, 2, timeout=30, nodes=lambda: next(calls),
+                                       poll=0.01, request=FakeRequest)
+    assert 0 < waited < 5 and asked.count == 2 and not asked.released  # released by the run when it ends
+
+
+def test_no_request_when_the_nodes_already_hold_the_pool():
+    FakeRequest.made = []
+    assert wait_for_resources({"CPU": 1.0}, 2, 2, timeout=0, nodes=lambda: [{"CPU": 2.0}], request=FakeRequest) \
+        == (0.0, None)
+    assert FakeRequest.made == []
+    assert capacity({"CPU": 1.0, "GPU": 1.0}, [{"CPU": 4.0, "GPU": 2.0}, {"CPU": 1.0, "GPU": 4.0}, {"CPU": 8.0}]) == 3
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", ".hidden", "x" * 200, "run id"])
@@ -53,8 +98,8 @@ def test_plan_only_counts_and_padding(tmp_path):
                    "sampling_rate": 16000, "num_samples": int(dur * 16000), "duration": dur, "channel_ids": [0]}
             f.write(json.dumps({"id": f"c{i}", "start": 0, "duration": dur, "channel": 0, "type": "MonoCut",
                                 "supervisions": [], "recording": rec}) + "\n")
-    out = plan(TranscribeConfig(manifest=[str(manifest)], model="", output="", shard_size=2, max_batch_seconds=16.0))
-    assert (out.cuts, out.shards) == (5, 3)
+    out = dry_run(TranscribeConfig(manifest=[str(manifest)], model="", output="", shard_size=2, max_batch_seconds=16.0))
+    assert out.cuts == 5 and 1 <= out.shards <= 5
     assert out.audio_seconds == pytest.approx(32.0)
     assert out.padded_seconds >= out.audio_seconds and 0 <= out.padding_ratio < 1
     assert out.peak_rss_mb > 0

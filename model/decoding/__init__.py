@@ -132,6 +132,18 @@ class DecodingConfig:
     #: reference behaviour)
     max_segment_seconds: Optional[float] = None
 
+    def label(self) -> str:
+        """The method and the settings that change its result, as transcript rows and run
+        summaries name it: ``attention-rescoring beam=8 scale=1 segments<=6s``."""
+        if self.method in ("ctc-beam", "attention-rescoring"):
+            extra = f" beam={self.beam}" + (f" scale={self.attention_scale:g}" if self.method == "attention-rescoring" else "")
+            extra += f" segments<={self.max_segment_seconds:g}s" if self.max_segment_seconds else ""
+        elif self.method == "transducer-beam":
+            extra = f" beam={self.transducer_beam}"
+        else:
+            extra = ""
+        return self.method + extra
+
 
 def available_methods(model) -> List[str]:
     """Methods the model's heads support."""

@@ -2,7 +2,8 @@
 
 The actors write the rows of long-cut windows to ``windows/run_id=<id>/part-<shard>.parquet``
 (:data:`pipeline.output.records.WINDOW_SCHEMA`). Once every shard of a run has finished, the
-driver calls :func:`stitch_run`: for each long cut whose windows are all there it merges
+driver splits the plan's long cuts into groups (:func:`stitch_groups`) and stitches each group
+in a Ray task (:func:`stitch_group` -> :func:`stitch_run`): for each long cut whose windows are all there it merges
 them (:func:`pipeline.longform.merge.merge_windows`), scores WER against the cut's reference and
 writes the cut's row to ``transcripts/run_id=<id>/part-long-<hash>.parquet``, one small part
 per cut, beside the shard parts.
@@ -21,8 +22,7 @@ import hashlib
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -31,7 +31,6 @@ from pipeline.io import storage
 from pipeline.output import parquet
 from pipeline.output.paths import RunPaths
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
-from pipeline.plan.shards import Shard
 from pipeline.plan.windows import Window, plan_windows
 from pipeline.report.wer import score_row
 
@@ -48,6 +47,11 @@ class StitchSummary:
     seams: int = 0
     seams_aligned: int = 0
     incomplete: list[str] = field(default_factory=list)
+
+    def add(self, other: "StitchSummary") -> None:
+        for name in ("cuts_ok", "cuts_error", "cuts_skipped", "cuts_incomplete", "windows", "seams", "seams_aligned"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.incomplete += other.incomplete
 
 
 def _windows_of(rows: list[dict[str, Any]], overlap_seconds: float, max_cut_seconds: float) -> list[Window]:
@@ -136,37 +140,33 @@ def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected:
     return summary
 
 
-def window_counts(items: Iterable[Any]) -> dict[str, int]:
-    """cut_id -> window count of the long cuts among ``items``."""
-    return {i.cut_id: i.window_count for i in items if getattr(i, "window_index", None) == 0}
+@dataclass(frozen=True)
+class StitchGroup:
+    """Long cuts stitched together (one task): their window counts and the window parts that
+    hold their windows, each with the fingerprint its shard was written with."""
+
+    expected: dict[str, int]
+    window_parts: dict[str, str]
 
 
-@dataclass
-class LongCuts:
-    """The driver's record of a run's long cuts: which shards hold windows (with their
-    fingerprints) and how many windows each long cut has; then the stitching."""
-
-    output: str
-    run_id: str
-    window_parts: dict[str, str] = field(default_factory=dict)
-    expected: dict[str, int] = field(default_factory=dict)
-
-    def windows_part_for(self, shard: Shard, fingerprint: str) -> str | None:
-        """Where ``shard``'s window rows go (``None``: it holds no windows); records the shard."""
-        if not any(i.is_window for i in shard.items):
-            return None
-        uri = RunPaths(self.output, self.run_id).windows_part(shard.shard_id)
-        self.window_parts[uri] = fingerprint
-        self.expected.update(window_counts(shard.items))
-        return uri
-
-    def stitch(self, model_dir: str | Path, **options: Any) -> StitchSummary | None:
-        """:func:`stitch_run` over what was recorded, with the tokenizer of ``model_dir`` (loaded
-        only when needed); ``None`` when the run had no long cuts."""
-        if not self.expected:
-            return None
-        return stitch_run(self.output, self.run_id, self.window_parts, self.expected, Tokenizer.from_dir(model_dir),
-                          **options)
+def stitch_groups(long_cuts: dict[str, dict[str, Any]], fingerprints: dict[str, str], output: str, run_id: str,
+                  cuts_per_group: int = 32) -> list[StitchGroup]:
+    """Split a plan's long cuts (``cut_id -> {"window_count", "shard_ids"}``) into groups; a shard
+    without a fingerprint (it failed) contributes no part, so its cuts end incomplete."""
+    paths = RunPaths(output, run_id)
+    groups = []
+    cut_ids = list(long_cuts)
+    for start in range(0, len(cut_ids), cuts_per_group):
+        mine = cut_ids[start:start + cuts_per_group]
+        parts = {paths.windows_part(s): fingerprints[s] for c in mine for s in long_cuts[c]["shard_ids"]
+                 if s in fingerprints}
+        groups.append(StitchGroup({c: int(long_cuts[c]["window_count"]) for c in mine}, parts))
+    return groups
 
 
-__all__ = ["LongCuts", "StitchSummary", "stitch_run", "window_counts"]
+def stitch_group(group: StitchGroup, output: str, run_id: str, tokenizer: Tokenizer, **options: Any) -> StitchSummary:
+    """:func:`stitch_run` of one group."""
+    return stitch_run(output, run_id, group.window_parts, group.expected, tokenizer, **options)
+
+
+__all__ = ["StitchGroup", "StitchSummary", "stitch_group", "stitch_groups", "stitch_run"]

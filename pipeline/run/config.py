@@ -23,17 +23,18 @@ class TranscribeConfig:
     run_id: Optional[str] = None
     dataset: Optional[str] = None
     decoding: dict[str, Any] = field(default_factory=dict)
-    num_actors: Optional[int] = None
+    num_actors: Optional[str] = None  # "N" or "MIN:MAX"; None: from the cluster (pipeline.run.resources)
     gpus_per_actor: Optional[float] = None
     cpus_per_actor: Optional[float] = None
+    audio_cpus: Optional[float] = None  # CPUs of one audio-stage task
+    device: str = "auto"  # auto | cuda | cpu
+    resource_timeout: float = 600.0  # seconds to wait for an autoscaler to add a node an actor fits on
     max_batch_seconds: float = 160.0
     max_batch_size: Optional[int] = None
     shard_size: int = 1000
-    shards_in_flight: Optional[int] = None
-    max_attempts: int = 3
-    #: how long a shard waits for its restarting actor before the restart counts as failed
-    actor_restart_timeout: float = 300.0
+    max_attempts: int = 3  # tries per shard (actor deaths, failed writes); restarts per actor
     resume: bool = True
+    replan: bool = False
     eta: bool = True
     amp_dtype: str = "auto"
     rescoring_dtype: str = "auto"

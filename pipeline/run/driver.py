@@ -1,20 +1,20 @@
 """The driver: owns a transcription run from inputs to summary.
 
-Flow: stream work items from the inputs (:func:`pipeline.plan.items.plan_items`) ->
-consecutive shards with deterministic ids -> skip shards whose part already exists with the
-same fingerprint (resume) -> hand the rest to a pool of :class:`~pipeline.run.transcriber.Transcriber`
-actors (:class:`ActorPool`), at most ``shards_in_flight`` outstanding -> retry a shard whose
-actor died -> stitch long cuts -> write ``runs/<run_id>/summary.json``.
+1. **Check** the inputs and the model (one clear error, exit 2, before anything starts).
+2. **Plan once** (:mod:`pipeline.plan.frozen`): stream the inputs into content-defined shards and
+   write the frozen plan under ``<output>/runs/<run_id>/plan/``; durations of plain audio files
+   are probed in Ray tasks (:mod:`pipeline.run.probing`). A rerun with the same run id reuses the
+   plan and says whether the inputs changed since; ``--replan`` plans again and removes the parts
+   of shards the new plan no longer has, so no cut is written twice.
+3. **Execute on Ray Data** (:mod:`pipeline.run.stages`, :mod:`pipeline.run.model_stage`): one
+   row per shard through the audio stage (CPU tasks that skip finished shards and decode the
+   rest) and the model stage (an actor pool of ``--num-actors``,
+   each with ``--gpus-per-actor`` / ``--cpus-per-actor``), streaming with backpressure. Ray
+   restarts dead actors (at most ``--max-attempts`` times each) and retries their shards; the
+   run's ledger counts every start. A cluster that cannot host an actor yet is waited for.
+4. **Stitch** long recordings in Ray tasks, then write ``runs/<run_id>/summary.json``.
 
-The inputs are never held in memory: shards are cut from the stream as actors free up. An
-optional first pass sums durations for the ETA.
-
-Actor deaths: an actor that dies while it holds shards costs each of them an attempt
-(``max_attempts`` in all). Ray restarts the actor (at most ``max_attempts`` times); while it
-restarts it is given no work, so a retry is never spent on an actor that cannot take it: the
-driver asks it (``describe()``) until it answers, waiting at most ``actor_restart_timeout``,
-then gives it work again. One that cannot be restarted leaves the pool; when no actor is left
-the remaining shards are reported as failed (a rerun with the same run id finishes them).
+The driver never holds the inputs or the audio: it reads small result rows as shards finish.
 """
 
 from __future__ import annotations
@@ -23,56 +23,81 @@ import json
 import logging
 import os
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from model.checkpoint import file_sha256, find_checkpoint, load_checkpoint
-from model.tokenizer import Tokenizer
+from model.recognizer import Recognizer
 from pipeline.inputs.items import WorkItem
 from pipeline.inputs.manifests import iter_work_items
 from pipeline.io import storage
 from pipeline.io.model_store import local_model_dir
-from pipeline.longform.stitching import LongCuts, StitchSummary
-from pipeline.output import parquet
+from pipeline.longform.stitching import StitchSummary, stitch_group, stitch_groups
 from pipeline.output.paths import RunPaths
 from pipeline.output.records import SCHEMA_VERSION
+from pipeline.plan.frozen import (Plan, PlanOptions, changed_inputs, iter_plan_shards, read_index, read_long_cuts,
+                                  read_plan, stale_parts, write_plan)
 from pipeline.plan.items import plan_items
 from pipeline.plan.preview import PlanSummary, preview
-from pipeline.plan.shards import Shard, make_shards
 from pipeline.plan.windows import plan_windows
 
 from .config import TranscribeConfig, check_run_id, long_audio_label, new_run_id
 from .progress import Progress
-from .resources import plan_resources
+from .resources import StageResources, alive_nodes, plan_resources, wait_for_resources
+from .model_stage import ShardTranscriber
+from .stages import RunLedger, load_audio
 from .summary import RunSummary
-from .transcriber import ActorConfig, ShardResult, ShardTask, Transcriber
+from .tasks import StageSettings, shard_task
+from .transcriber import ActorConfig, DeviceError, Transcriber
 
-__all__ = ["ActorPool", "dry_run", "run", "run_in_process", "validate_inputs"]
+__all__ = ["ModelFacts", "dry_run", "run", "run_in_process", "validate_inputs"]
 
 log = logging.getLogger("zipscribe.driver")
 
 
-def validate_inputs(cfg: TranscribeConfig) -> tuple[Path, str]:
-    """Fail fast, before any actor starts: the manifest must be readable and the model
-    must load. Returns the local model directory and its checkpoint's SHA-256."""
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver learns from loading the model once: where it is, what it is called, and
+    how it decodes (the label the rows and fingerprints carry)."""
+
+    model_dir: Path
+    sha256: str
+    model_id: str
+    decoding: str
+
+
+def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
+    """Fail fast, before any actor starts: the inputs must be readable and the model must load
+    (on this machine's CPU, once)."""
     if cfg.max_cut_seconds > 0:
         plan_windows(2 * cfg.max_cut_seconds, cfg.max_cut_seconds, cfg.window_overlap_seconds)  # ValueError if invalid
     for uri in cfg.manifest:
-        next(iter(iter_work_items(uri, dataset=cfg.dataset)), None)  # raises a ManifestError / StorageError
+        next(iter(iter_work_items(uri, dataset=cfg.dataset, probe_durations=False)), None)  # ManifestError / StorageError
     model_dir = local_model_dir(cfg.model)
-    checkpoint = find_checkpoint(model_dir)
-    config_path = model_dir / "config.json"
-    load_checkpoint(checkpoint, config=config_path if config_path.is_file() else None)
-    Tokenizer.from_dir(model_dir)
-    return model_dir, file_sha256(checkpoint)
+    recognizer = Recognizer.from_dir(model_dir, decoding=dict(cfg.decoding))
+    info = recognizer.info
+    return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding=recognizer.decoding.label())
 
 
-def _items(cfg: TranscribeConfig) -> Iterator[WorkItem]:
+def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
+    """The settings a shard's part depends on: a change to any of them redoes the shard."""
+    return (facts.sha256, facts.decoding, json.dumps(cfg.decoding, sort_keys=True),
+            f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"max_batch_seconds={cfg.max_batch_seconds}",
+            f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
+            long_audio_label(cfg))
+
+
+def plan_options(cfg: TranscribeConfig) -> PlanOptions:
+    return PlanOptions(manifests=tuple(cfg.manifest), dataset=cfg.dataset, segments=cfg.segments,
+                       shard_size=cfg.shard_size, max_cut_seconds=cfg.max_cut_seconds,
+                       overlap_seconds=cfg.window_overlap_seconds)
+
+
+def _items(cfg: TranscribeConfig, prober: Any = None) -> Iterator[WorkItem]:
     return plan_items(cfg.manifest, dataset=cfg.dataset, segments=cfg.segments, max_cut_seconds=cfg.max_cut_seconds,
-                      overlap_seconds=cfg.window_overlap_seconds)
+                      overlap_seconds=cfg.window_overlap_seconds, prober=prober)
 
 
 def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str, threads: int) -> ActorConfig:
@@ -81,255 +106,183 @@ def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str
         model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
         rescoring_dtype=cfg.rescoring_dtype, num_threads=threads, normalizer=cfg.normalizer,
-        pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds,
+        pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
     )
 
 
-def _stitch(long_cuts: LongCuts, cfg: TranscribeConfig, model_dir: Path) -> Optional[StitchSummary]:
-    """Stitch the run's long cuts (``None`` when it had none) with the run's options."""
-    return long_cuts.stitch(model_dir, normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
-                            overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
+def prepare_plan(cfg: TranscribeConfig, paths: RunPaths, prober: Any = None) -> tuple[Plan, bool, list[str]]:
+    """The run's frozen plan: reused (with the inputs that changed since), or made now.
+    Returns ``(plan, reused, changed inputs)``. With ``--replan``, parts of shards the new plan
+    no longer has are removed."""
+    options = plan_options(cfg)
+    plan = None if cfg.replan else read_plan(paths, options)
+    if plan is not None:
+        changed = changed_inputs(plan)
+        if changed:
+            log.warning("the inputs changed since run %s was planned (%s): running the plan as it was; rerun with "
+                        "--replan to take the changes in", paths.run_id, ", ".join(changed))
+        return plan, True, changed
+    plan = write_plan(paths, options, _items(cfg, prober))
+    log.info("planned %d cuts (%.2f h) in %d shards in %.1f s", plan.cuts, plan.audio_seconds / 3600, plan.shards,
+             plan.planning_seconds)
+    stale = stale_parts(paths, plan) if cfg.replan else []
+    for uri in stale:
+        storage.delete(uri)
+    if stale:
+        log.warning("--replan: removed %d part(s) of shards the new plan does not have", len(stale))
+    return plan, False, []
 
 
-@dataclass
-class _Actor:
-    handle: Any
-    busy: int = 0  # shards it holds
-    restarting_since: Optional[float] = None  # set while Ray restarts it
-    ping: Any = None  # the describe() call that tells when a restart is over
-    ping_after: float = 0.0  # when to ask again (a ping refused while restarting)
+def _init_ray(cfg: TranscribeConfig) -> None:
+    import ray
 
-    @property
-    def ready(self) -> bool:
-        return self.restarting_since is None
-
-
-@dataclass
-class ActorPool:
-    """The run's transcriber actors and what the driver knows of each: how many shards it holds,
-    and whether Ray is restarting it.
-
-    A dead actor is *restarting* until a ``describe()`` call on it succeeds; a call refused with
-    ``ActorUnavailableError`` is asked again shortly after. An actor that stays unavailable for
-    ``restart_timeout`` seconds, or that Ray reports dead for good (restarts exhausted), leaves
-    the pool.
-    """
-
-    actors: list[_Actor]
-    per_actor: int
-    restart_timeout: float
-    retry_interval: float = 0.5
-    lost: int = 0  # actors that left the pool
-    deaths: int = 0  # times an actor died (each restart or loss)
-    _pings: dict[Any, _Actor] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, handles: list[Any], per_actor: int, restart_timeout: float) -> "ActorPool":
-        return cls([_Actor(h) for h in handles], per_actor, restart_timeout)
-
-    def __len__(self) -> int:
-        return len(self.actors)
-
-    def pick(self) -> Optional[_Actor]:
-        """The ready actor holding the fewest shards, if it can take another."""
-        ready = [a for a in self.actors if a.ready and a.busy < self.per_actor]
-        return min(ready, key=lambda a: a.busy) if ready else None
-
-    def went_down(self, actor: _Actor, now: float) -> None:
-        """A call to ``actor`` failed because its process died or is restarting."""
-        if actor not in self.actors or not actor.ready:
-            return
-        self.deaths += 1
-        actor.restarting_since = now
-        actor.ping, actor.ping_after = None, now
-
-    def refs(self, now: float) -> list[Any]:
-        """Outstanding pings (sending the ones that are due)."""
-        for actor in self.actors:
-            if not actor.ready and actor.ping is None and now >= actor.ping_after:
-                actor.ping = actor.handle.describe.remote()
-                self._pings[actor.ping] = actor
-        return list(self._pings)
-
-    def is_ping(self, ref: Any) -> bool:
-        return ref in self._pings
-
-    def answered(self, ref: Any, now: float) -> None:
-        """Digest the answer of a ping: back in service, ask again later, or gone."""
-        import ray
-
-        actor = self._pings.pop(ref)
-        actor.ping = None
-        try:
-            ray.get(ref)
-        except ray.exceptions.ActorUnavailableError:
-            actor.ping_after = now + self.retry_interval
-            return
-        except ray.exceptions.RayActorError as exc:
-            log.error("an actor could not be restarted (%s); %d actor(s) left", type(exc).__name__, len(self) - 1)
-            self._remove(actor)
-            return
-        log.info("an actor is back after %.1f s of restarting", now - (actor.restarting_since or now))
-        actor.restarting_since = None
-
-    def expire(self, now: float) -> None:
-        """Drop actors that have been restarting for longer than the timeout."""
-        for actor in list(self.actors):
-            if not actor.ready and now - (actor.restarting_since or now) > self.restart_timeout:
-                log.error("an actor did not come back within %.0f s; %d actor(s) left", self.restart_timeout,
-                          len(self) - 1)
-                self._remove(actor)
-
-    def _remove(self, actor: _Actor) -> None:
-        import ray
-
-        self.actors.remove(actor)
-        self.lost += 1
-        if actor.ping is not None:
-            self._pings.pop(actor.ping, None)
-        ray.kill(actor.handle, no_restart=True)
-
-    def kill_all(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor.handle, no_restart=True)
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True,
+                 include_dashboard=False if address is None else None)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job shows its own bar, in audio hours
+    ctx.print_on_execution_start = False
+    ctx.execution_options.verbose_progress = False
 
 
-def run(cfg: TranscribeConfig) -> RunSummary:
+def worker_runtime_env() -> Optional[dict[str, Any]]:
+    """The runtime environment of the run's tasks and actors: the driver's S3 settings
+    (``--s3-endpoint-url``, ``AWS_ENDPOINT_URL``, ...) reach every node's workers."""
+    env = storage.s3_environment()
+    return {"env_vars": env} if env else None
+
+
+def _ledger() -> Any:
+    """The run's :class:`RunLedger`, on the driver's node (it outlives worker nodes)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return ray.remote(RunLedger).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+                                         ).remote()
+
+
+#: average shards of decoded audio the object store holds per model actor
+AUDIO_SHARDS_PER_ACTOR = 3
+_FLOAT32_AUDIO_BYTES_PER_SECOND = 16000 * 4
+
+
+def audio_buffer_bytes(plan: Plan, res: StageResources) -> int:
+    """The object-store budget of a run: :data:`AUDIO_SHARDS_PER_ACTOR` average shards' decoded
+    audio per model actor (at least 64 MB)."""
+    shard_seconds = plan.audio_seconds / max(1, plan.shards) if plan.audio_seconds else 0.0
+    return int(max(64e6, AUDIO_SHARDS_PER_ACTOR * res.max_actors * shard_seconds * _FLOAT32_AUDIO_BYTES_PER_SECOND))
+
+
+def build_dataset(paths: RunPaths, plan: Plan, settings: StageSettings, actor_cfg: ActorConfig, res: StageResources,
+                  max_attempts: int, ledger: Any = None, model_stage: type = ShardTranscriber) -> Any:
+    """The run's Ray Data pipeline (see :mod:`pipeline.run.stages`): one row per shard of the plan,
+    one block each, so every stage works on one shard at a time. ``model_stage`` is the callable
+    class of the model stage (benchmarks pass a stand-in)."""
+    import ray
+
+    rows = list(read_index(paths, plan, ["shard_id", "index", "windows"]))
+    runtime_env = worker_runtime_env()
+    # backpressure: decoded audio waits in the object store for at most AUDIO_SHARDS_PER_ACTOR
+    # average shards per actor (one in the model, one queued, one being decoded), so memory stays
+    # flat whatever the length of the run
+    ray.data.DataContext.get_current().execution_options.resource_limits = \
+        ray.data.ExecutionResources.for_limits(object_store_memory=audio_buffer_bytes(plan, res))
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ds.map(load_audio, fn_kwargs={"settings": settings}, num_cpus=res.audio_cpus, runtime_env=runtime_env)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates **ray_remote_args but has no named parameter for an actor's restart
+        # budget yet; without it Ray Data restarts a crashing actor forever
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
+        return ds.map_batches(
+            model_stage, fn_constructor_args=(actor_cfg, settings, ledger), batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+            num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, runtime_env=runtime_env,
+            max_restarts=max_attempts, max_task_retries=max_attempts)
+
+
+def _device_error(exc: BaseException) -> Optional[str]:
+    """The :class:`DeviceError` message an actor failed with, if that is what stopped the run."""
+    text = str(exc)
+    marker = "DeviceError: "
+    if marker in text:
+        return text[text.index(marker) + len(marker):].splitlines()[0]
+    return None
+
+
+def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSummary:
     """Execute a transcription run on the Ray cluster (local Ray if none is running)."""
     import ray
+
+    from .probing import ray_prober
 
     started = time.perf_counter()
     run_id = check_run_id(cfg.run_id or new_run_id())
     paths = RunPaths(cfg.output, run_id)
-    model_dir, sha256 = validate_inputs(cfg)
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING,
-                 log_to_driver=True, include_dashboard=False if address is None else None)
+    facts = validate_inputs(cfg)
+    _init_ray(cfg)
+    plan, reused, changed = prepare_plan(cfg, paths, ray_prober(runtime_env=worker_runtime_env()))
 
-    num_actors, resources = plan_resources(ray.cluster_resources(), cfg)
-    threads = max(1, int(resources["num_cpus"])) if resources["num_gpus"] == 0 else 1
-    actor_cfg = actor_config(cfg, cfg.model, sha256, run_id, threads)
-    # max_concurrency=2: an actor holds two shards, loading the audio of one while the other uses the model
-    remote_cls = ray.remote(Transcriber).options(max_restarts=cfg.max_attempts, max_task_retries=0, max_concurrency=2,
-                                                 **resources)
-    handles = [remote_cls.remote(actor_cfg) for _ in range(num_actors)]
-    facts = ray.get(handles[0].describe.remote())
-    pool = ActorPool.of(handles, per_actor=2, restart_timeout=cfg.actor_restart_timeout)
-
+    res = plan_resources(alive_nodes(), cfg)
+    waited, node_request = wait_for_resources(res.actor_bundle(), res.min_actors, res.max_actors, cfg.resource_timeout)
+    settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=fingerprint_parts(cfg, facts),
+                             resume=cfg.resume, write_attempts=cfg.max_attempts)
     summary = RunSummary(
-        run_id=run_id, manifest=list(cfg.manifest), output=cfg.output, model_id=facts["model_id"],
-        model_sha256=sha256, decoding=facts["decoding"], started_at=datetime.now(timezone.utc).isoformat(),
-        num_actors=num_actors, resources_per_actor=resources, transcripts_uri=paths.transcripts,
+        run_id=run_id, manifest=list(cfg.manifest), output=cfg.output, model_id=facts.model_id,
+        model_sha256=facts.sha256, decoding=facts.decoding, started_at=datetime.now(timezone.utc).isoformat(),
+        num_actors=res.max_actors, transcripts_uri=paths.transcripts, shards_total=plan.shards,
+        resources_per_actor={"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor},
+        plan={"uri": paths.plan, "reused": reused, "inputs_changed": changed, "cuts": plan.cuts,
+              "items": plan.items, "windows": plan.windows, "long_cuts": plan.long_cuts, "shards": plan.shards,
+              "audio_hours": round(plan.audio_seconds / 3600, 6), "unknown_durations": plan.unknown_durations,
+              "planning_seconds": plan.planning_seconds},
+        stages={"min_actors": res.min_actors, "max_actors": res.max_actors, "cpus_per_actor": res.cpus_per_actor,
+                "gpus_per_actor": res.gpus_per_actor, "audio_cpus": res.audio_cpus, "threads_per_actor": res.threads,
+                "device": cfg.device, "resource_wait_seconds": round(waited, 1)},
     )
-    fingerprint_parts = (sha256, facts["decoding"], json.dumps(cfg.decoding, sort_keys=True),
-                         f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}",
-                         f"max_batch_seconds={cfg.max_batch_seconds}", f"normalizer={cfg.normalizer}",
-                         f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
-                         long_audio_label(cfg))
-
-    total_seconds = sum((i.duration or 0.0) for i in _items(cfg)) if cfg.eta else None
-    progress = Progress(total_seconds, cfg.progress)
-    in_flight_limit = cfg.shards_in_flight or 2 * num_actors
-    pending: dict[Any, tuple[ShardTask, _Actor]] = {}
-    queue: deque[ShardTask] = deque()  # shards to (re)send before new ones
-    devices: set[str] = set()
-    shards = make_shards(_items(cfg), cfg.shard_size)
-    exhausted = False
-    long_cuts = LongCuts(cfg.output, run_id)
-
-    def next_task() -> Optional[ShardTask]:
-        nonlocal exhausted
-        if queue:
-            return queue.popleft()
-        while not exhausted:
-            shard: Optional[Shard] = next(shards, None)
-            if shard is None:
-                exhausted = True
-                return None
-            summary.shards_total += 1
-            fp = shard.fingerprint(*fingerprint_parts)
-            uri = paths.part(shard.shard_id)
-            windows_uri = long_cuts.windows_part_for(shard, fp)
-            done = parquet.finished_shard(uri, fp) if cfg.resume else None
-            if done is not None:
-                summary.shards_skipped += 1
-                summary.add(done)
-                progress.update(done, summary.audio_seconds)
-                continue
-            return ShardTask(shard=shard, fingerprint=fp, part_uri=uri, windows_part_uri=windows_uri)
-        return None
-
-    def give_up(task: ShardTask, why: str) -> None:
-        log.error("shard %s failed: %s", task.shard.shard_id, why)
-        summary.shards_failed.append(task.shard.shard_id)
-
+    ledger = _ledger()
+    actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads)
+    ds = build_dataset(paths, plan, settings, actor_cfg, res, cfg.max_attempts, ledger, model_stage)
+    progress = Progress(plan.audio_seconds if cfg.eta else None, cfg.progress)
+    fingerprints: dict[str, str] = {}
+    seen: set[str] = set()
     try:
-        while True:
-            while len(pending) < in_flight_limit:
-                actor = pool.pick()
-                if actor is None:
-                    break
-                task = next_task()
-                if task is None:
-                    break
-                actor.busy += 1
-                pending[actor.handle.process_shard.remote(task)] = (task, actor)
-            if not pool.actors:  # every actor is gone: nothing can run the rest
-                left = list(queue)
-                queue.clear()
-                for task in left + list(iter(next_task, None)):
-                    give_up(task, "no transcriber actor is left")
-                break
-            if not pending and not queue and exhausted:
-                break
-            now = time.perf_counter()
-            waiting = list(pending) + pool.refs(now)
-            if waiting:
-                ready, _ = ray.wait(waiting, num_returns=1, timeout=pool.retry_interval)
-            else:  # only actors waiting to be asked again whether their restart is over
-                ready = []
-                time.sleep(pool.retry_interval)
-            now = time.perf_counter()
-            pool.expire(now)
-            if not ready:
+        for row in ds.iter_rows():
+            seen.add(row["shard_id"])
+            if row["status"] == "failed":
+                log.error("shard %s failed: %s", row["shard_id"], row["error"])
+                summary.shards_failed.append(row["shard_id"])
                 continue
-            ref = ready[0]
-            if pool.is_ping(ref):
-                pool.answered(ref, now)
-                continue
-            task, actor = pending.pop(ref)
-            actor.busy -= 1
-            try:
-                result: ShardResult = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                    ray.exceptions.ObjectLostError) as exc:
-                # the actor died holding the shard (Ray reports ActorUnavailableError while it
-                # restarts it, ActorDiedError once its restarts are spent): the shard is tried again
-                # on an actor that is up, never on one the driver knows to be restarting
-                pool.went_down(actor, now)
-                if task.attempt >= cfg.max_attempts:
-                    give_up(task, f"its actor died on each of {task.attempt} attempts ({type(exc).__name__})")
-                else:
-                    log.warning("shard %s: actor died (%s); retrying (attempt %d)", task.shard.shard_id,
-                                type(exc).__name__, task.attempt + 1)
-                    summary.shard_retries += 1
-                    queue.append(ShardTask(task.shard, task.fingerprint, task.part_uri, task.attempt + 1,
-                                           task.windows_part_uri))
-                continue
-            done = result.as_dict()
-            devices.add(result.device)
-            summary.shards_done += 1
+            done = json.loads(row["summary"])
+            summary.shards_done += row["status"] == "done"
+            summary.shards_skipped += row["status"] == "skipped"
+            if row["windows"]:
+                fingerprints[row["shard_id"]] = row["fingerprint"]
             summary.add(done)
             progress.update(done, summary.audio_seconds)
+    except Exception as exc:  # the execution stopped (an actor's restarts ran out, a node's data was lost, ...)
+        message = _device_error(exc)
+        if message is not None:
+            raise DeviceError(message) from None
+        log.error("the run stopped before every shard was done: %s", str(exc).splitlines()[0][:500])
+        summary.stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
+        for row in read_index(paths, plan, ["shard_id"]):
+            if row["shard_id"] not in seen:
+                summary.shards_failed.append(row["shard_id"])
     finally:
         progress.close()
-        pool.kill_all()
-    summary.actor_deaths = pool.deaths
+        if node_request is not None:
+            node_request.release()
 
-    stitched = _stitch(long_cuts, cfg, model_dir)
+    report = ray.get(ledger.report.remote())
+    summary.shard_retries = sum(n - 1 for n in report["starts"].values() if n > 1)
+    summary.actors = report["actors"]
+    summary.num_actors = len(report["actors"])
+    summary.devices = sorted({a["device"] for a in report["actors"]})
+    ray.kill(ledger)
+
+    stitched = _stitch(cfg, paths, facts, fingerprints)
     if stitched is not None:
         summary.cuts_ok += stitched.cuts_ok
         summary.cuts_error += stitched.cuts_error
@@ -339,26 +292,66 @@ def run(cfg: TranscribeConfig) -> RunSummary:
         if stitched.incomplete:
             log.error("%d long cut(s) have windows in failed shards and got no row: %s", stitched.cuts_incomplete,
                       ", ".join(stitched.incomplete[:10]))
-    summary.devices = sorted(devices)
     summary.finish(time.perf_counter() - started)
     storage.write_text_atomic(paths.summary, json.dumps(asdict(summary), indent=2))
     return summary
 
 
+def _stitch(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts,
+            fingerprints: dict[str, str]) -> Optional[StitchSummary]:
+    """Stitch the run's long cuts in Ray tasks (``None`` when the plan has none)."""
+    import ray
+
+    long_cuts = read_long_cuts(paths)
+    if not long_cuts:
+        return None
+    options = dict(normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
+                   overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
+    task = ray.remote(num_cpus=0.5, max_retries=cfg.max_attempts, runtime_env=worker_runtime_env())(_stitch_task)
+    refs = [task.remote(group, cfg.output, paths.run_id, cfg.model, facts.sha256, options)
+            for group in stitch_groups(long_cuts, fingerprints, cfg.output, paths.run_id)]
+    total = StitchSummary()
+    for part in ray.get(refs):
+        total.add(part)
+    return total
+
+
+def _stitch_task(group: Any, output: str, run_id: str, model_uri: str, sha256: str, options: dict) -> StitchSummary:
+    from model.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(local_model_dir(model_uri, expected_sha256=sha256))
+    return stitch_group(group, output, run_id, tokenizer, **options)
+
+
 def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> dict[str, Any]:
-    """The whole run in this process with one :class:`Transcriber`, no Ray: items ->
-    windows -> shards -> transcripts parts -> stitched long cuts. For benchmarks, tests and
-    debugging a manifest on a laptop; no retries, no resume bookkeeping beyond the parts."""
-    model_dir, sha256 = validate_inputs(cfg)
+    """The whole run in this process with one :class:`Transcriber`, no Ray: plan -> shards ->
+    audio -> transcripts parts -> stitched long cuts, one shard at a time. For benchmarks, tests
+    and debugging a manifest on a laptop; no retries, and every shard is transcribed again (long
+    cuts already stitched from the same windows are skipped)."""
+    from model.tokenizer import Tokenizer
+
     paths = RunPaths(cfg.output, check_run_id(run_id))
-    actor = Transcriber(actor_config(cfg, str(model_dir), sha256, run_id, num_threads))
-    long_cuts = LongCuts(cfg.output, run_id)
-    results = []
-    for shard in make_shards(_items(cfg), cfg.shard_size):
-        fp = shard.fingerprint(run_id, long_audio_label(cfg))
-        results.append(actor.process_shard(ShardTask(shard, fp, paths.part(shard.shard_id),
-                                                     windows_part_uri=long_cuts.windows_part_for(shard, fp))))
-    return {"shards": results, "stitched": _stitch(long_cuts, cfg, model_dir), "actor": actor}
+    facts = validate_inputs(cfg)
+    plan, _, _ = prepare_plan(cfg, paths)
+    settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
+                             resume=False)
+    actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads))
+    results, fingerprints = [], {}
+    for shard in iter_plan_shards(paths, plan):
+        task = shard_task(shard, settings)
+        if task.windows_part_uri:
+            fingerprints[shard.shard_id] = task.fingerprint
+        results.append(actor.process_shard(task))
+    long_cuts = read_long_cuts(paths)
+    stitched = None
+    if long_cuts:
+        tokenizer = Tokenizer.from_dir(facts.model_dir)
+        stitched = StitchSummary()
+        for group in stitch_groups(long_cuts, fingerprints, cfg.output, run_id):
+            stitched.add(stitch_group(group, cfg.output, run_id, tokenizer, normalizer=cfg.normalizer,
+                                      max_cut_seconds=cfg.max_cut_seconds, overlap_seconds=cfg.window_overlap_seconds,
+                                      resume=cfg.resume))
+    return {"shards": results, "stitched": stitched, "actor": actor, "plan": plan}
 
 
 def dry_run(cfg: TranscribeConfig) -> PlanSummary:

@@ -27,7 +27,6 @@ class RunSummary:
     shards_skipped: int = 0
     shards_failed: list[str] = field(default_factory=list)
     shard_retries: int = 0
-    actor_deaths: int = 0  # times a transcriber actor died (and was restarted, or left the pool)
     cuts_ok: int = 0
     cuts_error: int = 0
     long_cuts: int = 0  # cuts transcribed in windows and stitched (included in cuts_ok / cuts_error)
@@ -47,6 +46,14 @@ class RunSummary:
     resources_per_actor: dict[str, float] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
     transcripts_uri: str = ""
+    #: the frozen plan: where, reused or made now, inputs changed since, its totals
+    plan: dict[str, Any] = field(default_factory=dict)
+    #: how the stages were sized: actors (min, max), CPUs / GPUs per actor, audio CPUs, device
+    stages: dict[str, Any] = field(default_factory=dict)
+    #: the model actors that did work: worker (host:pid), node_id (Ray's), device, shards done
+    actors: list[dict[str, Any]] = field(default_factory=list)
+    #: why the execution stopped early ("" when it ran to the end); the shards not done are in shards_failed
+    stopped: str = ""
 
     def add(self, r: dict[str, Any]) -> None:
         self.cuts_ok += r["cuts_ok"]
@@ -57,8 +64,7 @@ class RunSummary:
         self.model_input_seconds += r.get("model_input_seconds", r["audio_seconds"])  # parts of older versions lack it
         for k, v in r["stage_seconds"].items():
             self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
-        for k in ("load_seconds", "load_wait_seconds"):
-            self.stage_seconds[k.removesuffix("_seconds")] = self.stage_seconds.get(k.removesuffix("_seconds"), 0.0) + r[k]
+        self.stage_seconds["load"] = self.stage_seconds.get("load", 0.0) + r.get("load_seconds", 0.0)
 
     def finish(self, wall: float) -> None:
         self.finished_at = datetime.now(timezone.utc).isoformat()
@@ -77,13 +83,19 @@ def format_summary(s: RunSummary) -> str:
         f"run {s.run_id}: {s.cuts_ok} cuts ok, {s.cuts_error} errors, {s.audio_hours:.3f} h of audio in {s.wall_seconds:.1f} s",
         f"  RTFx {s.rtfx:.1f} end-to-end, {s.model_rtfx:.1f} model-only; padding ratio {s.padding_ratio:.3f}",
         "  stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(st.items())),
-        f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, {len(s.shards_failed)} failed"
-        + (f"; {s.actor_deaths} actor death(s)" if s.actor_deaths else ""),
+        f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, "
+        f"{len(s.shards_failed)} failed" + (f" (the run stopped: {s.stopped})" if s.stopped else ""),
+        *([f"  plan: {s.plan['shards']} shards, {s.plan['cuts']} cuts, {s.plan['audio_hours']:.3f} h; "
+           + ("reused" + (f", inputs changed since: {', '.join(s.plan['inputs_changed'])} (--replan takes them in)"
+                          if s.plan["inputs_changed"] else "")
+              if s.plan["reused"] else f"made in {s.plan['planning_seconds']:.1f} s")
+           + f" ({s.plan['uri']})"] if s.plan else []),
         *([f"  long cuts: {s.long_cuts} stitched from {s.windows} windows ({s.seams_aligned} seams cut at an aligned word), "
            f"{s.long_cuts_incomplete} incomplete"] if s.long_cuts or s.long_cuts_incomplete else []),
         *([f"  pauses: {100 * (1 - s.model_input_seconds / s.audio_seconds):.1f} % of the audio was silence between "
            f"pieces and skipped"] if 0 < s.model_input_seconds < s.audio_seconds - 1e-6 else []),
         f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
+        *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
         f"  transcripts: {s.transcripts_uri}",
     ]
     if s.cuts_ok + s.cuts_error == 0:

@@ -1,48 +1,70 @@
-"""The transcriber: one resident model, whole shards in, one Parquet part out.
+"""The transcriber: one resident model, a shard's audio in, one Parquet part out.
 
-``Transcriber`` is a plain class (testable without Ray); the driver wraps it
-with ``ray.remote`` and explicit resources. For each shard it packs
-duration-sorted batches, fetches and decodes the audio of the next batches on
-a small thread pool while the model works on the current one, turns every
-cut into a row (an ``error`` row when its audio cannot be used), and writes
-the shard's part atomically. The return value is a small summary; rows never
-travel through the driver.
+``Transcriber`` is a plain class (testable without Ray). In a run it lives in the model stage's
+actors (:class:`pipeline.run.stages.ShardTranscriber`), which receive each shard with its audio
+already fetched and decoded by the audio stage (:mod:`pipeline.run.shard_audio`). For a shard
+it packs duration-sorted batches, runs the model, turns every cut into a row (an ``error`` row
+when its audio cannot be used) and writes the shard's part atomically with its fingerprint, so
+a retried or duplicated task rewrites the same part. The return value is a small summary; rows
+never travel through the driver.
+
+Device: ``auto`` is CUDA when the actor was given a GPU (and, outside Ray, when one is
+visible); an actor given a GPU by a torch build without CUDA fails at once with
+:class:`DeviceError`, unless ``cpu`` was asked for on purpose.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from model.recognizer import Recognizer, StageTimes, Transcript
 from pipeline.inputs.items import WorkItem
-from pipeline.io import storage
-from pipeline.io.audio import AudioDecodeError, decode_audio
 from pipeline.io.model_store import local_model_dir
 from pipeline.io.ranges import RangeReader
 from pipeline.longform.pauses import PauseSplit, join_transcripts, speech_pieces
 from pipeline.output import parquet
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
-from pipeline.plan.batching import Batch, pack_batches
-from pipeline.plan.shards import Shard
+from pipeline.plan.batching import pack_batches
 from pipeline.report.wer import score_row
 
 from .heap import limit_kernel_cache, trim_heap
+from .shard_audio import MIN_SECONDS, SAMPLE_RATE, ShardAudio, channel_of, load_shard_audio
+from .tasks import ShardResult, ShardTask
 
 limit_kernel_cache()  # before the model builds its first CPU kernel (pipeline.run.heap)
 
-SAMPLE_RATE = 16000
-MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
 SILENCE_PEAK = 1e-4  # a cut whose peak stays below this is digital silence: empty text, no model run
-TRUNCATION_TOLERANCE_S = 0.05
+DEVICES = ("auto", "cuda", "cpu")
+
+
+class DeviceError(RuntimeError):
+    """The actor cannot run on the device it was asked for or given."""
+
+
+def pick_device(requested: str, gpu_ids: Optional[Sequence[Any]]) -> torch.device:
+    """The device of an actor: ``requested`` (``auto``/``cuda``/``cpu``) and the GPUs Ray gave
+    it (``None`` outside Ray: then ``auto`` uses a visible GPU)."""
+    if requested not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {requested!r}")
+    if requested == "cpu":
+        return torch.device("cpu")
+    given = bool(gpu_ids) if gpu_ids is not None else torch.cuda.is_available()
+    if requested == "cuda" or given:
+        if not torch.cuda.is_available():
+            why = (f"this actor was given GPU(s) {list(gpu_ids)}" if gpu_ids else "--device cuda was asked for")
+            raise DeviceError(
+                f"{why}, but torch {torch.__version__} here cannot use CUDA (a CPU-only build, or no driver): "
+                "install a CUDA build of torch on the GPU nodes (make install TORCH_SPEC=... TORCH_INDEX=...), "
+                "or pass --device cpu to run on CPUs on purpose")
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 @dataclass
@@ -57,71 +79,22 @@ class ActorConfig:
     amp_dtype: str = "auto"
     rescoring_dtype: str = "auto"
     num_threads: int = 1
-    prefetch_batches: int = 2
-    loader_threads: int = 2
+    loader_threads: int = 4  # items fetched at once when the transcriber loads audio itself (in-process runs)
     normalizer: str = "english"
+    device: str = "auto"
     #: windows of long cuts (and whole cuts longer than ``max_cut_seconds``) are transcribed
     #: as the speech between their pauses (pipeline.longform.pauses); None: as they are
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
     max_cut_seconds: float = 30.0
 
 
-@dataclass
-class ShardTask:
-    shard: Shard
-    fingerprint: str
-    part_uri: str
-    attempt: int = 1
-    windows_part_uri: Optional[str] = None  # where the rows of the shard's long-cut windows go
-
-
-@dataclass
-class ShardResult:
-    shard_id: str
-    part_uri: str
-    cuts_ok: int = 0
-    cuts_error: int = 0
-    windows_ok: int = 0  # windows of long cuts (their cuts are counted when stitched)
-    windows_error: int = 0
-    audio_seconds: float = 0.0
-    model_input_seconds: float = 0.0  # audio_seconds less the silences cut out between pieces
-    padded_seconds: float = 0.0
-    batches: int = 0
-    load_seconds: float = 0.0
-    load_wait_seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-    worker: str = ""
-    device: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _Loaded:
-    """Audio of one batch: samples per item, or the reason it failed."""
-
-    samples: list[Optional[np.ndarray]]
-    errors: list[Optional[str]]
-    durations: list[Optional[float]]
-    seconds: float
-
-
-def channel_of(item: WorkItem) -> int:
-    """The channel transcribed for a cut: its own, else the first."""
-    return 0 if item.channel is None else int(item.channel)
-
-
-def _pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 class Transcriber:
-    def __init__(self, config: ActorConfig):
+    """One resident model; :meth:`transcribe_shard` for a shard whose audio is loaded."""
+
+    def __init__(self, config: ActorConfig, gpu_ids: Optional[Sequence[Any]] = None):
         self.config = config
         torch.set_num_threads(max(1, config.num_threads))
-        self.device = _pick_device()
+        self.device = pick_device(config.device, gpu_ids)
         model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256)
         self.recognizer = Recognizer.from_dir(
             model_dir, decoding=dict(config.decoding),  # overrides of the model's config.json 'decoding'
@@ -130,11 +103,7 @@ class Transcriber:
         )
         self.recognizer.warm_up()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self._pool = ThreadPoolExecutor(max_workers=max(1, config.loader_threads), thread_name_prefix="audio")
-        # The driver runs this class as a threaded actor (two shards at once): while one shard's
-        # batches hold the model, the next shard's first batches are already being fetched.
-        self._model_lock = threading.Lock()
-        self._ranges = RangeReader()  # windows of long files: only their byte ranges are fetched
+        self._ranges: Optional[RangeReader] = None  # for process_shard (the audio stage has its own)
 
     def describe(self) -> dict[str, Any]:
         """Model and device facts for the run summary."""
@@ -143,51 +112,7 @@ class Transcriber:
                 "model_sha256": info.sha256, "decoding": self.decoding_label()}
 
     def decoding_label(self) -> str:
-        d = self.recognizer.decoding
-        if d.method in ("ctc-beam", "attention-rescoring"):
-            extra = f" beam={d.beam}" + (f" scale={d.attention_scale:g}" if d.method == "attention-rescoring" else "")
-            extra += f" segments<={d.max_segment_seconds:g}s" if d.max_segment_seconds else ""
-        elif d.method == "transducer-beam":
-            extra = f" beam={d.transducer_beam}"
-        else:
-            extra = ""
-        return d.method + extra
-
-    # -- audio ---------------------------------------------------------------
-    def _load_one(self, item: WorkItem) -> tuple[np.ndarray, float]:
-        """Mono 16 kHz samples of a cut: its channel, or the first channel when it names none."""
-        if item.is_window and item.duration is not None:
-            audio = self._ranges.read(item.source, item.start or 0.0, item.duration, target_sr=SAMPLE_RATE,
-                                      channel=channel_of(item))
-        else:
-            data = storage.read_bytes(item.source)
-            audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=channel_of(item),
-                                 start=item.start or 0.0, duration=item.duration)
-        samples = audio.samples
-        seconds = samples.size / SAMPLE_RATE
-        if item.duration is not None and seconds < item.duration - max(TRUNCATION_TOLERANCE_S, 0.01 * item.duration):
-            raise AudioDecodeError(item.source, f"truncated audio: the manifest says {item.duration:.3f} s, "
-                                                f"the file holds {seconds:.3f} s from {item.start or 0.0:.3f} s")
-        if samples.size < MIN_SECONDS * SAMPLE_RATE:
-            samples = np.pad(samples, (0, int(MIN_SECONDS * SAMPLE_RATE) - samples.size))
-        return samples, seconds
-
-    def _load_batch(self, batch: Batch) -> _Loaded:
-        start = time.perf_counter()
-        loaded = _Loaded([], [], [], 0.0)
-        for item in batch.items:
-            samples, seconds, error = None, None, None
-            try:
-                samples, seconds = self._load_one(item)
-            except AudioDecodeError as exc:
-                error = str(exc)
-            except Exception as exc:  # storage errors, missing objects: the cut fails, the shard goes on
-                error = f"{type(exc).__name__}: {exc}"
-            loaded.samples.append(samples)
-            loaded.durations.append(seconds)
-            loaded.errors.append(error)
-        loaded.seconds = time.perf_counter() - start
-        return loaded
+        return self.recognizer.decoding.label()
 
     # -- rows ----------------------------------------------------------------
     def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str]) -> TranscriptRow:
@@ -219,8 +144,7 @@ class Transcriber:
         """Transcripts for a batch; if the batch as a whole fails (e.g. out of memory),
         each cut is retried alone and a cut that still fails gets its error message."""
         try:
-            with self._model_lock:
-                transcripts, t = self.recognizer.transcribe(waves)
+            transcripts, t = self.recognizer.transcribe(waves)
             times.add(t)
             return list(transcripts)
         except Exception as batch_exc:  # noqa: BLE001 - isolate the bad cut, keep the shard
@@ -273,46 +197,49 @@ class Transcriber:
 
     # -- shards --------------------------------------------------------------
     def process_shard(self, task: ShardTask) -> ShardResult:
-        """Transcribe every cut of a shard and write its part; returns the shard summary."""
+        """Load the shard's audio here, then :meth:`transcribe_shard` (runs without an audio stage)."""
+        if self._ranges is None:
+            self._ranges = RangeReader()  # windows of long files: only their byte ranges are fetched
+        return self.transcribe_shard(task, load_shard_audio(task.shard.items, self._ranges, self.config.loader_threads))
+
+    def transcribe_shard(self, task: ShardTask, audio: ShardAudio) -> ShardResult:
+        """Transcribe every cut of a shard from its loaded audio and write its part(s); returns
+        the shard summary (also stored in the part's metadata)."""
         started = time.perf_counter()
         shard = task.shard
+        at = {id(item): k for k, item in enumerate(shard.items)}
         batches = pack_batches(shard.items, [i.duration for i in shard.items],
                                self.config.max_batch_seconds, self.config.max_batch_size)
         result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(batches),
-                             worker=self.worker, device=str(self.device))
+                             worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds)
         times = StageTimes()
         rows: list[TranscriptRow] = []
-        ahead: list[Future] = [self._pool.submit(self._load_batch, b) for b in batches[: self.config.prefetch_batches]]
-        for index, batch in enumerate(batches):
-            wait_start = time.perf_counter()
-            loaded: _Loaded = ahead.pop(0).result()
-            result.load_wait_seconds += time.perf_counter() - wait_start
-            result.load_seconds += loaded.seconds
-            following = index + self.config.prefetch_batches
-            if following < len(batches):
-                ahead.append(self._pool.submit(self._load_batch, batches[following]))
+        errors = list(audio.errors)
+        for batch in batches:
+            index = [at[id(item)] for item in batch.items]
             transcripts: dict[int, Transcript] = {}
-            for i, samples in enumerate(loaded.samples):
+            for k in index:
+                samples = audio.samples[k]
                 if samples is not None and float(np.abs(samples).max(initial=0.0)) < SILENCE_PEAK:
-                    transcripts[i] = Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0)
-                    result.audio_seconds += loaded.durations[i]
-            good = [i for i, s in enumerate(loaded.samples) if s is not None and i not in transcripts]
+                    transcripts[k] = Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0)
+                    result.audio_seconds += audio.durations[k]
+            good = [k for k in index if audio.samples[k] is not None and k not in transcripts]
             if good:
-                done, seen, padded = self._transcribe_batch([batch.items[i] for i in good],
-                                                             [loaded.samples[i] for i in good], times)
-                for i, tr in zip(good, done):
+                done, seen, padded = self._transcribe_batch([shard.items[k] for k in good],
+                                                             [audio.samples[k] for k in good], times)
+                for k, tr in zip(good, done):
                     if isinstance(tr, str):
-                        loaded.errors[i] = tr
+                        errors[k] = tr
                     else:
-                        transcripts[i] = tr
-                result.audio_seconds += sum(loaded.durations[i] for i in good)
+                        transcripts[k] = tr
+                result.audio_seconds += sum(audio.durations[k] for k in good)
                 result.model_input_seconds += seen
                 result.padded_seconds += padded
             trim_heap()  # the batch's tensors are freed: give the memory back (pipeline.run.heap)
-            for i, item in enumerate(batch.items):
-                row = self._row(item, shard.shard_id, transcripts.get(i), loaded.errors[i])
+            for k in index:
+                row = self._row(shard.items[k], shard.shard_id, transcripts.get(k), errors[k])
                 if row.duration is None:
-                    row.duration = loaded.durations[i]
+                    row.duration = audio.durations[k]
                 rows.append(row)
         order = {(item.cut_id, item.window_index): i for i, item in enumerate(shard.items)}
         rows.sort(key=lambda r: order[(r.cut_id, getattr(r, "window_index", None))])  # manifest order
