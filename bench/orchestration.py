@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ class StandInModel(ShardTranscriber):
         self.settings, self.ledger = settings, ledger
         self.node = ray.get_runtime_context().get_node_id()
         self.worker = f"stand-in:{os.getpid()}"
+        self._model_thread = ThreadPoolExecutor(max_workers=1)
 
     def _one(self, row):
         if row["done"]:

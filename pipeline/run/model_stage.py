@@ -5,6 +5,12 @@ audio stage (:mod:`pipeline.run.stages`), transcribes it with :class:`~pipeline.
 and writes its part; it returns one small result row (:data:`RESULT_FIELDS`) for the driver.
 A part write that fails after the storage layer's own retries is tried again (``write_attempts``,
 with backoff); a shard that still cannot be done becomes a ``failed`` row, which a rerun redoes.
+
+All torch work of an actor runs on one thread of its own (the *model thread*). Ray Data calls
+the class's ``__init__`` and ``__call__`` from different threads, and torch's CPU kernels keep
+one OpenMP thread pool per calling thread: a model loaded and warmed up on one thread and run
+on another keeps two pools competing for the actor's cores, and was measured 25 % slower
+here (bench/pipeline_overhead.py; 2 torch threads on 2 cores).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,8 +56,10 @@ class ShardTranscriber:
 
         self.settings = settings
         self.ledger = ledger
-        self.transcriber = Transcriber(actor_config, gpu_ids=ray.get_gpu_ids())
         self.node = ray.get_runtime_context().get_node_id()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        gpu_ids = ray.get_gpu_ids()
+        self.transcriber = self._model_thread.submit(Transcriber, actor_config, gpu_ids=gpu_ids).result()
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["done"]:
@@ -81,5 +90,5 @@ class ShardTranscriber:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["shard_id"]))]
-        results = [self._one(r) for r in rows]
+        results = [self._model_thread.submit(self._one, r).result() for r in rows]
         return {k: [r[k] for r in results] for k in RESULT_FIELDS}
