@@ -60,8 +60,8 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
 def add_resource_options(parser: argparse.ArgumentParser, title: str = "resources and batching") -> None:
     res = parser.add_argument_group(
         title,
-        "A run is three Ray Data stages: shard checks, the audio stage (CPU tasks that fetch, decode and resample) "
-        "and the model stage (an actor pool, one resident model per actor). Sizes come from single nodes: without "
+        "A run is two Ray Data stages: the audio stage (CPU tasks that skip shards already done, then fetch, decode "
+        "and resample) and the model stage (an actor pool, one resident model per actor). Sizes come from single nodes: without "
         "GPUs an actor takes the largest node's CPUs less one audio task (at most 4); with GPUs, one GPU and one "
         "CPU. Give the audio stage the CPUs that decode what the models consume (README: sizing audio CPUs "
         "per GPU).")

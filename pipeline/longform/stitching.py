@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -49,9 +49,9 @@ class StitchSummary:
     incomplete: list[str] = field(default_factory=list)
 
     def add(self, other: "StitchSummary") -> None:
-        for name in ("cuts_ok", "cuts_error", "cuts_skipped", "cuts_incomplete", "windows", "seams", "seams_aligned"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.incomplete += other.incomplete
+        """Add ``other``'s counts (and incomplete cuts) to this summary's."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def _windows_of(rows: list[dict[str, Any]], overlap_seconds: float, max_cut_seconds: float) -> list[Window]:

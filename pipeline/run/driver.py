@@ -305,15 +305,19 @@ def _stitch(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts,
     long_cuts = read_long_cuts(paths)
     if not long_cuts:
         return None
-    options = dict(normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
-                   overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
     task = ray.remote(num_cpus=0.5, max_retries=cfg.max_attempts, runtime_env=worker_runtime_env())(_stitch_task)
-    refs = [task.remote(group, cfg.output, paths.run_id, cfg.model, facts.sha256, options)
+    refs = [task.remote(group, cfg.output, paths.run_id, cfg.model, facts.sha256, _stitch_options(cfg))
             for group in stitch_groups(long_cuts, fingerprints, cfg.output, paths.run_id)]
     total = StitchSummary()
     for part in ray.get(refs):
         total.add(part)
     return total
+
+
+def _stitch_options(cfg: TranscribeConfig) -> dict[str, Any]:
+    """The run's options of :func:`pipeline.longform.stitching.stitch_group`."""
+    return dict(normalizer=cfg.normalizer, max_cut_seconds=cfg.max_cut_seconds,
+                overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
 
 
 def _stitch_task(group: Any, output: str, run_id: str, model_uri: str, sha256: str, options: dict) -> StitchSummary:
@@ -348,9 +352,7 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
         tokenizer = Tokenizer.from_dir(facts.model_dir)
         stitched = StitchSummary()
         for group in stitch_groups(long_cuts, fingerprints, cfg.output, run_id):
-            stitched.add(stitch_group(group, cfg.output, run_id, tokenizer, normalizer=cfg.normalizer,
-                                      max_cut_seconds=cfg.max_cut_seconds, overlap_seconds=cfg.window_overlap_seconds,
-                                      resume=cfg.resume))
+            stitched.add(stitch_group(group, cfg.output, run_id, tokenizer, **_stitch_options(cfg)))
     return {"shards": results, "stitched": stitched, "actor": actor, "plan": plan}
 
 
