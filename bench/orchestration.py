@@ -37,38 +37,43 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.output import parquet  # noqa: E402
 from pipeline.output.records import TranscriptRow, rows_to_table  # noqa: E402
-from pipeline.run.model_stage import ShardTranscriber, result_row  # noqa: E402
-from pipeline.run.stages import read_row_shard  # noqa: E402
-from pipeline.run.tasks import ShardResult, shard_task  # noqa: E402
+from pipeline.run.model_stage import ShardTranscriber  # noqa: E402
+from pipeline.run.shard_audio import ShardAudio  # noqa: E402
+from pipeline.run.tasks import ShardResult, ShardTask  # noqa: E402
+
+
+class StandInTranscriber:
+    """In place of :class:`pipeline.run.transcriber.Transcriber`: every cut an empty transcript,
+    the shard's part written as usual."""
+
+    device = "cpu"
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.worker = f"stand-in:{os.getpid()}"
+
+    def transcribe_shard(self, task: ShardTask, audio: ShardAudio) -> ShardResult:
+        items = task.shard.items
+        rows = [TranscriptRow(run_id=self.run_id, cut_id=i.cut_id, status="ok", text="", duration=i.duration)
+                for i in items]
+        result = ShardResult(shard_id=task.shard.shard_id, part_uri=task.part_uri, cuts_ok=len(rows),
+                             audio_seconds=sum(i.duration or 0.0 for i in items), worker=self.worker,
+                             device=self.device, load_seconds=audio.load_seconds)
+        parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
+        return result
 
 
 class StandInModel(ShardTranscriber):
-    """The model stage without a model: every cut an empty transcript, the part written as usual."""
+    """The model stage without a model: the product's own per-shard path (ledger, items, audio
+    unpacking, result rows) around a :class:`StandInTranscriber`."""
 
     def __init__(self, actor_config, settings, ledger=None):  # noqa: D107 - no model to load
         import ray
 
         self.settings, self.ledger = settings, ledger
         self.node = ray.get_runtime_context().get_node_id()
-        self.worker = f"stand-in:{os.getpid()}"
         self._model_thread = ThreadPoolExecutor(max_workers=1)
-
-    def _one(self, row):
-        if row["done"]:
-            return result_row(row, status="skipped", summary=row["done"])
-        if self.ledger is not None:
-            self.ledger.started.remote(row["shard_id"], self.worker, self.node, "cpu")
-        task = shard_task(read_row_shard(row, self.settings), self.settings, row["fingerprint"])
-        rows = [TranscriptRow(run_id=self.settings.run_id, cut_id=i.cut_id, status="ok", text="", duration=i.duration)
-                for i in task.shard.items]
-        result = ShardResult(shard_id=task.shard.shard_id, part_uri=task.part_uri, cuts_ok=len(rows),
-                             audio_seconds=sum(i.duration or 0.0 for i in task.shard.items), worker=self.worker,
-                             device="cpu")
-        parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
-        if self.ledger is not None:
-            self.ledger.finished.remote(self.worker)
-        return result_row(row, status="done", summary=json.dumps(result.as_dict()), worker=self.worker, node=self.node,
-                       device="cpu")
+        self.transcriber = StandInTranscriber(settings.run_id)
 
 
 def corpus(workdir: Path, shards: int, cuts_per_shard: int, cut_seconds: float) -> Path:
