@@ -17,9 +17,13 @@ Inputs (--manifest, repeatable):
 Audio may be local paths or s3:// objects; it is decoded, mixed (or --channel picked by the
 manifest) to mono and resampled to 16 kHz. Unreadable cuts become rows with status='error'.
 
-Model (--model): a directory, local or s3://, with pretrained.pt (or epoch-N.pt), bpe.model or
-tokens.txt, and optionally config.json. From S3 it is fetched once per node into
-$ZIPSCRIBE_CACHE (default ~/.cache/zipscribe) and checked against the checkpoint's SHA-256.
+Model (--model): a directory, local or s3://: a flat folder with pretrained.pt (or epoch-N.pt),
+bpe.model or tokens.txt and optionally config.json; an icefall / Hugging Face repo root (exp/ +
+data/lang_bpe_*/); or an icefall exp/ folder with --epoch/--avg/--use-averaged-model as
+icefall's decode.py takes them. Check it first: python jobs/inspect_model.py DIR. From S3 only
+the files needed are fetched, once per node, into $ZIPSCRIBE_CACHE (default
+~/.cache/zipscribe) and checked against the weights' SHA-256. A model that does not load (or
+whose tokenizer does not fit) is one line and exit status 2, before any audio is read.
 
 Output (--output, local or s3://):
   transcripts/run_id=<id>/part-<shard>.parquet   one row per cut (schema in README)
@@ -64,6 +68,7 @@ from model.decoding import METHODS  # noqa: E402
 from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
+    add_model_options,
     add_longform_options,
     add_plan_options,
     add_resource_options,
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--no-wer-report", dest="wer_report", action="store_false",
                      help="do not write the WER report under <output>/wer/ (it is written when cuts have references)")
 
+    add_model_options(p)
     add_resource_options(p)
     add_longform_options(p)
     add_s3_options(p)
@@ -123,15 +129,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     apply_s3_options(args)
-    if args.plan_only:
-        from dataclasses import asdict
-
-        print(json.dumps(asdict(dry_run(config_from_args(args))), indent=2))
-        return 0
-    missing = [flag for flag, value in (("--model", args.model), ("--output", args.output)) if not value]
-    if missing:
-        build_parser().error(f"the following arguments are required: {', '.join(missing)}")
+    if not args.plan_only:
+        missing = [flag for flag, value in (("--model", args.model), ("--output", args.output)) if not value]
+        if missing:
+            build_parser().error(f"the following arguments are required: {', '.join(missing)}")
     try:
+        if args.plan_only:
+            from dataclasses import asdict
+
+            print(json.dumps(asdict(dry_run(config_from_args(args))), indent=2))
+            return 0
         summary = run(config_from_args(args))
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,13 +5,17 @@ Usable on its own (it never imports :mod:`pipeline`): :class:`model.recognizer.R
 turns waveforms into text; :mod:`model.training` trains the demo model."""
 
 from .asr_model import AsrModel, to_int_tuple
-from .checkpoint import (CheckpointMismatchError, file_sha256, find_checkpoint, load_checkpoint, pick_checkpoint,
-                         read_state_dict)
+from .checkpoint import (CheckpointMismatchError, ModelLoadError, TorchScriptOnlyError, build_model, file_sha256,
+                         find_checkpoint, load_checkpoint, pick_checkpoint, read_checkpoint, read_state_dict)
 from .config import PRESETS, ConfigInferenceError, infer_config, preset
 
 __all__ = [
     "AsrModel",
     "CheckpointMismatchError",
+    "ModelLoadError",
+    "TorchScriptOnlyError",
+    "build_model",
+    "read_checkpoint",
     "ConfigInferenceError",
     "PRESETS",
     "file_sha256",

@@ -237,6 +237,22 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return config
 
 
+# Fields infer_config cannot read from shapes and fills by icefall's conventions (with why).
+GUESSED_FIELDS: dict[str, str] = {
+    "pos_head_dim": "4 in every icefall recipe",
+    "num_heads": "from the projections, given pos_head_dim",
+    "query_head_dim": "from the projections, given pos_head_dim",
+    "value_head_dim": "from the projections, given pos_head_dim",
+    "encoder_unmasked_dim": "min(encoder_dim, 256); only used in training",
+    "attention_decoder_num_heads": "8 for attention dim >= 512, else dim // 32",
+    "blank_id": "0 (icefall's BPE convention)",
+    "sos_id": "1 (icefall's BPE convention)",
+    "eos_id": "1 (icefall's BPE convention)",
+    "chunk_size": "-1: full context at decode time",
+    "left_context_frames": "-1: all left context",
+}
+
+
 # Fields whose value the state dict's shapes fix (compared by tests and shown in errors).
 SHAPE_DETERMINED_FIELDS = (
     "feature_dim",

@@ -9,12 +9,21 @@ A *model directory* holds a checkpoint (``pretrained.pt``, else the highest
 ``epoch-N.pt``, else the only ``*.pt``: :func:`model.checkpoint.pick_checkpoint`), ``bpe.model`` or ``tokens.txt``, and
 optionally ``config.json`` (``AsrModel`` kwargs, possibly with a ``"name"``
 and ``"decoding"`` section); without ``config.json`` the architecture is
-inferred from the checkpoint.
+inferred from the checkpoint. It may also be an icefall / Hugging Face repo
+root or an ``exp/`` folder (:mod:`model.layout`), and the weights may be
+icefall's checkpoint averages (:mod:`model.weights`).
+
+Everything is checked at load, before any audio: the checkpoint against the
+architecture, the tokenizer's vocabulary and special ids against the model's,
+the decoding method and chunking against the model's heads and causality. Any
+failure is one :class:`model.checkpoint.ModelLoadError` naming the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,13 +34,18 @@ import numpy as np
 import torch
 
 from .asr_model import AsrModel
-from .checkpoint import file_sha256, find_checkpoint, load_checkpoint
+from .checkpoint import ModelLoadError, build_model, file_sha256
 from .config import split_config
 from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
 from .features import FeatureExtractor
-from .tokenizer import Tokenizer
+from .layout import TokenizerMismatchError, choose_tokenizer, find_layout
+from .tokenizer import BLANK_SYMBOL, SOS_EOS_SYMBOL, Tokenizer
+from .weights import WeightsSelection, load_weights
 
 _AMP_DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -42,6 +56,19 @@ class ModelInfo:
     checkpoint: str
     sha256: str
     config: dict[str, Any] = field(default_factory=dict)
+    #: the weights used, e.g. ``pretrained.pt (model)`` or ``model_avg over the batches between ...``
+    weights: str = ""
+    #: the tokenizer file
+    tokenizer: str = ""
+    #: what loading decided on its own (full context for a training chunk list, ...)
+    notes: tuple[str, ...] = ()
+    #: which layout the directory has (model.layout), where the architecture came from
+    #: ("config.json" or "inferred from the checkpoint"), what the checkpoint file holds
+    layout: str = ""
+    config_source: str = ""
+    checkpoint_kind: str = ""
+    checkpoint_entries: tuple[str, ...] = ()
+    checkpoint_position: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +101,76 @@ class StageTimes:
         return {"features": self.features, "encoder": self.encoder, "decoding": self.decoding}
 
 
+def _combined_sha256(files: Sequence[Path], label: str) -> str:
+    """One digest for weights computed from several files: the selection and each file's digest."""
+    digest = hashlib.sha256(label.encode())
+    for f in files:
+        digest.update(f"\n{f.name} {file_sha256(f)}".encode())
+    return digest.hexdigest()
+
+
+def check_special_ids(model: AsrModel, tokenizer: Tokenizer, decoding: DecodingConfig, tokenizer_path: Path) -> None:
+    """The blank and sos/eos ids must mean the same in the model, the tokenizer and the decoding.
+
+    Raises :class:`model.layout.TokenizerMismatchError` naming the ids and the file."""
+    problems = []
+    cfg = getattr(model, "config", {})
+    blank = int(cfg.get("blank_id", model.blank_id))
+    if BLANK_SYMBOL in tokenizer and tokenizer.piece_to_id(BLANK_SYMBOL) != blank:
+        problems.append(f"blank is id {blank} in the model but {BLANK_SYMBOL} is {tokenizer.piece_to_id(BLANK_SYMBOL)}")
+    if decoding.blank_id != blank:
+        problems.append(f"the decoding's blank_id is {decoding.blank_id} but the model's is {blank}")
+    if model.attention_decoder is not None and SOS_EOS_SYMBOL in tokenizer:
+        sos_eos = tokenizer.piece_to_id(SOS_EOS_SYMBOL)
+        for field_name in ("sos_id", "eos_id"):
+            value = cfg.get(field_name)
+            if value is not None and int(value) != sos_eos:
+                problems.append(f"{field_name} is {value} in the model config but {SOS_EOS_SYMBOL} is {sos_eos}")
+    if problems:
+        raise TokenizerMismatchError(f"{tokenizer_path} does not fit the model: {'; '.join(problems)}")
+
+
+def apply_chunking(model: AsrModel, decoding: DecodingConfig) -> list[str]:
+    """Set the encoder's decode-time chunking from ``decoding`` (see :class:`DecodingConfig`) and
+    write the resolved values back into it; returns notes on what was decided.
+
+    A training list in the model config (``chunk_size "16,32,64,-1"``) means full context unless
+    ``decoding.chunk_size`` asks otherwise; chunking a non-causal model is an error."""
+    encoder = model.encoder
+    notes = []
+    chunk, left = decoding.chunk_size, decoding.left_context_frames
+    if not encoder.causal:
+        if chunk is not None and chunk > 0:
+            raise ModelLoadError(f"chunk_size {chunk} needs a causal (streaming-trained) model; this one was trained "
+                                 "with full context (causal=False), so it always decodes with full context")
+        chunk, left = -1, -1
+    else:
+        if chunk is None:
+            if len(encoder.chunk_size) == 1:
+                chunk = encoder.chunk_size[0]
+            else:
+                chunk = -1
+                notes.append(f"causal model whose config lists the training chunk sizes {_csv(encoder.chunk_size)}: "
+                             "decoding with full context (ask for chunked decoding with --chunk-size)")
+        if left is None:
+            if chunk > 0 and len(encoder.left_context_frames) > 1:
+                notes.append(f"config lists the training left contexts {_csv(encoder.left_context_frames)}: "
+                             "decoding with all left context (ask with --left-context-frames)")
+            left = encoder.left_context_frames[0] if len(encoder.left_context_frames) == 1 else -1
+    if chunk == 0 or chunk < -1 or (left is not None and left < -1):
+        raise ModelLoadError(f"chunk_size must be -1 (full context) or > 0 and left_context_frames >= -1; "
+                             f"got {chunk} and {left}")
+    if chunk < 0:
+        left = -1
+    encoder.chunk_size, encoder.left_context_frames = (int(chunk),), (int(left),)
+    decoding.chunk_size, decoding.left_context_frames = int(chunk), int(left)
+    return notes
+
+
+def _csv(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,6 +194,7 @@ class Recognizer:
         self.tokenizer = tokenizer
         self.decoding = decoding or DecodingConfig()
         self.decoding.method = resolve_method(self.model, self.decoding.method)
+        self.notes = apply_chunking(self.model, self.decoding)  # idempotent after from_dir's call
         if amp_dtype == "auto":
             amp_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         if amp_dtype not in _AMP_DTYPES:
@@ -119,26 +217,64 @@ class Recognizer:
         amp_dtype: str = "auto",
         rescoring_dtype: str = "auto",
         checkpoint_sha256: Optional[str] = None,
+        weights: Union[WeightsSelection, dict[str, Any], None] = None,
     ) -> "Recognizer":
-        """Load checkpoint, tokenizer and optional ``config.json`` from a directory.
+        """Load checkpoint(s), tokenizer and optional ``config.json`` from a model directory
+        (a flat folder, an icefall / Hugging Face repo root or an ``exp/`` folder).
 
         ``decoding``: a :class:`DecodingConfig`, or a dict of fields that override the model's
         defaults (``config.json``'s ``"decoding"`` section), or None for those defaults.
-        ``checkpoint_sha256``: the checkpoint's known digest (skips hashing it again)."""
+        ``weights``: icefall's ``--epoch/--iter/--avg/--use-averaged-model`` choice
+        (:class:`model.weights.WeightsSelection`); None: the directory's checkpoint as it is.
+        ``checkpoint_sha256``: the digest the weights must have (:attr:`ModelInfo.sha256`, e.g.
+        computed by a driver before its workers load the same directory); a different one is a
+        :class:`ModelLoadError`.
+
+        Raises :class:`ModelLoadError` (one line, naming the files) for anything that keeps
+        the model from loading or from decoding correctly."""
         model_dir = Path(model_dir)
-        checkpoint = find_checkpoint(model_dir)
-        config_path = model_dir / "config.json"
-        config, extra = split_config(json.loads(config_path.read_text())) if config_path.is_file() else (None, {})
-        model = load_checkpoint(checkpoint, config=config, device=device)
-        if not isinstance(decoding, DecodingConfig):
-            decoding = DecodingConfig(**{**extra.get("decoding", {}), **(decoding or {})})
+        selection = weights if isinstance(weights, WeightsSelection) else WeightsSelection.from_dict(weights)
+        try:
+            layout = find_layout(model_dir, selection)
+            config, extra = (None, {})
+            if layout.config:
+                config, extra = split_config(json.loads((model_dir / layout.config).read_text()))
+            ckpt_dir = model_dir / layout.checkpoint_dir if layout.checkpoint_dir else model_dir
+            state, used = load_weights(ckpt_dir, layout.weights)
+            model = build_model(state, config=config, device=device)
+            del state
+            tokenizer, tokenizer_path = choose_tokenizer(model_dir, layout, model.vocab_size)
+            if not isinstance(decoding, DecodingConfig):
+                decoding = DecodingConfig(**{**extra.get("decoding", {}), **(decoding or {})})
+            check_special_ids(model, tokenizer, decoding, tokenizer_path)
+            notes = apply_chunking(model, decoding)
+            files = [ckpt_dir / f for f in layout.weights.files]
+            sha = file_sha256(files[0]) if len(files) == 1 else _combined_sha256(files, layout.weights.label)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise ModelLoadError(f"{model_dir}: {exc}") from None
+        if checkpoint_sha256 and checkpoint_sha256 != sha:
+            raise ModelLoadError(f"{model_dir}: the checkpoint changed since the run started "
+                                 f"(sha256 {sha[:12]}, expected {checkpoint_sha256[:12]})")
+        name = str(extra.get("name") or (model_dir.resolve().parent.name if model_dir.name == "exp" else model_dir.resolve().name))
         info = ModelInfo(
-            name=str(extra.get("name") or model_dir.resolve().name),
-            checkpoint=str(checkpoint),
-            sha256=checkpoint_sha256 or file_sha256(checkpoint),
+            name=f"{name}@{layout.weights.label}" if layout.weights.label else name,
+            checkpoint=", ".join(str(f) for f in files),
+            sha256=sha,
             config=dict(model.config),
+            weights=used.describe(),
+            tokenizer=str(tokenizer_path),
+            notes=tuple(notes),
+            layout=layout.kind,
+            config_source=f"{layout.config}" if config is not None else "inferred from the checkpoint's shapes",
+            checkpoint_kind=used.kind,
+            checkpoint_entries=used.entries,
+            checkpoint_position=dict(used.position),
         )
-        return cls(model, Tokenizer.from_dir(model_dir), decoding=decoding, device=device, amp_dtype=amp_dtype,
+        for note in notes:
+            log.info("%s: %s", model_dir, note)
+        return cls(model, tokenizer, decoding=decoding, device=device, amp_dtype=amp_dtype,
                    info=info, rescoring_dtype=rescoring_dtype)
 
     def _autocast(self, dtype: Optional[torch.dtype]):

@@ -218,6 +218,15 @@ class Tokenizer:
         self._check_id(token_id)
         return self._pieces[token_id]
 
+    @property
+    def disambiguation_symbols(self) -> dict[str, int]:
+        """``#0``-style symbols of a ``tokens.txt`` (ids past the vocabulary; never model outputs)."""
+        return dict(self._extra)
+
+    def __contains__(self, piece: object) -> bool:
+        """Whether ``piece`` is a symbol of the vocabulary (disambiguation symbols excluded)."""
+        return piece in self._piece_to_id
+
     def piece_to_id(self, piece: str) -> int:
         """Id of ``piece``; ``KeyError`` if the vocabulary lacks it."""
         if piece in self._piece_to_id:

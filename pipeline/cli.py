@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import asdict
 from typing import Any
 
-from model.checkpoint import CheckpointMismatchError
+from model.checkpoint import ModelLoadError
 from model.decoding import DecodingConfig
+from model.weights import WeightsSelection
 
 from pipeline.inputs.items import SEGMENT_MODES, ManifestError
 from pipeline.io.storage import StorageError
@@ -21,7 +23,7 @@ from pipeline.run.transcriber import DeviceError
 
 # Bad command-line inputs, and runs that cannot start (no node an actor fits on, a GPU without
 # CUDA): reported as one line and exit status 2, no traceback.
-INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, CheckpointMismatchError, ValueError, DeviceError,
+INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, ModelLoadError, ValueError, DeviceError,
                 ResourceTimeoutError)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _DEFAULTS = TranscribeConfig(manifest=[], model="", output="")
@@ -55,6 +57,33 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
                             "(default english: case folding, punctuation removed except word-internal apostrophes, "
                             "whitespace collapsed; +numbers spells digits out, +spelling maps British to American "
                             "spellings; see pipeline/report/normalize.py)")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which weights of a model directory (icefall's decode options) and how a causal model attends."""
+    g = parser.add_argument_group(
+        "model weights and chunking",
+        "--model may be a flat folder (pretrained.pt + bpe.model/tokens.txt [+ config.json]), an icefall / Hugging "
+        "Face repo root (exp/ + data/lang_bpe_*/) or an exp/ folder of a training run; check one with "
+        "jobs/inspect_model.py before a long run. Weights as icefall's decode.py chooses them:")
+    g.add_argument("--epoch", type=int, default=None, metavar="N",
+                   help="decode epoch-N.pt of a training folder (default: the folder's checkpoint: pretrained.pt, "
+                        "else the highest epoch-N.pt)")
+    g.add_argument("--iter", type=int, default=None, metavar="N",
+                   help="use checkpoint-M.pt files with M <= N instead of epochs")
+    g.add_argument("--avg", type=int, default=1, metavar="K",
+                   help="average K checkpoints ending at --epoch/--iter (default 1)")
+    g.add_argument("--use-averaged-model", action="store_true",
+                   help="use training's running average (model_avg): with --epoch N --avg K, averaged over the "
+                        "batches between epoch-(N-K).pt and epoch-N.pt, as icefall decodes; alone, the "
+                        "checkpoint's own model_avg")
+    g.add_argument("--chunk-size", type=int, default=None, metavar="FRAMES",
+                   help="causal (streaming-trained) models: decode with attention chunks of FRAMES frames at 50 Hz "
+                        "(after the 2x subsampling; icefall's --chunk-size, e.g. 16 = 0.32 s). Default: full "
+                        "context (or a single chunk size in config.json); -1: full context")
+    g.add_argument("--left-context-frames", type=int, default=None, metavar="FRAMES",
+                   help="causal models with --chunk-size: left context in 50 Hz frames (icefall's "
+                        "--left-context-frames, e.g. 128); default: all")
 
 
 def add_resource_options(parser: argparse.ArgumentParser, title: str = "resources and batching") -> None:
@@ -165,8 +194,13 @@ def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> T
         decoding["attention_scale"] = args.attention_scale
     if args.max_segment_seconds is not None:
         decoding["max_segment_seconds"] = args.max_segment_seconds or None
+    for name in ("chunk_size", "left_context_frames"):
+        if getattr(args, name) is not None:
+            decoding[name] = getattr(args, name)
+    weights = WeightsSelection(epoch=args.epoch, iter=args.iter, avg=args.avg,
+                               use_averaged_model=args.use_averaged_model)  # ValueError: exit 2
     return TranscribeConfig(
-        decoding=decoding, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
+        decoding=decoding, weights={k: v for k, v in asdict(weights).items() if v not in (None, False)}, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, audio_cpus=args.audio_cpus, device=args.device,
         resource_timeout=args.resource_timeout, max_batch_seconds=args.max_batch_seconds,
         max_batch_size=args.max_batch_size, shard_size=args.shard_size, max_attempts=args.max_attempts,

@@ -55,6 +55,28 @@ def moto_server() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def moto_environment() -> Iterator[dict[str, str]]:
+    """:func:`moto_server`, with its endpoint and fake credentials set in this process's
+    environment (boto3 and the pipeline read them there; no AWS profile) for the duration;
+    yields them, e.g. for a Ray head's environment."""
+    import pytest
+
+    from pipeline.io import storage
+
+    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
+        env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_PROFILE", raising=False)
+        storage.set_default_s3_options(None)
+        try:
+            yield env
+        finally:
+            storage.set_default_s3_options(None)
+
+
 #: ``rule(method, path, headers)`` -> whether a request matches (``path``: ``/bucket/key`` unquoted,
 #: without the query)
 Rule = Callable[[str, str, Mapping[str, str]], bool]

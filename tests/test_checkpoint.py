@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from model import (
     PRESETS,
     AsrModel,
     CheckpointMismatchError,
+    ModelLoadError,
     find_checkpoint,
     infer_config,
     load_checkpoint,
@@ -146,11 +146,12 @@ class Exploit:
         return (print, ("this must never run",))
 
 
-def test_weights_only_refuses_pickled_code(tmp_path):
+def test_weights_only_refuses_pickled_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": AsrModel(**tiny_config()).state_dict(), "payload": Exploit()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ModelLoadError, match="refused: the pickle calls builtins.print"):
         load_checkpoint(path)
+    assert "must never run" not in capsys.readouterr().out
 
 
 def test_config_json_with_metadata_loads(tmp_path, ref_dir, ref_config):

@@ -158,8 +158,8 @@ def test_method_resolution():
         resolve_method(ctc_only, "transducer-greedy")
 
 
-def test_default_config_is_attention_rescoring():
+def test_default_config_is_auto():
     cfg = DecodingConfig()
-    assert cfg.method == "attention-rescoring"
+    assert cfg.method == "auto" and cfg.chunk_size is None and cfg.left_context_frames is None
     assert cfg.beam == 8 and cfg.transducer_beam == 4
     assert cfg.attention_scale == 1.0 and cfg.frame_shift_s == 0.04 and cfg.blank_id == 0

@@ -79,7 +79,8 @@ def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
     cfg["decoding"].update(attention_scale=0.3, max_segment_seconds=7.5)
     (model_dir / "config.json").write_text(json.dumps(cfg))
     assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=8,
-                                                                      attention_scale=0.3, max_segment_seconds=7.5)
+                                                                      attention_scale=0.3, max_segment_seconds=7.5,
+                                                                      chunk_size=-1, left_context_frames=-1)
     merged = Recognizer.from_dir(model_dir, decoding={"beam": 4, "max_segment_seconds": None}).decoding
     assert (merged.beam, merged.attention_scale, merged.max_segment_seconds) == (4, 0.3, None)
     explicit = Recognizer.from_dir(model_dir, decoding=DecodingConfig(beam=3)).decoding  # a full config is taken as is

@@ -18,7 +18,7 @@ import pytest
 
 from audio_testing import ffmpeg, speak
 from helpers import make_tiny_model_dir
-from s3_testing import moto_server
+from s3_testing import moto_environment
 from services import REPO, RayHead, wait_for
 
 pytestmark = pytest.mark.needs_tools("espeak-ng", "sox", "ffmpeg")
@@ -44,17 +44,8 @@ GOOD = list(SENTENCES) + ["utt-8k", "utt-stereo", "utt-mp3", "utt-opus", "silenc
 def s3():
     """moto on 127.0.0.1; its endpoint and fake credentials in this process's environment
     (boto3 and the pipeline read them from there) and returned for the Ray head's."""
-    from pipeline.io import storage
-
-    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
-        env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.delenv("AWS_PROFILE", raising=False)
-        storage.set_default_s3_options(None)
+    with moto_environment() as env:
         yield env
-        storage.set_default_s3_options(None)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ Methods (``DecodingConfig.method``):
     CTC prefix beam search (``beam`` prefixes kept per frame, top ``token_beam``
     tokens expanded per frame).  ``score`` = ``ctc_score`` = the prefix's
     ``logaddexp(p_blank, p_non_blank)``.
-``attention-rescoring`` (default)
+``attention-rescoring``
     the ``ctc-beam`` n-best rescored by the attention decoder in one batched
     pass: ``score = ctc_score + attention_scale * attention_score`` with
     ``attention_score`` = decoder log-prob of tokens + eos.
@@ -26,9 +26,17 @@ Methods (``DecodingConfig.method``):
     modified beam search (``transducer_beam`` hypotheses, max one symbol per
     frame).  ``score`` = the hypothesis' (merged) log-prob; the winner is the
     best ``score / (num_tokens + context_size)``.
-``auto``
+``auto`` (default)
     ``attention-rescoring`` if the model has CTC and attention-decoder heads,
     else ``transducer-beam`` if it has a transducer, else ``ctc-beam``.
+
+Causal (streaming-trained) models: ``chunk_size`` / ``left_context_frames``
+(frames at the encoder's 50 Hz input rate, after the 2x convolutional
+subsampling, as icefall's ``decode.py --chunk-size 16 --left-context-frames
+128``) decode with chunked attention and convolution, as the model would see
+the audio when streaming. ``None``: the model config's value when it is a single
+one, else (a training list such as ``"16,32,64,-1"``) full context; ``-1``: full
+context. :class:`model.recognizer.Recognizer` applies them to the encoder.
 
 Long inputs: with ``DecodingConfig.max_segment_seconds`` set, ``ctc-beam`` and
 ``attention-rescoring`` search and rescore each utterance longer than that in
@@ -108,8 +116,8 @@ _ALIASES = {
 
 @dataclass
 class DecodingConfig:
-    #: one of :data:`METHODS` or ``"auto"``
-    method: str = "attention-rescoring"
+    #: one of :data:`METHODS` or ``"auto"`` (the best method the model's heads allow)
+    method: str = "auto"
     #: CTC prefix beam: prefixes kept per frame, also the n-best size rescored
     beam: int = 8
     #: CTC prefix beam: tokens expanded per frame (default: ``beam``, as icefall)
@@ -131,6 +139,12 @@ class DecodingConfig:
     #: CTC blanks (:mod:`model.decoding.segments`); None: whole utterances (the
     #: reference behaviour)
     max_segment_seconds: Optional[float] = None
+    #: causal models: attention/convolution chunk in 50 Hz encoder frames (-1: full context;
+    #: None: the model config's single value, else full context)
+    chunk_size: Optional[int] = None
+    #: causal models, with chunk_size > 0: left context in 50 Hz frames (-1: all; None: the model
+    #: config's single value, else all)
+    left_context_frames: Optional[int] = None
 
     def label(self) -> str:
         """The method and the settings that change its result, as transcript rows and run
@@ -142,6 +156,9 @@ class DecodingConfig:
             extra = f" beam={self.transducer_beam}"
         else:
             extra = ""
+        if self.chunk_size is not None and self.chunk_size > 0:
+            left = self.left_context_frames
+            extra += f" chunk={self.chunk_size} left={'all' if left is None or left < 0 else left}"
         return self.method + extra
 
 

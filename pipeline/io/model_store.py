@@ -1,23 +1,34 @@
 """Model directories on local disk or object storage.
 
 An ``s3://`` model directory is fetched once per node into a local cache
-(``$ZIPSCRIBE_CACHE`` or ``~/.cache/zipscribe``), one sub-directory per URI,
-and its checkpoint verified against the SHA-256 the driver computed before
-anything loads it.
+(``$ZIPSCRIBE_CACHE`` or ``~/.cache/zipscribe``), one sub-directory per URI.
+Its layout (flat folder, icefall repo root, ``exp/`` folder: :mod:`model.layout`)
+is planned from one listing, so only the files the model needs are fetched: the
+checkpoints the weights selection reads (not a training run's every epoch), the
+tokenizer candidates and ``config.json``. A single checkpoint is verified
+against the SHA-256 the driver computed as it downloads; weights combined from
+several files are verified when :meth:`model.recognizer.Recognizer.from_dir`
+loads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from pathlib import Path
 from typing import Optional
 
-from model.checkpoint import file_sha256, find_checkpoint, pick_checkpoint
+from model.checkpoint import ModelLoadError
+from model.layout import ANCESTORS, plan_layout
+from model.weights import WeightsSelection
 
 from . import storage
 
-MODEL_FILES = ("pretrained.pt", "bpe.model", "tokens.txt", "config.json")
+# The cached copy of a remote model directory sits this deep in its cache folder, so that a
+# tokenizer found above it (``../data/lang_*``, up to len(ANCESTORS) levels) stays inside; the
+# folders are named after the URI's last ones.
+_DEPTH = len(ANCESTORS)
 
 
 def default_cache_dir() -> Path:
@@ -28,31 +39,39 @@ def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def local_model_dir(uri: str, cache_dir: Optional[Path] = None, expected_sha256: Optional[str] = None) -> Path:
-    """A local directory holding the model at ``uri`` (downloaded and verified if remote)."""
+def local_model_dir(uri: str, cache_dir: Optional[Path] = None, expected_sha256: Optional[str] = None,
+                    weights: Optional[WeightsSelection] = None) -> Path:
+    """A local directory holding the model at ``uri`` (downloaded if remote; see the module
+    docstring). Layout and checkpoint problems raise :class:`model.checkpoint.ModelLoadError`."""
     if not is_remote(uri):
         path = Path(uri.removeprefix("file://"))
         if not path.is_dir():
-            raise FileNotFoundError(f"model directory not found: {uri}")
-        checkpoint = find_checkpoint(path)
-        if expected_sha256 and file_sha256(checkpoint) != expected_sha256:
-            raise ValueError(f"{checkpoint}: checksum changed since the run started")
+            raise ModelLoadError(f"model directory not found: {uri}")
         return path
-    target = (cache_dir or default_cache_dir()) / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target.mkdir(parents=True, exist_ok=True)
+    selection = weights or WeightsSelection()
     prefix = uri.rstrip("/") + "/"
     names = [u[len(prefix):] for u in storage.list_files(prefix)]
-    wanted = [n for n in names if "/" not in n and (n in MODEL_FILES or n.endswith(".pt"))]
-    if not any(n.endswith(".pt") for n in wanted):
-        raise FileNotFoundError(f"no checkpoint (*.pt) under {uri}")
-    checkpoint_name = pick_checkpoint(wanted)
-    for name in wanted:
-        if name.endswith(".pt") and name != checkpoint_name:
-            continue
-        sha = expected_sha256 if name == checkpoint_name else None
-        blob = storage.download_to_cache(prefix + name, target.parent / "blobs", expected_sha256=sha)
-        _link(blob, target / name)
-    return target
+    parent = prefix
+    for up in ANCESTORS:
+        if parent.count("/") <= 3:  # s3://bucket/ has no parent
+            break
+        parent = parent[: parent.rstrip("/").rfind("/") + 1]
+        names += [f"{up}/{u[len(parent):]}" for u in storage.list_files(parent + "data/")
+                  if posixpath.basename(u) in ("bpe.model", "tokens.txt")]
+    layout = plan_layout(names, selection, where=uri)
+    target = (cache_dir or default_cache_dir()) / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    # the last folders of the URI, so the model is named after it (``.../icefall-repo/exp``)
+    tail = [p for p in prefix[len("s3://"):].split("/")[1:] if p][-_DEPTH:]
+    root = target.joinpath(*(["m"] * (_DEPTH - len(tail)) + tail))
+    checkpoints = layout.checkpoint_files()
+    for rel in layout.files(names):
+        sha = expected_sha256 if len(checkpoints) == 1 and rel == checkpoints[0] else None
+        source = posixpath.normpath(posixpath.join(prefix, rel)).replace("s3:/", "s3://", 1)
+        blob = storage.download_to_cache(source, target.parent / "blobs", expected_sha256=sha)
+        dest = Path(posixpath.normpath(posixpath.join(str(root), rel)))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _link(blob, dest)
+    return root
 
 
 def _link(blob: Path, dest: Path) -> None:

@@ -23,6 +23,8 @@ class TranscribeConfig:
     run_id: Optional[str] = None
     dataset: Optional[str] = None
     decoding: dict[str, Any] = field(default_factory=dict)
+    #: icefall's choice of weights: epoch / iter / avg / use_averaged_model (model.weights.WeightsSelection)
+    weights: dict[str, Any] = field(default_factory=dict)
     num_actors: Optional[str] = None  # "N" or "MIN:MAX"; None: from the cluster (pipeline.run.resources)
     gpus_per_actor: Optional[float] = None
     cpus_per_actor: Optional[float] = None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from model.recognizer import Recognizer
+from model.weights import WeightsSelection
 from pipeline.inputs.items import WorkItem
 from pipeline.inputs.manifests import iter_work_items
 from pipeline.io import storage
@@ -66,6 +67,9 @@ class ModelFacts:
     sha256: str
     model_id: str
     decoding: str
+    weights: str = ""  # which weights: file(s) and how they were combined
+    tokenizer: str = ""  # the tokenizer file, relative to model_dir
+    notes: tuple[str, ...] = ()  # what loading decided on its own (e.g. full context for a causal model)
 
 
 def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
@@ -75,10 +79,12 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
         plan_windows(2 * cfg.max_cut_seconds, cfg.max_cut_seconds, cfg.window_overlap_seconds)  # ValueError if invalid
     for uri in cfg.manifest:
         next(iter(iter_work_items(uri, dataset=cfg.dataset, probe_durations=False)), None)  # ManifestError / StorageError
-    model_dir = local_model_dir(cfg.model)
-    recognizer = Recognizer.from_dir(model_dir, decoding=dict(cfg.decoding))
+    weights = WeightsSelection.from_dict(cfg.weights)
+    model_dir = local_model_dir(cfg.model, weights=weights)
+    recognizer = Recognizer.from_dir(model_dir, decoding=dict(cfg.decoding), weights=weights)
     info = recognizer.info
-    return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding=recognizer.decoding.label())
+    return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding=recognizer.decoding.label(),
+                      weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes)
 
 
 def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
@@ -104,6 +110,7 @@ def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str
     """The transcriber's configuration for a run."""
     return ActorConfig(
         model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
+        weights=cfg.weights,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
         rescoring_dtype=cfg.rescoring_dtype, num_threads=threads, normalizer=cfg.normalizer,
         pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
@@ -230,7 +237,8 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
                              resume=cfg.resume, write_attempts=cfg.max_attempts)
     summary = RunSummary(
         run_id=run_id, manifest=list(cfg.manifest), output=cfg.output, model_id=facts.model_id,
-        model_sha256=facts.sha256, decoding=facts.decoding, started_at=datetime.now(timezone.utc).isoformat(),
+        model_sha256=facts.sha256, model_weights=facts.weights, model_notes=list(facts.notes),
+        decoding=facts.decoding, started_at=datetime.now(timezone.utc).isoformat(),
         num_actors=res.max_actors, transcripts_uri=paths.transcripts, shards_total=plan.shards,
         resources_per_actor={"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor},
         plan={"uri": paths.plan, "reused": reused, "inputs_changed": changed, "cuts": plan.cuts,
@@ -306,7 +314,8 @@ def _stitch(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts,
     if not long_cuts:
         return None
     task = ray.remote(num_cpus=0.5, max_retries=cfg.max_attempts, runtime_env=worker_runtime_env())(_stitch_task)
-    refs = [task.remote(group, cfg.output, paths.run_id, cfg.model, facts.sha256, _stitch_options(cfg))
+    refs = [task.remote(group, cfg.output, paths.run_id, cfg.model, facts.sha256, facts.tokenizer, cfg.weights,
+                        _stitch_options(cfg))
             for group in stitch_groups(long_cuts, fingerprints, cfg.output, paths.run_id)]
     total = StitchSummary()
     for part in ray.get(refs):
@@ -320,10 +329,12 @@ def _stitch_options(cfg: TranscribeConfig) -> dict[str, Any]:
                 overlap_seconds=cfg.window_overlap_seconds, resume=cfg.resume)
 
 
-def _stitch_task(group: Any, output: str, run_id: str, model_uri: str, sha256: str, options: dict) -> StitchSummary:
+def _stitch_task(group: Any, output: str, run_id: str, model_uri: str, sha256: str, tokenizer_path: str,
+                 weights: dict, options: dict) -> StitchSummary:
     from model.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.from_dir(local_model_dir(model_uri, expected_sha256=sha256))
+    model_dir = local_model_dir(model_uri, expected_sha256=sha256, weights=WeightsSelection.from_dict(weights))
+    tokenizer = Tokenizer.from_file(model_dir / tokenizer_path)
     return stitch_group(group, output, run_id, tokenizer, **options)
 
 
@@ -349,7 +360,7 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
     long_cuts = read_long_cuts(paths)
     stitched = None
     if long_cuts:
-        tokenizer = Tokenizer.from_dir(facts.model_dir)
+        tokenizer = Tokenizer.from_file(facts.model_dir / facts.tokenizer)
         stitched = StitchSummary()
         for group in stitch_groups(long_cuts, fingerprints, cfg.output, run_id):
             stitched.add(stitch_group(group, cfg.output, run_id, tokenizer, **_stitch_options(cfg)))

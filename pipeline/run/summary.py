@@ -52,6 +52,10 @@ class RunSummary:
     stages: dict[str, Any] = field(default_factory=dict)
     #: the model actors that did work: worker (host:pid), node_id (Ray's), device, shards done
     actors: list[dict[str, Any]] = field(default_factory=list)
+    #: the weights used: file(s) and how they were combined (icefall's --epoch/--avg/--use-averaged-model)
+    model_weights: str = ""
+    #: what loading the model decided on its own (e.g. full context for a causal model's training chunk list)
+    model_notes: list[str] = field(default_factory=list)
     #: why the execution stopped early ("" when it ran to the end); the shards not done are in shards_failed
     stopped: str = ""
 
@@ -95,6 +99,8 @@ def format_summary(s: RunSummary) -> str:
         *([f"  pauses: {100 * (1 - s.model_input_seconds / s.audio_seconds):.1f} % of the audio was silence between "
            f"pieces and skipped"] if 0 < s.model_input_seconds < s.audio_seconds - 1e-6 else []),
         f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
+        *([f"    weights: {s.model_weights}"] if s.model_weights else []),
+        *[f"    note: {n}" for n in s.model_notes],
         *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
         f"  transcripts: {s.transcripts_uri}",
     ]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from model.recognizer import Recognizer, StageTimes, Transcript
+from model.weights import WeightsSelection
 from pipeline.inputs.items import WorkItem
 from pipeline.io.model_store import local_model_dir
 from pipeline.io.ranges import RangeReader
@@ -74,6 +75,7 @@ class ActorConfig:
     output_uri: str
     run_id: str
     decoding: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # model.weights.WeightsSelection fields
     max_batch_seconds: float = 160.0
     max_batch_size: Optional[int] = None
     amp_dtype: str = "auto"
@@ -95,11 +97,13 @@ class Transcriber:
         self.config = config
         torch.set_num_threads(max(1, config.num_threads))
         self.device = pick_device(config.device, gpu_ids)
-        model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256)
+        weights = WeightsSelection.from_dict(config.weights)
+        model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256, weights=weights)
         self.recognizer = Recognizer.from_dir(
             model_dir, decoding=dict(config.decoding),  # overrides of the model's config.json 'decoding'
             device=self.device, amp_dtype=config.amp_dtype, rescoring_dtype=config.rescoring_dtype,
-            checkpoint_sha256=config.model_sha256,  # verified by local_model_dir just above
+            checkpoint_sha256=config.model_sha256,  # the driver's: the same weights on every node
+            weights=weights,
         )
         self.recognizer.warm_up()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
