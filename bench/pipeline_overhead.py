@@ -566,7 +566,7 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
     cmd = [sys.executable, str(REPO / "jobs" / "transcribe.py"), "--manifest", str(audio_dir), "--model", str(model_dir),
            "--output", str(output), "--run-id", RUN_ID, "--summary-json", "--no-progress", "--no-eta",
            "--max-batch-seconds", f"{args.max_batch_seconds:g}", "--shard-size", str(args.shard_size),
-           "--num-actors", "1", "--gpus-per-actor", "0", "--decoding", args.decoding]
+           "--num-actors", "1", "--gpus-per-actor", f"{getattr(args, 'gpus_per_actor', 0):g}", "--decoding", args.decoding]
     if args.max_batch_size:
         cmd += ["--max-batch-size", str(args.max_batch_size)]
     # A private Ray temp dir (short: Ray's unix sockets live there): with RAY_ADDRESS unset,

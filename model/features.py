@@ -182,7 +182,7 @@ class FeatureExtractor(nn.Module):
             return empty, feat_lens
 
         with torch.no_grad():
-            flat = torch.cat([w.to(dev, torch.float32) for w in wavs])
+            flat = _to_device(wavs, dev)
             extended = self._reflect_extend(flat, lengths, t_max, dev)
             feats = self.fbank(extended)  # (N, t_max, bins)
             assert feats.shape[1] == t_max, (feats.shape, t_max)
@@ -211,6 +211,17 @@ class FeatureExtractor(nn.Module):
         pos = torch.where(pos >= safe, 2 * safe - 1 - pos, pos)
         index = (pos + starts[:, None]).clamp(max=flat.numel() - 1)
         return flat[index]
+
+
+def _to_device(wavs: list[torch.Tensor], dev: torch.device) -> torch.Tensor:
+    """The batch's samples, concatenated, on ``dev``: for a GPU one copy from one pinned host
+    buffer (asynchronous: the host goes on while it runs), not one blocking copy per waveform
+    from pageable memory."""
+    if dev.type == "cuda" and all(w.device.type == "cpu" for w in wavs):
+        host = torch.empty(sum(int(w.numel()) for w in wavs), dtype=torch.float32, pin_memory=True)
+        torch.cat([w.to(torch.float32) for w in wavs], out=host)
+        return host.to(dev, non_blocking=True)
+    return torch.cat([w.to(dev, torch.float32) for w in wavs])
 
 
 def _as_1d_float(w: Waveform, i: int) -> torch.Tensor:

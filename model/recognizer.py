@@ -39,10 +39,9 @@ from .config import split_config
 from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
 from .features import FeatureExtractor
 from .layout import TokenizerMismatchError, choose_tokenizer, find_layout
+from .precision import resolve_precision
 from .tokenizer import BLANK_SYMBOL, SOS_EOS_SYMBOL, Tokenizer
 from .weights import WeightsSelection, load_weights
-
-_AMP_DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +194,11 @@ class Recognizer:
         self.decoding = decoding or DecodingConfig()
         self.decoding.method = resolve_method(self.model, self.decoding.method)
         self.notes = apply_chunking(self.model, self.decoding)  # idempotent after from_dir's call
-        if amp_dtype == "auto":
-            amp_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        if amp_dtype not in _AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)} or 'auto', got {amp_dtype!r}")
-        self.amp_dtype = _AMP_DTYPES[amp_dtype]
-        if rescoring_dtype == "auto":
-            rescoring_dtype = amp_dtype
-        if rescoring_dtype not in _AMP_DTYPES:
-            raise ValueError(f"rescoring_dtype must be one of {sorted(_AMP_DTYPES)} or 'auto', got {rescoring_dtype!r}")
-        self.rescoring_dtype = _AMP_DTYPES[rescoring_dtype]
+        self.precision = resolve_precision(amp_dtype, self.device)
+        self.rescoring_precision = (self.precision if str(rescoring_dtype).lower() == "auto"
+                                    else resolve_precision(rescoring_dtype, self.device))
+        self.amp_dtype = self.precision.dtype
+        self.rescoring_dtype = self.rescoring_precision.dtype
         self.features = FeatureExtractor().to(self.device)
         self.info = info or ModelInfo(name="unnamed", checkpoint="", sha256="")
 

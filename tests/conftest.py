@@ -28,6 +28,7 @@ def in_ci() -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_tools(*programs, word_list=False): skip without them (fail under CI=true)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; bench/gpu_suite.sh runs these (-m cuda)")
 
 
 @pytest.hookimpl(tryfirst=True)

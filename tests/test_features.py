@@ -245,6 +245,7 @@ def test_empty_inputs(fe: FeatureExtractor) -> None:
 
 
 @needs_audio
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(utterances: list[np.ndarray]) -> None:
     fe = FeatureExtractor()

@@ -63,10 +63,20 @@ def test_pipeline_top_level_holds_only_its_rooms():
 
 
 def test_no_test_hooks_in_product_code():
+    """No environment switch a test could flip, and no process exit outside the one the product
+    needs: a model actor whose CUDA context failed (a sticky error) ends its process so Ray
+    restarts it; that exit sits in the handler of DeviceFailure, which only real device errors raise."""
     hooks = re.compile(r"ZIPSCRIBE_TEST_|os\._exit\(")
-    found = [f"{p.relative_to(REPO)}:{n}" for d in ("model", "pipeline", "jobs") for p in sorted((REPO / d).rglob("*.py"))
+    found = [(f"{p.relative_to(REPO)}", n) for d in ("model", "pipeline", "jobs") for p in sorted((REPO / d).rglob("*.py"))
              for n, line in enumerate(p.read_text().splitlines(), 1) if hooks.search(line)]
-    assert found == []
+    allowed = []
+    for path, n in found:
+        lines = (REPO / path).read_text().splitlines()
+        if path == "pipeline/run/model_stage.py" and "os._exit(70)" in lines[n - 1] and \
+                any("except DeviceFailure" in ln for ln in lines[max(0, n - 6):n]):
+            allowed.append((path, n))
+    assert [f for f in found if f not in allowed] == []
+    assert len(allowed) <= 1
 
 
 def test_one_wav_header_parser():

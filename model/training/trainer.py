@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from model.asr_model import AsrModel
+from model.precision import cpu_has_native_bf16
 
 from .data import CutDataset, bucketed_batches, spec_augment
 
@@ -144,16 +145,6 @@ class TrainConfig:
 
 
 PRECISIONS = ("float32", "bfloat16-embed", "bfloat16")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 / AMX), as oneDNN sees it.
-    Without it bf16 convolutions are emulated: ~5x slower steps on an AVX2-only CPU."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
 
 
 def default_cpu_precision() -> str:

@@ -16,6 +16,8 @@ here (bench/pipeline_overhead.py; 2 torch threads on 2 cores).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from pipeline.io import storage
 from .shard_audio import ShardAudio
 from .stages import read_row_shard
 from .tasks import StageSettings, shard_task
-from .transcriber import ActorConfig, Transcriber
+from .transcriber import ActorConfig, DeviceFailure, Transcriber
 
 __all__ = ["RESULT_FIELDS", "ShardTranscriber", "result_row"]
 
@@ -79,6 +81,11 @@ class ShardTranscriber:
                 if attempt < self.settings.write_attempts:
                     time.sleep(min(30.0, 2.0 ** attempt))
                 continue
+            except DeviceFailure as exc:  # the CUDA context is poisoned: end the process; Ray restarts the
+                # actor (within its restart budget) and Ray Data retries the shard on a healthy one
+                logging.getLogger(__name__).critical("%s: device failure on shard %s, ending this actor: %s",
+                                                     worker, row["shard_id"], exc)
+                os._exit(70)
             except Exception as exc:  # noqa: BLE001 - a shard that cannot be done is reported, the run goes on
                 error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
                 break

@@ -56,6 +56,12 @@ class RunSummary:
     model_weights: str = ""
     #: what loading the model decided on its own (e.g. full context for a causal model's training chunk list)
     model_notes: list[str] = field(default_factory=list)
+    #: the encoder's precision on the actors, and why (model.precision: --precision auto picks by device)
+    precision: list[str] = field(default_factory=list)
+    #: batches split in halves after an out-of-memory, and the smallest batch budget (padded seconds)
+    #: an actor ended with (below --max-batch-seconds only after an out-of-memory)
+    oom_splits: int = 0
+    batch_budget_seconds: float = 0.0
     #: why the execution stopped early ("" when it ran to the end); the shards not done are in shards_failed
     stopped: str = ""
 
@@ -69,6 +75,12 @@ class RunSummary:
         for k, v in r["stage_seconds"].items():
             self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
         self.stage_seconds["load"] = self.stage_seconds.get("load", 0.0) + r.get("load_seconds", 0.0)
+        self.oom_splits += r.get("oom_splits", 0)
+        if r.get("batch_budget_seconds"):
+            budgets = [b for b in (self.batch_budget_seconds, r["batch_budget_seconds"]) if b]
+            self.batch_budget_seconds = min(budgets)
+        if r.get("precision") and r["precision"] not in self.precision:
+            self.precision.append(r["precision"])
 
     def finish(self, wall: float) -> None:
         self.finished_at = datetime.now(timezone.utc).isoformat()
@@ -100,6 +112,9 @@ def format_summary(s: RunSummary) -> str:
            f"pieces and skipped"] if 0 < s.model_input_seconds < s.audio_seconds - 1e-6 else []),
         f"  model {s.model_id} ({s.model_sha256[:12]}), decoding {s.decoding}, {s.num_actors} actor(s) on {', '.join(s.devices) or '-'}",
         *([f"    weights: {s.model_weights}"] if s.model_weights else []),
+        *([f"    precision: {', '.join(s.precision)}"] if s.precision else []),
+        *([f"    memory: {s.oom_splits} batch(es) split after running out of memory; batches limited to "
+           f"{s.batch_budget_seconds:.1f} padded s"] if s.oom_splits else []),
         *[f"    note: {n}" for n in s.model_notes],
         *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
         f"  transcripts: {s.transcripts_uri}",

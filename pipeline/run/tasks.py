@@ -41,6 +41,9 @@ class ShardResult:
     wall_seconds: float = 0.0
     worker: str = ""
     device: str = ""
+    precision: str = ""  # the encoder's, and why (model.precision)
+    oom_splits: int = 0  # batches split in halves after running out of memory
+    batch_budget_seconds: float = 0.0  # the actor's padded seconds per batch at the end of the shard
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import socket
+import gc
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -45,8 +47,44 @@ SILENCE_PEAK = 1e-4  # a cut whose peak stays below this is digital silence: emp
 DEVICES = ("auto", "cuda", "cpu")
 
 
+log = logging.getLogger(__name__)
+
+
 class DeviceError(RuntimeError):
     """The actor cannot run on the device it was asked for or given."""
+
+
+class DeviceFailure(RuntimeError):
+    """The device failed in a way that poisons the process (a CUDA error other than running out
+    of memory: device-side assert, illegal address, ECC error). The model stage ends the actor's
+    process so Ray restarts it and retries the shard; such failures never become error rows."""
+
+
+# Messages of errors after which a CUDA context cannot be trusted (CUDA errors are sticky).
+_FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "CUDNN_STATUS",
+                  "cuDNN error", "NCCL error", "ECC error", "unspecified launch failure")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation (CUDA, or the CPU allocator): the batch may fit when split."""
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc) \
+        or "CUDA out of memory" in str(exc)
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """A device error that is not an OOM and leaves the process unusable (see :class:`DeviceFailure`)."""
+    if is_out_of_memory(exc):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return (bool(accelerator_error) and isinstance(exc, accelerator_error)) or \
+        any(marker in str(exc) for marker in _FATAL_MARKERS)
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a failed batch held: collect its cycles and return the CUDA cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def pick_device(requested: str, gpu_ids: Optional[Sequence[Any]]) -> torch.device:
@@ -95,6 +133,8 @@ class Transcriber:
 
     def __init__(self, config: ActorConfig, gpu_ids: Optional[Sequence[Any]] = None):
         self.config = config
+        # fewer out-of-memory errors from fragmentation as batch shapes vary (unless the user chose)
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         torch.set_num_threads(max(1, config.num_threads))
         self.device = pick_device(config.device, gpu_ids)
         weights = WeightsSelection.from_dict(config.weights)
@@ -106,7 +146,12 @@ class Transcriber:
             weights=weights,
         )
         self.recognizer.warm_up()
+        #: padded seconds per model batch: the run's --max-batch-seconds, lowered after an out-of-memory
+        self.max_batch_seconds = float(config.max_batch_seconds)
+        self.oom_splits = 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        if self.device.type == "cuda":
+            self.probe_memory()
         self._ranges: Optional[RangeReader] = None  # for process_shard (the audio stage has its own)
 
     def describe(self) -> dict[str, Any]:
@@ -145,18 +190,68 @@ class Transcriber:
         return row
 
     def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
-        """Transcripts for a batch; if the batch as a whole fails (e.g. out of memory),
-        each cut is retried alone and a cut that still fails gets its error message."""
+        """Transcripts (or error messages) for a batch, in order.
+
+        * Out of memory: the batch is split in halves (shortest and longest cuts apart) and the
+          actor's budget (:attr:`max_batch_seconds`) drops to half the failed batch's padded
+          seconds for the rest of the run; a single cut that does not fit gets an error message.
+        * A device failure (:func:`is_fatal_device_error`) raises :class:`DeviceFailure`: the
+          process must end, the shard is retried on a fresh actor.
+        * Any other failure (a bad input): each cut is retried alone, and a cut that still fails
+          gets its error message.
+
+        The retries run after the ``except`` block, so the failed batch's tensors (held by the
+        traceback) are freed first. A batch larger than the current budget is split before it runs."""
+        padded = len(waves) * max(w.size for w in waves) / SAMPLE_RATE
+        if len(waves) > 1 and padded > self.max_batch_seconds:
+            return self._in_halves(waves, times)
+        failure, oom = "", False
         try:
             transcripts, t = self.recognizer.transcribe(waves)
+        except Exception as exc:  # noqa: BLE001 - classified below, after the except block
+            if is_fatal_device_error(exc):
+                raise DeviceFailure(f"{type(exc).__name__}: {exc}") from exc
+            failure, oom = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", is_out_of_memory(exc)
+        else:
             times.add(t)
             return list(transcripts)
-        except Exception as batch_exc:  # noqa: BLE001 - isolate the bad cut, keep the shard
-            if len(waves) == 1:
-                return [f"model failed: {type(batch_exc).__name__}: {batch_exc}"]
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            return [self._transcribe([w], times)[0] for w in waves]
+        release_memory(self.device)
+        if len(waves) == 1:
+            return [f"model failed: {failure}" + (f" ({padded:.1f} s alone does not fit)" if oom else "")]
+        if oom:
+            self.oom_splits += 1
+            budget = max(padded / 2, 1.0)
+            if budget < self.max_batch_seconds:
+                log.warning("%s: out of memory on a batch of %d cuts (%.1f padded s): batches limited to %.1f padded s "
+                            "from now on", self.worker, len(waves), padded, budget)
+                self.max_batch_seconds = budget
+            return self._in_halves(waves, times)
+        return [self._transcribe([w], times)[0] for w in waves]
+
+    def probe_memory(self) -> list[Transcript | str]:
+        """Run the largest batch this run can produce once (as many cuts of the longest duration,
+        ``max_cut_seconds``, as the budget holds), so that running out of memory happens here,
+        lowering the budget (:meth:`_transcribe`), and not on the first long shard. Called at
+        start-up on CUDA, where memory is the limit; returns the probe's results."""
+        longest = self.config.max_cut_seconds if self.config.max_cut_seconds > 0 else self.max_batch_seconds
+        longest = min(longest, self.max_batch_seconds)
+        count = max(1, int(self.max_batch_seconds // longest))
+        if self.config.max_batch_size:
+            count = min(count, self.config.max_batch_size)
+        rng = np.random.default_rng(0)
+        waves = [(0.01 * rng.standard_normal(int(longest * SAMPLE_RATE))).astype(np.float32) for _ in range(count)]
+        results = self._transcribe(waves, StageTimes())
+        log.info("%s: memory probe with %d x %.1f s: batch budget %.1f padded s", self.worker, count, longest,
+                 self.max_batch_seconds)
+        return results
+
+    def _in_halves(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
+        order = sorted(range(len(waves)), key=lambda i: waves[i].size)
+        out: list[Transcript | str] = [""] * len(waves)
+        for part in (order[: len(order) // 2], order[len(order) // 2:]):
+            for i, result in zip(part, self._transcribe([waves[i] for i in part], times)):
+                out[i] = result
+        return out
 
     def _splits_at_pauses(self, item: WorkItem, samples: np.ndarray) -> bool:
         long = samples.size > self.config.max_cut_seconds * SAMPLE_RATE > 0
@@ -181,7 +276,7 @@ class Transcriber:
         results: list[Transcript | str] = []
         min_size = int(MIN_SECONDS * SAMPLE_RATE)
         order = pack_batches(list(range(len(pieces))), [p[2].size / SAMPLE_RATE for p in pieces],
-                             self.config.max_batch_seconds, self.config.max_batch_size)
+                             self.max_batch_seconds, self.config.max_batch_size)
         by_piece: dict[int, Transcript | str] = {}
         for sub in order:
             sub_waves = [np.pad(pieces[j][2], (0, max(0, min_size - pieces[j][2].size))) for j in sub.items]
@@ -210,10 +305,11 @@ class Transcriber:
         """Transcribe every cut of a shard from its loaded audio and write its part(s); returns
         the shard summary (also stored in the part's metadata)."""
         started = time.perf_counter()
+        splits_before = self.oom_splits
         shard = task.shard
         at = {id(item): k for k, item in enumerate(shard.items)}
         batches = pack_batches(shard.items, [i.duration for i in shard.items],
-                               self.config.max_batch_seconds, self.config.max_batch_size)
+                               self.max_batch_seconds, self.config.max_batch_size)
         result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(batches),
                              worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds)
         times = StageTimes()
@@ -254,6 +350,10 @@ class Transcriber:
         result.windows_ok = sum(r.status == STATUS_OK for r in windows)
         result.windows_error = len(windows) - result.windows_ok
         result.stage_seconds = times.as_dict()
+        result.oom_splits = self.oom_splits - splits_before
+        result.batch_budget_seconds = self.max_batch_seconds
+        p = self.recognizer.precision
+        result.precision = f"{p.name} ({p.reason})"
         result.wall_seconds = time.perf_counter() - started
         if windows:  # written first: a shard counts as done only once its transcripts part exists
             if task.windows_part_uri is None:

@@ -1,0 +1,56 @@
+"""On a CUDA device (run by bench/gpu_suite.sh; skipped where torch has no CUDA, as on CI):
+the golden fixture in fp32 within its tolerance, batched == single, and decoding on the GPU
+identical to the CPU's from the same encoder output."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from model.decoding import DecodingConfig, decode
+from model.precision import resolve_precision
+
+from test_model_fixture import assert_close, valid
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def gpu_model(ref_model):
+    return copy.deepcopy(ref_model).to("cuda").eval()
+
+
+def test_fixture_encoder_on_cuda_fp32(gpu_model, ref_inputs, ref_expected):
+    with torch.inference_mode():
+        out, lens = gpu_model.forward_encoder(ref_inputs["x"].cuda(), ref_inputs["x_lens"].cuda())
+    assert torch.equal(lens.cpu(), ref_expected["encoder_out_lens"])
+    assert_close("cuda encoder_out", valid(out.cpu(), lens.cpu(), False),
+                 valid(ref_expected["encoder_out"], ref_expected["encoder_out_lens"], False))
+
+
+def test_batched_equals_single_on_cuda(gpu_model, ref_inputs):
+    x, x_lens = ref_inputs["x"].cuda(), ref_inputs["x_lens"].cuda()
+    with torch.inference_mode():
+        batch, lens = gpu_model.forward_encoder(x, x_lens)
+        for i in range(x.size(0)):
+            n = int(x_lens[i])
+            single, _ = gpu_model.forward_encoder(x[i:i + 1, :n], x_lens[i:i + 1])
+            assert_close(f"utt {i}", single[0, : int(lens[i])].cpu(), batch[i, : int(lens[i])].cpu())
+
+
+@pytest.mark.parametrize("method", ["ctc-greedy", "ctc-beam", "attention-rescoring"])
+def test_decoding_on_cuda_matches_cpu(gpu_model, ref_model, ref_expected, method):
+    enc, lens = ref_expected["encoder_out"], ref_expected["encoder_out_lens"]
+    cfg = DecodingConfig(method=method)
+    cpu = decode(ref_model, enc, lens, cfg)
+    gpu = decode(gpu_model, enc.cuda(), lens.cuda(), cfg)
+    assert [h.token_ids for h in gpu] == [h.token_ids for h in cpu]
+    np.testing.assert_allclose([h.score for h in gpu], [h.score for h in cpu], rtol=1e-4, atol=1e-3)
+
+
+def test_auto_precision_matches_the_device():
+    cap = torch.cuda.get_device_capability()
+    assert resolve_precision("auto", "cuda").name == ("bf16" if cap >= (8, 0) else "fp16")
