@@ -20,8 +20,9 @@ the fixture README spells out the exact variant):
 * after each frame the ``beam`` best prefixes by score are kept.
 
 Batched implementation: the beam of every utterance is a fixed number of slots
-held in tensors -- ``(N, K)`` scores, last tokens, lengths and two polynomial
-hashes, plus the ``(N, K, T)`` token prefixes.  Each frame builds the K "stay"
+held in tensors -- ``(N, K, 2)`` log-probs ``(pb, pnb)`` and ``(N, K, 4)``
+integers ``(hash1, hash2, length, last token)`` -- so the per-frame state is
+O(N*K) whatever the utterance length.  Each frame builds the K "stay"
 candidates (the same prefix) and the K*K' "extend" candidates (prefix + token)
 for all utterances at once.  Two candidates can only describe the same prefix if
 an extension ``y + b`` equals an existing prefix ``y'`` (extensions of distinct
@@ -30,14 +31,19 @@ comparing ``(hash1, hash2, length, last token)`` of every extension with every
 slot and merged into the stay candidate by log-sum-exp.  The two hashes are
 polynomial hashes modulo the primes 2^31-1 and 10^9+7, so a false merge needs
 a simultaneous collision of both (and of length and last token): probability
-about 1e-18 per comparison.  Frames beyond an utterance's length leave its
-state unchanged.  The only Python loop is over frames.
+about 1e-18 per comparison.  The winners of a frame are taken with one sort and
+two gathers (scores, integers).  The token sequences are not carried along: each
+frame records every slot's parent slot and emitted token (``(T, N, K)``
+back-pointers), and the n-best's tokens are read back once at the end.  Frames
+beyond an utterance's length leave its state unchanged (parent = itself, no
+token).  The only Python loop is over frames.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .types import CtcNBest
@@ -46,8 +52,24 @@ _P1, _B1 = 2147483647, 1000003
 _P2, _B2 = 1000000007, 911382323
 
 
-def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.logaddexp(a, b)
+def _read_back(back_parent: torch.Tensor, back_token: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """The token sequences of the final slots, ``(N, K, max len)`` padded with -1, from the
+    per-frame back-pointers (one copy to the host, then a NumPy walk from the last frame)."""
+    parent, token = back_parent.cpu().numpy(), back_token.cpu().numpy()
+    lens_np = lens.cpu().numpy()
+    t_max, n, k = parent.shape
+    out = np.full((n, k, int(lens_np.max(initial=0))), -1, dtype=np.int64)
+    rows = np.arange(n)[:, None]
+    cur = np.broadcast_to(np.arange(k), (n, k)).copy()
+    pos = lens_np.astype(np.int64) - 1
+    for t in range(t_max - 1, -1, -1):
+        tok = token[t][rows, cur]
+        emitted = (tok >= 0) & (pos >= 0)
+        r, c = np.nonzero(emitted)
+        out[r, c, pos[r, c]] = tok[r, c]
+        pos -= emitted
+        cur = parent[t][rows, cur]
+    return torch.from_numpy(out)
 
 
 @torch.inference_mode()
@@ -81,90 +103,71 @@ def ctc_prefix_beam_search(
     neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=device)
 
     top_lp, top_ids = log_probs.topk(kt, dim=-1)  # (N, T, K')
+    blank_lp_all = torch.where(top_ids == blank_id, top_lp, neg_inf).amax(dim=-1)  # (N, T)
+    tok_blank_all = top_ids == blank_id  # (N, T, K')
+    active_all = torch.arange(t_max, device=device).unsqueeze(0) < lens.unsqueeze(1)  # (N, T)
 
-    pb = torch.full((n, k), float("-inf"), dtype=dtype, device=device)
-    pb[:, 0] = 0.0
-    pnb = torch.full((n, k), float("-inf"), dtype=dtype, device=device)
-    last = torch.full((n, k), -1, dtype=torch.long, device=device)
-    plen = torch.zeros((n, k), dtype=torch.long, device=device)
-    h1 = torch.zeros((n, k), dtype=torch.long, device=device)
-    h2 = torch.zeros((n, k), dtype=torch.long, device=device)
-    cap = max(t_max, 1)
-    prefix = torch.full((n, k, cap), -1, dtype=torch.long, device=device)
+    scores = torch.full((n, k, 2), float("-inf"), dtype=dtype, device=device)  # (pb, pnb)
+    scores[:, 0, 0] = 0.0
+    ints = torch.zeros((n, k, 4), dtype=torch.long, device=device)  # (h1, h2, length, last)
+    ints[:, :, 3] = -1
+    slot = torch.arange(k, device=device).expand(n, k)
+    back_parent = torch.empty((t_max, n, k), dtype=torch.long, device=device)
+    back_token = torch.empty((t_max, n, k), dtype=torch.long, device=device)
+    ext_pb = torch.full((n, k * kt), float("-inf"), dtype=dtype, device=device)
+    mult = torch.tensor([_B1, _B2], dtype=torch.long, device=device)
+    mod = torch.tensor([_P1, _P2], dtype=torch.long, device=device)
 
-    n_idx = torch.arange(n, device=device)
     for t in range(t_max):
-        active = t < lens  # (N,)
-        tv = top_lp[:, t]  # (N, K')
-        ti = top_ids[:, t]  # (N, K')
-        tot = _logaddexp(pb, pnb)  # (N, K)
-        alive = tot > float("-inf")
+        tv, ti = top_lp[:, t], top_ids[:, t]  # (N, K')
+        pb, pnb = scores[..., 0], scores[..., 1]
+        h12, plen, last = ints[..., :2], ints[..., 2], ints[..., 3]
+        tot = torch.logaddexp(pb, pnb)  # (N, K)
 
-        tok_is_blank = ti == blank_id  # (N, K')
-        blank_lp = torch.where(tok_is_blank, tv, neg_inf).amax(dim=-1)  # (N,)
         is_last = ti.unsqueeze(1) == last.unsqueeze(2)  # (N, K, K')
         last_lp = torch.where(is_last, tv.unsqueeze(1), neg_inf).amax(dim=-1)  # (N, K)
-
-        stay_pb = tot + blank_lp.unsqueeze(1)
+        stay_pb = tot + blank_lp_all[:, t].unsqueeze(1)
         stay_pnb = pnb + last_lp
 
-        base = torch.where(is_last, pb.unsqueeze(2), tot.unsqueeze(2))
-        ext_pnb = base + tv.unsqueeze(1)  # (N, K, K')
-        ext_pnb = torch.where(tok_is_blank.unsqueeze(1), neg_inf, ext_pnb)
-        ext_h1 = (h1.unsqueeze(2) * _B1 + ti.unsqueeze(1) + 1) % _P1
-        ext_h2 = (h2.unsqueeze(2) * _B2 + ti.unsqueeze(1) + 1) % _P2
+        ext_pnb = torch.where(is_last, pb.unsqueeze(2), tot.unsqueeze(2)) + tv.unsqueeze(1)  # (N, K, K')
+        ext_pnb = ext_pnb.masked_fill(tok_blank_all[:, t].unsqueeze(1), float("-inf"))
+        # (N, K, K', 2): both hashes of every extension at once
+        ext_h = (h12.unsqueeze(2) * mult + ti.unsqueeze(1).unsqueeze(3) + 1) % mod
 
         # extension (k, j) == existing prefix k'?  -> (N, K, K', K)
-        same = (
-            (ext_h1.unsqueeze(3) == h1.view(n, 1, 1, k))
-            & (ext_h2.unsqueeze(3) == h2.view(n, 1, 1, k))
-            & (ti.view(n, 1, kt, 1) == last.view(n, 1, 1, k))
-            & ((plen + 1).view(n, k, 1, 1) == plen.view(n, 1, 1, k))
-            & alive.view(n, 1, 1, k)
-        )
+        same = ((ext_h.unsqueeze(3) == h12.view(n, 1, 1, k, 2)).all(dim=4)
+                & (ti.view(n, 1, kt, 1) == last.view(n, 1, 1, k))
+                & ((plen + 1).view(n, k, 1, 1) == plen.view(n, 1, 1, k))
+                & (tot > float("-inf")).view(n, 1, 1, k))
         merged = torch.where(same, ext_pnb.unsqueeze(3), neg_inf).amax(dim=(1, 2))  # (N, K)
-        stay_pnb = _logaddexp(stay_pnb, merged)
-        ext_pnb = torch.where(same.any(dim=3), neg_inf, ext_pnb)
+        stay_pnb = torch.logaddexp(stay_pnb, merged)
+        ext_pnb = ext_pnb.masked_fill(same.any(dim=3), float("-inf"))
 
-        cand_pb = torch.cat([stay_pb, torch.full((n, k * kt), float("-inf"), dtype=dtype, device=device)], 1)
+        cand_pb = torch.cat([stay_pb, ext_pb], dim=1)
         cand_pnb = torch.cat([stay_pnb, ext_pnb.reshape(n, k * kt)], dim=1)
-        cand_tot = _logaddexp(cand_pb, cand_pnb)
         # stable sort: equal scores keep candidate order (stays first, then
         # extensions in (prefix, token-rank) order) -- deterministic everywhere
-        order = torch.sort(cand_tot, dim=1, descending=True, stable=True).indices[:, :k]
+        order = torch.sort(torch.logaddexp(cand_pb, cand_pnb), dim=1, descending=True, stable=True).indices[:, :k]
+        cand_ints = torch.cat([ints, torch.cat([ext_h, (plen + 1).unsqueeze(2).expand(n, k, kt).unsqueeze(3),
+                                                ti.unsqueeze(1).expand(n, k, kt).unsqueeze(3)], dim=3).reshape(n, k * kt, 4)],
+                              dim=1)  # (N, K + K*K', 4)
+        new_scores = torch.stack([cand_pb, cand_pnb], dim=2).gather(1, order.unsqueeze(2).expand(n, k, 2))
+        new_ints = cand_ints.gather(1, order.unsqueeze(2).expand(n, k, 4))
         is_ext = order >= k
-        ext_flat = (order - k).clamp(min=0)
-        parent = torch.where(is_ext, ext_flat // kt, order)
-        new_tok = ti.gather(1, ext_flat % kt)
+        parent = torch.where(is_ext, (order - k) // kt, order)
 
-        n_pb = cand_pb.gather(1, order)
-        n_pnb = cand_pnb.gather(1, order)
-        n_h1 = torch.where(is_ext, ext_h1.reshape(n, -1).gather(1, ext_flat), h1.gather(1, parent))
-        n_h2 = torch.where(is_ext, ext_h2.reshape(n, -1).gather(1, ext_flat), h2.gather(1, parent))
-        p_len = plen.gather(1, parent)
-        n_plen = p_len + is_ext.long()
-        n_last = torch.where(is_ext, new_tok, last.gather(1, parent))
-        n_prefix = prefix[n_idx.unsqueeze(1), parent]  # (N, K, cap)
-        pos = p_len.clamp(max=cap - 1).unsqueeze(2)
-        cur = n_prefix.gather(2, pos)
-        n_prefix.scatter_(2, pos, torch.where(is_ext.unsqueeze(2), new_tok.unsqueeze(2), cur))
+        act = active_all[:, t].unsqueeze(1)  # (N, 1)
+        scores = torch.where(act.unsqueeze(2), new_scores, scores)
+        ints = torch.where(act.unsqueeze(2), new_ints, ints)
+        back_parent[t] = torch.where(act, parent, slot)
+        back_token[t] = torch.where(act & is_ext, new_ints[..., 3], -1)
 
-        a2 = active.unsqueeze(1)
-        pb = torch.where(a2, n_pb, pb)
-        pnb = torch.where(a2, n_pnb, pnb)
-        h1 = torch.where(a2, n_h1, h1)
-        h2 = torch.where(a2, n_h2, h2)
-        plen = torch.where(a2, n_plen, plen)
-        last = torch.where(a2, n_last, last)
-        prefix = torch.where(a2.unsqueeze(2), n_prefix, prefix)
-
-    scores = _logaddexp(pb, pnb)
+    pb, pnb = scores[..., 0].contiguous(), scores[..., 1].contiguous()
+    plen = ints[..., 2]
+    scores = torch.logaddexp(pb, pnb)
     valid = scores > float("-inf")
     plen = torch.where(valid, plen, torch.zeros_like(plen))
-    l_max = int(plen.max().item()) if plen.numel() else 0
-    tokens = prefix[:, :, :l_max]
-    pos = torch.arange(l_max, device=device)
-    tokens = torch.where(pos.view(1, 1, -1) < plen.unsqueeze(2), tokens, torch.full_like(tokens, -1))
+    tokens = _read_back(back_parent, back_token, plen).to(device)
     return CtcNBest(
         tokens=tokens,
         lens=plen,
