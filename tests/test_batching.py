@@ -174,3 +174,17 @@ def test_packing_beats_greedy_with_a_large_budget():
         assert sum(b.padded_seconds for b in batches) < greedy_padded(durs, budget)
         assert all(b.padded_seconds <= budget for b in batches)
     assert padding_ratio(pack_batches(items, durs, max_batch_seconds=160.0)) < 0.03
+
+
+def test_long_items_count_quadratically():
+    """Attention grows with the square of length: past 30 s an item costs L*L/30 padded seconds,
+    so a 240 s budget holds 2 cuts of 60 s (not 4), while 30 s windows still fill it 8 at a time."""
+    from pipeline.plan.batching import cost_seconds
+
+    assert cost_seconds(20.0) == 20.0 and cost_seconds(30.0) == 30.0 and cost_seconds(60.0) == 120.0
+    long = pack_batches(list(range(6)), [60.0] * 6, 240.0)
+    assert [len(b.items) for b in long] == [2, 2, 2]
+    windows = pack_batches(list(range(16)), [30.0] * 16, 240.0)
+    assert [len(b.items) for b in windows] == [8, 8]
+    linear = pack_batches(list(range(6)), [60.0] * 6, 240.0, attention_reference=None)
+    assert sorted(len(b.items) for b in linear) == [2, 4]

@@ -6,6 +6,12 @@ under ``max_batch_seconds``: the accelerator computes on padding too, so that
 is the cost that has to be bounded. An item longer than the budget gets a
 batch of its own. Items of unknown duration are treated as budget-sized.
 Larger shards give finer duration granularity and so less padding.
+
+Self-attention's memory and time grow with the square of an item's length, which
+padded seconds alone do not bound: beyond :data:`ATTENTION_REFERENCE_SECONDS`
+an item counts as ``L * L / reference`` seconds (a 60 s cut as 120 s), so a
+batch of long cuts holds proportionally fewer. Items up to the reference (all
+windows of long recordings, 30 s by default) count as their length.
 """
 
 from __future__ import annotations
@@ -16,6 +22,16 @@ from typing import Iterable, Optional, Sequence, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+#: lengths up to this count linearly; longer ones quadratically (attention's cost)
+ATTENTION_REFERENCE_SECONDS = 30.0
+
+
+def cost_seconds(duration: float, reference: Optional[float] = ATTENTION_REFERENCE_SECONDS) -> float:
+    """What one item of ``duration`` seconds costs a batch, in padded-second units."""
+    if reference is None or reference <= 0 or duration <= reference:
+        return duration
+    return duration * duration / reference
 
 
 @dataclass
@@ -40,9 +56,12 @@ def pack_batches(
     max_batch_seconds: float,
     max_batch_size: Optional[int] = None,
     batch_overhead: Optional[float] = None,
+    attention_reference: Optional[float] = ATTENTION_REFERENCE_SECONDS,
 ) -> list[Batch]:
     """Sort by duration (longest first) and cut the sorted list into batches that
-    minimise ``sum(padded_seconds) + batch_overhead * num_batches`` under the budget.
+    minimise ``sum(cost) + batch_overhead * num_batches`` with every batch's cost
+    ``len(batch) * cost_seconds(longest)`` (its padded seconds, with the quadratic
+    term of :func:`cost_seconds` past ``attention_reference``) under the budget.
 
     Greedy filling would pack as many cuts as fit, mixing very different lengths
     when the budget is large; counting padding alone would prefer one cut per
@@ -62,7 +81,7 @@ def pack_batches(
     overhead = 0.02 * max_batch_seconds if batch_overhead is None else batch_overhead
     known = np.array([max_batch_seconds if d is None else float(d) for d in durations], dtype=np.float64)
     order = sorted(range(n), key=lambda i: (-known[i], i))
-    d = known[order]
+    d = np.array([cost_seconds(x, attention_reference) for x in known[order]], dtype=np.float64)
     cap = n if max_batch_size is None else max(1, max_batch_size)
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
