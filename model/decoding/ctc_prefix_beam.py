@@ -43,33 +43,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .types import CtcNBest
+from .utils import read_back
 
 _P1, _B1 = 2147483647, 1000003
 _P2, _B2 = 1000000007, 911382323
-
-
-def _read_back(back_parent: torch.Tensor, back_token: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """The token sequences of the final slots, ``(N, K, max len)`` padded with -1, from the
-    per-frame back-pointers (one copy to the host, then a NumPy walk from the last frame)."""
-    parent, token = back_parent.cpu().numpy(), back_token.cpu().numpy()
-    lens_np = lens.cpu().numpy()
-    t_max, n, k = parent.shape
-    out = np.full((n, k, int(lens_np.max(initial=0))), -1, dtype=np.int64)
-    rows = np.arange(n)[:, None]
-    cur = np.broadcast_to(np.arange(k), (n, k)).copy()
-    pos = lens_np.astype(np.int64) - 1
-    for t in range(t_max - 1, -1, -1):
-        tok = token[t][rows, cur]
-        emitted = (tok >= 0) & (pos >= 0)
-        r, c = np.nonzero(emitted)
-        out[r, c, pos[r, c]] = tok[r, c]
-        pos -= emitted
-        cur = parent[t][rows, cur]
-    return torch.from_numpy(out)
 
 
 @torch.inference_mode()
@@ -167,7 +147,7 @@ def ctc_prefix_beam_search(
     scores = torch.logaddexp(pb, pnb)
     valid = scores > float("-inf")
     plen = torch.where(valid, plen, torch.zeros_like(plen))
-    tokens = _read_back(back_parent, back_token, plen).to(device)
+    tokens = torch.from_numpy(read_back(back_parent, back_token, plen)[0]).to(device)
     return CtcNBest(
         tokens=tokens,
         lens=plen,

@@ -20,15 +20,20 @@ candidates can only hold the same sequence when one is "parent p + blank" and
 the other "parent p' + token" (beam sequences are unique), so duplicates are
 found by comparing (two polynomial hashes, length, last token) of the
 ``beam`` candidates pairwise.  Frames past an utterance's length leave its
-slots unchanged.  No host synchronisation inside the loop.
+slots unchanged.  Token sequences are not carried along: each frame records every
+slot's parent, emitted token and its log-prob (back-pointers), read back once at
+the end, so the per-frame state is O(N * beam).  No host synchronisation inside
+the loop.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .transducer_greedy import initial_context
 from .types import TransducerResult
+from .utils import read_back
 
 _P1, _B1 = 2147483647, 1000003
 _P2, _B2 = 1000000007, 911382323
@@ -62,10 +67,10 @@ def transducer_modified_beam_search(
     h2 = torch.zeros((n, b), dtype=torch.long, device=device)
     plen = torch.zeros((n, b), dtype=torch.long, device=device)
     last = torch.full((n, b), -1, dtype=torch.long, device=device)
-    cap = max(t_max, 1)
-    toks = torch.full((n, b, cap), -1, dtype=torch.long, device=device)
-    frames = torch.full((n, b, cap), -1, dtype=torch.long, device=device)
-    tok_lp = torch.zeros((n, b, cap), dtype=torch.float32, device=device)
+    back_parent = torch.empty((t_max, n, b), dtype=torch.long, device=device)
+    back_token = torch.empty((t_max, n, b), dtype=torch.long, device=device)
+    back_lp = torch.empty((t_max, n, b), dtype=torch.float32, device=device)
+    slot = torch.arange(b, device=device).expand(n, b)
     blank_sum = torch.zeros((n, b), dtype=torch.float32, device=device)
 
     n_idx = torch.arange(n, device=device).unsqueeze(1)
@@ -106,14 +111,7 @@ def transducer_modified_beam_search(
 
         lp_tok = lsm.view(n, b * vocab).gather(1, top_i)
         lp_blank = lsm[:, :, blank_id].gather(1, parent)
-        n_toks = toks[n_idx, parent]
-        n_frames = frames[n_idx, parent]
-        n_tok_lp = tok_lp[n_idx, parent]
-        pos = p_len.clamp(max=cap - 1).unsqueeze(2)
         wr = is_tok.unsqueeze(2)
-        n_toks.scatter_(2, pos, torch.where(wr, tok.unsqueeze(2), n_toks.gather(2, pos)))
-        n_frames.scatter_(2, pos, torch.where(wr, torch.full_like(pos, t), n_frames.gather(2, pos)))
-        n_tok_lp.scatter_(2, pos, torch.where(wr, lp_tok.unsqueeze(2), n_tok_lp.gather(2, pos)))
         n_blank = blank_sum.gather(1, parent) + torch.where(is_tok, torch.zeros_like(lp_blank), lp_blank.exp())
         p_ctx = ctx[n_idx, parent]  # (N, B, cs)
         n_ctx = torch.where(wr, torch.cat([p_ctx[:, :, 1:], tok.unsqueeze(2)], dim=2), p_ctx)
@@ -127,18 +125,19 @@ def transducer_modified_beam_search(
         last = torch.where(a2, c_last, last)
         blank_sum = torch.where(a2, n_blank, blank_sum)
         ctx = torch.where(a3, n_ctx, ctx)
-        toks = torch.where(a3, n_toks, toks)
-        frames = torch.where(a3, n_frames, frames)
-        tok_lp = torch.where(a3, n_tok_lp, tok_lp)
+        back_parent[t] = torch.where(a2, parent, slot)
+        back_token[t] = torch.where(a2 & is_tok, tok, -1)
+        back_lp[t] = lp_tok
 
     norm = scores / (plen + cs).to(scores.dtype)
     best = norm.argmax(dim=1)  # first maximum, like Python's max over the beam
     out_len = plen.gather(1, best.unsqueeze(1)).squeeze(1)
     l_max = int(out_len.max().item()) if n > 0 else 0
-    sel = best.view(n, 1, 1).expand(n, 1, cap)
-    tokens = toks.gather(1, sel).squeeze(1)[:, :l_max]
-    tok_frames = frames.gather(1, sel).squeeze(1)[:, :l_max]
-    lps = tok_lp.gather(1, sel).squeeze(1)[:, :l_max]
+    all_tokens, all_frames, (all_lps,) = read_back(back_parent, back_token, plen, (back_lp,))
+    rows, pick = np.arange(n), best.cpu().numpy()
+    tokens = torch.from_numpy(all_tokens[rows, pick, :l_max]).to(device)
+    tok_frames = torch.from_numpy(all_frames[rows, pick, :l_max]).to(device)
+    lps = torch.from_numpy(all_lps[rows, pick, :l_max]).to(device)
     return TransducerResult(
         tokens=tokens,
         lens=out_len,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
@@ -43,3 +44,41 @@ def pad_token_lists(seqs, device=None, pad: int = -1) -> Tuple[torch.Tensor, tor
         if len(s):
             out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
     return out.to(device), lens.to(device)
+
+
+def read_back(parent: torch.Tensor, token: torch.Tensor, lens: torch.Tensor,
+              values: Sequence[torch.Tensor] = ()) -> Tuple[np.ndarray, np.ndarray, list]:
+    """Token sequences of a beam search's final slots from its per-frame back-pointers.
+
+    Args:
+      parent: (T, N, K) the slot each slot came from at frame t (itself where nothing changed).
+      token: (T, N, K) the token a slot emitted at frame t, or -1.
+      lens: (N, K) number of tokens of each final slot.
+      values: (T, N, K) tensors recorded beside ``token`` (e.g. the token's log-prob).
+
+    Returns ``(tokens, frames, [value arrays])`` as (N, K, max len) NumPy arrays, tokens and
+    frames padded with -1 and values with 0: one copy to the host, then a walk from the last
+    frame to the first over all slots at once."""
+    par, tok_all = parent.cpu().numpy(), token.cpu().numpy()
+    vals = [v.float().cpu().numpy() for v in values]
+    lens_np = lens.cpu().numpy().astype(np.int64)
+    t_max, n, k = par.shape
+    l_max = int(lens_np.max(initial=0))
+    tokens = np.full((n, k, l_max), -1, dtype=np.int64)
+    frames = np.full((n, k, l_max), -1, dtype=np.int64)
+    outs = [np.zeros((n, k, l_max), dtype=np.float32) for _ in vals]
+    rows = np.arange(n)[:, None]
+    cur = np.broadcast_to(np.arange(k), (n, k)).copy()
+    pos = lens_np - 1
+    for t in range(t_max - 1, -1, -1):
+        tok = tok_all[t][rows, cur]
+        r, c = np.nonzero((tok >= 0) & (pos >= 0))
+        if r.size:
+            at = pos[r, c]
+            tokens[r, c, at] = tok[r, c]
+            frames[r, c, at] = t
+            for out, v in zip(outs, vals):
+                out[r, c, at] = v[t][r, cur[r, c]]
+            pos[r, c] -= 1
+        cur = par[t][rows, cur]
+    return tokens, frames, outs
