@@ -7,11 +7,20 @@ CUDA, compute capability   ``bf16`` autocast: computed natively (A100, H100, H20
 >= 8.0                     L4, RTX 30xx/40xx); fp32's range, so nothing overflows
 CUDA, compute capability   ``fp16`` autocast: these GPUs (V100, T4) have fp16
 < 8.0                      tensor cores but no bf16 (emulated bf16 is slow or
-                           refused); icefall trains Zipformers with fp16 AMP.
-                           Autocast keeps softmax, log-softmax, exp, pow, sums and
-                           norms in fp32, the parts that overflow in fp16.
+                           refused); icefall trains Zipformers with fp16 AMP and
+                           limits their activations. Autocast keeps softmax,
+                           log-softmax, exp, pow, sums and norms in fp32, but a
+                           Linear's output stays fp16: a model with activations
+                           past 65504 overflows (the demo model does: measured by
+                           ``bench/precision_wer.py``). The recognizer then redoes
+                           the batch in fp32 and stays there (its ``precision``
+                           says so), so fp16 is never wrong, only sometimes not
+                           faster.
 CPU                        ``fp32``: CPU autocast is emulated (~5x slower) without
-                           AVX-512 BF16 / AMX, and even with them changes results
+                           AVX-512 BF16 / AMX; with them bf16 is ~1.5x faster at
+                           the same WER (``bench/precision_wer.py``), but results
+                           would then depend on the machine's CPU: ask for it with
+                           ``--precision bf16``
 =========================  ======================================================
 
 An explicit ``bf16`` / ``fp16`` / ``fp32`` is taken as asked; a choice the device

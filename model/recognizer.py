@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .config import split_config
 from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
 from .features import FeatureExtractor
 from .layout import TokenizerMismatchError, choose_tokenizer, find_layout
-from .precision import resolve_precision
+from .precision import Precision, resolve_precision
 from .tokenizer import BLANK_SYMBOL, SOS_EOS_SYMBOL, Tokenizer
 from .weights import WeightsSelection, load_weights
 
@@ -199,6 +200,7 @@ class Recognizer:
                                     else resolve_precision(rescoring_dtype, self.device))
         self.amp_dtype = self.precision.dtype
         self.rescoring_dtype = self.rescoring_precision.dtype
+        self.fp16_fallbacks = 0  # batches redone in fp32 after fp16 overflowed (then fp32 for good)
         self.features = FeatureExtractor().to(self.device)
         self.info = info or ModelInfo(name="unnamed", checkpoint="", sha256="")
 
@@ -289,14 +291,34 @@ class Recognizer:
             with self._autocast(self.amp_dtype):
                 encoder_out, encoder_out_lens = self.model.forward_encoder(feats, feat_lens)
             encoder_out = encoder_out.float()
+            if self.amp_dtype == torch.float16 and not bool(torch.isfinite(encoder_out).all()):
+                self._fall_back_to_fp32("the encoder's output overflowed fp16 (non-finite values)")
+                encoder_out, encoder_out_lens = self.model.forward_encoder(feats, feat_lens)
             _sync(self.device)
             t2 = time.perf_counter()
             with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
+                hyps = decode(self.model, encoder_out, encoder_out_lens, self.decoding)
+            if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
+                self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
                 hyps = decode(self.model, encoder_out, encoder_out_lens, self.decoding)
             _sync(self.device)
             t3 = time.perf_counter()
         times.features, times.encoder, times.decoding = t1 - t0, t2 - t1, t3 - t2
         return [self._to_transcript(h) for h in hyps], times
+
+    def _fall_back_to_fp32(self, why: str, rescoring: bool = False) -> None:
+        """fp16 has 5 exponent bits: a model whose activations exceed 65504 (one trained without
+        icefall's activation limits, say) overflows. The batch is redone in fp32 and so is every
+        later one (:attr:`precision` says so); bf16, with fp32's range, never needs this."""
+        reason = f"fp32: fp16 fell back, {why}"
+        log.warning("%s; fp32 from now on", why)
+        if rescoring or self.rescoring_dtype == torch.float16:
+            self.rescoring_precision = Precision("fp32", None, reason)
+            self.rescoring_dtype = None
+        if not rescoring:
+            self.precision = Precision("fp32", None, reason)
+            self.amp_dtype = None
+        self.fp16_fallbacks += 1
 
     def _to_transcript(self, hyp: Hypothesis) -> Transcript:
         return Transcript(

@@ -154,3 +154,29 @@ def test_summary_reports_precision_and_memory_events():
     s.finish(1.0)
     text = format_summary(s)
     assert "precision: fp32 (auto: fp32 on CPU)" in text and "2 batch(es) split after running out of memory" in text
+
+
+def test_fp16_overflow_falls_back_to_fp32_for_good(model_dir):
+    """fp16 tops out at 65504: a model with larger activations (here: one feed-forward scaled up)
+    gives non-finite encoder output in fp16. The batch is redone in fp32, the recognizer stays in
+    fp32 and says why; a model within range keeps fp16."""
+    from model.recognizer import Recognizer
+
+    w = waves([2.0, 3.0])
+    fp32 = Recognizer.from_dir(model_dir, amp_dtype="fp32")
+    fine = Recognizer.from_dir(model_dir, amp_dtype="fp16")
+    fine.transcribe(w)
+    assert fine.precision.name == "fp16" and fine.fp16_fallbacks == 0
+    for rec in (fp32, (hot := Recognizer.from_dir(model_dir, amp_dtype="fp16"))):
+        ff = next(m for name, m in rec.model.named_modules() if name.endswith("feed_forward1.in_proj"))
+        with torch.no_grad():
+            ff.weight.mul_(1e4)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
+        feats, lens = hot.features(w)
+        raw, _ = hot.model.forward_encoder(feats, lens)
+    assert not torch.isfinite(raw).all()  # the fault is real
+    got, _ = hot.transcribe(w)
+    assert hot.fp16_fallbacks == 1 and hot.precision.name == "fp32" and "fp16 fell back" in hot.precision.reason
+    assert texts(got) == texts(fp32.transcribe(w)[0])
+    hot.transcribe(w)
+    assert hot.fp16_fallbacks == 1  # no second attempt in fp16
