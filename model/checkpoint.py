@@ -229,8 +229,12 @@ def check_compatible(
 
 def build_model(state: Mapping[str, torch.Tensor], config: ConfigLike = None,
                 device: Union[str, torch.device] = "cpu") -> AsrModel:
-    """An ``AsrModel`` holding ``state``, in eval mode on ``device``; ``config`` as for
-    :func:`load_checkpoint`. The resolved config is kept as ``model.config``."""
+    """An ``AsrModel`` holding ``state``, in eval mode on ``device``. The resolved config is kept
+    as ``model.config``.
+
+    ``config``: ``None`` infers the architecture from the state dict
+    (see :func:`model.config.infer_config`); a dict of ``AsrModel`` kwargs; a
+    path to a ``config.json``; or a preset name such as ``"medium-ctc-aed"``."""
     cfg = _resolve_config(config, state)
     try:
         model = AsrModel(**cfg)
@@ -240,23 +244,6 @@ def build_model(state: Mapping[str, torch.Tensor], config: ConfigLike = None,
     model.load_state_dict(state, strict=False)
     model.config = cfg  # type: ignore[attr-defined]
     return model.to(device).eval()
-
-
-def load_checkpoint(
-    path: Union[str, PathLike],
-    config: ConfigLike = None,
-    device: Union[str, torch.device] = "cpu",
-    use_averaged: bool = False,
-) -> AsrModel:
-    """Build an ``AsrModel`` and load a checkpoint into it, in eval mode on ``device``.
-
-    ``config``: ``None`` infers the architecture from the state dict
-    (see :func:`model.config.infer_config`); a dict of ``AsrModel`` kwargs; a
-    path to a ``config.json``; or a preset name such as ``"medium-ctc-aed"``.
-    ``use_averaged``: load the training checkpoint's ``model_avg`` instead of ``model``
-    (several checkpoints: :mod:`model.weights`).
-    """
-    return build_model(read_state_dict(path, use_averaged=use_averaged), config, device)
 
 
 def file_sha256(path: Union[str, PathLike], chunk_size: int = 1 << 20) -> str:

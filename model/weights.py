@@ -4,7 +4,8 @@ icefall decodes a training run with ``--epoch N --avg K [--use-averaged-model]``
 (or ``--iter N`` over ``checkpoint-N.pt`` files). :class:`WeightsSelection` is
 that choice; :func:`select_weights` turns it into the files to read (from a
 listing, so object storage can fetch only those); :func:`load_weights` reads
-them and computes the weights icefall's ``decode.py`` would use:
+them and computes the weights icefall's ``decode.py`` would use
+(:func:`load_checkpoint` builds the model from a file or such a folder in one call):
 
 * no ``--epoch`` / ``--iter``: the directory's checkpoint
   (:func:`model.checkpoint.pick_checkpoint`), its ``model`` weights, or its
@@ -34,7 +35,9 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import ModelLoadError, _unwrap, pick_checkpoint, read_checkpoint
+from .asr_model import AsrModel
+from .checkpoint import (ConfigLike, ModelLoadError, _unwrap, build_model, pick_checkpoint, read_checkpoint,
+                         read_state_dict)
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 _ITER_FILE = re.compile(r"^checkpoint-(\d+)\.pt$")
@@ -261,3 +264,34 @@ def _same_keys(states: list[dict[str, torch.Tensor]], paths: list[Path]) -> None
     for state, path in zip(states[1:], paths[1:]):
         if set(state) != keys:
             raise ModelLoadError(f"{path} has different parameters from {paths[0]}: not the same model")
+
+
+def load_checkpoint(
+    path: Union[str, PathLike],
+    config: ConfigLike = None,
+    device: Union[str, torch.device] = "cpu",
+    use_averaged: bool = False,
+    weights: Optional[WeightsSelection] = None,
+) -> AsrModel:
+    """Build an ``AsrModel`` from a checkpoint file, or from a folder of training checkpoints
+    with icefall's choice of weights, in eval mode on ``device``.
+
+    ``path``: a checkpoint file (``pretrained.pt``, ``epoch-N.pt``, a bare state dict), or a
+    folder holding ``epoch-*.pt`` / ``checkpoint-*.pt`` (``weights`` then picks and combines
+    them; default: the folder's checkpoint, :func:`model.checkpoint.pick_checkpoint`).
+    ``config``: ``None`` infers the architecture from the state dict; a dict of ``AsrModel``
+    kwargs; a path to a ``config.json``; or a preset name such as ``"medium-ctc-aed"``.
+    ``use_averaged``: a file's ``model_avg`` instead of ``model`` (same as
+    ``WeightsSelection(use_averaged_model=True)``)."""
+    path = Path(path)
+    selection = weights or WeightsSelection(use_averaged_model=use_averaged)
+    if use_averaged and not selection.use_averaged_model:
+        raise ValueError("use_averaged=True contradicts weights.use_averaged_model=False")
+    if path.is_dir():
+        selected = select_weights([p.name for p in path.iterdir() if p.is_file()], selection)
+        state, _ = load_weights(path, selected)
+    else:
+        if not selection.is_default and (selection.epoch is not None or selection.iter is not None):
+            raise ValueError(f"{path} is one file: --epoch / --iter / --avg choose among the files of a folder")
+        state = read_state_dict(path, selection.use_averaged_model)
+    return build_model(state, config, device)

@@ -305,3 +305,14 @@ def test_inspect_reports_what_was_loaded(run_dir):
     assert report["causal"]["causal"] is True and report["causal"]["decode_chunk_size"] == -1
     text = format_report(report)
     assert "epoch-4-avg-2-use-averaged-model" in text and "guessed, not read from shapes" in text
+
+
+def test_load_checkpoint_takes_a_folder_and_icefalls_selection(run_dir):
+    from model import load_checkpoint as load
+
+    sel = WeightsSelection(epoch=4, avg=2, use_averaged_model=True)
+    model = load(run_dir["exp"], weights=sel)
+    assert close(model.state_dict(), Recognizer.from_dir(run_dir["exp"], weights=sel).model.state_dict())
+    assert close(load(run_dir["exp"]).state_dict(), run_dir["models"][4])  # default: the highest epoch
+    with pytest.raises(ValueError, match="is one file"):
+        load(run_dir["exp"] / "epoch-4.pt", weights=WeightsSelection(epoch=4, avg=2))
