@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .checkpoint import file_sha256
 from .config import GUESSED_FIELDS
 from .decoding import available_methods, resolve_method
 from .recognizer import Recognizer
@@ -52,7 +51,8 @@ def inspect_model(model_dir: Union[str, Path], weights: Optional[WeightsSelectio
             "entries": list(info.checkpoint_entries),
             "position": info.checkpoint_position,
             "weights": info.weights,
-            "files": [{"path": str(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files],
+            "files": [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha}
+                      for f, sha in zip(files, info.file_sha256s)],
             "weights_sha256": info.sha256,
         },
         "architecture": {

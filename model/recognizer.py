@@ -56,6 +56,8 @@ class ModelInfo:
     checkpoint: str
     sha256: str
     config: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 of each checkpoint file read (same order as ``checkpoint``)
+    file_sha256s: tuple[str, ...] = ()
     #: the weights used, e.g. ``pretrained.pt (model)`` or ``model_avg over the batches between ...``
     weights: str = ""
     #: the tokenizer file
@@ -101,11 +103,11 @@ class StageTimes:
         return {"features": self.features, "encoder": self.encoder, "decoding": self.decoding}
 
 
-def _combined_sha256(files: Sequence[Path], label: str) -> str:
+def _combined_sha256(files: Sequence[Path], digests: Sequence[str], label: str) -> str:
     """One digest for weights computed from several files: the selection and each file's digest."""
     digest = hashlib.sha256(label.encode())
-    for f in files:
-        digest.update(f"\n{f.name} {file_sha256(f)}".encode())
+    for f, file_digest in zip(files, digests):
+        digest.update(f"\n{f.name} {file_digest}".encode())
     return digest.hexdigest()
 
 
@@ -245,7 +247,8 @@ class Recognizer:
             check_special_ids(model, tokenizer, decoding, tokenizer_path)
             notes = apply_chunking(model, decoding)
             files = [ckpt_dir / f for f in layout.weights.files]
-            sha = file_sha256(files[0]) if len(files) == 1 else _combined_sha256(files, layout.weights.label)
+            digests = [file_sha256(f) for f in files]
+            sha = digests[0] if len(files) == 1 else _combined_sha256(files, digests, layout.weights.label)
         except ModelLoadError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
@@ -259,6 +262,7 @@ class Recognizer:
             checkpoint=", ".join(str(f) for f in files),
             sha256=sha,
             config=dict(model.config),
+            file_sha256s=tuple(digests),
             weights=used.describe(),
             tokenizer=str(tokenizer_path),
             notes=tuple(notes),
