@@ -5,6 +5,7 @@
 --   SET VARIABLE history = 'hist';        -- the --history of jobs/evaluate.py
 --   SET VARIABLE run_id = 'eval-...';     -- a run id (for evaluations: the evaluation's --run-id)
 --   SET VARIABLE pattern = '%fox%';       -- an ILIKE pattern for the transcript search
+--   SET VARIABLE phrase = ['quick', 'brown'];  -- the words of a phrase for phrase_search
 -- Local paths or local copies of S3 objects (DuckDB's httpfs reads s3:// directly where it is installed).
 -- Each query starts with a "-- name: <name>" line.
 
@@ -53,3 +54,39 @@ FROM read_parquet(getvariable('output') || '/wer/**/errors.parquet', hive_partit
 WHERE run_id = getvariable('run_id') AND kind = 'substitution'
 ORDER BY dataset, decoding, count DESC, ref_word, hyp_word
 LIMIT 50;
+
+-- name: phrase_search
+-- Where a phrase was said, across a whole run (an evaluation's run id covers each of its sets'
+-- transcription runs, <run id>.<set>): consecutive words of one cut (and decoding) that
+-- spell the phrase, with the times in the recording. Set the phrase as a list of words first:
+--   SET VARIABLE phrase = ['quick', 'brown', 'fox'];
+WITH w AS (
+    SELECT run_id, decoding, recording_id, cut_id, word_index, start, "end",
+           list(lower(word)) OVER (PARTITION BY run_id, decoding, cut_id ORDER BY word_index
+                                   ROWS BETWEEN CURRENT ROW AND len(getvariable('phrase')) - 1 FOLLOWING) AS next_words,
+           max("end") OVER (PARTITION BY run_id, decoding, cut_id ORDER BY word_index
+                            ROWS BETWEEN CURRENT ROW AND len(getvariable('phrase')) - 1 FOLLOWING) AS phrase_end
+    FROM read_parquet(getvariable('output') || '/words/**/*.parquet', hive_partitioning = 1)
+    WHERE run_id = getvariable('run_id') OR run_id LIKE getvariable('run_id') || '.%'
+)
+SELECT run_id, decoding, recording_id, cut_id, word_index, start, phrase_end AS "end"
+FROM w
+WHERE next_words = getvariable('phrase')
+ORDER BY decoding, recording_id, start;
+
+-- name: words_per_minute_per_speaker
+-- Speaking rate per speaker in one run: words over the seconds from each cut's first word's start
+-- to its last word's end, summed over the speaker's cuts (one decoding: the first in name order).
+WITH w AS (
+    SELECT * FROM read_parquet(getvariable('output') || '/words/**/*.parquet', hive_partitioning = 1)
+    WHERE run_id = getvariable('run_id') OR run_id LIKE getvariable('run_id') || '.%'
+), one AS (
+    SELECT min(decoding) AS decoding FROM w
+), per_cut AS (
+    SELECT speaker, cut_id, count(*) AS words, max("end") - min(start) AS seconds
+    FROM w WHERE decoding = (SELECT decoding FROM one) GROUP BY speaker, cut_id
+)
+SELECT coalesce(speaker, '(none)') AS speaker, count(*) AS cuts, sum(words) AS words,
+       round(sum(seconds), 2) AS speech_seconds, round(60 * sum(words) / nullif(sum(seconds), 0), 1) AS words_per_minute
+FROM per_cut GROUP BY speaker
+ORDER BY words_per_minute DESC NULLS LAST, speaker;

@@ -13,12 +13,14 @@ Examples:
       --output s3://b/asr-eval --history s3://b/asr-eval --max-regression 0.5
 
 What it does:
-  1. transcribes every --eval-set with every --decoding through the same pipeline as
-     jobs/transcribe.py (pipeline.run.driver.run with dataset=NAME); the transcripts of set NAME
-     and decoding METHOD land in <output>/transcripts/run_id=<run-id>.<NAME>.<METHOD>/
-     (rows carry reference, normalised texts and per-utterance substitutions / deletions /
-     insertions);
-  2. writes the report of the whole evaluation to <output>/wer/run_id=<run-id>/:
+  1. transcribes every --eval-set through the same pipeline as jobs/transcribe.py
+     (pipeline.run.driver.run with dataset=NAME), once: each batch is encoded once and decoded
+     with every --decoding. The transcripts of set NAME land in
+     <output>/transcripts/run_id=<run-id>.<NAME>/, one row per cut and decoding (column
+     'decoding'; rows carry reference, normalised texts, per-utterance substitutions /
+     deletions / insertions and the alignment's errors);
+  2. writes the report of the whole evaluation to <output>/wer/run_id=<run-id>/, computed by
+     DuckDB queries over the transcripts parts:
      report.parquet (WER per dataset, speaker and duration bucket), errors.parquet (most frequent
      substitutions, deletions, insertions, per-word statistics), summary.md and report.html
      (plots, including WER over time per dataset from the history, and the worst utterances);
@@ -78,10 +80,11 @@ from pipeline.cli import (  # noqa: E402
     add_resource_options,
     add_s3_options,
     apply_s3_options,
+    decoding_methods,
     transcribe_config,
 )
 from pipeline.report import history as hist  # noqa: E402
-from pipeline.report.files import read_rows, write_report  # noqa: E402
+from pipeline.report.files import build_run_report, write_report  # noqa: E402
 from pipeline.report.tables import build_report  # noqa: E402
 from pipeline.run.config import TranscribeConfig, check_run_id, new_run_id  # noqa: E402
 from pipeline.run.driver import run  # noqa: E402
@@ -129,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dec = p.add_argument_group("decoding and scoring")
     dec.add_argument("--decoding", action="append", default=None, choices=("auto",) + METHODS,
-                     help="decoding method, repeatable: each set is transcribed once per method and gets its own "
-                          "history row (default: auto = attention-rescoring for CTC + attention-decoder models, else "
-                          "transducer-beam, else ctc-beam)")
+                     help="decoding method, repeatable: each set is encoded once and decoded with every method; each "
+                          "(set, method) gets its own report tables and history row (default: auto = "
+                          "attention-rescoring for CTC + attention-decoder models, else transducer-beam, else ctc-beam)")
     add_decoding_options(dec)
     dec.add_argument("--worst", type=int, default=20, metavar="N", help="worst utterances shown in the report (default 20)")
 
@@ -143,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def eval_set_config(args: argparse.Namespace, run_id: str, name: str, uri: str, method: str) -> TranscribeConfig:
-    """The driver configuration of one (eval set, decoding): exactly what jobs/transcribe.py would run."""
+def eval_set_config(args: argparse.Namespace, run_id: str, name: str, uri: str, methods: Sequence[str]) -> TranscribeConfig:
+    """The driver configuration of one eval set with every decoding method: exactly what
+    jobs/transcribe.py would run with those --decoding options."""
     return transcribe_config(
-        args, method, manifest=[uri], model=args.model, output=args.output, run_id=f"{run_id}.{name}.{method}",
+        args, methods, manifest=[uri], model=args.model, output=args.output, run_id=f"{run_id}.{name}",
         dataset=name, progress=args.progress,
     )
 
@@ -155,28 +159,29 @@ def evaluate(args: argparse.Namespace) -> int:
     names = [n for n, _ in args.eval_set]
     if len(set(names)) != len(names):
         raise ValueError(f"eval-set names must be unique, got {names}")
-    methods = args.decoding or ["auto"]
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"--decoding repeats a method: {methods}")
+    methods = decoding_methods(args.decoding)
     run_id = check_run_id(args.run_id or f"eval-{new_run_id()}")
     git_rev = hist.git_revision()
 
     summaries: list[RunSummary] = []
     facts: dict[tuple[str, str], hist.RunFacts] = {}
     for name, uri in args.eval_set:
-        for method in methods:
-            log.info("evaluating %s (%s) with decoding %s", name, uri, method)
-            summary = run(eval_set_config(args, run_id, name, uri, method))
-            print(format_summary(summary), flush=True)
-            summaries.append(summary)
-            facts[(name, summary.decoding)] = hist.RunFacts(
+        log.info("evaluating %s (%s) with decoding %s", name, uri, ", ".join(methods))
+        summary = run(eval_set_config(args, run_id, name, uri, methods))
+        print(format_summary(summary), flush=True)
+        summaries.append(summary)
+        for label in summary.decodings:  # wall time and RTFx are the set's, shared by its decodings
+            facts[(name, label)] = hist.RunFacts(
                 transcripts_run_id=summary.run_id, model_uri=args.model, wall_seconds=summary.wall_seconds,
                 rtfx=summary.rtfx)
 
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc)
-    rows = read_rows([s.transcripts_uri for s in summaries])
-    report = build_report(rows, run_id=run_id, normalizer=args.normalizer, created_at=created_at, worst_n=args.worst)
+    report = build_run_report([s.transcripts_uri for s in summaries], run_id=run_id, normalizer=args.normalizer,
+                              created_at=created_at, worst_n=args.worst, require_references=False)
+    if report is None:  # no part at all (every shard failed): an empty report, and exit 3 below
+        report = build_report(pa.table({"cut_id": pa.array([], pa.string())}), run_id=run_id,
+                              normalizer=args.normalizer, created_at=created_at)
     history = hist.read_history(args.history)
     current = hist.history_rows(report.table, facts, run_id=run_id, created_at=created_at, git_rev=git_rev)
     max_new_failures = None if args.max_new_failures < 0 else args.max_new_failures

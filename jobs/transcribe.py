@@ -74,6 +74,7 @@ from pipeline.cli import (  # noqa: E402
     add_resource_options,
     add_s3_options,
     apply_s3_options,
+    decoding_methods,
     transcribe_config,
 )
 from pipeline.report.files import write_run_report  # noqa: E402
@@ -98,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_options(io)
 
     dec = p.add_argument_group("decoding")
-    dec.add_argument("--decoding", default="auto", choices=("auto",) + METHODS,
+    dec.add_argument("--decoding", action="append", default=None, choices=("auto",) + METHODS,
                      help="decoding method; auto = attention-rescoring if the model has CTC + attention decoder, "
-                          "else transducer-beam, else ctc-beam (default: auto)")
+                          "else transducer-beam, else ctc-beam (default: auto). Repeatable: each batch is encoded "
+                          "once and decoded with every method given; each cut gets one row per method (column "
+                          "'decoding'), all in its shard's part, and the WER report has a table per method")
     add_decoding_options(dec)
     dec.add_argument("--no-wer-report", dest="wer_report", action="store_false",
                      help="do not write the WER report under <output>/wer/ (it is written when cuts have references)")
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TranscribeConfig:
     return transcribe_config(
-        args, args.decoding, manifest=args.manifest, model=args.model, output=args.output, run_id=args.run_id,
+        args, decoding_methods(args.decoding), manifest=args.manifest, model=args.model, output=args.output, run_id=args.run_id,
         dataset=args.dataset, eta=args.eta, progress=args.progress,
     )
 

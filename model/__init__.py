@@ -2,30 +2,47 @@
 ASR model that loads public checkpoints (``pretrained.pt``) unchanged.
 
 Usable on its own (it never imports :mod:`pipeline`): :class:`model.recognizer.Recognizer`
-turns waveforms into text; :mod:`model.training` trains the demo model."""
+turns waveforms into text; :mod:`model.training` trains the demo model.
 
-from .asr_model import AsrModel, to_int_tuple
-from .checkpoint import (CheckpointMismatchError, ModelLoadError, TorchScriptOnlyError, build_model, file_sha256,
-                         find_checkpoint, pick_checkpoint, read_checkpoint, read_state_dict)
-from .config import PRESETS, ConfigInferenceError, infer_config, preset
-from .weights import WeightsSelection, load_checkpoint
+The names below are imported on first use (PEP 562), so that the modules without torch
+(:mod:`model.numbers`, :mod:`model.tokenizer`) can be used by processes that never load a model,
+such as a WER report over a million rows, without paying torch's import and memory."""
 
-__all__ = [
-    "AsrModel",
-    "CheckpointMismatchError",
-    "ModelLoadError",
-    "TorchScriptOnlyError",
-    "WeightsSelection",
-    "build_model",
-    "read_checkpoint",
-    "ConfigInferenceError",
-    "PRESETS",
-    "file_sha256",
-    "find_checkpoint",
-    "infer_config",
-    "load_checkpoint",
-    "pick_checkpoint",
-    "preset",
-    "read_state_dict",
-    "to_int_tuple",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AsrModel": "asr_model",
+    "to_int_tuple": "asr_model",
+    "CheckpointMismatchError": "checkpoint",
+    "ModelLoadError": "checkpoint",
+    "TorchScriptOnlyError": "checkpoint",
+    "build_model": "checkpoint",
+    "file_sha256": "checkpoint",
+    "find_checkpoint": "checkpoint",
+    "pick_checkpoint": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "read_state_dict": "checkpoint",
+    "PRESETS": "config",
+    "ConfigInferenceError": "config",
+    "infer_config": "config",
+    "preset": "config",
+    "WeightsSelection": "weights",
+    "load_checkpoint": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

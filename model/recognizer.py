@@ -84,6 +84,9 @@ class Transcript:
     confidence: float
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
+    #: per token: the probability the model gave it where it was emitted (CTC: at its frame of
+    #: the best alignment; transducer: at its emission), same order as ``token_ids``
+    token_confidences: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -179,13 +182,18 @@ def _sync(device: torch.device) -> None:
 
 
 class Recognizer:
-    """Batched speech recognition with one resident model."""
+    """Batched speech recognition with one resident model.
+
+    ``decoding`` may be one :class:`DecodingConfig` or several: :meth:`transcribe` decodes with
+    the first (:attr:`decoding`), :meth:`transcribe_all` encodes each batch once and decodes it
+    with every one of :attr:`decodings` (the encoder dominates the cost, so comparing methods
+    costs little more than one of them). Several decodings must share the encoder's chunking."""
 
     def __init__(
         self,
         model: AsrModel,
         tokenizer: Tokenizer,
-        decoding: Optional[DecodingConfig] = None,
+        decoding: Union[DecodingConfig, Sequence[DecodingConfig], None] = None,
         device: Union[str, torch.device] = "cpu",
         amp_dtype: str = "auto",
         info: Optional[ModelInfo] = None,
@@ -194,9 +202,20 @@ class Recognizer:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.decoding = decoding or DecodingConfig()
-        self.decoding.method = resolve_method(self.model, self.decoding.method)
-        self.notes = apply_chunking(self.model, self.decoding)  # idempotent after from_dir's call
+        configs = [decoding or DecodingConfig()] if decoding is None or isinstance(decoding, DecodingConfig) \
+            else list(decoding)
+        if not configs:
+            raise ValueError("at least one decoding is needed")
+        for config in configs:
+            config.method = resolve_method(self.model, config.method)
+        #: every decoding a batch gets in :meth:`transcribe_all`, the first being :attr:`decoding`
+        self.decodings: list[DecodingConfig] = configs
+        labels = [c.label() for c in configs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"the same decoding is asked for twice: {labels}")
+        self.notes = apply_chunking(self.model, configs[0])  # idempotent after from_dir's call
+        for config in configs[1:]:
+            apply_chunking(self.model, config)
         self.precision = resolve_precision(amp_dtype, self.device)
         self.rescoring_precision = (self.precision if str(rescoring_dtype).lower() == "auto"
                                     else resolve_precision(rescoring_dtype, self.device))
@@ -206,11 +225,16 @@ class Recognizer:
         self.features = FeatureExtractor().to(self.device)
         self.info = info or ModelInfo(name="unnamed", checkpoint="", sha256="")
 
+    @property
+    def decoding(self) -> DecodingConfig:
+        """The first (primary) decoding: what :meth:`transcribe` uses."""
+        return self.decodings[0]
+
     @classmethod
     def from_dir(
         cls,
         model_dir: Union[str, Path],
-        decoding: Union[DecodingConfig, dict[str, Any], None] = None,
+        decoding: Union[DecodingConfig, dict[str, Any], Sequence[Union[DecodingConfig, dict[str, Any]]], None] = None,
         device: Union[str, torch.device] = "cpu",
         amp_dtype: str = "auto",
         rescoring_dtype: str = "auto",
@@ -221,7 +245,8 @@ class Recognizer:
         (a flat folder, an icefall / Hugging Face repo root or an ``exp/`` folder).
 
         ``decoding``: a :class:`DecodingConfig`, or a dict of fields that override the model's
-        defaults (``config.json``'s ``"decoding"`` section), or None for those defaults.
+        defaults (``config.json``'s ``"decoding"`` section), or None for those defaults; or a list
+        of these for several decodings of each batch (:meth:`transcribe_all`).
         ``weights``: icefall's ``--epoch/--iter/--avg/--use-averaged-model`` choice
         (:class:`model.weights.WeightsSelection`); None: the directory's checkpoint as it is.
         ``checkpoint_sha256``: the digest the weights must have (:attr:`ModelInfo.sha256`, e.g.
@@ -242,10 +267,14 @@ class Recognizer:
             model = build_model(state, config=config, device=device)
             del state
             tokenizer, tokenizer_path = choose_tokenizer(model_dir, layout, model.vocab_size)
-            if not isinstance(decoding, DecodingConfig):
-                decoding = DecodingConfig(**{**extra.get("decoding", {}), **(decoding or {})})
-            check_special_ids(model, tokenizer, decoding, tokenizer_path)
-            notes = apply_chunking(model, decoding)
+            given = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding]
+            configs = [d if isinstance(d, DecodingConfig) else DecodingConfig(**{**extra.get("decoding", {}), **(d or {})})
+                       for d in given]
+            for config in configs:
+                check_special_ids(model, tokenizer, config, tokenizer_path)
+            notes = apply_chunking(model, configs[0])
+            for config in configs[1:]:
+                apply_chunking(model, config)
             files = [ckpt_dir / f for f in layout.weights.files]
             digests = [file_sha256(f) for f in files]
             sha = digests[0] if len(files) == 1 else _combined_sha256(files, digests, layout.weights.label)
@@ -274,7 +303,7 @@ class Recognizer:
         )
         for note in notes:
             log.info("%s: %s", model_dir, note)
-        return cls(model, tokenizer, decoding=decoding, device=device, amp_dtype=amp_dtype,
+        return cls(model, tokenizer, decoding=configs, device=device, amp_dtype=amp_dtype,
                    info=info, rescoring_dtype=rescoring_dtype)
 
     def _autocast(self, dtype: Optional[torch.dtype]):
@@ -283,10 +312,22 @@ class Recognizer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def transcribe(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]) -> tuple[list[Transcript], StageTimes]:
-        """Transcribe a batch of mono 16 kHz float waveforms (any lengths >= ~0.1 s)."""
+        """Transcribe a batch of mono 16 kHz float waveforms (any lengths >= ~0.1 s) with
+        :attr:`decoding`."""
+        results, times = self._run(waveforms, self.decodings[:1])
+        return results[0], times
+
+    def transcribe_all(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]
+                       ) -> tuple[list[list[Transcript]], StageTimes]:
+        """Encode a batch once and decode it with each of :attr:`decodings`: one list of
+        transcripts per decoding, in the order of :attr:`decodings`."""
+        return self._run(waveforms, self.decodings)
+
+    def _run(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]],
+             configs: Sequence[DecodingConfig]) -> tuple[list[list[Transcript]], StageTimes]:
         times = StageTimes()
         if not waveforms:
-            return [], times
+            return [[] for _ in configs], times
         with torch.inference_mode():
             t0 = time.perf_counter()
             feats, feat_lens = self.features(list(waveforms), device=self.device)
@@ -300,15 +341,23 @@ class Recognizer:
                 encoder_out, encoder_out_lens = self.model.forward_encoder(feats, feat_lens)
             _sync(self.device)
             t2 = time.perf_counter()
-            with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
-                hyps = decode(self.model, encoder_out, encoder_out_lens, self.decoding)
-            if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
-                self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
-                hyps = decode(self.model, encoder_out, encoder_out_lens, self.decoding)
+            # the CTC head's log-probs are shared by every CTC-based decoding of the batch
+            ctc_log_probs = None
+            if any(not c.method.startswith("transducer") for c in configs):
+                with self._autocast(self.rescoring_dtype):  # as decode() would compute them
+                    ctc_log_probs = self.model.ctc_output(encoder_out)
+            results = []
+            for config in configs:
+                with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
+                    hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs)
+                if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
+                    self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
+                    hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs)
+                results.append([self._to_transcript(h) for h in hyps])
             _sync(self.device)
             t3 = time.perf_counter()
         times.features, times.encoder, times.decoding = t1 - t0, t2 - t1, t3 - t2
-        return [self._to_transcript(h) for h in hyps], times
+        return results, times
 
     def _fall_back_to_fp32(self, why: str, rescoring: bool = False) -> None:
         """fp16 has 5 exponent bits: a model whose activations exceed 65504 (one trained without
@@ -333,6 +382,7 @@ class Recognizer:
             confidence=float(hyp.confidence),
             ctc_score=hyp.ctc_score,
             attention_score=hyp.attention_score,
+            token_confidences=[round(float(c), 4) for c in hyp.token_confidences],
         )
 
     def warm_up(self, seconds: float = 2.0) -> None:

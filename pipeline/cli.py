@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from model.checkpoint import ModelLoadError
 from model.decoding import DecodingConfig
@@ -186,10 +186,19 @@ def add_plan_options(group: argparse._ArgumentGroup) -> None:
                             "the new plan does not have are removed, the others are kept and skipped")
 
 
-def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> TranscribeConfig:
-    """The driver configuration for the shared options, a decoding method and job-specific fields
-    (``manifest``, ``model``, ``output``, ``run_id``, ``dataset`` ...)."""
-    decoding = {"method": method, "beam": args.beam, "transducer_beam": args.transducer_beam}
+def decoding_methods(given: Optional[Sequence[str]]) -> list[str]:
+    """The ``--decoding`` methods as given (repeatable; default ``auto``); a repeat is an error."""
+    methods = list(given or ["auto"])
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--decoding repeats a method: {methods}")
+    return methods
+
+
+def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields: Any) -> TranscribeConfig:
+    """The driver configuration for the shared options, the decoding methods (each batch is
+    encoded once and decoded with each) and job-specific fields (``manifest``, ``model``,
+    ``output``, ``run_id``, ``dataset`` ...)."""
+    decoding = {"method": methods[0], "beam": args.beam, "transducer_beam": args.transducer_beam}
     if args.attention_scale is not None:
         decoding["attention_scale"] = args.attention_scale
     if args.max_segment_seconds is not None:
@@ -200,7 +209,7 @@ def transcribe_config(args: argparse.Namespace, method: str, **fields: Any) -> T
     weights = WeightsSelection(epoch=args.epoch, iter=args.iter, avg=args.avg,
                                use_averaged_model=args.use_averaged_model)  # ValueError: exit 2
     return TranscribeConfig(
-        decoding=decoding, weights={k: v for k, v in asdict(weights).items() if v not in (None, False)}, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
+        decoding=decoding, extra_methods=tuple(methods[1:]), weights={k: v for k, v in asdict(weights).items() if v not in (None, False)}, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, audio_cpus=args.audio_cpus, device=args.device,
         resource_timeout=args.resource_timeout, max_batch_seconds=args.max_batch_seconds,
         max_batch_size=args.max_batch_size, shard_size=args.shard_size, max_attempts=args.max_attempts,

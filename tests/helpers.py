@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -57,3 +58,10 @@ def edit_distance(a: list[str], b: list[str]) -> int:
             cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
         prev = cur
     return prev[-1]
+
+
+def named_queries() -> dict[str, str]:
+    """docs/queries.sql as ``{name: sql}`` (each query starts with a ``-- name: <name>`` line)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "queries.sql").read_text()
+    blocks = re.split(r"^-- name: (\S+)\s*$", text, flags=re.M)
+    return {name: sql.strip() for name, sql in zip(blocks[1::2], blocks[2::2])}

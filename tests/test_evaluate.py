@@ -26,7 +26,7 @@ import torch
 
 from audio_testing import speak
 from browser import CHECK_ID, pixels, render_check, screenshot
-from helpers import edit_distance, make_tiny_model_dir
+from helpers import edit_distance, make_tiny_model_dir, named_queries
 from services import REPO, RayHead
 
 pytestmark = pytest.mark.needs_tools("espeak-ng", "sox")
@@ -40,7 +40,6 @@ EVAL_SETS = {
               ("o2", "a batch transcription service on ray", "en-us", "dora"),
               ("broken", "never heard at all", None, "dora")],
 }
-QUERIES = REPO / "docs" / "queries.sql"
 
 
 def write_manifest(path: Path, cuts: list[dict]) -> Path:
@@ -146,11 +145,6 @@ def check_rows_and_report(world, run_id: str) -> dict[str, float]:
     assert set(wer) == {"clean", "other"}
     return wer
 
-
-def named_queries() -> dict[str, str]:
-    text = QUERIES.read_text()
-    blocks = re.split(r"^-- name: (\S+)\s*$", text, flags=re.M)
-    return {name: sql.strip() for name, sql in zip(blocks[1::2], blocks[2::2])}
 
 
 def test_help_and_bad_input_fail_fast(world):
@@ -270,6 +264,11 @@ def test_documented_duckdb_queries_run_on_real_outputs(world, nightly):
     con.execute(f"SET VARIABLE history = '{world['hist']}'")
     con.execute("SET VARIABLE run_id = 'night-3'")
     con.execute("SET VARIABLE pattern = '%quick brown%'")
+    # a phrase night 3 said: the first two words of a transcript, from its words table
+    first = con.sql(f"SELECT list(lower(word) ORDER BY word_index)[1:2] FROM read_parquet('{world['out']}/words/"
+                    "run_id=night-3.*/*.parquet') GROUP BY cut_id HAVING count(*) >= 2 ORDER BY cut_id LIMIT 1"
+                    ).fetchall()[0][0]
+    con.execute("SET VARIABLE phrase = $p", {"p": first})
     results = {}
     for name, sql in queries.items():
         cur = con.execute(sql)
@@ -290,9 +289,65 @@ def test_documented_duckdb_queries_run_on_real_outputs(world, nightly):
 
     found = results["transcripts_search"]
     hits = {(r["run_id"], r["cut_id"]): r for r in found}
-    assert ("night-1.clean.auto", "c1") in hits  # later nights' references are night 1's texts
-    assert hits[("night-1.clean.auto", "c1")]["ref_norm"] == EVAL_SETS["clean"][0][1]
+    assert ("night-1.clean", "c1") in hits  # later nights' references are night 1's texts
+    assert hits[("night-1.clean", "c1")]["ref_norm"] == EVAL_SETS["clean"][0][1]
     assert all("quick brown" in f"{r['reference']} {r['text']}".lower() for r in found)
+
+    said = results["phrase_search"]
+    assert said and all(r["run_id"].startswith("night-3.") and r["start"] < r["end"] for r in said)
+    rates = results["words_per_minute_per_speaker"]
+    assert {r["speaker"] for r in rates} <= {"anna", "bert", "carl", "dora"} and all(r["words"] > 0 for r in rates)
 
     assert {r["duration_bucket"] for r in results["wer_by_duration"]} <= {"0-2s", "2-5s", "5-10s", "10-20s", "20s+"}
     assert all(r["count"] >= 1 for r in results["most_frequent_substitutions"])
+
+
+def test_report_from_duckdb_equals_the_row_by_row_report_on_real_runs(world, nightly):
+    """The reports the nights wrote (DuckDB queries over the parts) against the old way of
+    building them (every row in Python, every utterance aligned again): same groups and numbers,
+    same error tables, same worst utterances."""
+    from datetime import datetime, timezone
+
+    from pipeline.report.files import build_run_report, read_rows
+    from reference_report import reference_report
+
+    for night in ("night-1", "night-3"):
+        dirs = sorted(str(p) for p in (world["out"] / "transcripts").glob(f"run_id={night}.*"))
+        when = datetime(2026, 12, 1, tzinfo=timezone.utc)
+        report = build_run_report(dirs, run_id=night, normalizer="english", created_at=when)
+        table, errors, worst = reference_report(read_rows(dirs), night, "english", when)
+        assert report.table.to_pylist() == table.to_pylist()
+        assert report.errors.to_pylist() == errors.to_pylist() and errors.num_rows > 0
+        assert [(w.cut_id, w.alignment) for w in report.worst] == [(w.cut_id, w.alignment) for w in worst]
+        written = pq.read_table(world["out"] / "wer" / f"run_id={night}" / "errors.parquet")
+        assert written.to_pylist() == errors.to_pylist()
+
+
+def test_several_decodings_are_one_transcription_per_set(world, nightly):
+    """--decoding three times: each set is transcribed once (one transcripts directory, each cut
+    once per decoding), the report and the history have a row per (set, decoding), and the
+    attention-rescoring rows equal night 1's (which ran that method alone, on the same audio)."""
+    root = world["root"]
+    manifests = {name: root / f"{name}-1.jsonl" for name in EVAL_SETS}
+    out, hist = root / "multi-out", root / "multi-hist"
+    args = evaluate_args(world, manifests, world["model_a"], "multi")
+    args[args.index("--output") + 1], args[args.index("--history") + 1] = str(out), str(hist)
+    for method in ("ctc-greedy", "ctc-beam", "attention-rescoring"):
+        args += ["--decoding", method]
+    proc = run_local(world, args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    dirs = sorted(p.name for p in (out / "transcripts").iterdir())
+    assert dirs == ["run_id=multi.clean", "run_id=multi.other"]
+    rows = [r for d in dirs for r in pq.read_table(out / "transcripts" / d).to_pylist()]
+    labels = sorted({r["decoding"] for r in rows})
+    assert len(labels) == 3
+    cut_ids = sorted(c["id"] for cs in world["cuts"].values() for c in cs)
+    assert sorted((r["cut_id"], r["decoding"]) for r in rows) == sorted((c, d) for c in cut_ids for d in labels)
+    night1 = {r["cut_id"]: r["text"] for r in transcripts(world, "night-1")}
+    rescored = {r["cut_id"]: r["text"] for r in rows if r["decoding"].startswith("attention-rescoring")}
+    assert rescored == night1
+    history = duckdb.connect().sql(f"SELECT dataset, decoding, gate FROM read_parquet('{hist}/wer_history/**/*.parquet') "
+                                   "ORDER BY dataset, decoding").fetchall()
+    assert [(d, dec) for d, dec, _ in history] == [(d, dec) for d in ("clean", "other") for dec in labels]
+    assert all(gate == "first" for _, _, gate in history)
+    assert len(re.findall(r"^(clean|other) \[[^\]]+\]: FIRST ", proc.stdout, re.M)) == 6

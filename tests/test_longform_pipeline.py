@@ -188,13 +188,13 @@ def test_windows_reach_the_model_as_the_speech_between_pauses(tmp_path, monkeypa
     duration = sf.info(str(wav)).duration
     assert duration > 45
     seen: list[float] = []
-    original = Recognizer.transcribe
+    original = Recognizer.transcribe_all
 
     def spy(self, waveforms):
         seen.extend(w.size / 16000 for w in waveforms)
         return original(self, waveforms)
 
-    monkeypatch.setattr(Recognizer, "transcribe", spy)
+    monkeypatch.setattr(Recognizer, "transcribe_all", spy)
     manifest = recording_manifest(tmp_path / "cuts.jsonl.gz", wav, "talk", " ".join(sentences))
     rows, stitched, _ = run_in_process(manifest, DEMO, tmp_path / "out", "pieces", max_cut=20.0, overlap=4.0)
     (row,) = rows

@@ -115,3 +115,25 @@ def test_join_moves_times_and_combines_scores():
     no_att = join_transcripts([(0.0, 1.0, _tr([1], [0.0], 0.8)), (1.0, 1.0, _tr([2], [0.1], 0.8, att=None))],
                               lambda ids: "")
     assert no_att.attention_score is None and no_att.ctc_score == pytest.approx(-2.0)
+
+
+def test_join_starts_a_word_at_each_piece():
+    """A piece is speech after a pause: a first token the model emitted without the word marker
+    gets the lone marker piece before it (text ``morning one``, not ``morningone``); a piece that
+    starts with a marked token is left alone, and so is the first piece."""
+    pieces = {1: "\u2581in", 2: "\u2581morning", 3: "on", 4: "e", 5: "\u2581de", 9: "\u2581"}
+
+    def text(ids):
+        return "".join(pieces[i] for i in ids).replace("\u2581", " ").strip()
+
+    def starts(i):
+        return pieces[i].startswith("\u2581")
+
+    parts = [(0.0, 2.0, _tr([3, 1, 2], [0.1, 0.5, 0.9], 0.9)), (3.0, 1.0, _tr([3, 4], [0.2, 0.4], 0.7)),
+             (5.0, 1.0, _tr([5], [0.1], 0.6))]
+    joined = join_transcripts(parts, text, starts, 9)
+    assert joined.token_ids == [3, 1, 2, 9, 3, 4, 5]
+    assert joined.text == "on in morning one de"
+    assert joined.token_times == pytest.approx([0.1, 0.5, 0.9, 3.2, 3.2, 3.4, 5.1])
+    assert len(joined.token_confidences) == len(joined.token_ids)
+    assert join_transcripts(parts, text).text == "on in morningone de"  # without a tokenizer's help: as emitted

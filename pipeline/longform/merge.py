@@ -45,6 +45,7 @@ class WindowHypothesis:
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
     confidence: Optional[float] = None
+    token_confidences: list[float] = field(default_factory=list)  # per token; may be empty
 
 
 @dataclass
@@ -54,6 +55,7 @@ class MergedHypothesis:
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
     confidence: Optional[float] = None
+    token_confidences: list[float] = field(default_factory=list)  # per token, when every window had them
     seams_aligned: int = 0  # seams cut at a matched word (the rest fell back to the middle)
 
 
@@ -63,19 +65,22 @@ class _Word:
     time: float  # absolute
     token_ids: list[int]
     token_times: list[float]  # absolute
+    token_confidences: list[float]
 
 
 def _words(hyp: WindowHypothesis, piece: Callable[[int], str]) -> list[_Word]:
     words: list[_Word] = []
     offset = hyp.window.start
-    for tok, t in zip(hyp.token_ids, hyp.token_times):
+    confs = hyp.token_confidences if len(hyp.token_confidences) == len(hyp.token_ids) else [None] * len(hyp.token_ids)
+    for tok, t, c in zip(hyp.token_ids, hyp.token_times, confs):
         p = piece(tok)
         if not words or p.startswith(WORD_MARK):
-            words.append(_Word("", offset + t, [], []))
+            words.append(_Word("", offset + t, [], [], []))
         w = words[-1]
         w.text += p.replace(WORD_MARK, "")
         w.token_ids.append(tok)
         w.token_times.append(offset + t)
+        w.token_confidences.append(c)
     return words
 
 
@@ -140,6 +145,9 @@ def merge_windows(hyps: Sequence[WindowHypothesis], piece: Callable[[int], str])
         for w in ws[first[i]:max(first[i], last[i])]:
             merged.token_ids.extend(w.token_ids)
             merged.token_times.extend(w.token_times)
+            merged.token_confidences.extend(w.token_confidences)
+    if any(c is None for c in merged.token_confidences):
+        merged.token_confidences = []
     for k in range(1, len(merged.token_times)):  # monotonic across seams
         merged.token_times[k] = max(merged.token_times[k], merged.token_times[k - 1])
     total = sum(h.window.keep_to - h.window.keep_from for h in hyps)

@@ -26,7 +26,7 @@ handled by the windows' overlap and seam alignment.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -87,20 +87,33 @@ def speech_pieces(samples: np.ndarray, sample_rate: int = 16000, split: Optional
     return pieces
 
 
-def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_text) -> Transcript:
+def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_text,
+                     word_start: Optional[Callable[[int], bool]] = None, word_mark_id: Optional[int] = None) -> Transcript:
     """One transcript from the pieces' ``(offset_seconds, duration_seconds, transcript)``, in order.
 
     Tokens and times are concatenated (times moved by each piece's offset); the text is
-    ``decode_text(token_ids)`` of the joined tokens; ``score``, ``ctc_score`` and
+    ``decode_text(token_ids)`` of the joined tokens. A piece is speech after a pause, so its
+    first token starts a word: where a model emitted it without the word marker (``word_start``
+    says whether a token begins with ``▁``), the tokenizer's lone ``▁`` piece (``word_mark_id``)
+    is put before it, at its time, so the last word before the pause and the first after it do
+    not run together (``morning`` + ``one`` -> ``morningone``); ``score``, ``ctc_score`` and
     ``attention_score`` are sums over pieces (``None`` if a piece has none); ``confidence`` is
     the token-weighted mean of the pieces' confidences, or their duration-weighted mean when
     no piece has tokens.
     """
     ids: list[int] = []
     times: list[float] = []
+    confidences: list[float] = []
     for offset, _, tr in parts:
+        piece_confidences = tr.token_confidences or [tr.confidence] * len(tr.token_ids)
+        if ids and tr.token_ids and word_start is not None and word_mark_id is not None \
+                and not word_start(tr.token_ids[0]):
+            ids.append(word_mark_id)
+            times.append(round(offset + tr.token_times[0], 3))
+            confidences.append(piece_confidences[0])
         ids += tr.token_ids
         times += [round(offset + t, 3) for t in tr.token_times]
+        confidences += piece_confidences
     n_tok = [len(tr.token_ids) for _, _, tr in parts]
     weights = n_tok if sum(n_tok) else [d for _, d, _ in parts]
     total = sum(weights)
@@ -111,4 +124,5 @@ def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_te
         return None if any(v is None for v in values) else float(sum(values))
 
     return Transcript(text=decode_text(ids), token_ids=ids, token_times=times, score=float(sum(tr.score for _, _, tr in parts)),
-                      confidence=float(confidence), ctc_score=total_of("ctc_score"), attention_score=total_of("attention_score"))
+                      confidence=float(confidence), ctc_score=total_of("ctc_score"), attention_score=total_of("attention_score"),
+                      token_confidences=confidences)

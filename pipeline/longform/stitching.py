@@ -31,6 +31,7 @@ from pipeline.io import storage
 from pipeline.output import parquet
 from pipeline.output.paths import RunPaths
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
+from pipeline.output.words import FRAME_SHIFT, words_table
 from pipeline.plan.windows import Window, plan_windows
 from pipeline.report.wer import score_row
 
@@ -86,9 +87,11 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
         return out, 0
     windows = _windows_of(rows, overlap_seconds, max_cut_seconds)
     hyps = [WindowHypothesis(w, list(r["token_ids"] or []), list(r["token_times"] or []), r["ctc_score"],
-                             r["attention_score"], r["confidence"]) for w, r in zip(windows, rows)]
+                             r["attention_score"], r["confidence"], list(r.get("token_confidences") or []))
+            for w, r in zip(windows, rows)]
     merged = merge_windows(hyps, tokenizer.id_to_piece)
     out.token_ids, out.token_times = merged.token_ids, [float(t) for t in merged.token_times]
+    out.token_confidences = merged.token_confidences
     out.text = tokenizer.decode(merged.token_ids)
     out.ctc_score, out.attention_score, out.confidence = merged.ctc_score, merged.attention_score, merged.confidence
     score_row(out, normalizer)
@@ -96,8 +99,10 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
 
 
 def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected: dict[str, int], tokenizer: Tokenizer,
-               *, normalizer: str, max_cut_seconds: float, overlap_seconds: float, resume: bool = True) -> StitchSummary:
-    """Stitch every long cut of a run (see the module docstring).
+               *, normalizer: str, max_cut_seconds: float, overlap_seconds: float, resume: bool = True,
+               frame_shift: float = FRAME_SHIFT) -> StitchSummary:
+    """Stitch every long cut of a run (see the module docstring). With several decodings, each
+    decoding's windows are stitched into its own row; the cut's part holds them all.
 
     Args:
         window_parts: windows part URI -> the fingerprint of its shard, for every shard of the
@@ -114,13 +119,17 @@ def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected:
         for row in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist():
             by_cut[row["cut_id"]].append(row)
             sources[row["cut_id"]].add(fingerprint)
+    paths = RunPaths(output, run_id)
     for cut_id, count in expected.items():
-        rows = by_cut.get(cut_id, [])
-        if sorted(r["window_index"] for r in rows) != list(range(count)):
+        by_decoding: dict[Any, list[dict[str, Any]]] = defaultdict(list)  # in the order the rows were written
+        for r in by_cut.get(cut_id, []):
+            by_decoding[r["decoding"]].append(r)
+        if not by_decoding or any(sorted(r["window_index"] for r in rows) != list(range(count))
+                                  for rows in by_decoding.values()):
             summary.cuts_incomplete += 1
             summary.incomplete.append(cut_id)
             continue
-        uri = RunPaths(output, run_id).stitched_part(cut_id)
+        uri = paths.stitched_part(cut_id)
         fp = hashlib.sha256("\n".join([cut_id, *sorted(sources[cut_id])]).encode()).hexdigest()
         done = parquet.finished_shard(uri, fp) if resume else None
         if done is not None:
@@ -128,14 +137,20 @@ def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected:
             summary.cuts_ok += done["cuts_ok"]
             summary.cuts_error += done["cuts_error"]
             continue
-        row, aligned = _stitch_one(rows, tokenizer, normalizer, overlap_seconds, max_cut_seconds)
+        stitched = [_stitch_one(rows, tokenizer, normalizer, overlap_seconds, max_cut_seconds)
+                    for rows in by_decoding.values()]
+        row, aligned = stitched[0]  # the cut is counted once, by its first decoding
         ok = row.status == STATUS_OK
         summary.cuts_ok += ok
         summary.cuts_error += not ok
         summary.windows += count
         summary.seams += count - 1
         summary.seams_aligned += aligned
-        parquet.write_part(uri, rows_to_table([row]), fp,
+        rows_out = [r for r, _ in stitched]
+        # the words first: the transcripts part marks the cut done
+        parquet.write_part(paths.words_part(uri), words_table(rows_out, tokenizer.id_to_piece, tokenizer.decode,
+                                                              frame_shift), fp)
+        parquet.write_part(uri, rows_to_table(rows_out), fp,
                            summary={"cuts_ok": int(ok), "cuts_error": int(not ok), "windows": count})
     return summary
 

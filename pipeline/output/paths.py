@@ -5,6 +5,8 @@ Under ``<output>`` (local path or ``s3://``), for run ``<id>``::
     transcripts/run_id=<id>/part-<shard>.parquet        one row per cut of a shard
     transcripts/run_id=<id>/part-long-<hash>.parquet    one stitched long cut
     windows/run_id=<id>/part-<shard>.parquet            the windows of long cuts in a shard
+    words/run_id=<id>/part-<shard>.parquet              one row per word of a shard's cuts
+    words/run_id=<id>/part-long-<hash>.parquet          the words of one stitched long cut
     runs/<id>/summary.json                              the run summary
     runs/<id>/plan/summary.json                         the frozen plan: what it holds, how it was made
     runs/<id>/plan/index-<n>.parquet                    the plan's shards in order, one row each
@@ -63,6 +65,15 @@ class RunPaths:
     def windows_part(self, shard_id: str) -> str:
         """The windows part of a shard that holds windows of long cuts."""
         return storage.join(self.windows, f"part-{shard_id}.parquet")
+
+    @property
+    def words(self) -> str:
+        """``<output>/words/run_id=<id>``: one row per transcribed word (:mod:`pipeline.output.words`)."""
+        return storage.join(self.output, "words", f"run_id={self.run_id}")
+
+    def words_part(self, part_uri: str) -> str:
+        """The words part beside a transcripts part (a shard's or a stitched cut's): same file name."""
+        return storage.join(self.words, part_uri.rsplit("/", 1)[-1])
 
     @property
     def summary(self) -> str:

@@ -7,8 +7,15 @@ timestamps), so DuckDB, pandas, Spark and Athena read the files without help.
 WER columns (filled when the cut has a reference by :func:`pipeline.report.wer.score_row`):
 ``ref_norm`` / ``hyp_norm`` are the normalised reference and hypothesis that were compared,
 ``ref_words`` the number of words in ``ref_norm``, and ``substitutions`` / ``deletions`` /
-``insertions`` the operations of their jiwer alignment, ``errors`` their sum. A cut whose
-audio failed (``status='error'``) keeps its ``reference`` and ``ref_norm`` but has no counts.
+``insertions`` the operations of their jiwer alignment, ``errors`` their sum, and
+``word_edits`` the alignment's errors themselves, in order: ``{op: 'S'|'D'|'I', ref, hyp}``
+(``ref`` null for an insertion, ``hyp`` null for a deletion; the correct words are the rest of
+``ref_norm``). Reports count per-word errors from them with a query instead of aligning again.
+A cut whose audio failed (``status='error'``) keeps its ``reference`` and ``ref_norm`` but has
+no counts.
+
+``token_confidences``: per token, the probability the model gave it where it was emitted
+(same order as ``token_ids``); word confidences (:mod:`pipeline.output.words`) come from them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from datetime import datetime, timezone
 from typing import Optional
 
 import pyarrow as pa
+
+#: one error of a WER alignment (``word_edits``)
+WORD_EDIT = pa.struct([pa.field("op", pa.string()), pa.field("ref", pa.string()), pa.field("hyp", pa.string())])
 
 TRANSCRIPT_SCHEMA = pa.schema(
     [
@@ -31,6 +41,7 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("text", pa.string()),
         pa.field("token_ids", pa.list_(pa.int32())),
         pa.field("token_times", pa.list_(pa.float32())),
+        pa.field("token_confidences", pa.list_(pa.float32())),
         pa.field("ctc_score", pa.float64()),
         pa.field("attention_score", pa.float64()),
         pa.field("confidence", pa.float64()),
@@ -42,6 +53,7 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("insertions", pa.int32()),
         pa.field("ref_norm", pa.string()),
         pa.field("hyp_norm", pa.string()),
+        pa.field("word_edits", pa.list_(WORD_EDIT)),
         pa.field("speaker", pa.string()),
         pa.field("language", pa.string()),
         pa.field("dataset", pa.string()),
@@ -72,7 +84,7 @@ WINDOW_SCHEMA = pa.schema(
 
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
 #: run never mixes parts of two schemas
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -97,6 +109,7 @@ class TranscriptRow:
     text: Optional[str] = None
     token_ids: list[int] = field(default_factory=list)
     token_times: list[float] = field(default_factory=list)
+    token_confidences: list[float] = field(default_factory=list)
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
     confidence: Optional[float] = None
@@ -108,6 +121,7 @@ class TranscriptRow:
     insertions: Optional[int] = None
     ref_norm: Optional[str] = None
     hyp_norm: Optional[str] = None
+    word_edits: Optional[list[dict[str, Optional[str]]]] = None
     speaker: Optional[str] = None
     language: Optional[str] = None
     dataset: Optional[str] = None

@@ -256,7 +256,7 @@ def stale_parts(paths: RunPaths, plan: Plan) -> list[str]:
     shard_ids = {row["shard_id"] for row in read_index(paths, plan, ["shard_id"])}
     stitched = {paths.stitched_part(cut_id) for cut_id in read_long_cuts(paths)}
     stale = []
-    for directory in (paths.transcripts, paths.windows):
+    for directory in (paths.transcripts, paths.windows, paths.words):
         try:
             uris = list(storage.list_files(directory, [".parquet"]))
         except storage.MissingObjectError:

@@ -1,8 +1,14 @@
 """WER report tables: transcript rows in, the report's tables out.
 
-The builders (:func:`build_report` and everything it calls) are pure: they take an Arrow table
-of transcript rows (``TRANSCRIPT_SCHEMA`` or a subset of its columns) and return a
-:class:`Report`. The renderers (:mod:`pipeline.report.markdown`, :mod:`pipeline.report.html`)
+The builders are DuckDB queries over transcript rows (``TRANSCRIPT_SCHEMA``): group-bys for
+the WER tables, the per-word error table from the alignment errors each row stores
+(``word_edits``, computed by the actor that transcribed it), a top-k query for the worst
+utterances (only those are aligned again, for display). Nothing grows with the number of rows
+in Python; DuckDB holds its work under a ``memory_limit`` (:data:`DEFAULT_MEMORY_LIMIT`) and
+spills beyond it. :func:`build_report_sql` builds a report from any table expression (the run's
+Parquet parts, see :func:`pipeline.report.files.build_run_report`); :func:`build_report` from an
+Arrow table of rows in memory (rows without stored alignments are scored first,
+:func:`complete_rows`). Both return a :class:`Report`. The renderers (:mod:`pipeline.report.markdown`, :mod:`pipeline.report.html`)
 turn a report into text; :mod:`pipeline.report.files` reads rows and writes the files.
 
 Files of a report, under ``<output>/wer/run_id=<run_id>/``:
@@ -43,18 +49,18 @@ matplotlib), see :mod:`pipeline.report.html`.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional, Sequence
 
+import duckdb
 import pyarrow as pa
 
-from pipeline.output.records import STATUS_ERROR, STATUS_OK
+from pipeline.output.records import STATUS_ERROR, STATUS_OK, TRANSCRIPT_SCHEMA
 
 from .history import Verdict
 from .normalize import get_normalizer
-from .wer import AlignedWord, align, align_many
+from .wer import AlignedWord, align_many, count, edits
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -65,7 +71,11 @@ __all__ = [
     "Report",
     "WorstUtterance",
     "GROUP_HEADER",
+    "DEFAULT_MEMORY_LIMIT",
     "build_report",
+    "build_report_sql",
+    "complete_rows",
+    "connect",
     "dataset_label",
     "duration_bucket",
     "edge_label",
@@ -104,7 +114,7 @@ def duration_bucket(seconds: Optional[float]) -> str:
 ROW_COLUMNS: tuple[str, ...] = (
     "run_id", "cut_id", "duration", "text", "reference", "ref_words", "substitutions", "deletions",
     "insertions", "ref_norm", "hyp_norm", "speaker", "dataset", "status", "error", "model_id",
-    "model_sha256", "decoding",
+    "model_sha256", "decoding", "word_edits",
 )
 
 _COUNTS = ("utterances", "scored", "failed", "no_reference", "empty_reference", "ref_words",
@@ -148,71 +158,6 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 GROUP_ORDER = ("all", "dataset", "duration_bucket", "speaker")
-
-
-@dataclass
-class _Acc:
-    """Running counts of one group."""
-
-    utterances: int = 0
-    scored: int = 0
-    failed: int = 0
-    no_reference: int = 0
-    empty_reference: int = 0
-    ref_words: int = 0
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
-    audio_seconds: float = 0.0
-    models: set[tuple[Optional[str], Optional[str]]] = field(default_factory=set)
-
-    def add(self, r: "_Row") -> None:
-        self.utterances += 1
-        self.models.add((r.model_id, r.model_sha256))
-        if r.status != STATUS_OK:
-            self.failed += 1
-            return
-        self.audio_seconds += r.duration or 0.0
-        if r.reference is None:
-            self.no_reference += 1
-            return
-        self.scored += 1
-        self.empty_reference += r.ref_words == 0
-        self.ref_words += r.ref_words
-        self.substitutions += r.substitutions
-        self.deletions += r.deletions
-        self.insertions += r.insertions
-
-
-@dataclass
-class _Row:
-    """The fields of one transcript row a report needs (counts filled for scored rows)."""
-
-    cut_id: str
-    status: str
-    dataset: Optional[str]
-    decoding: Optional[str]
-    speaker: Optional[str]
-    duration: Optional[float]
-    reference: Optional[str]
-    text: Optional[str]
-    ref_norm: Optional[str]
-    hyp_norm: Optional[str]
-    ref_words: int
-    substitutions: int
-    deletions: int
-    insertions: int
-    model_id: Optional[str]
-    model_sha256: Optional[str]
-    error: Optional[str]
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def scored(self) -> bool:
-        return self.status == STATUS_OK and self.reference is not None
 
 
 @dataclass
@@ -272,51 +217,178 @@ class Report:
         return self.groups("all")
 
 
-# -- reading rows ----------------------------------------------------------------------
+# -- rows a report can read ------------------------------------------------------------
 
 
-def _column(rows: pa.Table, name: str) -> list[Any]:
-    return rows.column(name).to_pylist() if name in rows.column_names else [None] * rows.num_rows
+def complete_rows(rows: pa.Table, normalizer: str) -> pa.Table:
+    """``rows`` with every :data:`ROW_COLUMNS` column (missing ones null, typed as in
+    ``TRANSCRIPT_SCHEMA``), and scored rows that lack their stored alignment (parts written before
+    the WER columns or ``word_edits`` existed, rows built by hand) scored now with ``normalizer``.
+    Rows the actors wrote are passed through untouched."""
+    columns = {}
+    for name in ROW_COLUMNS:
+        typ = TRANSCRIPT_SCHEMA.field(name).type
+        columns[name] = rows.column(name).cast(typ) if name in rows.column_names else pa.nulls(rows.num_rows, typ)
+    table = pa.table(columns)
+    status = table.column("status").to_pylist()
+    reference = table.column("reference").to_pylist()
+    edits_col = table.column("word_edits").to_pylist()
+    counts_col = table.column("substitutions").to_pylist()
+    todo = [i for i in range(table.num_rows)
+            if status[i] == STATUS_OK and reference[i] is not None and (edits_col[i] is None or counts_col[i] is None)]
+    if not todo:
+        return table
+    norm = get_normalizer(normalizer)
+    text = table.column("text").to_pylist()
+    pairs = [(norm(reference[i] or ""), norm(text[i] or "")) for i in todo]
+    values = {name: table.column(name).to_pylist() for name in
+              ("ref_norm", "hyp_norm", "ref_words", "substitutions", "deletions", "insertions", "word_edits")}
+    for i, (ref, hyp), alignment in zip(todo, pairs, align_many(pairs)):
+        n, s, d, ins = count(alignment)
+        for name, value in (("ref_norm", ref), ("hyp_norm", hyp), ("ref_words", n), ("substitutions", s),
+                            ("deletions", d), ("insertions", ins), ("word_edits", edits(alignment))):
+            values[name][i] = value
+    for name, value in values.items():
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(value, type=TRANSCRIPT_SCHEMA.field(name).type))
+    return table
 
 
-def _rows(rows: pa.Table, normalizer: str) -> list[_Row]:
-    """Rows of the table as :class:`_Row`; a scored row without stored counts (parts written
-    before the WER columns existed) is scored here with ``normalizer``."""
-    cols = {name: _column(rows, name) for name in ROW_COLUMNS}
-    out = []
-    norm = None
-    for i in range(rows.num_rows):
-        r = _Row(
-            cut_id=cols["cut_id"][i], status=cols["status"][i] or STATUS_ERROR, dataset=cols["dataset"][i],
-            decoding=cols["decoding"][i], speaker=cols["speaker"][i], duration=cols["duration"][i],
-            reference=cols["reference"][i], text=cols["text"][i], ref_norm=cols["ref_norm"][i],
-            hyp_norm=cols["hyp_norm"][i], ref_words=cols["ref_words"][i] or 0,
-            substitutions=cols["substitutions"][i] or 0, deletions=cols["deletions"][i] or 0,
-            insertions=cols["insertions"][i] or 0, model_id=cols["model_id"][i],
-            model_sha256=cols["model_sha256"][i], error=cols["error"][i],
-        )
-        if r.scored and (r.ref_norm is None or r.hyp_norm is None or cols["substitutions"][i] is None):
-            norm = norm or get_normalizer(normalizer)
-            r.ref_norm, r.hyp_norm = norm(r.reference or ""), norm(r.text or "")
-            ops = align(r.ref_norm, r.hyp_norm)
-            r.substitutions = sum(a.op == "S" for a in ops)
-            r.deletions = sum(a.op == "D" for a in ops)
-            r.insertions = sum(a.op == "I" for a in ops)
-            r.ref_words = sum(a.op != "I" for a in ops)
-        out.append(r)
-    return out
+# -- the queries -----------------------------------------------------------------------
+
+#: DuckDB's memory limit for building a report: beyond it, DuckDB spills to disk
+DEFAULT_MEMORY_LIMIT = "1GB"
 
 
-# -- groups ----------------------------------------------------------------------------
+def connect(memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: Optional[int] = None,
+            temp_directory: Optional[str] = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for report queries, bounded by ``memory_limit`` (it spills sorts and
+    aggregations to ``temp_directory`` beyond it)."""
+    config: dict[str, Any] = {"memory_limit": memory_limit, "preserve_insertion_order": False}
+    if threads:
+        config["threads"] = threads
+    if temp_directory:
+        config["temp_directory"] = temp_directory
+    return duckdb.connect(config=config)
+
+
+def _bucket_sql(column: str) -> str:
+    cases = " ".join(f"WHEN {column} < {hi!r} THEN '{label}'" for label, hi in zip(DURATION_BUCKETS, DURATION_EDGES))
+    return f"CASE WHEN {column} IS NULL THEN '{UNKNOWN_BUCKET}' {cases} ELSE '{DURATION_BUCKETS[-1]}' END"
+
+
+#: the report's view of the rows: counts defaulted, ``scored`` and the duration bucket computed
+_ROWS_VIEW = f"""
+CREATE OR REPLACE TEMP VIEW report_rows AS
+SELECT cut_id, coalesce(status, '{STATUS_ERROR}') AS status, dataset, decoding, speaker, duration, reference, text,
+       coalesce(ref_norm, '') AS ref_norm, coalesce(hyp_norm, '') AS hyp_norm, word_edits, model_id, model_sha256,
+       coalesce(status, '{STATUS_ERROR}') = '{STATUS_OK}' AND reference IS NOT NULL AS scored,
+       coalesce(ref_words, 0) AS ref_words, coalesce(substitutions, 0) AS substitutions,
+       coalesce(deletions, 0) AS deletions, coalesce(insertions, 0) AS insertions,
+       {_bucket_sql('duration')} AS bucket
+FROM {{source}}
+"""
+
+_COUNTS_SQL = f"""
+    count(*) AS utterances,
+    count(*) FILTER (WHERE scored) AS scored,
+    count(*) FILTER (WHERE status <> '{STATUS_OK}') AS failed,
+    count(*) FILTER (WHERE status = '{STATUS_OK}' AND reference IS NULL) AS no_reference,
+    count(*) FILTER (WHERE scored AND ref_words = 0) AS empty_reference,
+    coalesce(sum(ref_words) FILTER (WHERE scored), 0)::BIGINT AS ref_words,
+    coalesce(sum(substitutions) FILTER (WHERE scored), 0)::BIGINT AS substitutions,
+    coalesce(sum(deletions) FILTER (WHERE scored), 0)::BIGINT AS deletions,
+    coalesce(sum(insertions) FILTER (WHERE scored), 0)::BIGINT AS insertions,
+    coalesce(sum(duration) FILTER (WHERE status = '{STATUS_OK}'), 0.0) AS audio_seconds,
+    list(DISTINCT model_id) FILTER (WHERE model_id IS NOT NULL AND model_id <> '') AS model_ids,
+    list(DISTINCT model_sha256) FILTER (WHERE model_sha256 IS NOT NULL AND model_sha256 <> '') AS model_sha256s"""
+
+_GROUPS_SQL = f"""
+SELECT 'all' AS group_by, NULL::VARCHAR AS dataset, decoding, 'all' AS group_value, {_COUNTS_SQL}
+FROM report_rows GROUP BY decoding
+UNION ALL
+SELECT 'dataset', dataset, decoding, coalesce(dataset, '{NONE_LABEL}'), {_COUNTS_SQL}
+FROM report_rows GROUP BY dataset, decoding
+UNION ALL
+SELECT 'duration_bucket', dataset, decoding, bucket, {_COUNTS_SQL}
+FROM report_rows GROUP BY dataset, decoding, bucket
+UNION ALL
+SELECT 'speaker', dataset, decoding, coalesce(speaker, '{NONE_LABEL}'), {_COUNTS_SQL}
+FROM report_rows GROUP BY dataset, decoding, coalesce(speaker, '{NONE_LABEL}')
+"""
+
+# Per (dataset, decoding): substitutions, deletions, insertions from the rows' stored edits, and
+# per-word statistics from the edits and the words of the normalised texts (a reference word
+# that is neither substituted nor deleted was correct).
+_ERRORS_SQL = """
+WITH edits AS (
+    SELECT dataset, decoding, unnest(word_edits) AS e FROM report_rows WHERE scored
+), ops AS (
+    SELECT dataset, decoding, e.op AS op, e.ref AS ref, e.hyp AS hyp FROM edits
+), ref_words AS (
+    SELECT dataset, decoding, w, count(*) AS n FROM (
+        SELECT dataset, decoding, unnest(regexp_split_to_array(ref_norm, '\\s+')) AS w FROM report_rows WHERE scored
+    ) WHERE w <> '' GROUP BY ALL
+), hyp_words AS (
+    SELECT dataset, decoding, w, count(*) AS n FROM (
+        SELECT dataset, decoding, unnest(regexp_split_to_array(hyp_norm, '\\s+')) AS w FROM report_rows WHERE scored
+    ) WHERE w <> '' GROUP BY ALL
+), per_word AS (
+    SELECT dataset, decoding, w,
+           count(*) FILTER (WHERE kind = 'substituted') AS substituted,
+           count(*) FILTER (WHERE kind = 'substituted_in') AS substituted_in,
+           count(*) FILTER (WHERE kind = 'deleted') AS deleted,
+           count(*) FILTER (WHERE kind = 'inserted') AS inserted
+    FROM (
+        SELECT dataset, decoding, ref AS w, 'substituted' AS kind FROM ops WHERE op = 'S'
+        UNION ALL SELECT dataset, decoding, hyp, 'substituted_in' FROM ops WHERE op = 'S'
+        UNION ALL SELECT dataset, decoding, ref, 'deleted' FROM ops WHERE op = 'D'
+        UNION ALL SELECT dataset, decoding, hyp, 'inserted' FROM ops WHERE op = 'I'
+    ) GROUP BY ALL
+), words AS (
+    SELECT coalesce(r.dataset, h.dataset) AS dataset, coalesce(r.decoding, h.decoding) AS decoding,
+           coalesce(r.w, h.w) AS w, coalesce(r.n, 0) AS ref_count, coalesce(h.n, 0) AS hyp_count
+    FROM ref_words r FULL OUTER JOIN hyp_words h
+      ON r.dataset IS NOT DISTINCT FROM h.dataset AND r.decoding IS NOT DISTINCT FROM h.decoding AND r.w = h.w
+), word_rows AS (
+    SELECT w.dataset, w.decoding, w.w, w.ref_count, w.hyp_count,
+           coalesce(p.substituted, 0) AS substituted, coalesce(p.substituted_in, 0) AS substituted_in,
+           coalesce(p.deleted, 0) AS deleted, coalesce(p.inserted, 0) AS inserted
+    FROM words w LEFT JOIN per_word p
+      ON w.dataset IS NOT DISTINCT FROM p.dataset AND w.decoding IS NOT DISTINCT FROM p.decoding AND w.w = p.w
+), all_rows AS (
+    SELECT dataset, decoding, 0 AS kind_order, 'substitution' AS kind, ref AS ref_word, hyp AS hyp_word,
+           count(*) AS count, NULL::BIGINT AS correct, NULL::BIGINT AS ref_count, NULL::BIGINT AS hyp_count,
+           NULL::BIGINT AS substituted, NULL::BIGINT AS substituted_in, NULL::BIGINT AS deleted, NULL::BIGINT AS inserted
+    FROM ops WHERE op = 'S' GROUP BY dataset, decoding, ref, hyp
+    UNION ALL
+    SELECT dataset, decoding, 1, 'deletion', ref, NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM ops WHERE op = 'D' GROUP BY dataset, decoding, ref
+    UNION ALL
+    SELECT dataset, decoding, 2, 'insertion', NULL, hyp, count(*), NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM ops WHERE op = 'I' GROUP BY dataset, decoding, hyp
+    UNION ALL
+    SELECT dataset, decoding, 3, 'word', w, NULL, substituted + substituted_in + deleted + inserted,
+           ref_count - substituted - deleted, ref_count, hyp_count, substituted, substituted_in, deleted, inserted
+    FROM word_rows
+)
+SELECT ? AS run_id, dataset, decoding, kind, ref_word, hyp_word, count, correct, ref_count, hyp_count, substituted,
+       substituted_in, deleted, inserted
+FROM all_rows
+ORDER BY coalesce(decoding, ''), coalesce(dataset, ''), kind_order, count DESC, ref_word NULLS FIRST,
+         hyp_word NULLS FIRST
+"""
+
+_WORST_SQL = """
+SELECT dataset, decoding, cut_id, speaker, duration, ref_words, substitutions + deletions + insertions AS errors,
+       reference, text, ref_norm, hyp_norm
+FROM report_rows
+WHERE scored AND substitutions + deletions + insertions > 0
+ORDER BY errors DESC, (substitutions + deletions + insertions)::DOUBLE / greatest(ref_words, 1) DESC, cut_id
+LIMIT ?
+"""
 
 GroupKey = tuple[str, Optional[str], Optional[str], str]  # group_by, dataset, decoding, group_value
-
-
-def _group_keys(r: _Row) -> Iterable[GroupKey]:
-    yield ("all", None, r.decoding, "all")
-    yield ("dataset", r.dataset, r.decoding, r.dataset if r.dataset is not None else NONE_LABEL)
-    yield ("duration_bucket", r.dataset, r.decoding, duration_bucket(r.duration))
-    yield ("speaker", r.dataset, r.decoding, r.speaker if r.speaker is not None else NONE_LABEL)
 
 
 def _sort_key(key: GroupKey) -> tuple:
@@ -329,116 +401,61 @@ def _sort_key(key: GroupKey) -> tuple:
     return (decoding or "", GROUP_ORDER.index(group_by), dataset or "", value_key)
 
 
-def _join(values: Iterable[Optional[str]]) -> Optional[str]:
-    present = sorted({v for v in values if v})
+def _join(values: Optional[Iterable[str]]) -> Optional[str]:
+    present = sorted(set(values or []))
     return ",".join(present) if present else None
 
 
-def group_table(rows: list[_Row], run_id: str, normalizer: str, created_at: datetime) -> pa.Table:
-    """The ``report.parquet`` table (:data:`REPORT_SCHEMA`) of some rows."""
-    accs: dict[GroupKey, _Acc] = defaultdict(_Acc)
-    for r in rows:
-        for key in _group_keys(r):
-            accs[key].add(r)
+def group_table(con: duckdb.DuckDBPyConnection, run_id: str, normalizer: str, created_at: datetime) -> pa.Table:
+    """The ``report.parquet`` table (:data:`REPORT_SCHEMA`) of the rows in ``report_rows``."""
+    groups = con.sql(_GROUPS_SQL).to_arrow_table().to_pylist()  # one row per group: small
+    groups.sort(key=lambda g: _sort_key((g["group_by"], g["dataset"], g["decoding"], g["group_value"])))
     columns: dict[str, list[Any]] = {name: [] for name in REPORT_SCHEMA.names}
-    for key in sorted(accs, key=_sort_key):
-        group_by, dataset, decoding, value = key
-        acc = accs[key]
-        errors = acc.substitutions + acc.deletions + acc.insertions
+    for g in groups:
+        errors = g["substitutions"] + g["deletions"] + g["insertions"]
         values: dict[str, Any] = dict(
-            run_id=run_id, dataset=dataset, decoding=decoding, group_by=group_by, group_value=value,
-            errors=errors, wer=errors / acc.ref_words if acc.ref_words else None,
-            audio_seconds=round(acc.audio_seconds, 6), model_id=_join(m for m, _ in acc.models),
-            model_sha256=_join(s for _, s in acc.models), normalizer=normalizer, created_at=created_at,
+            g, run_id=run_id, errors=errors, wer=errors / g["ref_words"] if g["ref_words"] else None,
+            audio_seconds=round(g["audio_seconds"], 6), model_id=_join(g["model_ids"]),
+            model_sha256=_join(g["model_sha256s"]), normalizer=normalizer, created_at=created_at,
         )
-        values.update({name: getattr(acc, name) for name in _COUNTS})
         for name in REPORT_SCHEMA.names:
             columns[name].append(values[name])
     return pa.Table.from_pydict(columns, schema=REPORT_SCHEMA)
 
 
-# -- error details ---------------------------------------------------------------------
+def error_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
+    """The ``errors.parquet`` table (:data:`ERRORS_SCHEMA`) of the rows in ``report_rows``."""
+    return con.sql(_ERRORS_SQL, params=[run_id]).to_arrow_table().cast(ERRORS_SCHEMA)
 
 
-def _alignments(rows: list[_Row], chunk: int = 5000) -> list[list[AlignedWord]]:
-    """Alignments of the rows' normalised texts, in order (one jiwer call per ``chunk`` rows)."""
-    out: list[list[AlignedWord]] = []
-    for start in range(0, len(rows), chunk):
-        out += align_many([(r.ref_norm or "", r.hyp_norm or "") for r in rows[start:start + chunk]])
-    return out
-
-
-@dataclass
-class _WordStats:
-    correct: int = 0
-    ref_count: int = 0
-    hyp_count: int = 0
-    substituted: int = 0
-    substituted_in: int = 0
-    deleted: int = 0
-    inserted: int = 0
-
-    @property
-    def errors(self) -> int:
-        return self.substituted + self.substituted_in + self.deleted + self.inserted
-
-
-def error_table(scored: list[_Row], alignments: list[list[AlignedWord]], run_id: str) -> pa.Table:
-    """The ``errors.parquet`` table (:data:`ERRORS_SCHEMA`) from scored rows and their alignments."""
-    per_set: dict[tuple[Optional[str], Optional[str]], dict[str, Any]] = {}
-    for r, ops in zip(scored, alignments):
-        key = (r.dataset, r.decoding)
-        if key not in per_set:
-            per_set[key] = {"sub": Counter(), "del": Counter(), "ins": Counter(), "words": defaultdict(_WordStats)}
-        d = per_set[key]
-        words: dict[str, _WordStats] = d["words"]
-        for a in ops:
-            if a.ref is not None:
-                words[a.ref].ref_count += 1
-            if a.hyp is not None:
-                words[a.hyp].hyp_count += 1
-            if a.op == "C":
-                words[a.ref].correct += 1  # type: ignore[index]
-            elif a.op == "S":
-                d["sub"][(a.ref, a.hyp)] += 1
-                words[a.ref].substituted += 1  # type: ignore[index]
-                words[a.hyp].substituted_in += 1  # type: ignore[index]
-            elif a.op == "D":
-                d["del"][a.ref] += 1
-                words[a.ref].deleted += 1  # type: ignore[index]
-            else:
-                d["ins"][a.hyp] += 1
-                words[a.hyp].inserted += 1  # type: ignore[index]
-    records: list[dict[str, Any]] = []
-    for (dataset, decoding) in sorted(per_set, key=lambda k: (k[1] or "", k[0] or "")):
-        d = per_set[(dataset, decoding)]
-        base = dict(run_id=run_id, dataset=dataset, decoding=decoding)
-        for (ref, hyp), n in sorted(d["sub"].items(), key=lambda kv: (-kv[1], kv[0])):
-            records.append(dict(base, kind="substitution", ref_word=ref, hyp_word=hyp, count=n))
-        for ref, n in sorted(d["del"].items(), key=lambda kv: (-kv[1], kv[0])):
-            records.append(dict(base, kind="deletion", ref_word=ref, count=n))
-        for hyp, n in sorted(d["ins"].items(), key=lambda kv: (-kv[1], kv[0])):
-            records.append(dict(base, kind="insertion", hyp_word=hyp, count=n))
-        for word, st in sorted(d["words"].items(), key=lambda kv: (-kv[1].errors, kv[0])):
-            records.append(dict(base, kind="word", ref_word=word, count=st.errors, correct=st.correct,
-                                ref_count=st.ref_count, hyp_count=st.hyp_count, substituted=st.substituted,
-                                substituted_in=st.substituted_in, deleted=st.deleted, inserted=st.inserted))
-    return pa.Table.from_pylist(records, schema=ERRORS_SCHEMA)
-
-
-def worst_utterances(scored: list[_Row], alignments: list[list[AlignedWord]], n: int) -> list[WorstUtterance]:
-    """The ``n`` scored utterances with the most errors (ties: higher WER first, then cut id)."""
-    ranked = sorted(
-        (i for i, r in enumerate(scored) if r.errors > 0),
-        key=lambda i: (-scored[i].errors, -(scored[i].errors / max(scored[i].ref_words, 1)), scored[i].cut_id),
-    )[:n]
+def worst_utterances(con: duckdb.DuckDBPyConnection, n: int) -> list[WorstUtterance]:
+    """The ``n`` scored utterances with the most errors (ties: higher WER first, then cut id),
+    each aligned again for display (``n`` rows, never the run)."""
+    rows = con.sql(_WORST_SQL, params=[n]).to_arrow_table().to_pylist() if n > 0 else []
+    alignments = align_many([(r["ref_norm"], r["hyp_norm"]) for r in rows])
     return [
-        WorstUtterance(dataset=scored[i].dataset, decoding=scored[i].decoding, cut_id=scored[i].cut_id,
-                       speaker=scored[i].speaker, duration=scored[i].duration, ref_words=scored[i].ref_words,
-                       errors=scored[i].errors, reference=scored[i].reference or "", text=scored[i].text or "",
-                       alignment=alignments[i])
-        for i in ranked
+        WorstUtterance(dataset=r["dataset"], decoding=r["decoding"], cut_id=r["cut_id"], speaker=r["speaker"],
+                       duration=r["duration"], ref_words=r["ref_words"], errors=r["errors"],
+                       reference=r["reference"] or "", text=r["text"] or "", alignment=a)
+        for r, a in zip(rows, alignments)
     ]
+
+
+def build_report_sql(con: duckdb.DuckDBPyConnection, source: str, *, run_id: str, normalizer: str = "english",
+                     created_at: Optional[datetime] = None, history: Optional[pa.Table] = None,
+                     verdicts: Sequence[Verdict] = (), worst_n: int = 20) -> Report:
+    """Build a report with DuckDB from ``source``: a table expression over transcript rows that
+    carry their stored alignment (e.g. ``read_parquet([...], union_by_name = true)`` over parts,
+    or a registered Arrow table made by :func:`complete_rows`)."""
+    created = created_at or datetime.now(timezone.utc)
+    con.execute(_ROWS_VIEW.format(source=source))
+    return Report(
+        run_id=run_id, created_at=created, normalizer=normalizer,
+        table=group_table(con, run_id, normalizer, created),
+        errors=error_table(con, run_id),
+        worst=worst_utterances(con, worst_n),
+        history=history, verdicts=list(verdicts),
+    )
 
 
 def build_report(
@@ -450,24 +467,24 @@ def build_report(
     history: Optional[pa.Table] = None,
     verdicts: Sequence[Verdict] = (),
     worst_n: int = 20,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
 ) -> Report:
-    """Build the report of a run from its transcript rows (pure; nothing is written).
+    """Build the report of transcript rows held in memory (pure; nothing is written). Runs the
+    rows' parts on disk go through :func:`pipeline.report.files.build_run_report` instead, which
+    never loads them into Python.
 
     ``history`` (rows of ``wer_history``, :data:`pipeline.report.history.HISTORY_SCHEMA`) adds the
     WER-over-time plot to the HTML; ``verdicts`` (from :func:`pipeline.report.history.compare`) add
     the regression verdicts to Markdown and HTML.
     """
-    created = created_at or datetime.now(timezone.utc)
-    parsed = _rows(rows, normalizer)
-    scored = [r for r in parsed if r.scored]
-    alignments = _alignments(scored)
-    return Report(
-        run_id=run_id, created_at=created, normalizer=normalizer,
-        table=group_table(parsed, run_id, normalizer, created),
-        errors=error_table(scored, alignments, run_id),
-        worst=worst_utterances(scored, alignments, worst_n),
-        history=history, verdicts=list(verdicts),
-    )
+    table = complete_rows(rows, normalizer)
+    con = connect(memory_limit)
+    try:
+        con.register("input_rows", table)
+        return build_report_sql(con, "input_rows", run_id=run_id, normalizer=normalizer, created_at=created_at,
+                                history=history, verdicts=verdicts, worst_n=worst_n)
+    finally:
+        con.close()
 
 
 # -- labels the renderers share --------------------------------------------------------

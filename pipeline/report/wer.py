@@ -26,6 +26,7 @@ __all__ = [
     "align",
     "align_many",
     "corpus_wer",
+    "edits",
     "format_alignment",
     "score",
     "score_row",
@@ -121,6 +122,11 @@ def word_errors(reference: str, hypothesis: str, normalizer: str = DEFAULT_NORMA
     return score(reference, hypothesis, normalizer)[0]
 
 
+def edits(alignment: list[AlignedWord]) -> list[dict[str, Optional[str]]]:
+    """The errors of an alignment as stored in a row's ``word_edits``: ``{op, ref, hyp}``."""
+    return [{"op": a.op, "ref": a.ref, "hyp": a.hyp} for a in alignment if a.op != "C"]
+
+
 def format_alignment(alignment: list[AlignedWord]) -> str:
     """icefall ``errs-*`` style: ``the (cat->bat) sat (on->*) (*->uh) mat``."""
     parts = []
@@ -143,7 +149,7 @@ def corpus_wer(references: Sequence[str], hypotheses: Sequence[str], normalizer:
 
 def score_row(row: Any, normalizer: str) -> None:
     """Fill a transcript row's WER columns (``ref_words``, ``errors``, ``substitutions``,
-    ``deletions``, ``insertions``, ``ref_norm``, ``hyp_norm``) from its ``reference`` and
+    ``deletions``, ``insertions``, ``ref_norm``, ``hyp_norm``, ``word_edits``) from its ``reference`` and
     ``text``. A row without a reference is left alone; a failed row (or one without text)
     gets only ``ref_norm``: what would have been compared, counting nothing."""
     if row.reference is None:
@@ -151,7 +157,8 @@ def score_row(row: Any, normalizer: str) -> None:
     if row.status != STATUS_OK or row.text is None:
         row.ref_norm = get_normalizer(normalizer)(row.reference)
         return
-    errs = word_errors(row.reference, row.text, normalizer)
+    errs, alignment = score(row.reference, row.text, normalizer)
+    row.word_edits = edits(alignment)
     row.ref_words, row.errors = errs.ref_words, errs.errors
     row.substitutions, row.deletions, row.insertions = errs.substitutions, errs.deletions, errs.insertions
     row.ref_norm, row.hyp_norm = errs.ref_norm, errs.hyp_norm

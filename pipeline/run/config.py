@@ -6,11 +6,11 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from pipeline.longform.pauses import PauseSplit
 
-__all__ = ["TranscribeConfig", "check_run_id", "long_audio_label", "new_run_id"]
+__all__ = ["TranscribeConfig", "check_run_id", "decoding_list", "long_audio_label", "new_run_id"]
 
 
 @dataclass
@@ -22,7 +22,11 @@ class TranscribeConfig:
     output: str
     run_id: Optional[str] = None
     dataset: Optional[str] = None
+    #: decoding options (``model.decoding.DecodingConfig`` fields); ``method`` is the first method
     decoding: dict[str, Any] = field(default_factory=dict)
+    #: further methods decoded from the same encoder output of every batch (``--decoding`` given
+    #: several times): each cut gets one row per method, all in the shard's one part
+    extra_methods: tuple[str, ...] = ()
     #: icefall's choice of weights: epoch / iter / avg / use_averaged_model (model.weights.WeightsSelection)
     weights: dict[str, Any] = field(default_factory=dict)
     num_actors: Optional[str] = None  # "N" or "MIN:MAX"; None: from the cluster (pipeline.run.resources)
@@ -48,6 +52,11 @@ class TranscribeConfig:
     segments: str = "cuts"  # or "supervisions": one row per supervision segment
     #: windows of long cuts are transcribed as the speech between their pauses; None: whole
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
+
+
+def decoding_list(decoding: dict[str, Any], extra_methods: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The decodings of a run: ``decoding`` itself, then one copy per extra method."""
+    return [dict(decoding)] + [{**decoding, "method": method} for method in extra_methods]
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")

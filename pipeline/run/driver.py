@@ -44,7 +44,7 @@ from pipeline.plan.items import plan_items
 from pipeline.plan.preview import PlanSummary, preview
 from pipeline.plan.windows import plan_windows
 
-from .config import TranscribeConfig, check_run_id, long_audio_label, new_run_id
+from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_label, new_run_id
 from .progress import Progress
 from .resources import StageResources, alive_nodes, plan_resources, wait_for_resources
 from .model_stage import ShardTranscriber
@@ -66,10 +66,11 @@ class ModelFacts:
     model_dir: Path
     sha256: str
     model_id: str
-    decoding: str
+    decoding: str  # the labels of every decoding, "; "-joined
     weights: str = ""  # which weights: file(s) and how they were combined
     tokenizer: str = ""  # the tokenizer file, relative to model_dir
     notes: tuple[str, ...] = ()  # what loading decided on its own (e.g. full context for a causal model)
+    decodings: tuple[str, ...] = ()  # each decoding's label, in order: rows carry one of them
 
 
 def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
@@ -81,15 +82,17 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
         next(iter(iter_work_items(uri, dataset=cfg.dataset, probe_durations=False)), None)  # ManifestError / StorageError
     weights = WeightsSelection.from_dict(cfg.weights)
     model_dir = local_model_dir(cfg.model, weights=weights)
-    recognizer = Recognizer.from_dir(model_dir, decoding=dict(cfg.decoding), weights=weights)
+    recognizer = Recognizer.from_dir(model_dir, decoding=decoding_list(cfg.decoding, cfg.extra_methods),
+                                     weights=weights)
     info = recognizer.info
-    return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding=recognizer.decoding.label(),
-                      weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes)
+    labels = tuple(d.label() for d in recognizer.decodings)
+    return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding="; ".join(labels),
+                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes)
 
 
 def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
     """The settings a shard's part depends on: a change to any of them redoes the shard."""
-    return (facts.sha256, facts.decoding, json.dumps(cfg.decoding, sort_keys=True),
+    return (facts.sha256, facts.decoding, json.dumps(decoding_list(cfg.decoding, cfg.extra_methods), sort_keys=True),
             f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"max_batch_seconds={cfg.max_batch_seconds}",
             f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
             long_audio_label(cfg))
@@ -110,7 +113,7 @@ def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str
     """The transcriber's configuration for a run."""
     return ActorConfig(
         model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
-        weights=cfg.weights,
+        extra_methods=tuple(cfg.extra_methods), weights=cfg.weights,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
         rescoring_dtype=cfg.rescoring_dtype, num_threads=threads, normalizer=cfg.normalizer,
         pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
@@ -238,7 +241,7 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     summary = RunSummary(
         run_id=run_id, manifest=list(cfg.manifest), output=cfg.output, model_id=facts.model_id,
         model_sha256=facts.sha256, model_weights=facts.weights, model_notes=list(facts.notes),
-        decoding=facts.decoding, started_at=datetime.now(timezone.utc).isoformat(),
+        decoding=facts.decoding, decodings=list(facts.decodings), started_at=datetime.now(timezone.utc).isoformat(),
         num_actors=res.max_actors, transcripts_uri=paths.transcripts, shards_total=plan.shards,
         resources_per_actor={"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor},
         plan={"uri": paths.plan, "reused": reused, "inputs_changed": changed, "cuts": plan.cuts,

@@ -56,6 +56,8 @@ class RunSummary:
     model_weights: str = ""
     #: what loading the model decided on its own (e.g. full context for a causal model's training chunk list)
     model_notes: list[str] = field(default_factory=list)
+    #: each decoding's label (several when --decoding was given several times; ``decoding`` joins them)
+    decodings: list[str] = field(default_factory=list)
     #: the encoder's precision on the actors, and why (model.precision: --precision auto picks by device)
     precision: list[str] = field(default_factory=list)
     #: batches split in halves after an out-of-memory, and the smallest batch budget (padded seconds)

@@ -20,6 +20,7 @@ class ShardTask:
     fingerprint: str
     part_uri: str
     windows_part_uri: Optional[str] = None  # where the rows of the shard's long-cut windows go
+    words_part_uri: Optional[str] = None  # where the words of the shard's (short) cuts go
 
 
 @dataclass
@@ -66,4 +67,6 @@ def shard_task(shard: Shard, settings: StageSettings, fingerprint: Optional[str]
     paths = RunPaths(settings.output, settings.run_id)
     fp = fingerprint or shard.fingerprint(*settings.fingerprint_parts)
     windows = paths.windows_part(shard.shard_id) if any(i.is_window for i in shard.items) else None
-    return ShardTask(shard=shard, fingerprint=fp, part_uri=paths.part(shard.shard_id), windows_part_uri=windows)
+    part = paths.part(shard.shard_id)
+    return ShardTask(shard=shard, fingerprint=fp, part_uri=part, windows_part_uri=windows,
+                     words_part_uri=paths.words_part(part))

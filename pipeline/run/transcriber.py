@@ -31,12 +31,15 @@ from model.weights import WeightsSelection
 from pipeline.inputs.items import WorkItem
 from pipeline.io.model_store import local_model_dir
 from pipeline.io.ranges import RangeReader
+from pipeline.longform.merge import WORD_MARK
 from pipeline.longform.pauses import PauseSplit, join_transcripts, speech_pieces
 from pipeline.output import parquet
+from pipeline.output.words import words_table
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
 from pipeline.plan.batching import pack_batches
 from pipeline.report.wer import score_row
 
+from .config import decoding_list
 from .heap import limit_kernel_cache, trim_heap
 from .shard_audio import MIN_SECONDS, SAMPLE_RATE, ShardAudio, channel_of, load_shard_audio
 from .tasks import ShardResult, ShardTask
@@ -113,6 +116,7 @@ class ActorConfig:
     output_uri: str
     run_id: str
     decoding: dict[str, Any] = field(default_factory=dict)
+    extra_methods: tuple[str, ...] = ()  # further methods decoded from each batch's encoder output
     weights: dict[str, Any] = field(default_factory=dict)  # model.weights.WeightsSelection fields
     max_batch_seconds: float = 160.0
     max_batch_size: Optional[int] = None
@@ -140,7 +144,7 @@ class Transcriber:
         weights = WeightsSelection.from_dict(config.weights)
         model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256, weights=weights)
         self.recognizer = Recognizer.from_dir(
-            model_dir, decoding=dict(config.decoding),  # overrides of the model's config.json 'decoding'
+            model_dir, decoding=decoding_list(config.decoding, config.extra_methods),  # overrides of config.json's
             device=self.device, amp_dtype=config.amp_dtype, rescoring_dtype=config.rescoring_dtype,
             checkpoint_sha256=config.model_sha256,  # the driver's: the same weights on every node
             weights=weights,
@@ -158,13 +162,15 @@ class Transcriber:
         """Model and device facts for the run summary."""
         info = self.recognizer.info
         return {"worker": self.worker, "device": str(self.device), "model_id": info.name,
-                "model_sha256": info.sha256, "decoding": self.decoding_label()}
+                "model_sha256": info.sha256, "decoding": "; ".join(self.decoding_labels())}
 
-    def decoding_label(self) -> str:
-        return self.recognizer.decoding.label()
+    def decoding_labels(self) -> list[str]:
+        """The label of each decoding, in order: what the rows' ``decoding`` column holds."""
+        return [d.label() for d in self.recognizer.decodings]
 
     # -- rows ----------------------------------------------------------------
-    def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str]) -> TranscriptRow:
+    def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str],
+             decoding: str) -> TranscriptRow:
         info = self.recognizer.info
         window = item.is_window
         row = (WindowRow if window else TranscriptRow)(
@@ -172,7 +178,7 @@ class Transcriber:
             recording_id=item.recording_id, source=item.source, channel=channel_of(item), start=item.start,
             duration=item.duration, reference=item.reference, speaker=item.speaker, language=item.language,
             dataset=item.dataset, error=error, model_id=info.name, model_sha256=info.sha256,
-            decoding=self.decoding_label(), shard_id=shard_id, worker=self.worker,
+            decoding=decoding, shard_id=shard_id, worker=self.worker,
         )
         if transcript is not None:
             row.text = transcript.text
@@ -181,6 +187,7 @@ class Transcriber:
             row.ctc_score = transcript.ctc_score
             row.attention_score = transcript.attention_score
             row.confidence = transcript.confidence
+            row.token_confidences = transcript.token_confidences
         if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
             row.window_index, row.window_count = item.window_index, item.window_count
             row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
@@ -189,8 +196,9 @@ class Transcriber:
         score_row(row, self.config.normalizer)
         return row
 
-    def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
-        """Transcripts (or error messages) for a batch, in order.
+    def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[list[Transcript] | str]:
+        """For each cut of a batch, in order: its transcript by each decoding (one encoder pass),
+        or an error message.
 
         * Out of memory: the batch is split in halves (shortest and longest cuts apart) and the
           actor's budget (:attr:`max_batch_seconds`) drops to half the failed batch's padded
@@ -207,14 +215,14 @@ class Transcriber:
             return self._in_halves(waves, times)
         failure, oom = "", False
         try:
-            transcripts, t = self.recognizer.transcribe(waves)
+            per_decoding, t = self.recognizer.transcribe_all(waves)
         except Exception as exc:  # noqa: BLE001 - classified below, after the except block
             if is_fatal_device_error(exc):
                 raise DeviceFailure(f"{type(exc).__name__}: {exc}") from exc
             failure, oom = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", is_out_of_memory(exc)
         else:
             times.add(t)
-            return list(transcripts)
+            return [list(of_cut) for of_cut in zip(*per_decoding)]
         release_memory(self.device)
         if len(waves) == 1:
             return [f"model failed: {failure}" + (f" ({padded:.1f} s alone does not fit)" if oom else "")]
@@ -228,7 +236,7 @@ class Transcriber:
             return self._in_halves(waves, times)
         return [self._transcribe([w], times)[0] for w in waves]
 
-    def probe_memory(self) -> list[Transcript | str]:
+    def probe_memory(self) -> list[list[Transcript] | str]:
         """Run the largest batch this run can produce once (as many cuts of the longest duration,
         ``max_cut_seconds``, as the budget holds), so that running out of memory happens here,
         lowering the budget (:meth:`_transcribe`), and not on the first long shard. Called at
@@ -245,9 +253,9 @@ class Transcriber:
                  self.max_batch_seconds)
         return results
 
-    def _in_halves(self, waves: list[np.ndarray], times: StageTimes) -> list[Transcript | str]:
+    def _in_halves(self, waves: list[np.ndarray], times: StageTimes) -> list[list[Transcript] | str]:
         order = sorted(range(len(waves)), key=lambda i: waves[i].size)
-        out: list[Transcript | str] = [""] * len(waves)
+        out: list[list[Transcript] | str] = [""] * len(waves)
         for part in (order[: len(order) // 2], order[len(order) // 2:]):
             for i, result in zip(part, self._transcribe([waves[i] for i in part], times)):
                 out[i] = result
@@ -258,9 +266,9 @@ class Transcriber:
         return self.config.pause_split is not None and (item.is_window or long)
 
     def _transcribe_batch(self, items: list[WorkItem], waves: list[np.ndarray],
-                          times: StageTimes) -> tuple[list[Transcript | str], float, float]:
-        """Transcripts (or error messages) of a batch's cuts, and the seconds of audio the model saw
-        without and with padding.
+                          times: StageTimes) -> tuple[list[list[Transcript] | str], float, float]:
+        """Transcripts by each decoding (or error messages) of a batch's cuts, and the seconds of
+        audio the model saw without and with padding.
 
         Windows of long cuts are cut at their pauses (:mod:`pipeline.longform.pauses`); the pieces of the
         whole batch are packed into duration-sorted model batches of their own and joined back
@@ -273,11 +281,11 @@ class Transcriber:
             return (self._transcribe(waves, times), sum(w.size for w in waves) / SAMPLE_RATE,
                     len(waves) * max(w.size for w in waves) / SAMPLE_RATE)
         padded = 0.0
-        results: list[Transcript | str] = []
+        results: list[list[Transcript] | str] = []
         min_size = int(MIN_SECONDS * SAMPLE_RATE)
         order = pack_batches(list(range(len(pieces))), [p[2].size / SAMPLE_RATE for p in pieces],
                              self.max_batch_seconds, self.config.max_batch_size)
-        by_piece: dict[int, Transcript | str] = {}
+        by_piece: dict[int, list[Transcript] | str] = {}
         for sub in order:
             sub_waves = [np.pad(pieces[j][2], (0, max(0, min_size - pieces[j][2].size))) for j in sub.items]
             by_piece.update(zip(sub.items, self._transcribe(sub_waves, times)))
@@ -290,8 +298,12 @@ class Transcriber:
             if failed:
                 results.append(f"{failed[0]} (in {len(failed)} of the {len(mine)} pieces cut at pauses)")
                 continue
-            results.append(join_transcripts([(pieces[j][1] / SAMPLE_RATE, pieces[j][2].size / SAMPLE_RATE, by_piece[j])
-                                             for j in mine], self.recognizer.tokenizer.decode))
+            tok = self.recognizer.tokenizer
+            results.append([
+                join_transcripts([(pieces[j][1] / SAMPLE_RATE, pieces[j][2].size / SAMPLE_RATE, by_piece[j][d])
+                                  for j in mine], tok.decode, lambda i: tok.id_to_piece(i).startswith(WORD_MARK),
+                                 tok.piece_to_id(WORD_MARK) if WORD_MARK in tok else None)
+                for d in range(len(self.recognizer.decodings))])
         return results, sum(p[2].size for p in pieces) / SAMPLE_RATE, padded
 
     # -- shards --------------------------------------------------------------
@@ -313,15 +325,17 @@ class Transcriber:
         result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(batches),
                              worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds)
         times = StageTimes()
+        labels = self.decoding_labels()
         rows: list[TranscriptRow] = []
         errors = list(audio.errors)
         for batch in batches:
             index = [at[id(item)] for item in batch.items]
-            transcripts: dict[int, Transcript] = {}
+            transcripts: dict[int, list[Transcript]] = {}
             for k in index:
                 samples = audio.samples[k]
                 if samples is not None and float(np.abs(samples).max(initial=0.0)) < SILENCE_PEAK:
-                    transcripts[k] = Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0)
+                    transcripts[k] = [Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0)
+                                      for _ in labels]
                     result.audio_seconds += audio.durations[k]
             good = [k for k in index if audio.samples[k] is not None and k not in transcripts]
             if good:
@@ -337,18 +351,24 @@ class Transcriber:
                 result.padded_seconds += padded
             trim_heap()  # the batch's tensors are freed: give the memory back (pipeline.run.heap)
             for k in index:
-                row = self._row(shard.items[k], shard.shard_id, transcripts.get(k), errors[k])
-                if row.duration is None:
-                    row.duration = audio.durations[k]
-                rows.append(row)
+                for d, label in enumerate(labels):
+                    row = self._row(shard.items[k], shard.shard_id, transcripts[k][d] if k in transcripts else None,
+                                    errors[k], label)
+                    if row.duration is None:
+                        row.duration = audio.durations[k]
+                    rows.append(row)
         order = {(item.cut_id, item.window_index): i for i, item in enumerate(shard.items)}
-        rows.sort(key=lambda r: order[(r.cut_id, getattr(r, "window_index", None))])  # manifest order
+        rank = {label: d for d, label in enumerate(labels)}
+        # manifest order, each cut's decodings in the order given
+        rows.sort(key=lambda r: (order[(r.cut_id, getattr(r, "window_index", None))], rank[r.decoding]))
         windows = [r for r in rows if isinstance(r, WindowRow)]
         rows = [r for r in rows if not isinstance(r, WindowRow)]
-        result.cuts_ok = sum(r.status == STATUS_OK for r in rows)
-        result.cuts_error = len(rows) - result.cuts_ok
-        result.windows_ok = sum(r.status == STATUS_OK for r in windows)
-        result.windows_error = len(windows) - result.windows_ok
+        first = [r for r in rows if r.decoding == labels[0]]  # cuts are counted once, not once per decoding
+        result.cuts_ok = sum(r.status == STATUS_OK for r in first)
+        result.cuts_error = len(first) - result.cuts_ok
+        first_windows = [r for r in windows if r.decoding == labels[0]]
+        result.windows_ok = sum(r.status == STATUS_OK for r in first_windows)
+        result.windows_error = len(first_windows) - result.windows_ok
         result.stage_seconds = times.as_dict()
         result.oom_splits = self.oom_splits - splits_before
         result.batch_budget_seconds = self.max_batch_seconds
@@ -359,5 +379,9 @@ class Transcriber:
             if task.windows_part_uri is None:
                 raise ValueError(f"shard {shard.shard_id} holds windows of long cuts but no windows part was given")
             parquet.write_part(task.windows_part_uri, rows_to_table(windows, WINDOW_SCHEMA), task.fingerprint)
+        if task.words_part_uri is not None and rows:  # before the transcripts part, which marks the shard done
+            tokenizer = self.recognizer.tokenizer
+            words = words_table(rows, tokenizer.id_to_piece, tokenizer.decode, self.recognizer.decoding.frame_shift_s)
+            parquet.write_part(task.words_part_uri, words, task.fingerprint)
         parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
         return result
