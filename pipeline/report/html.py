@@ -268,17 +268,13 @@ def render_html(report: Report, top_errors: int = 15) -> str:
     body.append("</details>")
 
     body.append('<h2 id="errors">Most frequent errors</h2>')
-    errors = report.errors.to_pylist()
-    sets = sorted({(e["dataset"], e["decoding"]) for e in errors}, key=lambda k: (k[1] or "", k[0] or ""))
+    sets = report.error_sets()
     if not sets:
         body.append("<p>No errors.</p>")
     for key in sets:
-        mine = [e for e in errors if (e["dataset"], e["decoding"]) == key]
         body.append(f"<h3>{_e(dataset_label(*key))}</h3><div class=\"plots\">")
-        subs = [e for e in mine if e["kind"] == "substitution"][:top_errors]
-        dels = [e for e in mine if e["kind"] == "deletion"][:top_errors]
-        ins = [e for e in mine if e["kind"] == "insertion"][:top_errors]
-        words = [e for e in mine if e["kind"] == "word" and e["count"] > 0][:top_errors]
+        subs, dels, ins, words = (report.top_errors(*key, kind, top_errors)
+                                  for kind in ("substitution", "deletion", "insertion", "word"))
         body.append("<div><b>Substitutions</b>" + _table(("ref", "hyp", "count"), [(e["ref_word"], e["hyp_word"], e["count"]) for e in subs], left=2) + "</div>")
         body.append("<div><b>Deletions</b>" + _table(("ref", "count"), [(e["ref_word"], e["count"]) for e in dels]) + "</div>")
         body.append("<div><b>Insertions</b>" + _table(("hyp", "count"), [(e["hyp_word"], e["count"]) for e in ins]) + "</div>")

@@ -54,15 +54,10 @@ def render_markdown(report: Report, top: int = 20, speakers: int = 20) -> str:
     lines += ["", f"## Speakers (worst {min(speakers, len(spk))} of {len(spk)} by WER)", ""]
     lines += _md_table(GROUP_HEADER, [_group_row(g, f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")
                                       for g in spk[:speakers]])
-    errors = report.errors.to_pylist()
-    sets = sorted({(e["dataset"], e["decoding"]) for e in errors}, key=lambda k: (k[1] or "", k[0] or ""))
-    for dataset, decoding in sets:
-        mine = [e for e in errors if (e["dataset"], e["decoding"]) == (dataset, decoding)]
+    for dataset, decoding in report.error_sets():
         lines += ["", f"## Errors: {dataset_label(dataset, decoding)}", ""]
-        subs = [e for e in mine if e["kind"] == "substitution"][:top]
-        dels = [e for e in mine if e["kind"] == "deletion"][:top]
-        ins = [e for e in mine if e["kind"] == "insertion"][:top]
-        words = [e for e in mine if e["kind"] == "word" and e["count"] > 0][:top]
+        subs, dels, ins, words = (report.top_errors(dataset, decoding, kind, top)
+                                  for kind in ("substitution", "deletion", "insertion", "word"))
         lines += [f"Most frequent substitutions (ref -> hyp), top {len(subs)}:", ""]
         lines += _md_table(("count", "ref", "hyp"), [(e["count"], e["ref_word"], e["hyp_word"]) for e in subs])
         lines += ["", f"Most frequent deletions, top {len(dels)}:", ""]

@@ -55,6 +55,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, TRANSCRIPT_SCHEMA
 
@@ -215,6 +216,25 @@ class Report:
     def overall(self) -> list[dict[str, Any]]:
         """The ``group_by='all'`` rows (one per decoding)."""
         return self.groups("all")
+
+    def error_sets(self) -> list[tuple[Optional[str], Optional[str]]]:
+        """The (dataset, decoding) pairs that have rows in :attr:`errors`, in report order."""
+        pairs = self.errors.select(["dataset", "decoding"]).group_by(["dataset", "decoding"]).aggregate([])
+        return sorted(zip(pairs.column("dataset").to_pylist(), pairs.column("decoding").to_pylist()),
+                      key=lambda k: (k[1] or "", k[0] or ""))
+
+    def top_errors(self, dataset: Optional[str], decoding: Optional[str], kind: str, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` rows of one kind of :attr:`errors` for a (dataset, decoding), most
+        frequent first (``word`` rows: only words with errors). Filters the Arrow table, so a
+        report of a million rows renders without turning its error table into Python objects."""
+        def eq(name: str, value: Optional[str]) -> Any:
+            column = self.errors.column(name)
+            return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+
+        mask = pc.and_(pc.and_(eq("dataset", dataset), eq("decoding", decoding)), eq("kind", kind))
+        if kind == "word":
+            mask = pc.and_(mask, pc.greater(self.errors.column("count"), 0))
+        return self.errors.filter(mask).slice(0, n).to_pylist()
 
 
 # -- rows a report can read ------------------------------------------------------------
