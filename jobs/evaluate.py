@@ -74,6 +74,7 @@ from model.decoding import METHODS  # noqa: E402
 from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
+    add_backend_option,
     add_model_options,
     add_longform_options,
     add_plan_options,
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--worst", type=int, default=20, metavar="N", help="worst utterances shown in the report (default 20)")
 
     add_model_options(p)
+    add_backend_option(p)
     add_resource_options(p, "resources and batching (as jobs/transcribe.py)")
     add_longform_options(p)
     add_s3_options(p)

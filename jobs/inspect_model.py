@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoint import ModelLoadError  # noqa: E402
 from model.inspection import format_report, inspect_model  # noqa: E402
-from model.weights import WeightsSelection  # noqa: E402
-from pipeline.cli import add_model_options, add_s3_options, apply_s3_options  # noqa: E402
+from pipeline.cli import add_model_options, add_s3_options, apply_s3_options, model_choice  # noqa: E402
 from pipeline.io.model_store import local_model_dir  # noqa: E402
 from pipeline.io.storage import StorageError  # noqa: E402
 
@@ -52,10 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     apply_s3_options(args)
-    decoding = {k: getattr(args, k) for k in ("chunk_size", "left_context_frames") if getattr(args, k) is not None}
     try:
-        weights = WeightsSelection(epoch=args.epoch, iter=args.iter, avg=args.avg,
-                                   use_averaged_model=args.use_averaged_model)
+        weights, decoding = model_choice(args)
         report = inspect_model(local_model_dir(args.model, weights=weights), weights=weights, decoding=decoding)
     except (ModelLoadError, StorageError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -68,6 +68,7 @@ from model.decoding import METHODS  # noqa: E402
 from pipeline.cli import (  # noqa: E402
     INPUT_ERRORS,
     add_decoding_options,
+    add_backend_option,
     add_model_options,
     add_longform_options,
     add_plan_options,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not write the WER report under <output>/wer/ (it is written when cuts have references)")
 
     add_model_options(p)
+    add_backend_option(p)
     add_resource_options(p)
     add_longform_options(p)
     add_s3_options(p)

@@ -40,6 +40,7 @@ from .config import split_config
 from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
 from .features import FeatureExtractor
 from .layout import TokenizerMismatchError, choose_tokenizer, find_layout
+from .onnx_export import OnnxExportError
 from .precision import Precision, resolve_precision
 from .tokenizer import BLANK_SYMBOL, SOS_EOS_SYMBOL, Tokenizer
 from .weights import WeightsSelection, load_weights
@@ -172,6 +173,28 @@ def apply_chunking(model: AsrModel, decoding: DecodingConfig) -> list[str]:
     return notes
 
 
+#: how a Recognizer runs its networks: torch, or onnxruntime over an ONNX export of the same model
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+
+
+def _onnxruntime_model(model: AsrModel, tokenizer: Tokenizer, sha256: str, device: torch.device, int8: bool) -> Any:
+    """``model`` exported to ONNX (once per checkpoint, cached: :func:`model.onnx_export.export_cached`)
+    and opened with onnxruntime (:func:`model.onnx_runtime.load_onnx_model`) on ``device``."""
+    from .onnx_export import export_cached
+    from .onnx_runtime import load_onnx_model
+
+    if not sha256:  # a model built in memory: key the cache by its weights
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        sha256 = digest.hexdigest()
+    started = time.perf_counter()
+    onnx_dir = export_cached(model.cpu(), tokenizer, sha256, int8=int8)
+    log.info("onnxruntime backend: %s (%.1f s)", onnx_dir, time.perf_counter() - started)
+    return load_onnx_model(onnx_dir, device=device, int8=int8, num_threads=torch.get_num_threads())
+
+
 def _csv(values: Sequence[int]) -> str:
     return ",".join(str(v) for v in values)
 
@@ -198,8 +221,12 @@ class Recognizer:
         amp_dtype: str = "auto",
         info: Optional[ModelInfo] = None,
         rescoring_dtype: str = "auto",
+        backend: str = "torch",
     ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.device = torch.device(device)
+        self.backend = backend
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         configs = [decoding or DecodingConfig()] if decoding is None or isinstance(decoding, DecodingConfig) \
@@ -216,14 +243,21 @@ class Recognizer:
         self.notes = apply_chunking(self.model, configs[0])  # idempotent after from_dir's call
         for config in configs[1:]:
             apply_chunking(self.model, config)
+        self.info = info or ModelInfo(name="unnamed", checkpoint="", sha256="")
         self.precision = resolve_precision(amp_dtype, self.device)
         self.rescoring_precision = (self.precision if str(rescoring_dtype).lower() == "auto"
                                     else resolve_precision(rescoring_dtype, self.device))
+        if backend != "torch":
+            self.model = _onnxruntime_model(self.model, tokenizer, self.info.sha256, self.device,
+                                            int8=backend == "onnxruntime-int8")
+            # onnxruntime runs the graphs as exported: fp32 (int8 weights for onnxruntime-int8)
+            self.precision = self.rescoring_precision = Precision(
+                "int8" if backend == "onnxruntime-int8" else "fp32", None,
+                f"{backend} backend ({', '.join(self.model.providers)})")
         self.amp_dtype = self.precision.dtype
         self.rescoring_dtype = self.rescoring_precision.dtype
         self.fp16_fallbacks = 0  # batches redone in fp32 after fp16 overflowed (then fp32 for good)
         self.features = FeatureExtractor().to(self.device)
-        self.info = info or ModelInfo(name="unnamed", checkpoint="", sha256="")
 
     @property
     def decoding(self) -> DecodingConfig:
@@ -240,6 +274,7 @@ class Recognizer:
         rescoring_dtype: str = "auto",
         checkpoint_sha256: Optional[str] = None,
         weights: Union[WeightsSelection, dict[str, Any], None] = None,
+        backend: str = "torch",
     ) -> "Recognizer":
         """Load checkpoint(s), tokenizer and optional ``config.json`` from a model directory
         (a flat folder, an icefall / Hugging Face repo root or an ``exp/`` folder).
@@ -252,6 +287,8 @@ class Recognizer:
         ``checkpoint_sha256``: the digest the weights must have (:attr:`ModelInfo.sha256`, e.g.
         computed by a driver before its workers load the same directory); a different one is a
         :class:`ModelLoadError`.
+        ``backend``: :data:`BACKENDS` (``torch``; ``onnxruntime`` / ``onnxruntime-int8`` export the
+        loaded model to ONNX once per checkpoint into ``$ZIPSCRIBE_CACHE/onnx`` and run it there).
 
         Raises :class:`ModelLoadError` (one line, naming the files) for anything that keeps
         the model from loading or from decoding correctly."""
@@ -303,8 +340,11 @@ class Recognizer:
         )
         for note in notes:
             log.info("%s: %s", model_dir, note)
-        return cls(model, tokenizer, decoding=configs, device=device, amp_dtype=amp_dtype,
-                   info=info, rescoring_dtype=rescoring_dtype)
+        try:
+            return cls(model, tokenizer, decoding=configs, device=device, amp_dtype=amp_dtype,
+                       info=info, rescoring_dtype=rescoring_dtype, backend=backend)
+        except OnnxExportError as exc:
+            raise ModelLoadError(f"{model_dir}: {exc}") from None
 
     def _autocast(self, dtype: Optional[torch.dtype]):
         if dtype is None:

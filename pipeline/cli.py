@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 from model.checkpoint import ModelLoadError
 from model.decoding import DecodingConfig
+from model.recognizer import BACKENDS
 from model.weights import WeightsSelection
 
 from pipeline.inputs.items import SEGMENT_MODES, ManifestError
@@ -84,6 +85,24 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--left-context-frames", type=int, default=None, metavar="FRAMES",
                    help="causal models with --chunk-size: left context in 50 Hz frames (icefall's "
                         "--left-context-frames, e.g. 128); default: all")
+
+
+def model_choice(args: argparse.Namespace) -> tuple[WeightsSelection, dict[str, Any]]:
+    """The weights (icefall's --epoch/--iter/--avg/--use-averaged-model) and the chunking overrides
+    (--chunk-size, --left-context-frames) of :func:`add_model_options`; ValueError if invalid."""
+    weights = WeightsSelection(epoch=args.epoch, iter=args.iter, avg=args.avg, use_averaged_model=args.use_averaged_model)
+    chunking = {k: getattr(args, k) for k in ("chunk_size", "left_context_frames") if getattr(args, k) is not None}
+    return weights, chunking
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: what runs the networks (the two transcription jobs)."""
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="what runs the networks: torch (default; the fastest on CPU here, README: engines), or "
+                             "onnxruntime / onnxruntime-int8: each actor exports the model to ONNX once per checkpoint "
+                             "(cached in $ZIPSCRIBE_CACHE/onnx; seconds for the demo model) and runs it with "
+                             "onnxruntime (CUDA with the onnxruntime-gpu wheel, else CPU); features and decoding stay "
+                             "the same code")
 
 
 def add_resource_options(parser: argparse.ArgumentParser, title: str = "resources and batching") -> None:
@@ -203,18 +222,15 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
         decoding["attention_scale"] = args.attention_scale
     if args.max_segment_seconds is not None:
         decoding["max_segment_seconds"] = args.max_segment_seconds or None
-    for name in ("chunk_size", "left_context_frames"):
-        if getattr(args, name) is not None:
-            decoding[name] = getattr(args, name)
-    weights = WeightsSelection(epoch=args.epoch, iter=args.iter, avg=args.avg,
-                               use_averaged_model=args.use_averaged_model)  # ValueError: exit 2
+    weights, chunking = model_choice(args)  # ValueError: exit 2
+    decoding.update(chunking)
     return TranscribeConfig(
         decoding=decoding, extra_methods=tuple(methods[1:]), weights={k: v for k, v in asdict(weights).items() if v not in (None, False)}, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, audio_cpus=args.audio_cpus, device=args.device,
         resource_timeout=args.resource_timeout, max_batch_seconds=args.max_batch_seconds,
         max_batch_size=args.max_batch_size, shard_size=args.shard_size, max_attempts=args.max_attempts,
         amp_dtype=args.amp_dtype,
-        rescoring_dtype=args.rescoring_dtype,
+        rescoring_dtype=args.rescoring_dtype, backend=args.backend,
         normalizer=args.normalizer, ray_address=args.ray_address,
         max_cut_seconds=args.max_cut_seconds, window_overlap_seconds=args.window_overlap_seconds,
         segments=args.segments, resume=args.resume, replan=args.replan,

@@ -44,6 +44,7 @@ class TranscribeConfig:
     eta: bool = True
     amp_dtype: str = "auto"
     rescoring_dtype: str = "auto"
+    backend: str = "torch"  # model.recognizer.BACKENDS: torch, onnxruntime, onnxruntime-int8
     normalizer: str = "english"
     progress: bool = True
     ray_address: Optional[str] = None

@@ -93,7 +93,7 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
 def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
     """The settings a shard's part depends on: a change to any of them redoes the shard."""
     return (facts.sha256, facts.decoding, json.dumps(decoding_list(cfg.decoding, cfg.extra_methods), sort_keys=True),
-            f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"max_batch_seconds={cfg.max_batch_seconds}",
+            f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"backend={cfg.backend}", f"max_batch_seconds={cfg.max_batch_seconds}",
             f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
             long_audio_label(cfg))
 
@@ -115,7 +115,7 @@ def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str
         model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
         extra_methods=tuple(cfg.extra_methods), weights=cfg.weights,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
-        rescoring_dtype=cfg.rescoring_dtype, num_threads=threads, normalizer=cfg.normalizer,
+        rescoring_dtype=cfg.rescoring_dtype, backend=cfg.backend, num_threads=threads, normalizer=cfg.normalizer,
         pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
     )
 
@@ -250,7 +250,7 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
               "planning_seconds": plan.planning_seconds},
         stages={"min_actors": res.min_actors, "max_actors": res.max_actors, "cpus_per_actor": res.cpus_per_actor,
                 "gpus_per_actor": res.gpus_per_actor, "audio_cpus": res.audio_cpus, "threads_per_actor": res.threads,
-                "device": cfg.device, "resource_wait_seconds": round(waited, 1)},
+                "device": cfg.device, "backend": cfg.backend, "resource_wait_seconds": round(waited, 1)},
     )
     ledger = _ledger()
     actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads)

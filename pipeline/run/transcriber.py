@@ -122,6 +122,7 @@ class ActorConfig:
     max_batch_size: Optional[int] = None
     amp_dtype: str = "auto"
     rescoring_dtype: str = "auto"
+    backend: str = "torch"  # model.recognizer.BACKENDS
     num_threads: int = 1
     loader_threads: int = 4  # items fetched at once when the transcriber loads audio itself (in-process runs)
     normalizer: str = "english"
@@ -147,7 +148,7 @@ class Transcriber:
             model_dir, decoding=decoding_list(config.decoding, config.extra_methods),  # overrides of config.json's
             device=self.device, amp_dtype=config.amp_dtype, rescoring_dtype=config.rescoring_dtype,
             checkpoint_sha256=config.model_sha256,  # the driver's: the same weights on every node
-            weights=weights,
+            weights=weights, backend=config.backend,
         )
         self.recognizer.warm_up()
         #: padded seconds per model batch: the run's --max-batch-seconds, lowered after an out-of-memory
