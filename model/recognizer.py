@@ -307,11 +307,11 @@ class Recognizer:
             given = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding]
             configs = [d if isinstance(d, DecodingConfig) else DecodingConfig(**{**extra.get("decoding", {}), **(d or {})})
                        for d in given]
-            for config in configs:
-                check_special_ids(model, tokenizer, config, tokenizer_path)
+            for dc in configs:
+                check_special_ids(model, tokenizer, dc, tokenizer_path)
             notes = apply_chunking(model, configs[0])
-            for config in configs[1:]:
-                apply_chunking(model, config)
+            for dc in configs[1:]:
+                apply_chunking(model, dc)
             files = [ckpt_dir / f for f in layout.weights.files]
             digests = [file_sha256(f) for f in files]
             sha = digests[0] if len(files) == 1 else _combined_sha256(files, digests, layout.weights.label)
