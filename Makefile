@@ -11,7 +11,7 @@ PYTHON       ?= python3
 VENV         ?= .venv
 TORCH_SPEC   ?= torch==2.13.0
 TORCH_INDEX  ?=
-APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux wamerican
+APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux wamerican wordnet-base fortunes
 APT_TEST_PACKAGES ?= chromium gettext-base
 PYTEST_ARGS  ?=
 
@@ -29,6 +29,8 @@ system-deps:
 	@missing=""; \
 	for tool in espeak-ng sox ffmpeg ip unshare; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	[ -f /usr/share/dict/american-english ] || missing="$$missing wamerican"; \
+	[ -f /usr/share/wordnet/data.noun ] || missing="$$missing wordnet-base"; \
+	[ -d /usr/share/games/fortunes ] || missing="$$missing fortunes"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages (missing:$$missing)"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
@@ -40,7 +42,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(BIN)/python -c 'import torch; print("torch==" + torch.__version__)' > $(CONSTRAINTS)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,train]"
 	touch $(STAMP)
 
 # Debian packages only the test suite needs: chromium renders the HTML WER report headless

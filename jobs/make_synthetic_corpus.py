@@ -10,11 +10,15 @@ Output (under --out):
   text_{train,dev,test}.txt         the reference texts, one utterance per line
   corpus.json                       the options and per-split counts / hours
 
-Sentences come from model.training.corpus.SentenceGenerator and are distinct across (and within)
-the splits: no dev or test sentence is ever spoken in train. A --multi-sentence-fraction of the
-train utterances say 2-4 sentences in a row, so that the model also hears the long, multi-sentence
-stretches that long-form windows hold. The same --seed (and word list)
-gives the same sentences, voices and noise.
+Sentences come from model.training.corpus.corpus_generator: by default (--text natural) natural
+English (WordNet's example sentences and definitions, fortune files) mixed with the template grammar
+and random sequences of the --vocabulary most frequent English words (wordfreq), every word of that
+vocabulary dealt once before any repeats. They are distinct across (and within) the splits: no dev or
+test sentence is ever spoken in train, and no split says a sentence of a --held-out list (by default
+tests/data/everyday_en.txt, the hand-written everyday-English check). A --multi-sentence-fraction of
+the train utterances say 2-4 sentences in a row, so that the model also hears the long,
+multi-sentence stretches that long-form windows hold. The same --seed and options give the same
+sentences, voices and noise.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from model.training.corpus import SentenceGenerator, load_word_list, random_style, stable_seed, synthesize
+from model.training.corpus import HELD_OUT_LISTS, corpus_generator, random_style, read_sentence_list, stable_seed, synthesize
 
 SECONDS_PER_WORD = 60.0 / 170  # espeak-ng at its default-ish rate; used only to size the train split
 
@@ -37,18 +41,18 @@ def estimate_seconds(text: str, rate: int) -> float:
 
 
 def plan(args: argparse.Namespace) -> dict[str, list[dict]]:
-    words = load_word_list(Path(args.word_list) if args.word_list else None)
-    gen = SentenceGenerator(seed=args.seed, words=words, random_fraction=args.random_fraction,
-                            open_words=args.open_words or None)
+    banned = held_out_sentences(args)
+    gen = corpus_generator(args.seed, text=args.text, vocabulary=args.vocabulary, open_words=args.open_words,
+                           random_fraction=args.random_fraction, word_list=args.word_list, held_out=banned)
     style_rng = random.Random(stable_seed("style", args.seed))
-    held_out = gen.unique_sentences(args.dev_utts + args.test_utts)
+    held_out = gen.unique_sentences(args.dev_utts + args.test_utts, exclude=banned)
     splits: dict[str, list[str]] = {"dev": held_out[: args.dev_utts], "test": held_out[args.dev_utts :]}
     if args.train_utts is not None:
-        splits["train"] = gen.unique_sentences(args.train_utts, exclude=held_out)
+        splits["train"] = gen.unique_sentences(args.train_utts, exclude=set(held_out) | set(banned))
     else:
         target = args.train_hours * 3600.0
         train: list[str] = []
-        seen = set(held_out)
+        seen = set(held_out) | set(banned)
         total = 0.0
         while total < target:
             s = gen.unique_sentences(1, exclude=seen)[0]
@@ -67,6 +71,20 @@ def plan(args: argparse.Namespace) -> dict[str, list[dict]]:
                           "style": random_style(style_rng, args.noise_prob, args.gain_prob)})
         out[split] = items
     return out
+
+
+def held_out_sentences(args: argparse.Namespace) -> list[str]:
+    """The sentences of the --held-out lists: no split of the corpus may say them."""
+    return [s for path in args.held_out for s in read_sentence_list(Path(path))]
+
+
+def natural_sentences(args: argparse.Namespace) -> frozenset[str]:
+    """The sentences people wrote that --text natural draws from: WordNet's examples and fortune
+    files (definitions left out: they are phrases, not sentences one says)."""
+    from model.training.corpus import NaturalMix
+
+    mix = NaturalMix.load(exclude=held_out_sentences(args), vocabulary_size=args.vocabulary)
+    return frozenset(mix.examples) | frozenset(mix.fortunes)
 
 
 def group_sentences(sentences: list[str], fraction: float, seed: int) -> list[list[str]]:
@@ -102,9 +120,13 @@ def build(args: argparse.Namespace) -> dict:
     items = plan(args)
     summary: dict = {"options": {k: v for k, v in vars(args).items()}, "splits": {}}
     t0 = time.time()
+    natural = natural_sentences(args) if args.only_natural else None
     for split, utts in items.items():
         if split not in args.splits:
             continue
+        if natural is not None:
+            utts = [u for u in utts if u["text"] in natural]
+        utts = utts[: args.limit]
         wav_dir = root / "wav" / split
         wav_dir.mkdir(parents=True, exist_ok=True)
 
@@ -148,19 +170,41 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated splits to synthesise (default train,dev,test). Sentences are planned for all "
                         "splits either way, so `--train-utts 0 --dev-utts 300 --test-utts 60 --splits test` speaks the "
                         "first 60 test sentences of a corpus made with --dev-utts 300 (make demo does this)")
+    p.add_argument("--only-natural", action="store_true",
+                   help="with --text natural: of the planned sentences of the written splits, speak only those people "
+                        "wrote (WordNet examples, fortune files); make demo shows everyday sentences this way. The plan, "
+                        "and so every split's held-out property, is unchanged")
+    p.add_argument("--limit", type=int, default=None, help="speak at most N utterances of each written split")
     p.add_argument("--jobs", type=int, default=2, help="parallel synthesis processes")
     p.add_argument("--noise-prob", type=float, default=0.3, help="fraction of utterances with light white noise (SNR 15-35 dB)")
     p.add_argument("--gain-prob", type=float, default=0.3, help="fraction of utterances with a gain change (-10..+3 dB)")
-    p.add_argument("--random-fraction", type=float, default=0.2, help="fraction of sentences that are random word sequences")
+    p.add_argument("--random-fraction", type=float, default=0.2, help="fraction of the template-grammar sentences that are random word sequences (with --text natural: of the "
+                        "35 %% of sentences that are not natural text)")
     p.add_argument("--multi-sentence-fraction", type=float, default=0.1,
                    help="fraction of TRAIN utterances that say 2-4 sentences in a row (pauses between them or not); "
                         "dev and test stay one sentence per utterance")
+    p.add_argument("--text", choices=("natural", "templates"), default="natural",
+                   help="natural (default): WordNet example sentences and definitions, fortune-file sentences, and the "
+                        "template grammar and random words over the --vocabulary most frequent English words (wordfreq); "
+                        "templates: the template grammar over a bounded word list (--open-words, --word-list), the first "
+                        "demo models' text")
+    p.add_argument("--vocabulary", type=int, default=10_000,
+                   help="with --text natural: template slots and random-word sentences use the N most frequent English "
+                        "words (wordfreq), so that all of them are heard; natural sentences may use the 30,000 most "
+                        "frequent")
+    p.add_argument("--held-out", action="append", default=None, metavar="FILE",
+                   help="a list of sentences (one per line, # comments) that no split may say; repeatable (default: "
+                        "tests/data/everyday_en.txt, the everyday-English check)")
     p.add_argument("--open-words", type=int, default=1500,
-                   help="open-class words (nouns, verbs, adjectives, adverbs) sampled from the word list on top of the "
+                   help="with --text templates: open-class words (nouns, verbs, adjectives, adverbs) sampled from the word list on top of the "
                         "core vocabulary; 0: the whole list. Bounded so that test words are heard in train (about 2,300 "
                         "distinct words in all at 1500)")
-    p.add_argument("--word-list", default=None, help="word list (default /usr/share/dict/american-english, Debian wamerican)")
-    return p.parse_args(argv)
+    p.add_argument("--word-list", default=None,
+                   help="with --text templates: word list (default /usr/share/dict/american-english, Debian wamerican)")
+    args = p.parse_args(argv)
+    if args.held_out is None:
+        args.held_out = [str(p) for p in HELD_OUT_LISTS if p.is_file()]
+    return args
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 marker.
 
 ``@pytest.mark.needs_tools("espeak-ng", "sox", word_list=True)``: the test needs these programs
-(and Debian's word list). Where one is missing the test is skipped, saying which, except under
+(and Debian's text data: the wamerican word list, wordnet-base and fortunes, which the corpus
+generator reads). Where one is missing the test is skipped, saying which, except under
 ``CI=true``: there ``make test`` has installed them, so a missing tool fails the test instead of
 quietly hiding what it covers.
 """
@@ -18,6 +19,9 @@ import pytest
 import torch
 
 from model.training.corpus import DEFAULT_WORD_LIST as WORD_LIST  # Debian wamerican
+from model.training.text_sources import FORTUNE_DIR, WORDNET_DIR  # Debian fortunes, wordnet-base
+
+TEXT_DATA = (WORD_LIST, WORDNET_DIR / "data.noun", FORTUNE_DIR)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +40,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     missing: list[str] = []
     for mark in item.iter_markers("needs_tools"):
         missing += [t for t in mark.args if shutil.which(t) is None and t not in missing]
-        if mark.kwargs.get("word_list") and not WORD_LIST.is_file() and str(WORD_LIST) not in missing:
-            missing.append(str(WORD_LIST))
+        if mark.kwargs.get("word_list"):
+            missing += [str(p) for p in TEXT_DATA if not p.exists() and str(p) not in missing]
     if not missing:
         return
     message = f"needs {', '.join(missing)} (make install and make test-deps install them)"

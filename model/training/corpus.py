@@ -153,23 +153,47 @@ class SentenceGenerator:
     """
 
     def __init__(self, seed: int = 0, words: Optional[Sequence[str]] = None, random_fraction: float = 0.2,
-                 open_words: Optional[int] = 1500):
+                 open_words: Optional[int] = 1500, natural: Optional["NaturalMix"] = None):
         self.rng = random.Random(seed)
         self.random_fraction = random_fraction
-        words = list(words) if words is not None else load_word_list()
-        if open_words is not None:
-            words = select_open_words(words, open_words, seed)
-        self.all_words = sorted(set(words) | set(_CORE_NOUNS) | set(_CORE_VERBS) | set(_CORE_ADJECTIVES) | set(_CORE_ADVERBS))
-        by = lambda sufs: [w for w in words if w.endswith(sufs) and len(w) > 5]  # noqa: E731
-        self.nouns = sorted(set(_CORE_NOUNS) | set(by(_NOUN_SUFFIXES)))
-        self.adjectives = sorted(set(_CORE_ADJECTIVES) | set(by(_ADJ_SUFFIXES)))
-        self.adverbs = sorted(set(_CORE_ADVERBS) | {w for w in words if w.endswith("ly") and len(w) > 5 and not w.endswith("ily")})
-        self.verbs = sorted(set(_CORE_VERBS) | {w for w in by(_VERB_SUFFIXES) if not w.endswith("men")})
+        self.natural = natural
+        if natural is not None:
+            self._use_natural_vocabulary(natural)
+        else:
+            words = list(words) if words is not None else load_word_list()
+            if open_words is not None:
+                words = select_open_words(words, open_words, seed)
+            self.all_words = sorted(set(words) | set(_CORE_NOUNS) | set(_CORE_VERBS) | set(_CORE_ADJECTIVES) | set(_CORE_ADVERBS))
+            by = lambda sufs: [w for w in words if w.endswith(sufs) and len(w) > 5]  # noqa: E731
+            self.nouns = sorted(set(_CORE_NOUNS) | set(by(_NOUN_SUFFIXES)))
+            self.adjectives = sorted(set(_CORE_ADJECTIVES) | set(by(_ADJ_SUFFIXES)))
+            self.adverbs = sorted(set(_CORE_ADVERBS) | {w for w in words if w.endswith("ly") and len(w) > 5 and not w.endswith("ily")})
+            self.verbs = sorted(set(_CORE_VERBS) | {w for w in by(_VERB_SUFFIXES) if not w.endswith("men")})
         self._short_words = [w for w in self.all_words if len(w) <= 9]
+        self._deck: list[str] = []
         self._templates = (
             self._statement, self._statement, self._statement, self._question, self._quantity, self._date,
             self._time, self._adjective_phrase, self._request, self._year_fact,
         )
+
+    def _use_natural_vocabulary(self, mix: "NaturalMix") -> None:
+        """Template slots filled with frequent English words by their WordNet part of speech, and
+        random-word sentences drawn from the ``mix.vocabulary_size`` most frequent words."""
+        from wordfreq import zipf_frequency
+
+        from model.training.text_sources import frequent_words, wordnet_parts_of_speech
+
+        frequent = frequent_words(mix.vocabulary_size)
+        pos = wordnet_parts_of_speech()
+        common = {w for w in frequent if len(w) > 2}
+        self.all_words = sorted(set(frequent))
+        self.nouns = sorted(set(_CORE_NOUNS) | (common & pos["noun"]))
+        self.adjectives = sorted(set(_CORE_ADJECTIVES) | (common & pos["adj"]))
+        self.adverbs = sorted(set(_CORE_ADVERBS) | {w for w in common & pos["adv"] if w.endswith("ly")})
+        # verbs whose past tense this generator writes right: irregular ones only from _PAST, and a
+        # regular past form must be a word English writers use (wordfreq), so "stoped" never appears
+        self.verbs = sorted(set(_CORE_VERBS) | {v for v in common & pos["verb"]
+                                                if v in _PAST or zipf_frequency(self._past(v), "en") >= 2.5})
 
     # -------------------------------------------------------------- pieces
     def _pick(self, seq: Sequence[str]) -> str:
@@ -278,10 +302,25 @@ class SentenceGenerator:
         return f"in {year_words(self.rng.randint(1800, 2030))} {self._noun_phrase()} {self._past(self._pick(self.verbs))} {self._noun_phrase()}"
 
     def _random_words(self) -> str:
-        return " ".join(self._pick(self._short_words) for _ in range(self.rng.randint(3, 9)))
+        n = self.rng.randint(3, 9)
+        if self.natural is None:
+            return " ".join(self._pick(self._short_words) for _ in range(n))
+        # natural mode: deal the frequent words from a shuffled deck, so that every one of them is
+        # spoken once before any is spoken twice (coverage of the whole vocabulary, not a sample)
+        out = []
+        for _ in range(n):
+            if not self._deck:
+                self._deck = list(self.all_words)
+                self.rng.shuffle(self._deck)
+            out.append(self._deck.pop())
+        return " ".join(out)
 
     # -------------------------------------------------------------- public
     def sentence(self) -> str:
+        if self.natural is not None:
+            source = self.natural.choose(self.rng.random())
+            if source is not None:
+                return self._pick(source)
         if self.rng.random() < self.random_fraction:
             text = self._random_words()
         else:
@@ -302,6 +341,77 @@ class SentenceGenerator:
                 seen.add(s)
                 out.append(s)
         return out
+
+
+@dataclass(frozen=True)
+class NaturalMix:
+    """How much of a corpus is natural text (see :mod:`model.training.text_sources`), by source;
+    the rest is the template grammar and random frequent words (``random_fraction`` of it).
+
+    Built with :meth:`load`; ``vocabulary_size`` bounds the words (most frequent English words)
+    that natural sentences, template slots and random-word sentences may use.
+    """
+
+    examples: tuple[str, ...]
+    definitions: tuple[str, ...]
+    fortunes: tuple[str, ...]
+    example_fraction: float = 0.35
+    definition_fraction: float = 0.1
+    fortune_fraction: float = 0.2
+    vocabulary_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        total = self.example_fraction + self.definition_fraction + self.fortune_fraction
+        if not 0.0 <= total <= 1.0 or min(self.example_fraction, self.definition_fraction, self.fortune_fraction) < 0:
+            raise ValueError("natural text fractions must be >= 0 and sum to at most 1")
+
+    @classmethod
+    def load(cls, exclude: Iterable[str] = (), text_vocabulary: int = 30_000, **fractions) -> "NaturalMix":
+        """The sources' sentences whose words are all among the ``text_vocabulary`` most frequent
+        (held-out sentences in ``exclude`` removed)."""
+        from model.training.text_sources import load_natural_text
+
+        text = load_natural_text(text_vocabulary, exclude=tuple(exclude))
+        return cls(examples=text.examples, definitions=text.definitions, fortunes=text.fortunes, **fractions)
+
+    def choose(self, u: float) -> Optional[tuple[str, ...]]:
+        """The source for a uniform draw ``u``; ``None``: the template grammar."""
+        for fraction, source in ((self.example_fraction, self.examples), (self.definition_fraction, self.definitions),
+                                 (self.fortune_fraction, self.fortunes)):
+            if u < fraction and source:
+                return source
+            u -= fraction
+        return None
+
+
+#: Hand-written evaluation sentences that no corpus may train on (issue 19's everyday check).
+HELD_OUT_LISTS = (Path(__file__).resolve().parents[2] / "tests" / "data" / "everyday_en.txt",)
+
+
+def read_sentence_list(path: Path) -> list[str]:
+    """The sentences of a held-out list: one per line, ``#`` comments and blank lines skipped."""
+    return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def corpus_generator(seed: int, text: str = "natural", vocabulary: int = 10_000, open_words: Optional[int] = 1500,
+                     random_fraction: float = 0.2, word_list: Optional[Path] = None,
+                     held_out: Iterable[str] = ()) -> SentenceGenerator:
+    """The sentence generator of a corpus made with these options (jobs/make_synthetic_corpus.py and
+    jobs/demo.py build it here, so that the demo speaks exactly the corpus's held-out sentences).
+
+    ``text="natural"``: natural sentences (WordNet, fortunes) plus templates and random words over the
+    ``vocabulary`` most frequent English words; ``"templates"``: the template grammar over a word list
+    bounded by ``open_words`` (the recipe of the first demo models). ``held_out`` sentences are
+    removed from the natural sources (the generator's callers also exclude them from every split).
+    """
+    if text == "natural":
+        mix = NaturalMix.load(exclude=held_out, vocabulary_size=vocabulary)
+        return SentenceGenerator(seed=seed, random_fraction=random_fraction, natural=mix)
+    if text == "templates":
+        words = load_word_list(Path(word_list) if word_list else None)
+        return SentenceGenerator(seed=seed, words=words, random_fraction=random_fraction, open_words=open_words or None)
+    raise ValueError(f"text must be 'natural' or 'templates', not {text!r}")
 
 
 # ------------------------------------------------------------------ audio
