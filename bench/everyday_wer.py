@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-import random
 import sys
 import tempfile
 from pathlib import Path
@@ -30,11 +29,6 @@ sys.path.insert(0, str(REPO))
 
 SENTENCES = REPO / "tests" / "data" / "everyday_en.txt"
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring")
-
-
-def sentences(path: Path = SENTENCES) -> list[str]:
-    """The sentences of an everyday-English list (``#`` lines are comments)."""
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def main() -> int:
@@ -50,42 +44,36 @@ def main() -> int:
     import torch
 
     from model.recognizer import Recognizer
-    from model.training.corpus import random_style, synthesize
+    from model.training.corpus import read_sentence_list
+    from model.training.evaluation import spoken_sentences
     from pipeline.report.wer import corpus_wer
 
     torch.set_num_threads(2)
-    texts = sentences()
+    texts = read_sentence_list(SENTENCES)
     base = Recognizer.from_dir(args.model)
     rec = Recognizer.from_dir(args.model, decoding=[{**asdict(base.decoding), "method": m} for m in METHODS])
-    rng = random.Random(args.seed)
-    styles = [random_style(rng) for _ in range(args.styles)]
     refs: list[str] = []
     hyps: dict[str, list[str]] = {m: [] for m in METHODS}
     by_style: dict[str, dict[str, list[tuple[str, str]]]] = {}
     with tempfile.TemporaryDirectory(prefix="everyday-") as tmp:
-        for k, style in enumerate(styles):
-            waves = []
-            for i, text in enumerate(texts):
-                out = Path(tmp) / f"{k}-{i}.wav"
-                synthesize(text, out, style, seed=args.seed * 1000 + k * 100 + i)
-                waves.append(sf.read(str(out), dtype="float32")[0])
-            order = np.argsort([w.size for w in waves])
-            results: dict[int, list[str]] = {}
-            for start in range(0, len(order), args.batch):
-                idx = [int(j) for j in order[start:start + args.batch]]
-                per_method, _ = rec.transcribe_all([waves[j] for j in idx])
-                for j, *outs in zip(idx, *per_method):
-                    results[j] = [t.text for t in outs]
-            name = f"{style.speaker} rate {style.rate} pitch {style.pitch}" + (
-                f" snr {style.snr_db:g} dB" if style.snr_db is not None else "")
-            by_style[name] = {m: [] for m in METHODS}
-            for i, text in enumerate(texts):
-                refs.append(text)
-                for m, hyp in zip(METHODS, results[i]):
-                    hyps[m].append(hyp)
-                    by_style[name][m].append((text, hyp))
+        utts = spoken_sentences(texts, tmp, styles=args.styles, seed=args.seed)
+        waves = [sf.read(u.audio_path, dtype="float32")[0] for u in utts]
+    order = np.argsort([w.size for w in waves])
+    results: dict[int, list[str]] = {}
+    for start in range(0, len(order), args.batch):
+        idx = [int(j) for j in order[start:start + args.batch]]
+        per_method, _ = rec.transcribe_all([waves[j] for j in idx])
+        for j, *outs in zip(idx, *per_method):
+            results[j] = [t.text for t in outs]
+    for j, utt in enumerate(utts):
+        style = utt.id.rsplit("-", 2)[0]
+        by_style.setdefault(style, {m: [] for m in METHODS})
+        refs.append(utt.text)
+        for m, hyp in zip(METHODS, results[j]):
+            hyps[m].append(hyp)
+            by_style[style][m].append((utt.text, hyp))
     summary = {m: round(corpus_wer(refs, hyps[m]), 2) for m in METHODS}
-    print(f"{len(texts)} everyday sentences x {len(styles)} styles, model {args.model}")
+    print(f"{len(texts)} everyday sentences x {args.styles} styles, model {args.model}")
     print("WER %: " + ", ".join(f"{m} {summary[m]}" for m in METHODS))
     for name, per in by_style.items():
         print(f"  {name}: " + ", ".join(f"{m} {corpus_wer(*zip(*per[m])):.2f}" for m in METHODS))
@@ -95,7 +83,7 @@ def main() -> int:
         words = [w for t in texts for w in t.split()]
         oov = round(100 * sum(w not in vocab for w in words) / len(words), 1)
         print(f"words never in the training text: {oov} %")
-    print(json.dumps({"sentences": len(texts), "styles": len(styles), "wer": summary, "oov_pct": oov,
+    print(json.dumps({"sentences": len(texts), "styles": args.styles, "wer": summary, "oov_pct": oov,
                       "decodings": [d.label() for d in rec.decodings]}))
     return 0
 

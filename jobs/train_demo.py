@@ -1,13 +1,13 @@
 """Train the demo CTC + attention-decoder Zipformer on a synthetic corpus and write a model dir.
 
 Example (the real run; corpus from jobs/make_synthetic_corpus.py):
-  python jobs/train_demo.py --corpus data/synth12 --out model/assets/demo --minutes 87 --threads 2
+  python jobs/train_demo.py --corpus data/everyday12 --out model/assets/demo --minutes 87 --threads 2
 
 Writes to --out:
   pretrained.pt    {"model": state_dict} (averaged over the last --average-last checkpoints)
   bpe.model        sentencepiece BPE trained on the TRAIN text only (<blk>=0, <sos/eos>=1, <unk>=2)
   config.json      AsrModel kwargs + "name" + "decoding" (attention_scale chosen on dev)
-  MODEL_CARD.md    data, command, training time, dev/test WER per decoding method
+  MODEL_CARD.md    data, command, training time, dev / test / everyday-English WER per decoding method
   train_log.json   loss history and the numbers of the model card
 Checkpoints during training go to --work-dir (default: <out>/../<name>-work) and are not shipped.
 """
@@ -102,11 +102,108 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam", type=int, default=8)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--skip-eval", action="store_true", help="no dev/test decoding (tests)")
-    return p.parse_args(argv)
+    p.add_argument("--everyday", default=None, metavar="FILE",
+                   help="a held-out list of sentences (one per line, # comments) spoken with espeak-ng in "
+                        "--everyday-styles of the corpus's speech styles and scored like dev and test (default: "
+                        "tests/data/everyday_en.txt, the everyday-English check; 'none' to skip)")
+    p.add_argument("--everyday-styles", type=int, default=3)
+    p.add_argument("--rewrite-card", action="store_true",
+                   help="no training: score the model already in --out on the --everyday list (dev and test scores "
+                        "are kept from its train_log.json) and write MODEL_CARD.md again; pass the training run's "
+                        "other options so that the card states them")
+    p.add_argument("--curve-checkpoints", default=None, metavar="DIR",
+                   help="with --rewrite-card: a directory of checkpoint-<step>.pt files kept during training; up to 8 "
+                        "of them, evenly spaced, are scored on the first 100 dev sentences and the card gets the curve")
+    args = p.parse_args(argv)
+    if args.everyday is None:
+        from model.training.corpus import HELD_OUT_LISTS
+
+        args.everyday = next((str(p) for p in HELD_OUT_LISTS if p.is_file()), "none")
+    return args
+
+
+def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float) -> dict:
+    """WER per decoding method on the --everyday list spoken in --everyday-styles styles; {} when skipped."""
+    import tempfile
+
+    from model.training.corpus import read_sentence_list
+    from model.training.evaluation import evaluate, spoken_sentences
+
+    if args.everyday == "none":
+        return {}
+    texts = read_sentence_list(Path(args.everyday))
+    with tempfile.TemporaryDirectory(prefix="everyday-") as tmp:
+        utts = spoken_sentences(texts, tmp, styles=args.everyday_styles, seed=0)
+        wer = evaluate(out, utts, scorer, attention_scale=attention_scale, beam=beam)
+    listed = Path(args.everyday).resolve()
+    repo = Path(__file__).resolve().parents[1]
+    name = str(listed.relative_to(repo)) if listed.is_relative_to(repo) else str(listed)
+    return {"list": name, "sentences": len(texts), "styles": args.everyday_styles, "wer": wer}
+
+
+def score_curve(out: Path, checkpoints: Path, utts, scorer, beam: int, attention_scale: float) -> list[dict]:
+    """Dev WER (ctc-greedy, attention-rescoring) of up to 8 evenly spaced single checkpoints."""
+    import shutil
+    import tempfile
+
+    from model.training.evaluation import evaluate
+
+    found = sorted(checkpoints.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    if len(found) > 8:
+        found = [found[round(i * (len(found) - 1) / 7)] for i in range(8)]
+    curve = []
+    for ckpt in found:
+        with tempfile.TemporaryDirectory(prefix="curve-") as tmp:
+            for name in ("config.json", "bpe.model"):
+                shutil.copy(out / name, Path(tmp) / name)
+            (Path(tmp) / "pretrained.pt").symlink_to(ckpt.resolve())
+            wer = evaluate(tmp, utts, scorer, methods=("ctc-greedy", "attention-rescoring"),
+                           attention_scale=attention_scale, beam=beam)
+        curve.append({"step": int(ckpt.stem.split("-")[1]), **wer})
+        print(f"curve: {curve[-1]}", file=sys.stderr, flush=True)
+    return curve
+
+
+def rewrite_card(args, argv) -> dict:
+    """--rewrite-card: the everyday score of a trained model directory, and its card written again."""
+    from model.training.data import load_manifest
+    from pipeline.report.wer import corpus_wer
+
+    out, corpus = Path(args.out), Path(args.corpus)
+    logged = json.loads((out / "train_log.json").read_text())
+    decoding = json.loads((out / "config.json").read_text())["decoding"]
+    results = {k: v for k, v in logged.items() if k != "log"}
+    results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"])
+    if args.curve_checkpoints:
+        results["curve"] = score_curve(out, Path(args.curve_checkpoints), load_manifest(corpus / "cuts_dev.jsonl.gz")[:100],
+                                       corpus_wer, decoding["beam"], decoding["attention_scale"])
+    (out / "train_log.json").write_text(json.dumps({"log": logged.get("log", []), **results}, indent=1))
+    train_utts = load_manifest(corpus / "cuts_train.jsonl.gz")[: args.max_train_utts]
+    dev_utts = load_manifest(corpus / "cuts_dev.jsonl.gz")[: args.max_eval_utts]
+    test_utts = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
+    if args.precision == "auto":
+        from model.training.trainer import default_cpu_precision
+
+        args.precision = default_cpu_precision()  # as the training run resolved it on this machine
+    train_argv, skip = [], False
+    for a in argv if argv is not None else sys.argv[1:]:  # the training command, less the rewrite's own options
+        if skip or a == "--rewrite-card":
+            skip = False
+            continue
+        if a == "--curve-checkpoints":
+            skip = True
+            continue
+        if not a.startswith("--curve-checkpoints="):
+            train_argv.append(a)
+    write_model_card(out, args, corpus, train_utts, dev_utts, test_utts, results["parameters"], results, decoding,
+                     train_argv)
+    return results
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.rewrite_card:
+        return rewrite_card(args, argv)
 
     from model import AsrModel
     from model.tokenizer import Tokenizer, train_bpe
@@ -186,10 +283,34 @@ def main(argv=None) -> dict:
         results["dev"] = evaluate(out, dev_utts, corpus_wer, attention_scale=scale, beam=args.beam)
         results["test"] = evaluate(out, test_utts, corpus_wer, attention_scale=scale, beam=args.beam) if test_utts else {}
         log(f"dev WER {results['dev']}  test WER {results['test']}")
+        results["everyday"] = score_everyday(out, args, corpus_wer, args.beam, scale)
+        if results["everyday"]:
+            log(f"everyday WER {results['everyday']['wer']}")
     results["total_minutes"] = round((time.time() - t_start) / 60, 2)
     (out / "train_log.json").write_text(json.dumps({"log": log_lines, **results}, indent=1))
     write_model_card(out, args, corpus, train_utts, dev_utts, test_utts, n_params, results, decoding, argv)
     return results
+
+
+def _text_description(info: dict) -> str:
+    if info.get("text", "templates") == "natural":
+        return ("natural English text: WordNet example sentences and definitions and fortune-file sentences (65 % of the "
+                "sentences; every word among the 30,000 most frequent English words), the rest the template grammar and "
+                f"random sequences of the {info.get('vocabulary', 10000):,} most frequent English words (wordfreq; every "
+                "one of them dealt once before any repeats)")
+    return "template-grammar and random-word English sentences over a bounded word list"
+
+
+def _corpus_command(info: dict) -> str:
+    cmd = (f"python jobs/make_synthetic_corpus.py --out {info.get('out', 'data/synth')} --seed {info.get('seed', 0)} "
+           f"--train-hours {info.get('train_hours', '?')} --dev-utts {info.get('dev_utts', '?')} "
+           f"--test-utts {info.get('test_utts', '?')}")
+    if info.get("text", "templates") == "natural":
+        cmd += f" --text natural --vocabulary {info.get('vocabulary', 10000)}"
+    else:
+        cmd += f" --text templates --open-words {info.get('open_words', '?')}"
+    return cmd + (f" --random-fraction {info.get('random_fraction', 0.2)} "
+                  f"--multi-sentence-fraction {info.get('multi_sentence_fraction', 0)}")
 
 
 def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_utts, n_params: int, results: dict,
@@ -214,15 +335,14 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
         "(`max_segment_seconds`, for windows of long recordings; the WER below decodes every sentence whole)",
         "",
         "## Data",
-        f"- generated by `jobs/make_synthetic_corpus.py` (seed {info.get('seed', '?')}): template-grammar and random-word "
-        "English sentences (numbers, dates and times as words), espeak-ng English voices and variants, random rate / pitch, "
-        "light noise and gain changes; a fraction of the train utterances say 2-4 sentences in a row (dev and test: one sentence each)",
-        f"- corpus command: `python jobs/make_synthetic_corpus.py --out {info.get('out', 'data/synth')} --seed {info.get('seed', 0)} "
-        f"--train-hours {info.get('train_hours', '?')} --dev-utts {info.get('dev_utts', '?')} --test-utts {info.get('test_utts', '?')} "
-        f"--open-words {info.get('open_words', '?')} --multi-sentence-fraction {info.get('multi_sentence_fraction', 0)}` "
+        f"- generated by `jobs/make_synthetic_corpus.py` (seed {info.get('seed', '?')}): {_text_description(info)}; "
+        "numbers, dates and times as words; espeak-ng English voices and variants, random rate / pitch, light noise and "
+        "gain changes; a fraction of the train utterances say 2-4 sentences in a row (dev and test: one sentence each)",
+        f"- corpus command: `{_corpus_command(info)}` "
         f"({len(set(w for u in train_utts for w in u.text.split()))} distinct words in train)",
         f"- train: {len(train_utts)} utterances, {sum(u.duration for u in train_utts) / 3600:.2f} h; dev: {len(dev_utts)}; "
-        f"test: {len(test_utts)} (test sentences never occur in train)",
+        f"test: {len(test_utts)} (test sentences never occur in train; no split says a sentence of the held-out lists "
+        f"{', '.join(Path(p).name for p in info.get('held_out') or []) or '(none)'})",
         "",
         "## Training",
         f"- command: `{cmd}`",
@@ -235,12 +355,37 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
         f"{'no SpecAugment' if args.no_spec_augment else f'SpecAugment after step {args.spec_augment_after}'}, clip 5, average of the last {args.average_last} checkpoints",
         "",
     ]
+    everyday = results.get("everyday") or {}
     if "dev" in results:
-        lines += ["## WER (%)", "", "| decoding | dev | test |", "|---|---|---|"]
+        lines += ["## WER (%)", ""]
+        if everyday:
+            lines += ["| decoding | dev | test | everyday |", "|---|---|---|---|"]
+        else:
+            lines += ["| decoding | dev | test |", "|---|---|---|"]
         for m in results["dev"]:
-            lines.append(f"| {m} | {results['dev'][m]:.2f} | {results['test'].get(m, float('nan')):.2f} |")
+            row = f"| {m} | {results['dev'][m]:.2f} | {results['test'].get(m, float('nan')):.2f} |"
+            if everyday:
+                row += f" {everyday['wer'].get(m, float('nan')):.2f} |"
+            lines.append(row)
         lines += ["", "Measured with `model.recognizer.Recognizer.from_dir` on this directory, scored as the pipeline's reports "
                   "score (english normaliser, jiwer alignment; `pipeline.report.wer.corpus_wer`)."]
+        if everyday:
+            vocab = {w for u in train_utts for w in u.text.split()}
+            from model.training.corpus import read_sentence_list
+
+            listed = Path(everyday["list"])
+            listed = listed if listed.is_absolute() else Path(__file__).resolve().parents[1] / listed
+            words = [w for t in read_sentence_list(listed) for w in t.split()]
+            unseen = 100.0 * sum(w not in vocab for w in words) / max(1, len(words))
+            lines += ["", f"everyday: `{Path(everyday['list']).name}`, {everyday['sentences']} sentences written by hand "
+                      f"for this check (home, work, travel, weather, food, health, numbers), never in any split, each spoken "
+                      f"in {everyday['styles']} speech styles of the corpus (`model.training.evaluation.spoken_sentences`, "
+                      f"seed 0); {unseen:.1f} % of its words never occur in the train text. Reproduce with "
+                      f"`python bench/everyday_wer.py --styles {everyday['styles']}`."]
+    if results.get("curve"):
+        lines += ["", "## Curve", "", "Single checkpoints (not averaged) on the first 100 dev sentences, WER %:", "",
+                  "| step | ctc-greedy | attention-rescoring |", "|---|---|---|"]
+        lines += [f"| {c['step']} | {c['ctc-greedy']:.2f} | {c['attention-rescoring']:.2f} |" for c in results["curve"]]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

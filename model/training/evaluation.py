@@ -19,10 +19,32 @@ from model.recognizer import Recognizer
 
 from .data import Utterance, bucketed_batches, load_audio
 
-__all__ = ["Scorer", "evaluate", "sweep_attention_scale", "transcribe_nbest"]
+__all__ = ["Scorer", "evaluate", "spoken_sentences", "sweep_attention_scale", "transcribe_nbest"]
 
 #: ``scorer(references, hypotheses)`` -> WER in percent
 Scorer = Callable[[Sequence[str], Sequence[str]], float]
+
+
+def spoken_sentences(texts: Sequence[str], out_dir: str | Path, styles: int = 3, seed: int = 0) -> list[Utterance]:
+    """Each of ``texts`` spoken with espeak-ng in ``styles`` speech styles drawn with ``seed`` from the
+    demo corpus's style space (voice, variant, rate, pitch, gain, noise:
+    :func:`model.training.corpus.random_style`), as WAV files under ``out_dir``: the sound of the
+    training corpus with words it may never have had. Utterances style by style, texts in order."""
+    import random
+
+    from .corpus import random_style, synthesize
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    utts = []
+    for k in range(styles):
+        style = random_style(rng)
+        for i, text in enumerate(texts):
+            path = out_dir / f"style{k}-{i:04d}.wav"
+            duration = synthesize(text, path, style, seed=seed * 1000 + k * 100 + i)
+            utts.append(Utterance(id=f"{style.speaker}-{k}-{i}", text=text, duration=duration, audio_path=str(path)))
+    return utts
 
 
 def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0) -> list[Any]:
