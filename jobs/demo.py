@@ -1,7 +1,8 @@
 """The zipscribe demo (`make demo`): synthetic test speech in, transcripts and a WER report out.
 
 Steps:
-  1. Speak the first --utts sentences of the demo model's held-out test split with espeak-ng
+  1. Speak the first --utts everyday sentences (WordNet examples, fortune files: sentences people
+     wrote, not the corpus's templates) of the demo model's held-out test split with espeak-ng
      (jobs/make_synthetic_corpus.py with the corpus options of model/assets/demo/MODEL_CARD.md;
      fresh voices), unless --data already holds them. The model never heard these sentences.
   2. Run the product: `python jobs/transcribe.py` on a local Ray with the shipped model
@@ -17,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -28,21 +30,34 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "model" / "assets" / "demo"
-#: The corpus options the demo model was trained with (seed, held-out split sizes, vocabulary);
-#: with them the demo speaks sentences of that corpus's test split.
-CORPUS_SEED = 0
-CORPUS_DEV_UTTS = 300
-CORPUS_OPEN_WORDS = 1500
+#: The corpus options the demo model was trained with (model/assets/demo/MODEL_CARD.md, less the
+#: split sizes): with them the demo speaks sentences of that corpus's held-out test split.
+CORPUS_ARGS = ("--seed", "0", "--dev-utts", "300", "--text", "natural", "--vocabulary", "10000",
+               "--random-fraction", "0.4")
+
+
+def _corpus_job():
+    """jobs/make_synthetic_corpus.py as a module (its plan is the one place the splits are decided)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO))
+    spec = importlib.util.spec_from_file_location("make_synthetic_corpus", REPO / "jobs" / "make_synthetic_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.lru_cache(maxsize=8)
+def _test_split(n: int) -> tuple[str, ...]:
+    msc = _corpus_job()
+    args = msc.parse_args(["--out", str(REPO / "demo-data"), *CORPUS_ARGS, "--train-utts", "0", "--test-utts", str(n)])
+    return tuple(item["text"] for item in msc.plan(args)["test"])
 
 
 def held_out_sentences(n: int, offset: int = 0) -> list[str]:
     """Sentences ``offset .. offset + n`` of the demo corpus's test split: never spoken in training
     (the corpus job plans dev and test sentences first, from the same seeded generator)."""
-    sys.path.insert(0, str(REPO))
-    from model.training.corpus import SentenceGenerator
-
-    gen = SentenceGenerator(seed=CORPUS_SEED, open_words=CORPUS_OPEN_WORDS)
-    return gen.unique_sentences(CORPUS_DEV_UTTS + offset + n)[CORPUS_DEV_UTTS + offset:]
+    return list(_test_split(offset + n)[offset:])
 
 
 def ensure_data(data: Path, utts: int) -> Path:
@@ -56,9 +71,10 @@ def ensure_data(data: Path, utts: int) -> Path:
     if data.exists():
         shutil.rmtree(data)
     print(f"speaking {utts} held-out test sentences with espeak-ng into {data} ...", flush=True)
-    cmd = [sys.executable, str(REPO / "jobs" / "make_synthetic_corpus.py"), "--out", str(data), "--seed", str(CORPUS_SEED),
-           "--train-utts", "0", "--dev-utts", str(CORPUS_DEV_UTTS), "--test-utts", str(utts), "--splits", "test",
-           "--open-words", str(CORPUS_OPEN_WORDS), "--jobs", "2"]
+    # sentences people wrote (not the corpus's templates and random words): about two thirds of the split
+    cmd = [sys.executable, str(REPO / "jobs" / "make_synthetic_corpus.py"), "--out", str(data), *CORPUS_ARGS,
+           "--train-utts", "0", "--test-utts", str(3 * utts), "--splits", "test", "--only-natural", "--limit", str(utts),
+           "--jobs", "2"]
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return manifest
 

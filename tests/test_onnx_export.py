@@ -206,7 +206,7 @@ def test_sherpa_onnx_runs_the_exported_demo_ctc_model(demo_rec, demo_export, hel
     assert same >= 0.95 * len(waves), [(a, b) for a, b in zip(ours, theirs) if a != b]
     wer_ours, wer_sherpa = corpus_wer(refs, ours), corpus_wer(refs, theirs)
     assert abs(wer_ours - wer_sherpa) <= 0.5, (wer_ours, wer_sherpa)
-    assert wer_ours < 40.0  # the model transcribes (its card says ~15 % for ctc-greedy)
+    assert wer_ours < 40.0  # the model transcribes (its card: 30.6 % ctc-greedy on the test split, 24.1 % everyday)
 
 
 # --------------------------------------------------------------------------- onnxruntime backend
