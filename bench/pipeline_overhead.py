@@ -508,12 +508,12 @@ def load_samples(item: WorkItem) -> np.ndarray:
 class ModelOnly:
     """The recognizer in this process, with all audio of the batches decoded up front."""
 
-    def __init__(self, model_dir: Path, batches: list[Batch], decoding: DecodingConfig) -> None:
+    def __init__(self, model_dir: Path, batches: list[Batch], decoding: DecodingConfig, backend: str = "torch") -> None:
         self.waves = [[load_samples(item) for item in batch.items] for batch in batches]
         self.audio_seconds = sum(w.size for ws in self.waves for w in ws) / SAMPLE_RATE
         padded = sum(len(ws) * max(w.size for w in ws) for ws in self.waves) / SAMPLE_RATE
         self.padding_ratio = 1 - self.audio_seconds / padded
-        self.recognizer = Recognizer.from_dir(model_dir, decoding=decoding, device="cpu", amp_dtype="auto")
+        self.recognizer = Recognizer.from_dir(model_dir, decoding=decoding, device="cpu", amp_dtype="auto", backend=backend)
         # The actor warms up with 2 s of noise only; time the first real batch after that the
         # same way, and let it be this pass's warm-up.
         self.recognizer.warm_up()
@@ -566,7 +566,8 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
     cmd = [sys.executable, str(REPO / "jobs" / "transcribe.py"), "--manifest", str(audio_dir), "--model", str(model_dir),
            "--output", str(output), "--run-id", RUN_ID, "--summary-json", "--no-progress", "--no-eta",
            "--max-batch-seconds", f"{args.max_batch_seconds:g}", "--shard-size", str(args.shard_size),
-           "--num-actors", "1", "--gpus-per-actor", f"{getattr(args, 'gpus_per_actor', 0):g}", "--decoding", args.decoding]
+           "--num-actors", "1", "--gpus-per-actor", f"{getattr(args, 'gpus_per_actor', 0):g}", "--decoding", args.decoding,
+           "--backend", getattr(args, "backend", "torch")]
     if args.max_batch_size:
         cmd += ["--max-batch-size", str(args.max_batch_size)]
     # A private Ray temp dir (short: Ray's unix sockets live there): with RAY_ADDRESS unset,
@@ -636,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", choices=("calibrated", "random"), default="calibrated",
                    help="CTC head: calibrated to trained-model-like posteriors, or left random (default calibrated)")
     p.add_argument("--decoding", choices=("auto",) + METHODS, default="auto", help="decoding method for both passes (default auto)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "onnxruntime-int8"), default="torch",
+                   help="what runs the networks in both passes (the job's --backend; default torch)")
     p.add_argument("--max-batch-seconds", type=float, default=160.0, help="padded seconds per batch (default 160, the job's default)")
     p.add_argument("--max-batch-size", type=int, default=None, help="cap on cuts per batch (default none)")
     p.add_argument("--shard-size", type=int, default=10, help="cuts per shard (default 10: several shards even for 3 min)")
@@ -671,7 +674,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     audio_dir = ensure_encoded(audio_dir, utterances, args.format, args.sample_rate, jobs=args.threads)
     batches = plan_batches(audio_dir, args.shard_size, args.max_batch_seconds, args.max_batch_size)
     log(f"model-only: {len(batches)} batches, {args.threads} threads")
-    bare = ModelOnly(model_dir, batches, DecodingConfig(method=args.decoding))
+    bare = ModelOnly(model_dir, batches, DecodingConfig(method=args.decoding), backend=args.backend)
 
     def settle() -> None:
         if args.quiet_wait > 0:
