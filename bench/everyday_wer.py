@@ -27,7 +27,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SENTENCES = REPO / "tests" / "data" / "everyday_en.txt"
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring")
 
 
@@ -44,12 +43,12 @@ def main() -> int:
     import torch
 
     from model.recognizer import Recognizer
-    from model.training.corpus import read_sentence_list
+    from model.training.corpus import EVERYDAY_LIST, read_sentence_list
     from model.training.evaluation import spoken_sentences
     from pipeline.report.wer import corpus_wer
 
     torch.set_num_threads(2)
-    texts = read_sentence_list(SENTENCES)
+    texts = read_sentence_list(EVERYDAY_LIST)
     base = Recognizer.from_dir(args.model)
     rec = Recognizer.from_dir(args.model, decoding=[{**asdict(base.decoding), "method": m} for m in METHODS])
     refs: list[str] = []

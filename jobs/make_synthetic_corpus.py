@@ -41,7 +41,7 @@ def estimate_seconds(text: str, rate: int) -> float:
 
 
 def plan(args: argparse.Namespace) -> dict[str, list[dict]]:
-    banned = held_out_sentences(args)
+    banned = excluded_sentences(args)
     gen = corpus_generator(args.seed, text=args.text, vocabulary=args.vocabulary, open_words=args.open_words,
                            random_fraction=args.random_fraction, word_list=args.word_list, held_out=banned)
     style_rng = random.Random(stable_seed("style", args.seed))
@@ -73,7 +73,7 @@ def plan(args: argparse.Namespace) -> dict[str, list[dict]]:
     return out
 
 
-def held_out_sentences(args: argparse.Namespace) -> list[str]:
+def excluded_sentences(args: argparse.Namespace) -> list[str]:
     """The sentences of the --held-out lists: no split of the corpus may say them."""
     return [s for path in args.held_out for s in read_sentence_list(Path(path))]
 
@@ -83,7 +83,7 @@ def natural_sentences(args: argparse.Namespace) -> frozenset[str]:
     files (definitions left out: they are phrases, not sentences one says)."""
     from model.training.corpus import NaturalMix
 
-    mix = NaturalMix.load(exclude=held_out_sentences(args), vocabulary_size=args.vocabulary)
+    mix = NaturalMix.load(exclude=excluded_sentences(args), vocabulary_size=args.vocabulary)
     return frozenset(mix.examples) | frozenset(mix.fortunes)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = {
     # 6.1 M parameters with 256 BPE pieces: pretrained.pt about 24.5 MB (float32)
     # 4 stacks at frame rates 50/25/12.5/25 Hz (after the 2x embed), final 4x subsampled output
@@ -116,9 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "of them, evenly spaced, are scored on the first 100 dev sentences and the card gets the curve")
     args = p.parse_args(argv)
     if args.everyday is None:
-        from model.training.corpus import HELD_OUT_LISTS
+        from model.training.corpus import EVERYDAY_LIST
 
-        args.everyday = next((str(p) for p in HELD_OUT_LISTS if p.is_file()), "none")
+        args.everyday = str(EVERYDAY_LIST) if EVERYDAY_LIST.is_file() else "none"
     return args
 
 
@@ -136,8 +137,7 @@ def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float) -
         utts = spoken_sentences(texts, tmp, styles=args.everyday_styles, seed=0)
         wer = evaluate(out, utts, scorer, attention_scale=attention_scale, beam=beam)
     listed = Path(args.everyday).resolve()
-    repo = Path(__file__).resolve().parents[1]
-    name = str(listed.relative_to(repo)) if listed.is_relative_to(repo) else str(listed)
+    name = str(listed.relative_to(REPO)) if listed.is_relative_to(REPO) else str(listed)
     return {"list": name, "sentences": len(texts), "styles": args.everyday_styles, "wer": wer}
 
 
@@ -174,12 +174,13 @@ def rewrite_card(args, argv) -> dict:
     decoding = json.loads((out / "config.json").read_text())["decoding"]
     results = {k: v for k, v in logged.items() if k != "log"}
     results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"])
+    all_dev = load_manifest(corpus / "cuts_dev.jsonl.gz")
     if args.curve_checkpoints:
-        results["curve"] = score_curve(out, Path(args.curve_checkpoints), load_manifest(corpus / "cuts_dev.jsonl.gz")[:100],
-                                       corpus_wer, decoding["beam"], decoding["attention_scale"])
+        results["curve"] = score_curve(out, Path(args.curve_checkpoints), all_dev[:100], corpus_wer, decoding["beam"],
+                                       decoding["attention_scale"])
     (out / "train_log.json").write_text(json.dumps({"log": logged.get("log", []), **results}, indent=1))
     train_utts = load_manifest(corpus / "cuts_train.jsonl.gz")[: args.max_train_utts]
-    dev_utts = load_manifest(corpus / "cuts_dev.jsonl.gz")[: args.max_eval_utts]
+    dev_utts = all_dev[: args.max_eval_utts]
     test_utts = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
     if args.precision == "auto":
         from model.training.trainer import default_cpu_precision
@@ -374,7 +375,7 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
             from model.training.corpus import read_sentence_list
 
             listed = Path(everyday["list"])
-            listed = listed if listed.is_absolute() else Path(__file__).resolve().parents[1] / listed
+            listed = listed if listed.is_absolute() else REPO / listed
             words = [w for t in read_sentence_list(listed) for w in t.split()]
             unseen = 100.0 * sum(w not in vocab for w in words) / max(1, len(words))
             lines += ["", f"everyday: `{Path(everyday['list']).name}`, {everyday['sentences']} sentences written by hand "

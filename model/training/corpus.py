@@ -384,8 +384,10 @@ class NaturalMix:
         return None
 
 
-#: Hand-written evaluation sentences that no corpus may train on (issue 19's everyday check).
-HELD_OUT_LISTS = (Path(__file__).resolve().parents[2] / "tests" / "data" / "everyday_en.txt",)
+#: The everyday-English check: 100 sentences written by hand for evaluation (issue 19).
+EVERYDAY_LIST = Path(__file__).resolve().parents[2] / "tests" / "data" / "everyday_en.txt"
+#: Hand-written evaluation sentences that no corpus may train on.
+HELD_OUT_LISTS = (EVERYDAY_LIST,)
 
 
 def read_sentence_list(path: Path) -> list[str]:

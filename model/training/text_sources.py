@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 from model.numbers import number_to_words
 
@@ -167,10 +167,12 @@ class NaturalText:
         return self.examples + self.definitions + self.fortunes
 
 
-def load_natural_text(vocabulary_size: int = 30_000, exclude: Sequence[str] = (),
+@lru_cache(maxsize=4)
+def load_natural_text(vocabulary_size: int = 30_000, exclude: tuple[str, ...] = (),
                       wordnet_root: Path = WORDNET_DIR, fortune_root: Path = FORTUNE_DIR) -> NaturalText:
     """Every usable sentence of the sources, normalised and deduplicated (sorted, so the result does
-    not depend on file order); sentences in ``exclude`` (held-out evaluation lists) are dropped."""
+    not depend on file order); sentences in ``exclude`` (held-out evaluation lists) are dropped.
+    Cached per arguments (a corpus job plans with it and then filters by it; the result is immutable)."""
     for root, package in ((wordnet_root, "wordnet-base"), (fortune_root, "fortunes")):
         if not root.is_dir():
             raise FileNotFoundError(f"{root} not found: install Debian's {package} (make system-deps)")
