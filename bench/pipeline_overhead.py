@@ -15,22 +15,28 @@ What it does
    blank on ~85 % of frames, ~3-4 tokens/s); untouched random heads make the
    CTC prefix beam and the attention rescoring much slower than on real
    models, which would hide the pipeline's overhead behind decoding time.
-3. Model-only pass (in this process, ``torch.set_num_threads(--threads)``):
-   reads and decodes all audio first, then builds exactly the batches the
-   actor builds (``iter_work_items`` -> ``make_shards(--shard-size)`` ->
-   ``pack_batches(--max-batch-seconds)`` per shard) and times only
-   ``Recognizer.transcribe`` per batch. Warm-up: ``Recognizer.warm_up()`` (as
-   the actor does) and then the first batch once, untimed in the pass (its
-   time is reported as ``model_only_first_batch_cold``).
-   ``model_only_rtfx = audio seconds / summed transcribe seconds``.
+3. Model-only passes, in two layouts of the same cores (``--threads``, default
+   the CPUs, at most 4): ``1xN``, one process of N torch threads, and ``Nx1``,
+   N single-thread processes with the batches dealt out among them (balanced
+   by padded seconds; a pass takes as long as the slowest process). Each
+   process is spawned with the model actors' allocator settings
+   (``pipeline.run.driver.ALLOCATOR_ENV``), decodes all its audio first, builds
+   exactly the batches the actors build (``iter_work_items`` ->
+   ``make_shards(--shard-size)`` -> ``pack_batches(--max-batch-seconds)`` per
+   shard) and times only ``Recognizer.transcribe`` per batch, after
+   ``Recognizer.warm_up()`` (as the actor does) and the first batch once
+   (reported as ``model_only_first_batch_cold``). The faster layout is the
+   baseline: ``model_only_rtfx = audio seconds / pass seconds``.
 4. End-to-end pass: ``jobs/transcribe.py`` as a subprocess on a fresh local
    Ray (``RAY_AUTH_MODE=disabled``, ``RAY_ADDRESS`` unset, a private
-   ``RAY_TMPDIR``), one model actor sized by the job (on a 2-CPU machine: 1.5
-   logical CPUs, 2 torch threads, beside audio tasks of 0.5), no GPU, same
+   ``RAY_TMPDIR``), its actors sized by the job (on a 2-CPU machine: two
+   single-thread actors of 0.75 logical CPUs beside audio tasks of 0.5;
+   ``--num-actors`` / ``--cpus-per-actor`` pass other sizes), no GPU, same
    decoding and batching settings. The audio stage decodes in its own
    processes, on the same cores.
 
-The passes alternate: model-only, then ``--repeats`` times (job, model-only).
+The passes alternate: model-only (both layouts, their order alternating), then
+``--repeats`` times (job, model-only).
 The best pass of each kind is compared (fastest model-only pass, job with the
 fastest steady window): like ``bench/decoding_speed.py``'s minimum, the best
 time is the one least disturbed by other load. While each pass
@@ -49,24 +55,28 @@ End-to-end RTFx, measured three ways
     load and warm-up, all shards, actor teardown; not interpreter start-up or
     imports). ``e2e_rtfx_process`` adds those: subprocess wall time.
 ``e2e_rtfx_steady``
-    ``audio_seconds / steady window``, the window running from the moment the
-    actor starts its first shard to the moment the last Parquet part is
-    written. Each part carries its shard's summary (``wall_seconds`` from the
-    start of ``transcribe_shard`` to just before the Parquet write) in its
-    metadata, and the part file's mtime is when it was written, so
-    ``first start = min(mtime - shard wall)`` and ``end = max(mtime)``. The
-    window therefore includes everything a long job pays per shard (waits for
-    the audio stage, row building, WER, Parquet writing, Ray Data's hand-offs)
-    and excludes one-off startup and teardown.
+    the pool's steady rate: the sum over actors of ``actor's audio seconds /
+    actor's window``, each actor's window running from the moment it starts
+    its first shard to the moment its last Parquet part is written. Each part
+    carries its shard's summary (``wall_seconds`` from the start of
+    ``transcribe_shard`` to just before the Parquet write, and the actor's
+    ``worker``) in its metadata, and the part file's mtime is when it was
+    written, so ``start = min(mtime - shard wall)`` and ``end = max(mtime)``.
+    A window includes everything a long job pays per shard (waits for the
+    audio stage, row building, WER, Parquet writing, Ray Data's hand-offs)
+    and excludes one-off startup and teardown, and the ragged end of a short
+    input (one actor done while another finishes its last shard).
+``e2e_rtfx_window``
+    ``audio_seconds / (last part written - first shard started)`` over the
+    whole pool, ragged end included.
 ``e2e_rtfx_shard_sum``
     ``audio_seconds / sum of shard wall_seconds`` (actor-side busy time,
     without the Parquet writes and the gaps between shards).
 
-``overhead_pct = (steady window / model-only seconds - 1) * 100``, i.e. how
-much longer the pipeline takes than the bare model on the same batches
-(equivalently ``model_only_rtfx / e2e_rtfx_steady - 1``); target <= 10 %.
-``steady_breakdown_seconds`` splits the window into the actor's own model
-time and the rest. ``first_part_written``: seconds from the job's start to
+``overhead_pct = (model_only_rtfx / e2e_rtfx_steady - 1) * 100``, i.e. how
+much longer the pipeline takes than the bare model in its best layout on the
+same batches; target <= 10 %. ``steady_breakdown_seconds`` splits the
+actors' windows into their own model time and the rest. ``first_part_written``: seconds from the job's start to
 its first Parquet part.
 
 Output: one JSON object on stdout; progress and a one-line verdict on stderr
@@ -111,8 +121,9 @@ from pipeline.inputs.manifests import iter_work_items  # noqa: E402
 from pipeline.io import storage  # noqa: E402
 from pipeline.io.audio import decode_audio  # noqa: E402
 from pipeline.output import parquet  # noqa: E402
-from pipeline.plan.batching import Batch, pack_batches  # noqa: E402
+from pipeline.plan.batching import Batch, pack_batches, padding_ratio  # noqa: E402
 from pipeline.plan.shards import make_shards  # noqa: E402
+from pipeline.run.driver import ALLOCATOR_ENV  # noqa: E402
 
 SAMPLE_RATE = 16000
 TARGET_OVERHEAD_PCT = 10.0
@@ -537,6 +548,83 @@ class ModelOnly:
                 "stage_seconds": {k: round(v, 3) for k, v in stages.as_dict().items()}, "cpu": monitor.report()}
 
 
+def deal_batches(batches: Sequence[Batch], workers: int) -> list[list[int]]:
+    """Batch indices for each of ``workers`` processes, balanced by padded seconds (longest first,
+    each to the least loaded)."""
+    load = [0.0] * workers
+    dealt: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(batches)), key=lambda i: -batches[i].padded_seconds):
+        w = min(range(workers), key=lambda w: load[w])
+        dealt[w].append(i)
+        load[w] += batches[i].padded_seconds
+    return [sorted(d) for d in dealt]
+
+
+def _model_only_worker(model_dir: str, batches: list[Batch], decoding: DecodingConfig, backend: str, threads: int,
+                       commands: Any, results: Any) -> None:
+    """A process of :class:`ModelOnlyProcesses`: one model of ``threads`` torch threads, timed on command."""
+    torch.set_num_threads(threads)
+    bare = ModelOnly(Path(model_dir), batches, decoding, backend=backend)
+    results.put(("ready", bare.audio_seconds, bare.first_batch_cold_seconds))
+    while commands.get() == "run":
+        stages = StageTimes()
+        start = time.perf_counter()
+        for batch_waves in bare.waves:
+            _, times = bare.recognizer.transcribe(batch_waves)
+            stages.add(times)
+        results.put(("done", time.perf_counter() - start, bare.audio_seconds, stages))
+
+
+class ModelOnlyProcesses:
+    """The bare model as ``workers`` processes of ``threads`` torch threads each, the batches dealt
+    out among them (:func:`deal_batches`), started with ``env`` added to their environment (the
+    model actors' allocator settings, so that the comparison is of the pipeline, not of malloc).
+    A pass starts all processes together; its time is the slowest one's."""
+
+    def __init__(self, model_dir: Path, batches: list[Batch], decoding: DecodingConfig, workers: int, threads: int,
+                 backend: str = "torch", env: Optional[dict[str, str]] = None) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fork would inherit this process's OpenMP pool
+        self.results = ctx.Queue()
+        self.commands = [ctx.Queue() for _ in range(workers)]
+        self.procs = [ctx.Process(target=_model_only_worker, daemon=True,
+                                  args=(str(model_dir), [batches[i] for i in mine], decoding, backend, threads, q,
+                                        self.results))
+                      for mine, q in zip(deal_batches(batches, workers), self.commands)]
+        saved = dict(os.environ)
+        os.environ.update(env or {})  # a spawned process copies this environment as it starts
+        try:
+            for proc in self.procs:
+                proc.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        ready = [self.results.get(timeout=900) for _ in self.procs]
+        self.audio_seconds = sum(r[1] for r in ready)
+        self.first_batch_cold_seconds = max(r[2] for r in ready)
+
+    def run(self) -> dict[str, Any]:
+        """One timed pass of every process at once."""
+        stages = StageTimes()
+        with ForeignCpuMonitor() as monitor:
+            for q in self.commands:
+                q.put("run")
+            done = [self.results.get(timeout=3600) for _ in self.procs]
+        seconds = max(d[1] for d in done)
+        for d in done:
+            stages.add(d[3])
+        return {"rtfx": self.audio_seconds / seconds, "transcribe_seconds": seconds,
+                "per_process_rtfx": [round(d[2] / d[1], 2) for d in done],
+                "stage_seconds": {k: round(v, 3) for k, v in stages.as_dict().items()}, "cpu": monitor.report()}
+
+    def close(self) -> None:
+        for q in self.commands:
+            q.put("stop")
+        for proc in self.procs:
+            proc.join(timeout=30)
+
+
 # ---------------------------------------------------------------------------
 # 4. end to end
 # ---------------------------------------------------------------------------
@@ -566,8 +654,12 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
     cmd = [sys.executable, str(REPO / "jobs" / "transcribe.py"), "--manifest", str(audio_dir), "--model", str(model_dir),
            "--output", str(output), "--run-id", RUN_ID, "--summary-json", "--no-progress", "--no-eta",
            "--max-batch-seconds", f"{args.max_batch_seconds:g}", "--shard-size", str(args.shard_size),
-           "--num-actors", "1", "--gpus-per-actor", f"{getattr(args, 'gpus_per_actor', 0):g}", "--decoding", args.decoding,
+           "--gpus-per-actor", f"{getattr(args, 'gpus_per_actor', 0):g}", "--decoding", args.decoding,
            "--backend", getattr(args, "backend", "torch")]
+    if getattr(args, "num_actors", None):
+        cmd += ["--num-actors", str(args.num_actors)]
+    if getattr(args, "cpus_per_actor", None):
+        cmd += ["--cpus-per-actor", f"{args.cpus_per_actor:g}"]
     if args.max_batch_size:
         cmd += ["--max-batch-size", str(args.max_batch_size)]
     # A private Ray temp dir (short: Ray's unix sockets live there): with RAY_ADDRESS unset,
@@ -598,21 +690,32 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
         shards.append({"shard_id": shard["shard_id"], "audio_seconds": round(shard["audio_seconds"], 2),
                        "wall_seconds": round(shard["wall_seconds"], 3), "model_seconds": round(model_seconds, 3),
                        "load_seconds": round(shard.get("load_seconds", 0.0), 3), "batches": shard["batches"],
-                       "rtfx": round(shard["audio_seconds"] / shard["wall_seconds"], 2),
+                       "rtfx": round(shard["audio_seconds"] / shard["wall_seconds"], 2), "worker": shard.get("worker", ""),
                        "_started": written - shard["wall_seconds"], "_written": written})
     if not shards:
         raise SystemExit(f"the job wrote no parts under {output}")
     if not args.keep_output:
         shutil.rmtree(output, ignore_errors=True)
-    first_start = min(s.pop("_started") for s in shards)
-    first_write = min(s["_written"] for s in shards)
-    last_write = max(s.pop("_written") for s in shards)
+    # each actor's own window: from its first shard's start to its last part (the pool's rate is
+    # the sum of the actors' rates; the ragged end, one actor finishing while another still works,
+    # is a property of the input's length, not of the steady state)
+    actors: dict[str, dict[str, float]] = {}
+    for x in shards:
+        a = actors.setdefault(x["worker"], {"start": x["_started"], "end": x["_written"], "audio": 0.0, "model": 0.0})
+        a["start"], a["end"] = min(a["start"], x["_started"]), max(a["end"], x["_written"])
+        a["audio"] += x["audio_seconds"]
+        a["model"] += x["model_seconds"]
+    first_start = min(x.pop("_started") for x in shards)
+    first_write = min(x["_written"] for x in shards)
+    last_write = max(x.pop("_written") for x in shards)
     audio = float(summary["audio_seconds"])
-    steady = last_write - first_start
-    return {"summary": summary, "shards": shards, "process_seconds": finished - started,
+    windows = [{"worker": w, "window_seconds": round(a["end"] - a["start"], 3), "model_seconds": round(a["model"], 3),
+                "audio_seconds": round(a["audio"], 2), "rtfx": round(a["audio"] / (a["end"] - a["start"]), 3)}
+               for w, a in sorted(actors.items())]
+    return {"summary": summary, "shards": shards, "actors": windows, "process_seconds": finished - started,
             "startup_seconds": first_start - started, "first_part_seconds": first_write - started,
-            "steady_seconds": steady,
-            "teardown_seconds": finished - last_write, "rtfx_steady": audio / steady,
+            "window_seconds": last_write - first_start, "rtfx_window": audio / (last_write - first_start),
+            "teardown_seconds": finished - last_write, "rtfx_steady": sum(w["rtfx"] for w in windows),
             "cpu": monitor.report()}
 
 
@@ -643,8 +746,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=None, help="cap on cuts per batch (default none)")
     p.add_argument("--shard-size", type=int, default=10, help="cuts per shard (default 10: several shards even for 3 min)")
     p.add_argument("--threads", type=int, default=default_threads(),
-                   help="torch threads for the model-only pass (default: CPUs, at most 4: what the job's single actor "
-                        "uses on this machine, beside its audio tasks)")
+                   help="cores the model-only passes use (default: CPUs, at most 4), in two layouts: one process of "
+                        "that many torch threads, and that many single-thread processes; the faster is the baseline")
+    p.add_argument("--num-actors", default=None, help="the job's --num-actors (default: the job's own sizing)")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="the job's --cpus-per-actor (default: the job's own sizing: a single-thread actor per core)")
     p.add_argument("--repeats", type=int, default=2,
                    help="end-to-end runs, each followed by a model-only pass (default 2: M, job, M, job, M); "
                         "the best of each kind is compared")
@@ -673,42 +779,60 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     audio_dir = ensure_encoded(audio_dir, utterances, args.format, args.sample_rate, jobs=args.threads)
     batches = plan_batches(audio_dir, args.shard_size, args.max_batch_seconds, args.max_batch_size)
-    log(f"model-only: {len(batches)} batches, {args.threads} threads")
-    bare = ModelOnly(model_dir, batches, DecodingConfig(method=args.decoding), backend=args.backend)
+    decoding = DecodingConfig(method=args.decoding)
+    log(f"model-only: {len(batches)} batches; layouts 1x{args.threads} threads"
+        + (f" and {args.threads}x1 (single-thread processes)" if args.threads > 1 else ""))
+    layouts = {f"1x{args.threads}": ModelOnlyProcesses(model_dir, batches, decoding, 1, args.threads, args.backend,
+                                                       env=ALLOCATOR_ENV)}
+    if args.threads > 1:
+        layouts[f"{args.threads}x1"] = ModelOnlyProcesses(model_dir, batches, decoding, args.threads, 1, args.backend,
+                                                          env=ALLOCATOR_ENV)
+    audio_seconds = layouts[f"1x{args.threads}"].audio_seconds
 
     def settle() -> None:
         if args.quiet_wait > 0:
             wait_for_quiet(args.quiet_wait)
 
-    settle()
-    passes = [bare.run()]
-    log(f"model-only RTFx {passes[-1]['rtfx']:.2f} ({passes[-1]['transcribe_seconds']:.1f} s for {bare.audio_seconds:.0f} s of audio)")
+    passes: list[dict[str, Any]] = []
+
+    def model_only(turn: int) -> None:
+        names = list(layouts) if turn % 2 == 0 else list(layouts)[::-1]  # alternate which layout goes first
+        for name in names:
+            settle()
+            passes.append({**layouts[name].run(), "layout": name})
+            log(f"model-only {name} RTFx {passes[-1]['rtfx']:.2f} ({passes[-1]['transcribe_seconds']:.1f} s for "
+                f"{audio_seconds:.0f} s of audio)")
+
+    model_only(0)
     runs: list[dict[str, Any]] = []
-    for _ in range(args.repeats):
+    for turn in range(args.repeats):
         settle()
         runs.append(end_to_end(args, audio_dir, model_dir, args.workdir))
         log(f"end-to-end RTFx {runs[-1]['summary']['rtfx']:.2f} with startup, {runs[-1]['rtfx_steady']:.2f} steady")
-        settle()
-        passes.append(bare.run())
-        log(f"model-only RTFx {passes[-1]['rtfx']:.2f}")
+        model_only(turn + 1)
+    for layout in layouts.values():
+        layout.close()
 
     best = max(passes, key=lambda p: p["rtfx"])
     mo_rtfx = best["rtfx"]
     run = max(runs, key=lambda r: r["rtfx_steady"])
     s = run["summary"]
     audio = float(s["audio_seconds"])
-    actor_model = sum(s["stage_seconds"].get(k, 0.0) for k in ("features", "encoder", "decoding"))
-    steady = run["steady_seconds"]
+    actor_window = sum(a["window_seconds"] for a in run["actors"])
+    actor_model = sum(a["model_seconds"] for a in run["actors"])
     overhead = (mo_rtfx / run["rtfx_steady"] - 1) * 100
     overhead_startup = (mo_rtfx / s["rtfx"] - 1) * 100
-    spread = (max(p["rtfx"] for p in passes) / min(p["rtfx"] for p in passes) - 1) * 100
+    same = [p["rtfx"] for p in passes if p["layout"] == best["layout"]]
+    spread = (max(same) / min(same) - 1) * 100
     # the compared passes must have had the machine to themselves (0.17 cores of a neighbour
     # already cost a 2-thread model pass ~25 % on a 2-core machine)
     busiest = max(best["cpu"].get("foreign_cores", 0.0), run["cpu"].get("foreign_cores", 0.0))
     noisy = busiest > FOREIGN_CORES_LIMIT
 
     verdict = (f"{'PASS' if overhead <= TARGET_OVERHEAD_PCT else 'FAIL'}: steady-state pipeline overhead {overhead:.1f}% "
-               f"(target <= {TARGET_OVERHEAD_PCT:g}%): end-to-end RTFx {run['rtfx_steady']:.2f} vs model-only {mo_rtfx:.2f}; "
+               f"(target <= {TARGET_OVERHEAD_PCT:g}%): end-to-end RTFx {run['rtfx_steady']:.2f} "
+               f"({s['num_actors']} actor(s) x {s['stages']['threads_per_actor']} thread(s)) vs model-only {mo_rtfx:.2f} "
+               f"(best layout {best['layout']}); "
                f"with startup {s['rtfx']:.2f} ({overhead_startup:.0f}% overhead, first part written "
                f"{run['first_part_seconds']:.1f} s after the job started)")
     if noisy:
@@ -718,9 +842,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "audio_seconds": round(audio, 2),
         "utterances": len(utterances),
         "model_only_rtfx": round(mo_rtfx, 3),
+        "model_only_layout": best["layout"],
+        "model_only_rtfx_by_layout": {name: round(max(p["rtfx"] for p in passes if p["layout"] == name), 3)
+                                      for name in layouts},
+        "job_actors": {"num_actors": s["num_actors"], "threads_per_actor": s["stages"]["threads_per_actor"],
+                       "cpus_per_actor": s["stages"]["cpus_per_actor"]},
         "e2e_rtfx_including_startup": round(s["rtfx"], 3),
         "e2e_rtfx_process": round(audio / run["process_seconds"], 3),
         "e2e_rtfx_steady": round(run["rtfx_steady"], 3),
+        "e2e_rtfx_window": round(run["rtfx_window"], 3),
         "e2e_rtfx_shard_sum": round(audio / sum(x["wall_seconds"] for x in run["shards"]), 3),
         "actor_model_rtfx": round(s["model_rtfx"], 3),
         "overhead_pct": round(overhead, 2),
@@ -728,28 +858,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "target_overhead_pct": TARGET_OVERHEAD_PCT,
         "seconds": {
             "model_only_transcribe": round(best["transcribe_seconds"], 3),
-            "model_only_first_batch_warm": round(best["first_batch_seconds"], 3),
-            "model_only_first_batch_cold": round(bare.first_batch_cold_seconds, 3),
+            "model_only_first_batch_warm": round(best.get("first_batch_seconds", 0.0), 3),
+            "model_only_first_batch_cold": round(layouts[best["layout"]].first_batch_cold_seconds, 3),
             "job_process": round(run["process_seconds"], 3),
             "job_summary_wall": s["wall_seconds"],
             "startup_before_first_shard": round(run["startup_seconds"], 3),
             "first_part_written": round(run["first_part_seconds"], 3),
-            "steady_window": round(steady, 3),
+            "window_first_start_to_last_part": round(run["window_seconds"], 3),
             "shard_wall_sum": round(sum(x["wall_seconds"] for x in run["shards"]), 3),
             "teardown_after_last_part": round(run["teardown_seconds"], 3),
         },
-        "steady_breakdown_seconds": {
+        "steady_breakdown_seconds": {  # summed over the actors' own windows
+            "actor_windows": round(actor_window, 3),
             "actor_model": round(actor_model, 3),
-            "other": round(steady - actor_model, 3),  # rows, WER, Parquet writes, waits between shards
+            "other": round(actor_window - actor_model, 3),  # rows, WER, Parquet writes, waits between shards
         },
+        "actors": run["actors"],
         "stage_seconds": {k: round(v, 3) for k, v in s["stage_seconds"].items()},
         "model_only_stage_seconds": best["stage_seconds"],
         "padding_ratio": round(s["padding_ratio"], 4),
-        "model_only_padding_ratio": round(bare.padding_ratio, 4),
+        "model_only_padding_ratio": round(padding_ratio(batches), 4),
         "per_shard": run["shards"],
         "noise": {
             "unreliable": noisy,
-            "model_only_rtfx_passes": [round(p["rtfx"], 3) for p in passes],
+            "model_only_rtfx_passes": [[p["layout"], round(p["rtfx"], 3)] for p in passes],
             "e2e_rtfx_steady_runs": [round(r["rtfx_steady"], 3) for r in runs],
             "model_only_spread_pct": round(spread, 1),
             "foreign_cpu_model_only": [p["cpu"] for p in passes],
@@ -759,7 +891,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "cuts_of_unknown_duration": sum(item.duration is None for b in batches for item in b.items),
         "shape": args.shape,
         "model": model_info,
-        "decoding": s.get("decoding", bare.recognizer.decoding.method),
+        "decoding": s.get("decoding", args.decoding),
         "max_batch_seconds": args.max_batch_seconds,
         "max_batch_size": args.max_batch_size,
         "shard_size": args.shard_size,

@@ -110,8 +110,8 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
         title,
         "A run is two Ray Data stages: the audio stage (CPU tasks that skip shards already done, then fetch, decode "
         "and resample) and the model stage (an actor pool, one resident model per actor). Sizes come from single nodes: without "
-        "GPUs an actor takes the largest node's CPUs less one audio task (at most 4); with GPUs, one GPU and one "
-        "CPU. Give the audio stage the CPUs that decode what the models consume (README: sizing audio CPUs "
+        "GPUs each core gets a single-thread model actor, together taking the node's CPUs less one audio task (independent "
+        "one-thread models beat one model's threads waiting for each other); with GPUs, one GPU and one CPU. Give the audio stage the CPUs that decode what the models consume (README: sizing audio CPUs "
         "per GPU).")
     res.add_argument("--num-actors", default=None, metavar="N|MIN:MAX",
                      help="model actors: N fixed, or MIN:MAX for a pool Ray Data grows while work waits (default: "
@@ -120,8 +120,9 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
                      help="GPUs per model actor (default 1 if the cluster has GPUs, else 0). On an autoscaling "
                           "cluster whose GPU nodes start at zero, set it: the run asks the autoscaler and waits")
     res.add_argument("--cpus-per-actor", type=float, default=None,
-                     help="CPUs per model actor (default 1 with GPUs, else the largest node's CPUs less "
-                          "--audio-cpus, at most 4; torch uses that many threads)")
+                     help="CPUs per model actor; torch uses that many threads, rounded up (default 1 with GPUs; "
+                          "without, a core's share of the largest node less --audio-cpus, one thread each: 0.75 on a "
+                          "2-CPU node. Give e.g. 4 for fewer, 4-thread actors: fewer model copies in memory)")
     res.add_argument("--audio-cpus", type=float, default=None,
                      help="CPUs per audio-stage task (one shard's audio at a time; default 1 with GPUs, else 0.5)")
     res.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),

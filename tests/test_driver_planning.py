@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.run.config import TranscribeConfig, check_run_id
-from pipeline.run.driver import dry_run
+from pipeline.run.driver import ALLOCATOR_ENV, dry_run, local_system_config, model_runtime_env
 from pipeline.run.resources import ResourceTimeoutError, capacity, parse_num_actors, plan_resources, wait_for_resources
 
 
@@ -16,9 +16,12 @@ def cfg(**kw):
     return TranscribeConfig(manifest=["m"], model="d", output="o", **kw)
 
 
-def test_two_cpu_machine_gets_one_actor_using_both_cores_beside_an_audio_task():
+def test_two_cpu_machine_gets_a_single_thread_actor_per_core_beside_an_audio_task():
     res = plan_resources([{"CPU": 2.0}], cfg())
-    assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.audio_cpus, res.threads) == (1, 1, 1.5, 0.5, 2)
+    assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.audio_cpus, res.threads) == (2, 2, 0.75, 0.5, 1)
+    # asking for multi-threaded actors: torch gets that many threads, fewer actors fit
+    two = plan_resources([{"CPU": 2.0}], cfg(cpus_per_actor=1.5))
+    assert (two.max_actors, two.threads) == (1, 2)
 
 
 def test_actors_are_sized_by_the_largest_node_not_the_cluster():
@@ -26,7 +29,9 @@ def test_actors_are_sized_by_the_largest_node_not_the_cluster():
     res = plan_resources([{"CPU": 0.0}, {"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}], cfg())
     assert (res.min_actors, res.max_actors, res.cpus_per_actor, res.threads) == (3, 3, 0.5, 1)
     big = plan_resources([{"CPU": 32.0}, {"CPU": 32.0}], cfg())
-    assert (big.cpus_per_actor, big.max_actors, big.threads) == (4.0, 14, 4)  # 7 per node beside an audio task each
+    assert (big.cpus_per_actor, big.max_actors, big.threads) == (31.5 / 32, 64, 1)  # a core each, less the audio share
+    four = plan_resources([{"CPU": 32.0}, {"CPU": 32.0}], cfg(cpus_per_actor=4.0))
+    assert (four.max_actors, four.threads) == (14, 4)  # 7 per node beside the node's audio task
 
 
 def test_gpu_cluster_pool_grows_from_one_to_the_gpus():
@@ -128,3 +133,29 @@ def test_long_audio_options_reach_the_config_and_the_fingerprint():
     assert off.pause_split is None and off.decoding["max_segment_seconds"] is None
     labels = {long_audio_label(c) for c in (default, tuned, off)}
     assert len(labels) == 3  # each changes what resume may reuse
+
+
+def test_a_local_ray_keeps_audio_workers_and_collects_no_metrics(monkeypatch):
+    """The run's own local Ray: idle workers are kept well beyond one per CPU (a model actor per
+    core would otherwise leave audio tasks none, and each shard paid a new Python process)."""
+    monkeypatch.delenv("RAY_num_workers_soft_limit", raising=False)
+    monkeypatch.delenv("RAY_enable_metrics_collection", raising=False)
+    config = local_system_config(cpus=2)
+    assert config["num_workers_soft_limit"] >= 2 * 2 + 4  # two actors, audio tasks, Ray Data's own actors
+    assert config["enable_metrics_collection"] is False
+    # what the environment sets is the environment's
+    monkeypatch.setenv("RAY_num_workers_soft_limit", "3")
+    monkeypatch.setenv("RAY_enable_metrics_collection", "1")
+    assert local_system_config(cpus=2) is None
+
+
+def test_model_actors_get_the_allocator_settings_unless_the_environment_has_its_own(monkeypatch):
+    for key in ALLOCATOR_ENV:
+        monkeypatch.delenv(key, raising=False)
+    base = {"env_vars": {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "pip": ["x"]}
+    env = model_runtime_env(base)
+    assert env["pip"] == ["x"] and env["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    assert int(env["env_vars"]["MALLOC_MMAP_THRESHOLD_"]) >= 1 << 28 and env["env_vars"]["MALLOC_ARENA_MAX"] == "1"
+    assert base["env_vars"] == {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # not changed in place
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert "MALLOC_ARENA_MAX" not in model_runtime_env(None)["env_vars"]

@@ -149,11 +149,45 @@ def _init_ray(cfg: TranscribeConfig) -> None:
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True,
-                 include_dashboard=False if address is None else None)
+                 include_dashboard=False if address is None else None,
+                 _system_config=local_system_config() if address is None else None)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the job shows its own bar, in audio hours
     ctx.print_on_execution_start = False
     ctx.execution_options.verbose_progress = False
+
+
+def local_system_config(cpus: Optional[int] = None) -> Optional[dict[str, Any]]:
+    """Ray settings for the local cluster a run starts itself (none when the environment sets them).
+
+    Ray ends idle worker processes a second after they idle once a node has more workers than
+    ``num_workers_soft_limit`` (by default derived from its CPUs, which the model actors hold):
+    with a model actor per core, every audio task's worker was ended after its shard and a new
+    Python process started for the next one, about a CPU-second each; on 2 cores the pipeline's
+    steady RTFx went from 65.7 to 78.1 with the limit raised (``bench/pipeline_overhead.py``). Clusters started with ``ray start`` take the same setting as
+    the ``RAY_num_workers_soft_limit`` environment variable (``infra/``). A local cluster also
+    collects no metrics: it runs no dashboard to show them."""
+    config: dict[str, Any] = {}
+    if "RAY_num_workers_soft_limit" not in os.environ:
+        config["num_workers_soft_limit"] = 4 * (cpus if cpus is not None else (os.cpu_count() or 1)) + 8
+    if "RAY_enable_metrics_collection" not in os.environ:
+        config["enable_metrics_collection"] = False  # no dashboard runs to read them: 1 % of 2 cores
+    return config or None
+
+
+#: glibc allocator settings of the model actors (set only where the environment does not already):
+#: one arena, and large blocks kept in it instead of mapped and unmapped per tensor. A model on a
+#: thread of its own otherwise gets a secondary arena whose heaps shrink and grow with every batch:
+#: ~80,000 page faults a second per actor, 10 % of its time in the kernel (bench/pipeline_overhead.py)
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def model_runtime_env(base: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The model actors' runtime environment: ``base`` plus :data:`ALLOCATOR_ENV` (variables the
+    driver's environment sets are left to it)."""
+    env = dict((base or {}).get("env_vars", {}))
+    env.update({k: v for k, v in ALLOCATOR_ENV.items() if k not in os.environ})
+    return {**(base or {}), "env_vars": env}
 
 
 def worker_runtime_env() -> Optional[dict[str, Any]]:
@@ -208,7 +242,7 @@ def build_dataset(paths: RunPaths, plan: Plan, settings: StageSettings, actor_cf
         return ds.map_batches(
             model_stage, fn_constructor_args=(actor_cfg, settings, ledger), batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
-            num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, runtime_env=runtime_env,
+            num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, runtime_env=model_runtime_env(runtime_env),
             max_restarts=max_attempts, max_task_retries=max_attempts)
 
 

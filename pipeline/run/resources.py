@@ -1,10 +1,17 @@
 """Sizing the stages from what the Ray cluster's nodes have, and waiting for an autoscaler.
 
 Sizes come from single nodes, not the cluster's total: an actor must fit on one node. Without
-GPUs a model actor takes the largest node's CPUs less one audio task's share (at most 4), so
-the audio stage always has room beside it; with GPUs each actor takes ``--gpus-per-actor`` and
-one CPU. ``--num-actors`` fixes the pool (``N``) or bounds its autoscaling (``MIN:MAX``);
-by default the pool is as large as the cluster holds now (at least one actor).
+GPUs each core gets a model actor of one torch thread, and a node's actors together take its
+CPUs less one audio task's share, so the audio stage always has room beside them: independent
+single-thread models on a node's cores keep every core busy, where one model's threads wait for
+each other at every operator and a slice stolen from one thread stalls them all
+(``bench/pipeline_overhead.py`` on 2 cores: the model alone as 2 one-thread processes, RTFx 91,
+against 77 as one two-thread process; the job's steady RTFx 81 with two one-thread actors,
+against 63 with one two-thread actor). ``--cpus-per-actor`` gives fewer, multi-threaded actors
+instead (torch uses that many threads: fewer model copies in memory). With GPUs each actor takes
+``--gpus-per-actor`` and one CPU. ``--num-actors`` fixes the pool (``N``) or bounds its
+autoscaling (``MIN:MAX``); by default the pool is as large as the cluster holds now (at least
+one actor).
 
 A cluster that cannot host the pool's largest size is asked for it (:class:`NodeRequest`: a
 placement group, which every Ray autoscaler acts on, removed once placed); a cluster that cannot
@@ -77,9 +84,13 @@ def plan_resources(nodes: Sequence[dict[str, float]], cfg: TranscribeConfig) -> 
         fit = int(total_gpus / gpus + 1e-9)
         threads = max(1, int(cpus))
     else:
-        cpus = cfg.cpus_per_actor if cfg.cpus_per_actor is not None else max(0.5, min(4.0, largest_cpus - audio))
-        fit = sum(int(float(n.get("CPU", 0)) / (cpus + audio) + 1e-9) for n in nodes)
-        threads = max(1, math.ceil(cpus))
+        if cfg.cpus_per_actor is not None:
+            cpus = cfg.cpus_per_actor
+        else:  # one single-thread actor per core of the largest node, beside one audio task
+            cores = max(1, round(largest_cpus))
+            cpus = max(0.25, (largest_cpus - audio) / cores)
+        fit = sum(int(max(0.0, float(n.get("CPU", 0)) - audio) / cpus + 1e-9) for n in nodes)
+        threads = max(1, math.ceil(cpus - 1e-9))
     # with GPUs the pool starts at one actor and grows to the GPUs there are; on CPUs it is as
     # large as the nodes hold now
     default = (1, max(1, fit)) if gpus > 0 else (max(1, fit), max(1, fit))
