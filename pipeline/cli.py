@@ -41,12 +41,15 @@ def normalizer_spec(text: str) -> str:
 def add_decoding_options(group: argparse._ArgumentGroup) -> None:
     """Beam sizes, rescoring scale and the WER normaliser (the method option is each job's own)."""
     d = DecodingConfig()
-    group.add_argument("--beam", type=int, default=d.beam, help=f"CTC prefix beam size = n-best size (default {d.beam})")
+    group.add_argument("--beam", type=int, default=None,
+                       help="CTC prefix beam size = n-best size for attention rescoring (default: the model's "
+                            f"config.json 'decoding' section, chosen on dev for the demo model: 32; else {d.beam})")
     group.add_argument("--attention-scale", type=float, default=None,
                        help="final = ctc_score + scale * attention_score (icefall convention; default: the model's "
                             f"config.json 'decoding' section, else {d.attention_scale})")
-    group.add_argument("--transducer-beam", type=int, default=d.transducer_beam,
-                       help=f"modified beam search beam (default {d.transducer_beam})")
+    group.add_argument("--transducer-beam", type=int, default=None,
+                       help="modified beam search beam (default: the model's config.json 'decoding' section, "
+                            f"else {d.transducer_beam})")
     group.add_argument("--max-segment-seconds", type=float, default=None, metavar="S",
                        help="ctc-beam / attention-rescoring: search and rescore inputs longer than S seconds in "
                             "segments of at most S s, cut at the longest runs of CTC blanks (the encoder still "
@@ -218,7 +221,10 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
     """The driver configuration for the shared options, the decoding methods (each batch is
     encoded once and decoded with each) and job-specific fields (``manifest``, ``model``,
     ``output``, ``run_id``, ``dataset`` ...)."""
-    decoding = {"method": methods[0], "beam": args.beam, "transducer_beam": args.transducer_beam}
+    decoding: dict[str, Any] = {"method": methods[0]}
+    for field in ("beam", "transducer_beam"):  # unset: the model's own default (config.json), field by field
+        if getattr(args, field) is not None:
+            decoding[field] = getattr(args, field)
     if args.attention_scale is not None:
         decoding["attention_scale"] = args.attention_scale
     if args.max_segment_seconds is not None:

@@ -135,6 +135,40 @@ def test_long_audio_options_reach_the_config_and_the_fingerprint():
     assert len(labels) == 3  # each changes what resume may reuse
 
 
+def test_unset_beam_sizes_leave_the_models_own_defaults_and_reach_every_decoding(tmp_path):
+    """--beam / --transducer-beam not given: the model's config.json decides (the demo model's
+    n-best size was chosen on dev), for the first decoding and the extra ones alike."""
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from model.recognizer import Recognizer
+    from pipeline.run.config import decoding_list
+
+    repo = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(repo / "jobs"))
+    import transcribe
+
+    def parsed(*extra):
+        args = transcribe.build_parser().parse_args(["--manifest", "m", "--model", "d", "--output", "o", *extra])
+        return transcribe.config_from_args(args)
+
+    model_dir = tmp_path / "demo"
+    shutil.copytree(repo / "model" / "assets" / "demo", model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["decoding"].update(beam=24, transducer_beam=6)
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+
+    default = parsed("--decoding", "attention-rescoring", "--decoding", "ctc-beam")
+    assert "beam" not in default.decoding and "transducer_beam" not in default.decoding
+    decodings = Recognizer.from_dir(model_dir, decoding=decoding_list(default.decoding, default.extra_methods)).decodings
+    assert [(d.method, d.beam, d.transducer_beam) for d in decodings] == [("attention-rescoring", 24, 6), ("ctc-beam", 24, 6)]
+    given = parsed("--decoding", "ctc-beam", "--beam", "5", "--transducer-beam", "2")
+    assert (given.decoding["beam"], given.decoding["transducer_beam"]) == (5, 2)
+    assert Recognizer.from_dir(model_dir, decoding=decoding_list(given.decoding)).decodings[0].beam == 5
+
+
 def test_a_local_ray_keeps_audio_workers_and_collects_no_metrics(monkeypatch):
     """The run's own local Ray: idle workers are kept well beyond one per CPU (a model actor per
     core would otherwise leave audio tasks none, and each shard paid a new Python process)."""
