@@ -112,6 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="no training: score the model already in --out on the --everyday list (dev and test scores "
                         "are kept from its train_log.json) and write MODEL_CARD.md again; pass the training run's "
                         "other options so that the card states them")
+    p.add_argument("--beam-sweep", default=None, metavar="B1,B2,...",
+                   help="with --rewrite-card: score dev with attention rescoring at each of these n-best sizes (the "
+                        "attention_scale of config.json), keep the best in config.json's decoding, and score dev and "
+                        "test again with it; the list bounds the decoding cost, which grows with the beam")
     p.add_argument("--curve-checkpoints", default=None, metavar="DIR",
                    help="with --rewrite-card: a directory of checkpoint-<step>.pt files kept during training; up to 8 "
                         "of them, evenly spaced, are scored on the first 100 dev sentences and the card gets the curve")
@@ -171,10 +175,30 @@ def rewrite_card(args, argv) -> dict:
 
     out, corpus = Path(args.out), Path(args.corpus)
     logged = json.loads((out / "train_log.json").read_text())
-    decoding = json.loads((out / "config.json").read_text())["decoding"]
+    config = json.loads((out / "config.json").read_text())
+    decoding = config["decoding"]
     results = {k: v for k, v in logged.items() if k != "log"}
-    results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"])
     all_dev = load_manifest(corpus / "cuts_dev.jsonl.gz")
+    if args.beam_sweep:
+        from model.training.evaluation import evaluate
+
+        if results.get("curve"):
+            results.setdefault("curve_beam", decoding["beam"])  # the curve stays as it was scored
+        beams = sorted({int(b) for b in args.beam_sweep.split(",")})
+        dev_utts, scale, sweep = all_dev[: args.max_eval_utts], decoding["attention_scale"], {}
+        for beam in beams:
+            started = time.perf_counter()
+            wer = evaluate(out, dev_utts, corpus_wer, methods=("attention-rescoring",), attention_scale=scale,
+                           beam=beam)["attention-rescoring"]
+            sweep[str(beam)] = {"wer": round(wer, 2), "seconds": round(time.perf_counter() - started, 1)}
+            print(f"beam {beam}: dev WER {wer:.2f} ({sweep[str(beam)]['seconds']} s)", file=sys.stderr, flush=True)
+        decoding["beam"] = min(beams, key=lambda b: (sweep[str(b)]["wer"], b))
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+        results["beam_sweep"] = sweep
+        results["dev"] = evaluate(out, dev_utts, corpus_wer, attention_scale=scale, beam=decoding["beam"])
+        test = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
+        results["test"] = evaluate(out, test, corpus_wer, attention_scale=scale, beam=decoding["beam"])
+    results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"])
     if args.curve_checkpoints:
         results["curve"] = score_curve(out, Path(args.curve_checkpoints), all_dev[:100], corpus_wer, decoding["beam"],
                                        decoding["attention_scale"])
@@ -191,10 +215,10 @@ def rewrite_card(args, argv) -> dict:
         if skip or a == "--rewrite-card":
             skip = False
             continue
-        if a == "--curve-checkpoints":
+        if a in ("--curve-checkpoints", "--beam-sweep"):
             skip = True
             continue
-        if not a.startswith("--curve-checkpoints="):
+        if not a.startswith(("--curve-checkpoints=", "--beam-sweep=")):
             train_argv.append(a)
     write_model_card(out, args, corpus, train_utts, dev_utts, test_utts, results["parameters"], results, decoding,
                      train_argv)
@@ -331,7 +355,9 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
         "## Model",
         f"- `model.AsrModel` (config.json), {n_params / 1e6:.2f} M parameters, checkpoint {size_mb:.1f} MB",
         f"- BPE vocabulary {args.vocab_size} pieces (sentencepiece, trained on the train text only; `<blk>`=0, `<sos/eos>`=1, `<unk>`=2)",
-        f"- default decoding: {decoding['method']}, beam {decoding['beam']}, attention_scale {decoding['attention_scale']} (chosen on dev); "
+        f"- default decoding: {decoding['method']}, beam {decoding['beam']}, attention_scale {decoding['attention_scale']} (chosen on dev"
+        + ("" if not results.get("beam_sweep") else "; rescoring WER on dev by beam: " + ", ".join(
+            f"{b}: {v['wer']:.2f} % in {v['seconds']:g} s" for b, v in results["beam_sweep"].items())) + "); "
         f"inputs over {decoding['max_segment_seconds']:g} s are searched and rescored in segments of at most that "
         "(`max_segment_seconds`, for windows of long recordings; the WER below decodes every sentence whole)",
         "",
@@ -384,7 +410,8 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
                       f"seed 0); {unseen:.1f} % of its words never occur in the train text. Reproduce with "
                       f"`python bench/everyday_wer.py --styles {everyday['styles']}`."]
     if results.get("curve"):
-        lines += ["", "## Curve", "", "Single checkpoints (not averaged) on the first 100 dev sentences, WER %:", "",
+        beam = results.get("curve_beam", decoding["beam"])
+        lines += ["", "## Curve", "", f"Single checkpoints (not averaged) on the first 100 dev sentences, beam {beam}, WER %:", "",
                   "| step | ctc-greedy | attention-rescoring |", "|---|---|---|"]
         lines += [f"| {c['step']} | {c['ctc-greedy']:.2f} | {c['attention-rescoring']:.2f} |" for c in results["curve"]]
     (out / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")

@@ -70,6 +70,9 @@ def test_loads_like_a_public_checkpoint():
     sweep = {float(k): v for k, v in log["scale_sweep"].items()}
     assert cfg["decoding"]["attention_scale"] in sweep
     assert sweep[cfg["decoding"]["attention_scale"]] == min(sweep.values())
+    beams = {int(k): v["wer"] for k, v in log["beam_sweep"].items()}  # the n-best size, chosen on dev too
+    assert len(beams) >= 2 and beams[cfg["decoding"]["beam"]] == min(beams.values())
+    assert log["dev"]["attention-rescoring"] == pytest.approx(beams[cfg["decoding"]["beam"]], abs=0.01)
 
 
 def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
@@ -82,9 +85,9 @@ def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
     model_dir = tmp_path / "demo"
     shutil.copytree(DEMO, model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
-    cfg["decoding"].update(attention_scale=0.3, max_segment_seconds=7.5)
+    cfg["decoding"].update(beam=12, attention_scale=0.3, max_segment_seconds=7.5)
     (model_dir / "config.json").write_text(json.dumps(cfg))
-    assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=8,
+    assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=12,
                                                                       attention_scale=0.3, max_segment_seconds=7.5,
                                                                       chunk_size=-1, left_context_frames=-1)
     merged = Recognizer.from_dir(model_dir, decoding={"beam": 4, "max_segment_seconds": None}).decoding

@@ -333,3 +333,15 @@ def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
     from pipeline.report.wer import corpus_wer
 
     assert corpus_wer([c.supervisions[0].text for c in cuts], [t.text for t in transcripts]) < 100.0
+
+    # --rewrite-card --beam-sweep: the n-best size is chosen on dev and dev / test are scored again with it
+    again = subprocess.run(cmd + ["--rewrite-card", "--beam-sweep", "1,4", "--everyday", "none"], cwd=REPO,
+                           capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    sweep = json.loads((out / "train_log.json").read_text())["beam_sweep"]
+    assert set(sweep) == {"1", "4"} and all(v["seconds"] > 0 for v in sweep.values())
+    chosen = json.loads((out / "config.json").read_text())["decoding"]["beam"]
+    assert sweep[str(chosen)]["wer"] == min(v["wer"] for v in sweep.values())
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"beam {chosen}, attention_scale" in card and "rescoring WER on dev by beam: 1:" in card
+    assert "--beam-sweep" not in card  # the card states the training command, not the rewrite's
