@@ -517,7 +517,8 @@ def load_samples(item: WorkItem) -> np.ndarray:
 
 
 class ModelOnly:
-    """The recognizer in this process, with all audio of the batches decoded up front."""
+    """The recognizer in this process, with all audio of the batches decoded up front (one
+    process of :class:`ModelOnlyProcesses`)."""
 
     def __init__(self, model_dir: Path, batches: list[Batch], decoding: DecodingConfig, backend: str = "torch") -> None:
         self.waves = [[load_samples(item) for item in batch.items] for batch in batches]
@@ -532,20 +533,14 @@ class ModelOnly:
         self.recognizer.transcribe(self.waves[0])
         self.first_batch_cold_seconds = time.perf_counter() - start
 
-    def run(self) -> dict[str, Any]:
-        """One timed pass: ``Recognizer.transcribe`` per batch, nothing else."""
+    def timed_pass(self) -> tuple[float, StageTimes]:
+        """One pass: ``Recognizer.transcribe`` per batch, nothing else; its seconds and stage times."""
         stages = StageTimes()
-        per_batch: list[float] = []
-        with ForeignCpuMonitor() as monitor:
-            for batch_waves in self.waves:
-                start = time.perf_counter()
-                _, times = self.recognizer.transcribe(batch_waves)
-                per_batch.append(time.perf_counter() - start)
-                stages.add(times)
-        seconds = sum(per_batch)
-        return {"rtfx": self.audio_seconds / seconds, "transcribe_seconds": seconds,
-                "first_batch_seconds": per_batch[0],
-                "stage_seconds": {k: round(v, 3) for k, v in stages.as_dict().items()}, "cpu": monitor.report()}
+        start = time.perf_counter()
+        for batch_waves in self.waves:
+            _, times = self.recognizer.transcribe(batch_waves)
+            stages.add(times)
+        return time.perf_counter() - start, stages
 
 
 def deal_batches(batches: Sequence[Batch], workers: int) -> list[list[int]]:
@@ -567,12 +562,8 @@ def _model_only_worker(model_dir: str, batches: list[Batch], decoding: DecodingC
     bare = ModelOnly(Path(model_dir), batches, decoding, backend=backend)
     results.put(("ready", bare.audio_seconds, bare.first_batch_cold_seconds))
     while commands.get() == "run":
-        stages = StageTimes()
-        start = time.perf_counter()
-        for batch_waves in bare.waves:
-            _, times = bare.recognizer.transcribe(batch_waves)
-            stages.add(times)
-        results.put(("done", time.perf_counter() - start, bare.audio_seconds, stages))
+        seconds, stages = bare.timed_pass()
+        results.put(("done", seconds, bare.audio_seconds, stages))
 
 
 class ModelOnlyProcesses:
@@ -858,7 +849,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "target_overhead_pct": TARGET_OVERHEAD_PCT,
         "seconds": {
             "model_only_transcribe": round(best["transcribe_seconds"], 3),
-            "model_only_first_batch_warm": round(best.get("first_batch_seconds", 0.0), 3),
             "model_only_first_batch_cold": round(layouts[best["layout"]].first_batch_cold_seconds, 3),
             "job_process": round(run["process_seconds"], 3),
             "job_summary_wall": s["wall_seconds"],

@@ -185,17 +185,21 @@ def rewrite_card(args, argv) -> dict:
         if results.get("curve"):
             results.setdefault("curve_beam", decoding["beam"])  # the curve stays as it was scored
         beams = sorted({int(b) for b in args.beam_sweep.split(",")})
-        dev_utts, scale, sweep = all_dev[: args.max_eval_utts], decoding["attention_scale"], {}
+        dev_utts, scale, sweep, rescored = all_dev[: args.max_eval_utts], decoding["attention_scale"], {}, {}
         for beam in beams:
             started = time.perf_counter()
-            wer = evaluate(out, dev_utts, corpus_wer, methods=("attention-rescoring",), attention_scale=scale,
-                           beam=beam)["attention-rescoring"]
-            sweep[str(beam)] = {"wer": round(wer, 2), "seconds": round(time.perf_counter() - started, 1)}
-            print(f"beam {beam}: dev WER {wer:.2f} ({sweep[str(beam)]['seconds']} s)", file=sys.stderr, flush=True)
+            rescored[beam] = evaluate(out, dev_utts, corpus_wer, methods=("attention-rescoring",),
+                                      attention_scale=scale, beam=beam)["attention-rescoring"]
+            sweep[str(beam)] = {"wer": round(rescored[beam], 2), "seconds": round(time.perf_counter() - started, 1)}
+            print(f"beam {beam}: dev WER {rescored[beam]:.2f} ({sweep[str(beam)]['seconds']} s)", file=sys.stderr,
+                  flush=True)
         decoding["beam"] = min(beams, key=lambda b: (sweep[str(b)]["wer"], b))
         (out / "config.json").write_text(json.dumps(config, indent=1))
         results["beam_sweep"] = sweep
-        results["dev"] = evaluate(out, dev_utts, corpus_wer, attention_scale=scale, beam=decoding["beam"])
+        # dev's rescoring score at the chosen beam is the sweep's; the CTC methods are scored again
+        results["dev"] = {**evaluate(out, dev_utts, corpus_wer, methods=("ctc-greedy", "ctc-beam"),
+                                     attention_scale=scale, beam=decoding["beam"]),
+                          "attention-rescoring": rescored[decoding["beam"]]}
         test = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
         results["test"] = evaluate(out, test, corpus_wer, attention_scale=scale, beam=decoding["beam"])
     results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"])

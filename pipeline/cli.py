@@ -43,7 +43,7 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
     d = DecodingConfig()
     group.add_argument("--beam", type=int, default=None,
                        help="CTC prefix beam size = n-best size for attention rescoring (default: the model's "
-                            f"config.json 'decoding' section, chosen on dev for the demo model: 32; else {d.beam})")
+                            f"config.json 'decoding' section, where the demo model's was chosen on dev; else {d.beam})")
     group.add_argument("--attention-scale", type=float, default=None,
                        help="final = ctc_score + scale * attention_score (icefall convention; default: the model's "
                             f"config.json 'decoding' section, else {d.attention_scale})")
@@ -113,8 +113,9 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
         title,
         "A run is two Ray Data stages: the audio stage (CPU tasks that skip shards already done, then fetch, decode "
         "and resample) and the model stage (an actor pool, one resident model per actor). Sizes come from single nodes: without "
-        "GPUs each core gets a single-thread model actor, together taking the node's CPUs less one audio task (independent "
-        "one-thread models beat one model's threads waiting for each other); with GPUs, one GPU and one CPU. Give the audio stage the CPUs that decode what the models consume (README: sizing audio CPUs "
+        "GPUs each core gets a single-thread model actor, together taking the node's CPUs less one audio task "
+        "(independent one-thread models beat one model's threads waiting for each other); with GPUs, one GPU and "
+        "one CPU. Give the audio stage the CPUs that decode what the models consume (README: sizing audio CPUs "
         "per GPU).")
     res.add_argument("--num-actors", default=None, metavar="N|MIN:MAX",
                      help="model actors: N fixed, or MIN:MAX for a pool Ray Data grows while work waits (default: "

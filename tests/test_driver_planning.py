@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.run.config import TranscribeConfig, check_run_id
 from pipeline.run.driver import ALLOCATOR_ENV, dry_run, local_system_config, model_runtime_env
 from pipeline.run.resources import ResourceTimeoutError, capacity, parse_num_actors, plan_resources, wait_for_resources
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cfg(**kw):
@@ -110,19 +114,18 @@ def test_plan_only_counts_and_padding(tmp_path):
     assert out.peak_rss_mb > 0
 
 
-def test_long_audio_options_reach_the_config_and_the_fingerprint():
-    import sys
-    from pathlib import Path
-
-    from pipeline.run.config import long_audio_label
-    from pipeline.longform.pauses import PauseSplit
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+def parsed(*extra: str) -> TranscribeConfig:
+    """The driver configuration ``jobs/transcribe.py`` makes of these options."""
+    sys.path.insert(0, str(REPO / "jobs"))
     import transcribe
 
-    def parsed(*extra):
-        args = transcribe.build_parser().parse_args(["--manifest", "m", "--model", "d", "--output", "o", *extra])
-        return transcribe.config_from_args(args)
+    args = transcribe.build_parser().parse_args(["--manifest", "m", "--model", "d", "--output", "o", *extra])
+    return transcribe.config_from_args(args)
+
+
+def test_long_audio_options_reach_the_config_and_the_fingerprint():
+    from pipeline.run.config import long_audio_label
+    from pipeline.longform.pauses import PauseSplit
 
     default = parsed()
     assert default.pause_split == PauseSplit() and "max_segment_seconds" not in default.decoding  # model's default
@@ -138,24 +141,13 @@ def test_long_audio_options_reach_the_config_and_the_fingerprint():
 def test_unset_beam_sizes_leave_the_models_own_defaults_and_reach_every_decoding(tmp_path):
     """--beam / --transducer-beam not given: the model's config.json decides (the demo model's
     n-best size was chosen on dev), for the first decoding and the extra ones alike."""
-    import json
     import shutil
-    import sys
-    from pathlib import Path
 
     from model.recognizer import Recognizer
     from pipeline.run.config import decoding_list
 
-    repo = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(repo / "jobs"))
-    import transcribe
-
-    def parsed(*extra):
-        args = transcribe.build_parser().parse_args(["--manifest", "m", "--model", "d", "--output", "o", *extra])
-        return transcribe.config_from_args(args)
-
     model_dir = tmp_path / "demo"
-    shutil.copytree(repo / "model" / "assets" / "demo", model_dir)
+    shutil.copytree(REPO / "model" / "assets" / "demo", model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg["decoding"].update(beam=24, transducer_beam=6)
     (model_dir / "config.json").write_text(json.dumps(cfg))

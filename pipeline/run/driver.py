@@ -164,9 +164,10 @@ def local_system_config(cpus: Optional[int] = None) -> Optional[dict[str, Any]]:
     ``num_workers_soft_limit`` (by default derived from its CPUs, which the model actors hold):
     with a model actor per core, every audio task's worker was ended after its shard and a new
     Python process started for the next one, about a CPU-second each; on 2 cores the pipeline's
-    steady RTFx went from 65.7 to 78.1 with the limit raised (``bench/pipeline_overhead.py``). Clusters started with ``ray start`` take the same setting as
-    the ``RAY_num_workers_soft_limit`` environment variable (``infra/``). A local cluster also
-    collects no metrics: it runs no dashboard to show them."""
+    steady RTFx went from 65.7 to 78.1 with the limit raised (``bench/pipeline_overhead.py``).
+    Clusters started with ``ray start`` take the same setting as the ``RAY_num_workers_soft_limit``
+    environment variable (``infra/``). A local cluster also collects no metrics: it runs no
+    dashboard to show them."""
     config: dict[str, Any] = {}
     if "RAY_num_workers_soft_limit" not in os.environ:
         config["num_workers_soft_limit"] = 4 * (cpus if cpus is not None else (os.cpu_count() or 1)) + 8
