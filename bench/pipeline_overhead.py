@@ -223,7 +223,7 @@ def synthesise(utt: Utterance, directory: Path) -> Utterance:
     path = directory / utt.name
     espeak = subprocess.run(["espeak-ng", "-v", utt.voice, "-s", str(utt.rate_wpm), "-p", str(utt.pitch), "--stdout", utt.text],
                             check=True, capture_output=True)
-    subprocess.run(["sox", "-V1", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path), "trim", "0", "15.5"],
+    subprocess.run(["sox", "-V1", "-D", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path), "trim", "0", "15.5"],
                    input=espeak.stdout, check=True, capture_output=True)
     utt.seconds = sf.info(str(path)).duration
     return utt

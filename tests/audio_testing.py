@@ -26,11 +26,12 @@ def _run(cmd: list[str]) -> None:
 
 
 def speak(text: str, out: Path, *, rate: int = 16000, voice: str = "en-us", extra: tuple[str, ...] = ()) -> Path:
-    """espeak-ng (22.05 kHz wav) -> sox -> ``out`` (format from its suffix), mono 16-bit."""
+    """espeak-ng (22.05 kHz wav) -> sox -> ``out`` (format from its suffix), mono 16-bit; without
+    sox's clock-seeded dither, so the same text gives the same file every run."""
     raw = out.with_name(out.stem + ".espeak.wav")
     _run(["espeak-ng", "-v", voice, "-w", str(raw), text])
     bits = [] if out.suffix in (".mp3", ".ogg", ".opus") else ["-b", "16"]
-    _run(["sox", str(raw), "-r", str(rate), "-c", "1", *bits, str(out), *extra])
+    _run(["sox", "-D", str(raw), "-r", str(rate), "-c", "1", *bits, str(out), *extra])
     raw.unlink()
     return out
 

@@ -46,7 +46,7 @@ def utterances(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
     for i, text in enumerate(SENTENCES):
         raw, wav = d / f"raw{i}.wav", d / f"utt{i}.wav"
         subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True)
-        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
+        subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True)
         samples, sr = sf.read(str(wav), dtype="float32")
         assert sr == SAMPLE_RATE and samples.ndim == 1
         out.append(samples)

@@ -478,13 +478,15 @@ def synthesize(text: str, out: Path, style: SpeechStyle, seed: int = 0) -> float
 
 
 def speak_plain(text: str, out: Path, voice: str = "en-us") -> np.ndarray:
-    """``text`` spoken by espeak-ng's default voice into ``out`` (16 kHz mono 16-bit WAV); its samples."""
+    """``text`` spoken by espeak-ng's default voice into ``out`` (16 kHz mono 16-bit WAV); its samples.
+    The same text gives the same samples every time: sox's dither (on by default when it
+    reduces to 16 bits, seeded from the clock) is off, as for the training corpus."""
     import soundfile as sf
 
     out = Path(out)
     raw = out.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
     raw.unlink()
     samples, sr = sf.read(str(out), dtype="float32")
     assert sr == 16000
