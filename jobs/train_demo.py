@@ -116,6 +116,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --rewrite-card: score dev with attention rescoring at each of these n-best sizes (the "
                         "attention_scale of config.json), keep the best in config.json's decoding, and score dev and "
                         "test again with it; the list bounds the decoding cost, which grows with the beam")
+    p.add_argument("--lm-scales", default=None, metavar="S1,S2,...",
+                   help="with --rewrite-card: write the word LM lm.arpa.gz into --out (a bigram over the corpus's "
+                        "train text and every WordNet / fortune sentence not in dev, test or a held-out list; "
+                        "model/training/word_lm.py), score dev with attention rescoring at each LM scale, keep the best "
+                        "as config.json's lm_scale, and score dev, test and the everyday list with it")
     p.add_argument("--curve-checkpoints", default=None, metavar="DIR",
                    help="with --rewrite-card: a directory of checkpoint-<step>.pt files kept during training; up to 8 "
                         "of them, evenly spaced, are scored on the first 100 dev sentences and the card gets the curve")
@@ -127,8 +132,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float) -> dict:
-    """WER per decoding method on the --everyday list spoken in --everyday-styles styles; {} when skipped."""
+def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float, lm_scale: float = 0.0) -> dict:
+    """WER per decoding method on the --everyday list spoken in --everyday-styles styles; {} when skipped
+    (with a word LM, attention rescoring is also scored without it: ``attention-rescoring, no LM``)."""
     import tempfile
 
     from model.training.corpus import read_sentence_list
@@ -139,7 +145,10 @@ def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float) -
     texts = read_sentence_list(Path(args.everyday))
     with tempfile.TemporaryDirectory(prefix="everyday-") as tmp:
         utts = spoken_sentences(texts, tmp, styles=args.everyday_styles, seed=0)
-        wer = evaluate(out, utts, scorer, attention_scale=attention_scale, beam=beam)
+        wer = evaluate(out, utts, scorer, attention_scale=attention_scale, beam=beam, lm_scale=lm_scale)
+        if lm_scale:
+            wer[NO_LM] = evaluate(out, utts, scorer, methods=("attention-rescoring",), attention_scale=attention_scale,
+                                  beam=beam)["attention-rescoring"]
     listed = Path(args.everyday).resolve()
     name = str(listed.relative_to(REPO)) if listed.is_relative_to(REPO) else str(listed)
     return {"list": name, "sentences": len(texts), "styles": args.everyday_styles, "wer": wer}
@@ -166,6 +175,47 @@ def score_curve(out: Path, checkpoints: Path, utts, scorer, beam: int, attention
         curve.append({"step": int(ckpt.stem.split("-")[1]), **wer})
         print(f"curve: {curve[-1]}", file=sys.stderr, flush=True)
     return curve
+
+
+#: the WER tables' row for attention rescoring without the word LM (the default row has it)
+NO_LM = "attention-rescoring, no LM"
+
+
+def lm_sentences(corpus: Path, held_out: list[str]) -> list[str]:
+    """The word LM's text: the corpus's train sentences and the natural sources' sentences, less
+    every dev and test sentence and every sentence of the held-out lists (the LM scale is chosen
+    on dev, and test and the everyday list measure it)."""
+    from model.training.corpus import read_sentence_list
+    from model.training.text_sources import load_natural_text
+
+    banned = set()
+    for split in ("dev", "test"):
+        banned |= set((corpus / f"text_{split}.txt").read_text().splitlines())
+    for listed in held_out:
+        banned |= set(read_sentence_list(Path(listed)))
+    train = [s for s in (corpus / "text_train.txt").read_text().splitlines() if s.strip()]
+    natural = load_natural_text(30_000).all
+    return [s for s in (*train, *natural) if s not in banned]
+
+
+def add_word_lm(out: Path, corpus: Path, args, dev_utts, decoding: dict, results: dict) -> None:
+    """--lm-scales: lm.arpa.gz written into ``out``, its scale chosen on dev (config.json's lm_scale)."""
+    from model.training.evaluation import sweep_lm_scale
+    from model.training.word_lm import write_bigram_lm
+    from pipeline.report.wer import corpus_wer
+
+    held = [args.everyday] if args.everyday != "none" else []
+    info = json.loads((corpus / "corpus.json").read_text()).get("options", {}) if (corpus / "corpus.json").is_file() else {}
+    held += [h if Path(h).is_absolute() else str(REPO / h) for h in info.get("held_out") or []]
+    held = sorted({str(Path(h).resolve()) for h in held})
+    facts = write_bigram_lm(out / "lm.arpa.gz", lm_sentences(corpus, held))
+    print(f"word LM: {facts}", file=sys.stderr, flush=True)
+    scales = sorted({float(x) for x in args.lm_scales.split(",")} | {0.0})
+    best, table = sweep_lm_scale(out, dev_utts, corpus_wer, scales, decoding["attention_scale"], beam=decoding["beam"])
+    print(f"lm_scale sweep on dev: {table} -> {best}", file=sys.stderr, flush=True)
+    decoding["lm_scale"] = best
+    results["lm"] = {**facts, "held_out": [Path(h).name for h in held]}
+    results["lm_sweep"] = {f"{k:g}": round(v, 2) for k, v in table.items()}
 
 
 def rewrite_card(args, argv) -> dict:
@@ -202,7 +252,23 @@ def rewrite_card(args, argv) -> dict:
                           "attention-rescoring": rescored[decoding["beam"]]}
         test = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
         results["test"] = evaluate(out, test, corpus_wer, attention_scale=scale, beam=decoding["beam"])
-    results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"])
+    if args.lm_scales:
+        from model.training.evaluation import evaluate
+
+        dev_utts = all_dev[: args.max_eval_utts]
+        add_word_lm(out, corpus, args, dev_utts, decoding, results)
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+        test = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
+        for split, utts in (("dev", dev_utts), ("test", test)):
+            before = results[split].get(NO_LM, results[split]["attention-rescoring"])
+            with_lm = evaluate(out, utts, corpus_wer, methods=("attention-rescoring",), beam=decoding["beam"],
+                               attention_scale=decoding["attention_scale"], lm_scale=decoding["lm_scale"])
+            results[split] = {**{k: v for k, v in results[split].items() if k != NO_LM}, **with_lm, NO_LM: before}
+    results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"],
+                                         decoding.get("lm_scale", 0.0))
+    if args.beam_sweep or args.lm_scales:
+        results["decoding_command"] = "python jobs/train_demo.py " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if args.curve_checkpoints:
         results["curve"] = score_curve(out, Path(args.curve_checkpoints), all_dev[:100], corpus_wer, decoding["beam"],
                                        decoding["attention_scale"])
@@ -219,10 +285,10 @@ def rewrite_card(args, argv) -> dict:
         if skip or a == "--rewrite-card":
             skip = False
             continue
-        if a in ("--curve-checkpoints", "--beam-sweep"):
+        if a in ("--curve-checkpoints", "--beam-sweep", "--lm-scales"):
             skip = True
             continue
-        if not a.startswith(("--curve-checkpoints=", "--beam-sweep=")):
+        if not a.startswith(("--curve-checkpoints=", "--beam-sweep=", "--lm-scales=")):
             train_argv.append(a)
     write_model_card(out, args, corpus, train_utts, dev_utts, test_utts, results["parameters"], results, decoding,
                      train_argv)
@@ -364,6 +430,21 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
             f"{b}: {v['wer']:.2f} % in {v['seconds']:g} s" for b, v in results["beam_sweep"].items())) + "); "
         f"inputs over {decoding['max_segment_seconds']:g} s are searched and rescored in segments of at most that "
         "(`max_segment_seconds`, for windows of long recordings; the WER below decodes every sentence whole)",
+    ]
+    if results.get("decoding_command"):
+        lines.append(f"- decoding settings chosen on dev after training: `{results['decoding_command']}`")
+    lm = results.get("lm")
+    if lm and decoding.get("lm_scale"):
+        lines.append(
+            f"- word LM `lm.arpa.gz` ({lm['bytes'] / 1e6:.2f} MB): a bigram (absolute discounting, D {lm['discount']}, "
+            f"pairs seen >= {lm['min_count']} times) over {lm['sentences']:,} sentences ({lm['words']:,} words: the train "
+            "text and every WordNet example / definition and fortune sentence not in dev, test or "
+            f"{', '.join(lm['held_out']) or 'a held-out list'}), backed by the {lm['vocabulary_size']:,} most frequent "
+            f"English words' frequencies (wordfreq); {lm['unigrams']:,} unigrams, {lm['bigrams']:,} bigrams "
+            "(`model/training/word_lm.py`). Attention rescoring adds `lm_scale` x its log-probability to each "
+            f"n-best entry; lm_scale {decoding['lm_scale']:g} chosen on dev (rescoring WER by scale: "
+            + ", ".join(f"{k}: {v:.2f} %" for k, v in results["lm_sweep"].items()) + ")")
+    lines += [
         "",
         "## Data",
         f"- generated by `jobs/make_synthetic_corpus.py` (seed {info.get('seed', '?')}): {_text_description(info)}; "

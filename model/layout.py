@@ -30,6 +30,7 @@ from typing import Iterable, Optional, Union
 
 from .checkpoint import ModelLoadError, TorchScriptOnlyError, is_torchscript_name
 from .tokenizer import Tokenizer
+from .word_lm import LM_FILES
 from .weights import SelectedWeights, WeightsSelection, select_weights
 
 TOKENIZER_FILES = ("bpe.model", "tokens.txt")
@@ -51,13 +52,15 @@ class ModelLayout:
     ``checkpoint_dir``: the folder holding the checkpoints (``""`` or ``"exp"``);
     ``weights``: the checkpoint files to read and how to combine them;
     ``tokenizer_dirs``: folders holding ``bpe.model`` / ``tokens.txt``, in order of preference;
-    ``config``: the ``config.json``, if any; ``kind``: which layout it is."""
+    ``config``: the ``config.json``, if any; ``lm``: the word LM (:data:`model.word_lm.LM_FILES`
+    beside the config or at the top), if any; ``kind``: which layout it is."""
 
     kind: str
     checkpoint_dir: str
     weights: SelectedWeights
     tokenizer_dirs: tuple[str, ...]
     config: Optional[str]
+    lm: Optional[str] = None
 
     def checkpoint_files(self) -> list[str]:
         return [posixpath.join(self.checkpoint_dir, f) if self.checkpoint_dir else f for f in self.weights.files]
@@ -65,7 +68,7 @@ class ModelLayout:
     def files(self, names: Iterable[str]) -> list[str]:
         """Every file the model needs, among the listing ``names`` it was planned from."""
         listed = set(names)
-        wanted = self.checkpoint_files() + ([self.config] if self.config else [])
+        wanted = self.checkpoint_files() + ([self.config] if self.config else []) + ([self.lm] if self.lm else [])
         for folder in self.tokenizer_dirs:
             wanted += [p for p in (_join(folder, t) for t in TOKENIZER_FILES) if p in listed]
         return wanted
@@ -130,8 +133,9 @@ def plan_layout(names: Iterable[str], selection: WeightsSelection = WeightsSelec
         kind = f"icefall exp folder (tokenizer in {tokenizer_dirs[0]})"
     else:
         kind = "flat folder"
+    lm = next((_join(folder, f) for folder in ("", checkpoint_dir) for f in LM_FILES if _join(folder, f) in names), None)
     return ModelLayout(kind=kind, checkpoint_dir=checkpoint_dir, weights=weights, tokenizer_dirs=tuple(tokenizer_dirs),
-                       config=config)
+                       config=config, lm=lm)
 
 
 def list_model_files(root: Union[str, PathLike]) -> list[str]:

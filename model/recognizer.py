@@ -44,6 +44,7 @@ from .onnx_export import OnnxExportError
 from .precision import Precision, resolve_precision
 from .tokenizer import BLANK_SYMBOL, SOS_EOS_SYMBOL, Tokenizer
 from .weights import WeightsSelection, load_weights
+from .word_lm import ArpaError, WordLM
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class ModelInfo:
     checkpoint_kind: str = ""
     checkpoint_entries: tuple[str, ...] = ()
     checkpoint_position: dict[str, int] = field(default_factory=dict)
+    #: the word LM file (``lm.arpa.gz``) and its SHA-256, when the directory has one
+    lm: str = ""
+    lm_sha256: str = ""
 
 
 @dataclass
@@ -222,6 +226,7 @@ class Recognizer:
         info: Optional[ModelInfo] = None,
         rescoring_dtype: str = "auto",
         backend: str = "torch",
+        lm: Optional[WordLM] = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -237,6 +242,11 @@ class Recognizer:
             config.method = resolve_method(self.model, config.method)
         #: every decoding a batch gets in :meth:`transcribe_all`, the first being :attr:`decoding`
         self.decodings: list[DecodingConfig] = configs
+        for config in configs:
+            if config.lm_scale and lm is None and config.method == "attention-rescoring":
+                raise ValueError(f"lm_scale {config.lm_scale:g} needs a word LM (lm=WordLM...)")
+        #: the word LM that attention rescoring adds with ``lm_scale`` (None: none)
+        self.lm = lm
         labels = [c.label() for c in configs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"the same decoding is asked for twice: {labels}")
@@ -312,11 +322,18 @@ class Recognizer:
             notes = apply_chunking(model, configs[0])
             for dc in configs[1:]:
                 apply_chunking(model, dc)
+            lm = WordLM.from_arpa(model_dir / layout.lm) if layout.lm else None
+            for dc in configs:
+                if dc.lm_scale and lm is None and resolve_method(model, dc.method) == "attention-rescoring":
+                    raise ModelLoadError(f"{model_dir}: lm_scale {dc.lm_scale:g} asks for a word LM, and the directory "
+                                         "has none (lm.arpa.gz or lm.arpa); set lm_scale 0 (--lm-scale 0)")
             files = [ckpt_dir / f for f in layout.weights.files]
             digests = [file_sha256(f) for f in files]
             sha = digests[0] if len(files) == 1 else _combined_sha256(files, digests, layout.weights.label)
         except ModelLoadError:
             raise
+        except ArpaError as exc:
+            raise ModelLoadError(f"{model_dir}: the word LM cannot be read: {exc}") from None
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise ModelLoadError(f"{model_dir}: {exc}") from None
         if checkpoint_sha256 and checkpoint_sha256 != sha:
@@ -337,12 +354,14 @@ class Recognizer:
             checkpoint_kind=used.kind,
             checkpoint_entries=used.entries,
             checkpoint_position=dict(used.position),
+            lm=str(model_dir / layout.lm) if layout.lm else "",
+            lm_sha256=file_sha256(model_dir / layout.lm) if layout.lm else "",
         )
         for note in notes:
             log.info("%s: %s", model_dir, note)
         try:
             return cls(model, tokenizer, decoding=configs, device=device, amp_dtype=amp_dtype,
-                       info=info, rescoring_dtype=rescoring_dtype, backend=backend)
+                       info=info, rescoring_dtype=rescoring_dtype, backend=backend, lm=lm)
         except OnnxExportError as exc:
             raise ModelLoadError(f"{model_dir}: {exc}") from None
 
@@ -389,15 +408,23 @@ class Recognizer:
             results = []
             for config in configs:
                 with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
-                    hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs)
+                    hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
+                                  lm_scorer=self._lm_scores)
                 if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
                     self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
-                    hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs)
+                    hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
+                                  lm_scorer=self._lm_scores)
                 results.append([self._to_transcript(h) for h in hyps])
             _sync(self.device)
             t3 = time.perf_counter()
         times.features, times.encoder, times.decoding = t1 - t0, t2 - t1, t3 - t2
         return results, times
+
+    def _lm_scores(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The word LM's log-probability of each token sequence's text (decode's ``lm_scorer``)."""
+        if self.lm is None:
+            raise ValueError("this recognizer has no word LM")
+        return [self.lm.score(self.tokenizer.decode(list(ids))) for ids in sequences]
 
     def _fall_back_to_fp32(self, why: str, rescoring: bool = False) -> None:
         """fp16 has 5 exponent bits: a model whose activations exceed 65504 (one trained without

@@ -47,6 +47,11 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--attention-scale", type=float, default=None,
                        help="final = ctc_score + scale * attention_score (icefall convention; default: the model's "
                             f"config.json 'decoding' section, else {d.attention_scale})")
+    group.add_argument("--lm-scale", type=float, default=None, metavar="S",
+                       help="attention rescoring: final += S * the word LM's log-probability of each n-best entry "
+                            "(the model directory's lm.arpa.gz; an ARPA n-gram over the tokenizer's words). 0: no "
+                            "LM. Default: the model's config.json 'decoding' section (the demo model's was chosen "
+                            f"on dev), else {d.lm_scale:g}")
     group.add_argument("--transducer-beam", type=int, default=None,
                        help="modified beam search beam (default: the model's config.json 'decoding' section, "
                             f"else {d.transducer_beam})")
@@ -223,7 +228,7 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
     encoded once and decoded with each) and job-specific fields (``manifest``, ``model``,
     ``output``, ``run_id``, ``dataset`` ...)."""
     decoding: dict[str, Any] = {"method": methods[0]}
-    for field in ("beam", "transducer_beam"):  # unset: the model's own default (config.json), field by field
+    for field in ("beam", "transducer_beam", "lm_scale"):  # unset: the model's own default (config.json), field by field
         if getattr(args, field) is not None:
             decoding[field] = getattr(args, field)
     if args.attention_scale is not None:

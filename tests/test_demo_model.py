@@ -30,7 +30,7 @@ def card_wer(split: str, method: str) -> float:
 
 
 def test_shipped_files_and_budget():
-    for name in ("pretrained.pt", "bpe.model", "config.json", "MODEL_CARD.md", "train_log.json"):
+    for name in ("pretrained.pt", "bpe.model", "config.json", "MODEL_CARD.md", "train_log.json", "lm.arpa.gz"):
         assert (DEMO / name).is_file(), name
     assert (DEMO / "pretrained.pt").stat().st_size <= 25e6
     log = json.loads((DEMO / "train_log.json").read_text())
@@ -70,6 +70,34 @@ def test_loads_like_a_public_checkpoint():
     sweep = {float(k): v for k, v in log["scale_sweep"].items()}
     assert cfg["decoding"]["attention_scale"] in sweep
     assert sweep[cfg["decoding"]["attention_scale"]] == min(sweep.values())
+    beams = {int(k): v["wer"] for k, v in log["beam_sweep"].items()}  # the n-best size, chosen on dev too
+    assert len(beams) >= 2 and beams[cfg["decoding"]["beam"]] == min(beams.values())
+    # ... and the word LM's scale, on top of that beam: the sweep's best, 0 (no LM) among the tried
+    lm_sweep = {float(k): v for k, v in log["lm_sweep"].items()}
+    assert 0.0 in lm_sweep and lm_sweep[cfg["decoding"]["lm_scale"]] == min(lm_sweep.values())
+    assert lm_sweep[0.0] == pytest.approx(beams[cfg["decoding"]["beam"]], abs=0.01)
+    assert log["dev"]["attention-rescoring"] == pytest.approx(lm_sweep[cfg["decoding"]["lm_scale"]], abs=0.01)
+
+
+def test_the_word_lm_earns_its_place():
+    """The shipped LM: read from the directory, its text never had a dev / test / everyday
+    sentence, and it helps on every held-out set the card reports (measured there with and
+    without it, the same n-best)."""
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.from_dir(DEMO)
+    assert rec.lm is not None and rec.decoding.lm_scale > 0 and f"lm={rec.decoding.lm_scale:g}" in rec.decoding.label()
+    assert (DEMO / "lm.arpa.gz").stat().st_size < 2e6
+    log = json.loads((DEMO / "train_log.json").read_text())
+    assert log["lm"]["held_out"] == ["everyday_en.txt"]
+    for split in ("dev", "test"):
+        assert log[split]["attention-rescoring"] < log[split]["attention-rescoring, no LM"]
+    assert log["everyday"]["wer"]["attention-rescoring"] < log["everyday"]["wer"]["attention-rescoring, no LM"]
+    # real words and their usual order are likelier than the near-misses the model made without it
+    for good, bad in (("see you tomorrow morning", "see you tomorw morning"),
+                      ("the vegetables are fresh", "the vigitables are fresh"),
+                      ("i left my keys on the table", "i left mykease on the table")):
+        assert rec.lm.score(good) > rec.lm.score(bad) + 5.0, (good, bad)
 
 
 def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
@@ -82,15 +110,15 @@ def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
     model_dir = tmp_path / "demo"
     shutil.copytree(DEMO, model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
-    cfg["decoding"].update(beam=12, attention_scale=0.3, max_segment_seconds=7.5)
+    cfg["decoding"].update(beam=12, attention_scale=0.3, max_segment_seconds=7.5, lm_scale=0.7)
     (model_dir / "config.json").write_text(json.dumps(cfg))
     assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=12,
                                                                       attention_scale=0.3, max_segment_seconds=7.5,
-                                                                      chunk_size=-1, left_context_frames=-1)
+                                                                      lm_scale=0.7, chunk_size=-1, left_context_frames=-1)
     merged = Recognizer.from_dir(model_dir, decoding={"beam": 4, "max_segment_seconds": None}).decoding
     assert (merged.beam, merged.attention_scale, merged.max_segment_seconds) == (4, 0.3, None)
     explicit = Recognizer.from_dir(model_dir, decoding=DecodingConfig(beam=3)).decoding  # a full config is taken as is
-    assert (explicit.beam, explicit.attention_scale, explicit.max_segment_seconds) == (3, 1.0, None)
+    assert (explicit.beam, explicit.attention_scale, explicit.max_segment_seconds, explicit.lm_scale) == (3, 1.0, None, 0.0)
 
 
 @pytest.fixture(scope="module")

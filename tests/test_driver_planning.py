@@ -149,16 +149,21 @@ def test_unset_beam_sizes_leave_the_models_own_defaults_and_reach_every_decoding
     model_dir = tmp_path / "demo"
     shutil.copytree(REPO / "model" / "assets" / "demo", model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
-    cfg["decoding"].update(beam=24, transducer_beam=6)
+    cfg["decoding"].update(beam=24, transducer_beam=6, lm_scale=0.8)
     (model_dir / "config.json").write_text(json.dumps(cfg))
 
     default = parsed("--decoding", "attention-rescoring", "--decoding", "ctc-beam")
-    assert "beam" not in default.decoding and "transducer_beam" not in default.decoding
+    assert "beam" not in default.decoding and "transducer_beam" not in default.decoding and "lm_scale" not in default.decoding
     decodings = Recognizer.from_dir(model_dir, decoding=decoding_list(default.decoding, default.extra_methods)).decodings
-    assert [(d.method, d.beam, d.transducer_beam) for d in decodings] == [("attention-rescoring", 24, 6), ("ctc-beam", 24, 6)]
+    assert [(d.method, d.beam, d.transducer_beam, d.lm_scale) for d in decodings] == [
+        ("attention-rescoring", 24, 6, 0.8), ("ctc-beam", 24, 6, 0.8)]
+    assert " lm=0.8 " in decodings[0].label() and "lm=" not in decodings[1].label()  # ctc-beam has no LM term
     given = parsed("--decoding", "ctc-beam", "--beam", "5", "--transducer-beam", "2")
     assert (given.decoding["beam"], given.decoding["transducer_beam"]) == (5, 2)
     assert Recognizer.from_dir(model_dir, decoding=decoding_list(given.decoding)).decodings[0].beam == 5
+    # --lm-scale 0 switches the word LM off
+    off = parsed("--lm-scale", "0")
+    assert Recognizer.from_dir(model_dir, decoding=decoding_list(off.decoding)).decodings[0].lm_scale == 0.0
 
 
 def test_a_local_ray_keeps_audio_workers_and_collects_no_metrics(monkeypatch):

@@ -110,13 +110,17 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
     # recordings). Before that, the 30 s windows gave 14.4 / 9.0 %: n-best rescoring of a whole
     # window fixes little.
     # The demo model trained on natural text (issue 19) measured 20.9 vs 20.5 % with pauses and
-    # 22.6 vs 19.0 % without (sentence-aligned chunks 21.9 / 22.4 %).
+    # 22.6 vs 19.0 % without at beam 8. Its shipped decoding (beam 32, word LM, chosen on dev)
+    # helps a sentence alone more than a stream: over 6 recordings with pauses (bench offsets
+    # 200-800), long - one by one = -0.5 .. +1.7 points (mean +0.7; +1.2 on this one); over 10
+    # without pauses, long - sentence-aligned chunks = -2.7 .. +3.2 (mean +1.1; +1.55 on this one)
+    # and long - one by one = +2.9 .. +7.5 (mean +5.0; +4.65 on this one). The audio is the same
+    # every run (speak_plain: no dither), so each figure here is too.
     if pauses[1]:
-        assert long_wer <= one_by_one + 1.0
+        assert long_wer <= one_by_one + 1.5
         assert long_wer <= oracle_wer  # no worse than sentence-aligned chunks: the pieces work
     else:  # no pause to cut at: only the segmented rescoring helps, and windows start mid-sentence
-        # (mid-sentence starts cost a share of the model's own error rate: a relative margin, 25 % + 1 point)
-        assert long_wer <= 1.25 * one_by_one + 1.0
+        assert long_wer <= one_by_one + 6.0
         assert long_wer <= oracle_wer + 2.0
     # nothing dropped or doubled wholesale at the seams: word counts follow the chunked transcripts
     assert abs(hyp_words - oracle_words) <= 0.05 * oracle_words

@@ -334,9 +334,10 @@ def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
 
     assert corpus_wer([c.supervisions[0].text for c in cuts], [t.text for t in transcripts]) < 100.0
 
-    # --rewrite-card --beam-sweep: the n-best size is chosen on dev and dev / test are scored again with it
-    again = subprocess.run(cmd + ["--rewrite-card", "--beam-sweep", "1,4", "--everyday", "none"], cwd=REPO,
-                           capture_output=True, text=True, timeout=180)
+    # --rewrite-card --beam-sweep: the n-best size is chosen on dev and dev / test are scored again with it;
+    # --lm-scales: a word LM is written beside the model and its scale chosen on dev
+    again = subprocess.run(cmd + ["--rewrite-card", "--beam-sweep", "1,4", "--lm-scales", "0.5,2", "--everyday", "none"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     sweep = json.loads((out / "train_log.json").read_text())["beam_sweep"]
     assert set(sweep) == {"1", "4"} and all(v["seconds"] > 0 for v in sweep.values())
@@ -344,4 +345,24 @@ def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
     assert sweep[str(chosen)]["wer"] == min(v["wer"] for v in sweep.values())
     card = (out / "MODEL_CARD.md").read_text()
     assert f"beam {chosen}, attention_scale" in card and "rescoring WER on dev by beam: 1:" in card
-    assert "--beam-sweep" not in card  # the card states the training command, not the rewrite's
+    assert "- command: `python jobs/train_demo.py" in card and "--beam-sweep" not in card.split("- command:")[1]
+    assert "--lm-scales 0.5,2" in card  # ... and the rewrite that chose the decoding, on its own line
+    log = json.loads((out / "train_log.json").read_text())
+    lm_sweep = {float(k): v for k, v in log["lm_sweep"].items()}
+    assert set(lm_sweep) == {0.0, 0.5, 2.0}
+    lm_scale = json.loads((out / "config.json").read_text())["decoding"]["lm_scale"]
+    assert lm_sweep[lm_scale] == min(lm_sweep.values())
+    assert Recognizer.from_dir(out).lm is not None and log["lm"]["bigrams"] > 0
+    if lm_scale:  # both rows: with the LM (the default decoding) and without it
+        assert log["dev"]["attention-rescoring"] == pytest.approx(lm_sweep[lm_scale], abs=0.01)
+        assert log["dev"]["attention-rescoring, no LM"] == pytest.approx(lm_sweep[0.0], abs=0.01)
+        assert "| attention-rescoring, no LM |" in card
+    # the LM's text never holds a dev or test sentence (the scale is chosen on dev, test measures it)
+    sys.path.insert(0, str(REPO / "jobs"))
+    from train_demo import lm_sentences
+
+    text = set(lm_sentences(tiny_corpus, []))
+    for split in ("dev", "test"):
+        held = set((tiny_corpus / f"text_{split}.txt").read_text().splitlines())
+        assert held and not (held & text)
+    assert set((tiny_corpus / "text_train.txt").read_text().splitlines()) - {""} <= text

@@ -43,6 +43,11 @@ Long inputs: with ``DecodingConfig.max_segment_seconds`` set, ``ctc-beam`` and
 segments cut at the longest runs of CTC blanks; the encoder output is the
 whole utterance's (:mod:`model.decoding.segments`).
 
+Word LM: ``attention-rescoring`` with ``DecodingConfig.lm_scale`` > 0 adds that times
+a word n-gram's log-probability of each n-best entry (``decode``'s ``lm_scorer``, which
+:class:`model.recognizer.Recognizer` builds from a model directory's ``lm.arpa.gz`` and
+the tokenizer; :mod:`model.word_lm`). The search itself does not see the LM.
+
 Token times: ``token_frames`` are encoder frames (after subsampling); CTC
 methods use the first frame of each token in the best alignment of the chosen
 hypothesis (Viterbi, batched), transducer methods the emission frame.
@@ -58,7 +63,7 @@ and convert to Python lists once at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -82,6 +87,7 @@ from .types import (
 
 __all__ = [
     "METHODS",
+    "LmScorer",
     "AlignmentResult",
     "CtcGreedyResult",
     "CtcNBest",
@@ -102,6 +108,9 @@ __all__ = [
     "transducer_greedy_search",
     "transducer_modified_beam_search",
 ]
+
+#: LM log-probabilities of token-id sequences, one per sequence (``decode``'s ``lm_scorer``)
+LmScorer = Callable[[Sequence[Sequence[int]]], Sequence[float]]
 
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring", "transducer-greedy", "transducer-beam")
 _ALIASES = {
@@ -127,6 +136,10 @@ class DecodingConfig:
     #: weighs both models equally; icefall picks the value by sweeping scales
     #: (0.01 ... 9.0) on dev data, which the demo training should do too.
     attention_scale: float = 1.0
+    #: attention-rescoring with a word LM (:class:`model.word_lm.WordLM`, a model directory's
+    #: ``lm.arpa.gz``): ``total += lm_scale * lm_score``, the LM's natural-log probability of the
+    #: entry's words (``</s>`` included). 0: no LM. Other methods ignore it.
+    lm_scale: float = 0.0
     #: modified beam search beam (icefall default 4)
     transducer_beam: int = 4
     #: seconds per encoder frame: 10 ms features x subsampling 4
@@ -151,6 +164,7 @@ class DecodingConfig:
         summaries name it: ``attention-rescoring beam=8 scale=1 segments<=6s``."""
         if self.method in ("ctc-beam", "attention-rescoring"):
             extra = f" beam={self.beam}" + (f" scale={self.attention_scale:g}" if self.method == "attention-rescoring" else "")
+            extra += f" lm={self.lm_scale:g}" if self.method == "attention-rescoring" and self.lm_scale else ""
             extra += f" segments<={self.max_segment_seconds:g}s" if self.max_segment_seconds else ""
         elif self.method == "transducer-beam":
             extra = f" beam={self.transducer_beam}"
@@ -204,6 +218,7 @@ def decode(
     encoder_out_lens: torch.Tensor,
     config: Optional[DecodingConfig] = None,
     ctc_log_probs: Optional[torch.Tensor] = None,
+    lm_scorer: Optional[LmScorer] = None,
 ) -> List[Hypothesis]:
     """Decode a batch of encoder outputs; one :class:`Hypothesis` per utterance.
 
@@ -213,8 +228,13 @@ def decode(
       encoder_out_lens: (N,) valid frames.
       config: :class:`DecodingConfig` (default: attention rescoring, beam 8).
       ctc_log_probs: optional precomputed ``model.ctc_output(encoder_out)``.
+      lm_scorer: the LM log-probability of each token sequence of a list (a word LM behind the
+        tokenizer, see ``Recognizer``); needed when ``config.lm_scale`` > 0 and the method is
+        attention rescoring.
     """
     cfg = config or DecodingConfig()
+    if cfg.lm_scale < 0:
+        raise ValueError(f"lm_scale must be >= 0, got {cfg.lm_scale}")
     method = resolve_method(model, cfg.method)
     lens = encoder_out_lens.to(encoder_out.device)
     n = encoder_out.shape[0]
@@ -261,7 +281,7 @@ def decode(
     if method != "ctc-greedy" and cfg.max_segment_seconds:
         max_frames = max(1, int(round(cfg.max_segment_seconds / shift)))
         if max(num_frames) > max_frames:
-            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames)
+            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames, lm_scorer)
     blank_conf = ctc_blank_confidence(log_probs, lens, cfg.blank_id)
 
     if method == "ctc-greedy":
@@ -288,8 +308,16 @@ def decode(
         ]
 
     nbest = ctc_prefix_beam_search(log_probs, lens, beam=cfg.beam, blank_id=cfg.blank_id, token_beam=cfg.token_beam)
+    lm_l = None
     if method == "attention-rescoring":
-        rr = attention_rescore(model.attention_decoder, encoder_out, lens, nbest, attention_scale=cfg.attention_scale)
+        extra = None
+        if cfg.lm_scale:
+            if lm_scorer is None:
+                raise ValueError("lm_scale > 0 needs a word LM (lm.arpa.gz in the model directory)")
+            lm_l = _lm_scores(nbest, lm_scorer)
+            extra = cfg.lm_scale * torch.tensor(lm_l, dtype=torch.float32)
+        rr = attention_rescore(model.attention_decoder, encoder_out, lens, nbest, attention_scale=cfg.attention_scale,
+                               extra_scores=extra)
         best = rr.best_index
         att_all, total_all = rr.attention_scores, rr.total_scores
     else:
@@ -319,6 +347,7 @@ def decode(
                     token_ids=nbest_lists[i][s],
                     ctc_score=ctc_all[i][s],
                     attention_score=att_l[i][s] if att_l is not None else None,
+                    lm_score=lm_l[i][s] if lm_l is not None else None,
                     score=tot_l[i][s],
                 )
                 for s in range(len(nbest_lists[i]))
@@ -333,6 +362,7 @@ def decode(
                 token_confidences=tok_conf[i][: flens[i]],
                 ctc_score=ctc_all[i][j],
                 attention_score=att_l[i][j] if att_l is not None else None,
+                lm_score=lm_l[i][j] if lm_l is not None else None,
                 num_frames=num_frames[i],
                 duration=num_frames[i] * shift,
                 method=method,
@@ -342,7 +372,19 @@ def decode(
     return out
 
 
-def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, max_frames: int) -> List[Hypothesis]:
+def _lm_scores(nbest, lm_scorer: "LmScorer") -> List[List[float]]:
+    """(N, K) LM scores of the n-best entries (0.0 for unused slots): one scorer call for all."""
+    lists = nbest.to_lists()
+    flat = lm_scorer([y for entries in lists for y in entries])
+    if len(flat) != sum(len(e) for e in lists):
+        raise ValueError("the LM scorer returned a different number of scores than it was given sequences")
+    it = iter(flat)
+    k = nbest.scores.shape[1]
+    return [[float(next(it)) for _ in entries] + [0.0] * (k - len(entries)) for entries in lists]
+
+
+def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, max_frames: int,
+                      lm_scorer: Optional[LmScorer] = None) -> List[Hypothesis]:
     """``decode`` on segments of each utterance (:mod:`model.decoding.segments`), joined back.
 
     The joined hypothesis: tokens, frames and token confidences concatenated (frames made
@@ -354,7 +396,7 @@ def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, 
     seg_enc, seg_lens = gather_segments(encoder_out, spans)
     seg_lp, _ = gather_segments(log_probs, spans)
     inner = replace(cfg, max_segment_seconds=None, return_nbest=False)
-    pieces = iter(decode(model, seg_enc, seg_lens, inner, ctc_log_probs=seg_lp))
+    pieces = iter(decode(model, seg_enc, seg_lens, inner, ctc_log_probs=seg_lp, lm_scorer=lm_scorer))
     out = []
     for ss, n_frames in zip(spans, lens.tolist()):
         parts = [(a, next(pieces)) for a, _ in ss]
@@ -366,11 +408,13 @@ def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, 
         else:
             conf = sum(h.confidence * h.num_frames for _, h in parts) / max(1, n_frames)
         att = [h.attention_score for _, h in parts]
+        lms = [h.lm_score for _, h in parts]
         out.append(Hypothesis(
             token_ids=ids, token_frames=frames, token_times=_times(frames, cfg.frame_shift_s),
             score=float(sum(h.score for _, h in parts)), confidence=conf, token_confidences=tok_conf,
             ctc_score=float(sum(h.ctc_score for _, h in parts)),
             attention_score=None if any(a is None for a in att) else float(sum(att)),
+            lm_score=None if any(v is None for v in lms) else float(sum(lms)),
             num_frames=n_frames, duration=n_frames * cfg.frame_shift_s, method=parts[0][1].method,
         ))
     return out

@@ -79,12 +79,17 @@ def attention_rescore(
     encoder_out_lens: torch.Tensor,
     nbest: CtcNBest,
     attention_scale: float = 1.0,
+    extra_scores: torch.Tensor | None = None,
 ) -> RescoringResult:
     """Pick, per utterance, the n-best entry maximising
-    ``ctc_score + attention_scale * attention_score`` (first one on ties)."""
+    ``ctc_score + attention_scale * attention_score (+ extra_scores)`` (first one on ties).
+    ``extra_scores``: (N, K) added to the valid entries' totals (a scaled word-LM score)."""
     att = attention_scores_for_nbest(attention_decoder, encoder_out, encoder_out_lens, nbest)
     ctc = nbest.scores.to(att.device).float()
     valid = nbest.valid.to(att.device)
-    total = torch.where(valid, ctc + attention_scale * torch.where(valid, att, torch.zeros_like(att)), torch.full_like(att, float("-inf")))
+    combined = ctc + attention_scale * torch.where(valid, att, torch.zeros_like(att))
+    if extra_scores is not None:
+        combined = combined + extra_scores.to(device=att.device, dtype=combined.dtype)
+    total = torch.where(valid, combined, torch.full_like(att, float("-inf")))
     best = total.argmax(dim=1)
     return RescoringResult(best_index=best, attention_scores=att, total_scores=total)

@@ -29,6 +29,8 @@ class NBestEntry:
     #: sum of attention-decoder token log-probs, eos included (``-nll.sum()``);
     #: ``None`` when no attention decoder was run
     attention_score: Optional[float] = None
+    #: word-LM log-probability of the entry's words (``DecodingConfig.lm_scale`` > 0)
+    lm_score: Optional[float] = None
     #: the score the entries were ranked by
     score: float = 0.0
 
@@ -54,6 +56,8 @@ class Hypothesis:
     ctc_score: Optional[float] = None
     #: attention-decoder log-probability of ``token_ids`` + eos (rescoring)
     attention_score: Optional[float] = None
+    #: word-LM log-probability of the words (attention rescoring with ``lm_scale`` > 0)
+    lm_score: Optional[float] = None
     #: number of valid encoder frames of the utterance
     num_frames: int = 0
     #: utterance duration seen by the decoder, ``num_frames * frame_shift_s``

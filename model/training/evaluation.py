@@ -19,7 +19,7 @@ from model.recognizer import Recognizer
 
 from .data import Utterance, bucketed_batches, load_audio
 
-__all__ = ["Scorer", "evaluate", "spoken_sentences", "sweep_attention_scale", "transcribe_nbest"]
+__all__ = ["Scorer", "evaluate", "spoken_sentences", "sweep_attention_scale", "sweep_lm_scale", "transcribe_nbest"]
 
 #: ``scorer(references, hypotheses)`` -> WER in percent
 Scorer = Callable[[Sequence[str], Sequence[str]], float]
@@ -63,12 +63,14 @@ def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], ba
 
 def evaluate(model_dir: str | Path, utterances: Sequence[Utterance], scorer: Scorer,
              methods: Iterable[str] = ("ctc-greedy", "ctc-beam", "attention-rescoring"),
-             attention_scale: Optional[float] = None, beam: int = 8) -> dict[str, float]:
-    """WER (%, by ``scorer``) per decoding method of a model directory, through ``Recognizer.from_dir``."""
+             attention_scale: Optional[float] = None, beam: int = 8, lm_scale: float = 0.0) -> dict[str, float]:
+    """WER (%, by ``scorer``) per decoding method of a model directory, through ``Recognizer.from_dir``
+    (``lm_scale``: attention rescoring's word-LM weight; the directory's ``lm.arpa.gz``)."""
     refs = [u.text for u in utterances]
     results = {}
     for method in methods:
-        cfg = DecodingConfig(method=method, beam=beam, attention_scale=1.0 if attention_scale is None else attention_scale)
+        cfg = DecodingConfig(method=method, beam=beam, attention_scale=1.0 if attention_scale is None else attention_scale,
+                             lm_scale=lm_scale if method == "attention-rescoring" else 0.0)
         rec = Recognizer.from_dir(model_dir, decoding=cfg)
         texts = [""] * len(utterances)
         for batch in bucketed_batches([u.duration for u in utterances], 200.0):
@@ -96,3 +98,30 @@ def sweep_attention_scale(model_dir: str | Path, utterances: Sequence[Utterance]
         table[s] = scorer(refs, texts)
     best_scale = min(scales, key=lambda s: (table[s], abs(math.log(s))))
     return best_scale, table
+
+
+def sweep_lm_scale(model_dir: str | Path, utterances: Sequence[Utterance], scorer: Scorer, scales: Sequence[float],
+                   attention_scale: float, beam: int = 8) -> tuple[float, dict[float, float]]:
+    """Rescore the attention-rescoring n-best once per word-LM scale (the directory's
+    ``lm.arpa.gz``): ``ctc + attention_scale * attention + scale * lm``. Returns the scale with the
+    lowest WER (ties: the smallest) and the table."""
+    rec = Recognizer.from_dir(model_dir, decoding=DecodingConfig(method="attention-rescoring", beam=beam,
+                                                                  attention_scale=attention_scale, return_nbest=True))
+    if rec.lm is None:
+        raise ValueError(f"{model_dir} has no word LM (lm.arpa.gz)")
+    hyps = transcribe_nbest(rec, utterances)
+    refs = [u.text for u in utterances]
+    entries = [[(e, rec.tokenizer.decode(e.token_ids)) for e in (h.nbest or [])] for h in hyps]
+    lm_scores = [[rec.lm.score(text) for _, text in row] for row in entries]
+    table: dict[float, float] = {}
+    for s in scales:
+        texts = []
+        for h, row, lms in zip(hyps, entries, lm_scores):
+            if not row:
+                texts.append(rec.tokenizer.decode(h.token_ids))
+                continue
+            k = max(range(len(row)), key=lambda i: row[i][0].ctc_score + attention_scale * (row[i][0].attention_score or 0.0)
+                    + s * lms[i])
+            texts.append(row[k][1])
+        table[s] = scorer(refs, texts)
+    return min(scales, key=lambda s: (table[s], s)), table

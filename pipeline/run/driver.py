@@ -71,6 +71,7 @@ class ModelFacts:
     tokenizer: str = ""  # the tokenizer file, relative to model_dir
     notes: tuple[str, ...] = ()  # what loading decided on its own (e.g. full context for a causal model)
     decodings: tuple[str, ...] = ()  # each decoding's label, in order: rows carry one of them
+    lm_sha256: str = ""  # the word LM's, when the model directory has one
 
 
 def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
@@ -87,7 +88,8 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
     info = recognizer.info
     labels = tuple(d.label() for d in recognizer.decodings)
     return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding="; ".join(labels),
-                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes)
+                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes,
+                      lm_sha256=info.lm_sha256)
 
 
 def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
@@ -95,7 +97,7 @@ def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ..
     return (facts.sha256, facts.decoding, json.dumps(decoding_list(cfg.decoding, cfg.extra_methods), sort_keys=True),
             f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"backend={cfg.backend}", f"max_batch_seconds={cfg.max_batch_seconds}",
             f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
-            long_audio_label(cfg))
+            long_audio_label(cfg)) + ((f"lm={facts.lm_sha256}",) if facts.lm_sha256 else ())
 
 
 def plan_options(cfg: TranscribeConfig) -> PlanOptions:
