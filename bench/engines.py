@@ -124,10 +124,10 @@ def bench(args: argparse.Namespace, engines: list[str], rec: Recognizer, cfg: De
     stages: dict[str, dict[str, float]] = {name: {} for name in engines}
     for name in engines:
         if name == "torch":
-            runners[name] = zipscribe_engine(Recognizer(rec.model, rec.tokenizer, decoding=replace(cfg)), stages[name])
+            runners[name] = zipscribe_engine(Recognizer(rec.model, rec.tokenizer, decoding=replace(cfg), lm=rec.lm), stages[name])
         elif name.startswith("onnxruntime"):
             om = load_onnx_model(out_dir, int8=name.endswith("int8"), num_threads=args.threads)
-            runners[name] = zipscribe_engine(Recognizer(om, rec.tokenizer, decoding=replace(cfg)), stages[name])
+            runners[name] = zipscribe_engine(Recognizer(om, rec.tokenizer, decoding=replace(cfg), lm=rec.lm), stages[name])
         else:
             runners[name] = sherpa_engine(export.path("sherpa", "ctc", int8=name.endswith("int8")),
                                           export.path("sherpa", "tokens"), args.threads)

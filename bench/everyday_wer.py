@@ -8,7 +8,8 @@ Each sentence is spoken in ``--styles`` speech styles drawn with ``--seed`` from
 corpus's own style space (``model.training.corpus.random_style``: voice, variant, rate, pitch,
 gain, noise), so the speech sounds like the corpus's while the words are new. Every batch is
 encoded once and decoded with ctc-greedy, ctc-beam and attention rescoring
-(``Recognizer.transcribe_all``, the model's own decoding settings). Prints the WER of each method
+(``Recognizer.transcribe_all``, the model's own decoding settings; with a word LM, rescoring is
+also scored without it on the same n-best). Prints the WER of each method
 overall and per style, the share of the sentences' words the model's training text never had
 (when ``--train-text`` points at it), and one JSON line.
 """
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring")
+NO_LM = "attention-rescoring, no LM"
 
 
 def main() -> int:
@@ -50,9 +52,14 @@ def main() -> int:
     torch.set_num_threads(2)
     texts = read_sentence_list(EVERYDAY_LIST)
     base = Recognizer.from_dir(args.model)
-    rec = Recognizer.from_dir(args.model, decoding=[{**asdict(base.decoding), "method": m} for m in METHODS])
+    methods = list(METHODS)
+    decodings = [{**asdict(base.decoding), "method": m} for m in METHODS]
+    if base.lm is not None and base.decoding.lm_scale:  # the same n-best without the word LM, as the card reports it
+        methods.append(NO_LM)
+        decodings.append({**asdict(base.decoding), "method": "attention-rescoring", "lm_scale": 0.0})
+    rec = Recognizer.from_dir(args.model, decoding=decodings)
     refs: list[str] = []
-    hyps: dict[str, list[str]] = {m: [] for m in METHODS}
+    hyps: dict[str, list[str]] = {m: [] for m in methods}
     by_style: dict[str, dict[str, list[tuple[str, str]]]] = {}
     with tempfile.TemporaryDirectory(prefix="everyday-") as tmp:
         utts = spoken_sentences(texts, tmp, styles=args.styles, seed=args.seed)
@@ -66,16 +73,16 @@ def main() -> int:
             results[j] = [t.text for t in outs]
     for j, utt in enumerate(utts):
         style = utt.id.rsplit("-", 2)[0]
-        by_style.setdefault(style, {m: [] for m in METHODS})
+        by_style.setdefault(style, {m: [] for m in methods})
         refs.append(utt.text)
-        for m, hyp in zip(METHODS, results[j]):
+        for m, hyp in zip(methods, results[j]):
             hyps[m].append(hyp)
             by_style[style][m].append((utt.text, hyp))
-    summary = {m: round(corpus_wer(refs, hyps[m]), 2) for m in METHODS}
+    summary = {m: round(corpus_wer(refs, hyps[m]), 2) for m in methods}
     print(f"{len(texts)} everyday sentences x {args.styles} styles, model {args.model}")
-    print("WER %: " + ", ".join(f"{m} {summary[m]}" for m in METHODS))
+    print("WER %: " + ", ".join(f"{m} {summary[m]}" for m in methods))
     for name, per in by_style.items():
-        print(f"  {name}: " + ", ".join(f"{m} {corpus_wer(*zip(*per[m])):.2f}" for m in METHODS))
+        print(f"  {name}: " + ", ".join(f"{m} {corpus_wer(*zip(*per[m])):.2f}" for m in methods))
     oov = None
     if args.train_text:
         vocab = {w for line in Path(args.train_text).read_text().splitlines() for w in line.lower().split()}

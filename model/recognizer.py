@@ -409,19 +409,21 @@ class Recognizer:
             for config in configs:
                 with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
                     hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
-                                  lm_scorer=self._lm_scores)
+                                  lm_scorer=self.lm_scores if self.lm is not None else None)
                 if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
                     self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
                     hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
-                                  lm_scorer=self._lm_scores)
+                                  lm_scorer=self.lm_scores if self.lm is not None else None)
                 results.append([self._to_transcript(h) for h in hyps])
             _sync(self.device)
             t3 = time.perf_counter()
         times.features, times.encoder, times.decoding = t1 - t0, t2 - t1, t3 - t2
         return results, times
 
-    def _lm_scores(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """The word LM's log-probability of each token sequence's text (decode's ``lm_scorer``)."""
+    def lm_scores(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The word LM's natural-log probability of each token sequence's text: what
+        :func:`model.decoding.decode` takes as ``lm_scorer`` (for code that calls ``decode`` on
+        this recognizer's model itself)."""
         if self.lm is None:
             raise ValueError("this recognizer has no word LM")
         return [self.lm.score(self.tokenizer.decode(list(ids))) for ids in sequences]

@@ -232,15 +232,17 @@ def test_onnxruntime_backend_decodes_like_torch(demo_rec, demo_export, held_out)
     enc_o, lens_o = om.forward_encoder(feats, feat_lens)
     assert torch.equal(lens_o, lens_t)
     assert_close("demo encoder_out", valid_frames(enc_o, lens_t), valid_frames(enc_t, lens_t))
-    base = demo_rec.decoding  # attention-rescoring, beam 8, segments of <= 6 s, the model card's scale
+    base = demo_rec.decoding  # attention-rescoring with the word LM, segments of <= 6 s, the model card's settings
+    assert base.lm_scale > 0
     for method in ("ctc-greedy", "ctc-beam", "attention-rescoring"):
         cfg = replace(base, method=method)
-        torch_texts = [tok.decode(h.token_ids) for h in decode(demo_rec.model, enc_t, lens_t, cfg)]
-        onnx_texts = [tok.decode(h.token_ids) for h in decode(om, enc_o, lens_o, cfg)]
+        torch_texts = [tok.decode(h.token_ids) for h in decode(demo_rec.model, enc_t, lens_t, cfg, lm_scorer=demo_rec.lm_scores)]
+        onnx_texts = [tok.decode(h.token_ids) for h in decode(om, enc_o, lens_o, cfg, lm_scorer=demo_rec.lm_scores)]
         assert onnx_texts == torch_texts, method
 
     cfg = replace(base, method="attention-rescoring")
-    onnx_rec, torch_rec = Recognizer(om, tok, decoding=cfg), Recognizer(demo_rec.model, tok, decoding=replace(cfg))
+    onnx_rec = Recognizer(om, tok, decoding=cfg, lm=demo_rec.lm)
+    torch_rec = Recognizer(demo_rec.model, tok, decoding=replace(cfg), lm=demo_rec.lm)
     assert onnx_rec.decoding.method == "attention-rescoring"
     assert [t.text for t in onnx_rec.transcribe(waves[:6])[0]] == [t.text for t in torch_rec.transcribe(waves[:6])[0]]
 

@@ -55,7 +55,8 @@ def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], ba
         with torch.inference_mode():
             feats, lens = recognizer.features(wavs)
             enc, enc_lens = recognizer.model.forward_encoder(feats, lens)
-            hyps = decode(recognizer.model, enc, enc_lens, recognizer.decoding)
+            hyps = decode(recognizer.model, enc, enc_lens, recognizer.decoding,
+                          lm_scorer=recognizer.lm_scores if recognizer.lm is not None else None)
         for i, h in zip(batch, hyps):
             out[i] = h
     return out
