@@ -379,8 +379,7 @@ def _lm_scores(nbest, lm_scorer: "LmScorer") -> List[List[float]]:
     if len(flat) != sum(len(e) for e in lists):
         raise ValueError("the LM scorer returned a different number of scores than it was given sequences")
     it = iter(flat)
-    k = nbest.scores.shape[1]
-    return [[float(next(it)) for _ in entries] + [0.0] * (k - len(entries)) for entries in lists]
+    return [[float(next(it)) if v else 0.0 for v in row] for row in nbest.valid.tolist()]
 
 
 def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, max_frames: int,
