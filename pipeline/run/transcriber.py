@@ -40,7 +40,7 @@ from pipeline.plan.batching import pack_batches
 from pipeline.report.wer import score_row
 
 from .config import decoding_list
-from .heap import limit_kernel_cache, trim_heap
+from .heap import HeapTrimmer, limit_kernel_cache
 from .shard_audio import MIN_SECONDS, SAMPLE_RATE, ShardAudio, channel_of, load_shard_audio
 from .tasks import ShardResult, ShardTask
 
@@ -158,6 +158,7 @@ class Transcriber:
         if self.device.type == "cuda":
             self.probe_memory()
         self._ranges: Optional[RangeReader] = None  # for process_shard (the audio stage has its own)
+        self._heap = HeapTrimmer()
 
     def describe(self) -> dict[str, Any]:
         """Model and device facts for the run summary."""
@@ -350,7 +351,7 @@ class Transcriber:
                 result.audio_seconds += sum(audio.durations[k] for k in good)
                 result.model_input_seconds += seen
                 result.padded_seconds += padded
-            trim_heap()  # the batch's tensors are freed: give the memory back (pipeline.run.heap)
+            self._heap.maybe_trim()  # the batch's tensors are freed: give back what piles up (pipeline.run.heap)
             for k in index:
                 for d, label in enumerate(labels):
                     row = self._row(shard.items[k], shard.shard_id, transcripts[k][d] if k in transcripts else None,
