@@ -89,6 +89,8 @@ class Transcript:
     confidence: float
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
+    #: the word LM's log-probability of the text, when it took part in the choice (``lm_scale`` > 0)
+    lm_score: Optional[float] = None
     #: per token: the probability the model gave it where it was emitted (CTC: at its frame of
     #: the best alignment; transducer: at its emission), same order as ``token_ids``
     token_confidences: list[float] = field(default_factory=list)
@@ -451,6 +453,7 @@ class Recognizer:
             confidence=float(hyp.confidence),
             ctc_score=hyp.ctc_score,
             attention_score=hyp.attention_score,
+            lm_score=hyp.lm_score,
             token_confidences=[round(float(c), 4) for c in hyp.token_confidences],
         )
 

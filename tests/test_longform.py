@@ -155,13 +155,17 @@ def test_merge_falls_back_to_the_middle_without_agreement():
 def test_scores_and_confidence_are_owned_duration_weighted():
     pieces = Pieces()
     windows = plan_windows(50.0, 30.0, 10.0)
-    hyps = [WindowHypothesis(w, [], [], ctc_score=-10.0 * (i + 1), attention_score=-4.0, confidence=c)
+    hyps = [WindowHypothesis(w, [], [], ctc_score=-10.0 * (i + 1), attention_score=-4.0, confidence=c,
+                             lm_score=-3.0 * (i + 1))
             for i, (w, c) in enumerate(zip(windows, (0.8, 0.4)))]
     merged = merge_windows(hyps, pieces.piece)
     own = [w.keep_to - w.keep_from for w in windows]  # 25, 25
     assert merged.ctc_score == pytest.approx(-10.0 * own[0] / 30 - 20.0 * own[1] / 30)
     assert merged.attention_score == pytest.approx(-4.0 * sum(own) / 30)
+    assert merged.lm_score == pytest.approx(-3.0 * own[0] / 30 - 6.0 * own[1] / 30)
     assert merged.confidence == pytest.approx(0.6)
+    hyps[1].lm_score = None  # a window without an LM score: the cut has none
+    assert merge_windows(hyps, pieces.piece).lm_score is None
     assert merged.token_ids == []
 
 

@@ -96,9 +96,9 @@ def test_spoken_sentences_with_pauses_become_one_piece_each(tmp_path):
         assert a >= s0 - int(0.45 * SR)  # not more than half a pause of lead
 
 
-def _tr(ids, times, conf, ctc=-1.0, att=-2.0, score=-3.0):
+def _tr(ids, times, conf, ctc=-1.0, att=-2.0, score=-3.0, lm=-0.5):
     return Transcript(text="", token_ids=ids, token_times=times, score=score, confidence=conf, ctc_score=ctc,
-                      attention_score=att)
+                      attention_score=att, lm_score=lm)
 
 
 def test_join_moves_times_and_combines_scores():
@@ -108,6 +108,7 @@ def test_join_moves_times_and_combines_scores():
     assert joined.token_ids == [5, 6, 7, 8, 9, 10] and joined.text == "5 6 7 8 9 10"
     assert joined.token_times == pytest.approx([0.2, 0.5, 4.1, 4.3, 4.8, 5.2])
     assert joined.ctc_score == pytest.approx(-6.0) and joined.attention_score == pytest.approx(-5.0)
+    assert joined.lm_score == pytest.approx(-1.5)
     assert joined.score == pytest.approx(-11.0)
     assert joined.confidence == pytest.approx((2 * 0.9 + 4 * 0.6) / 6)  # weighted by tokens
     empty = join_transcripts([(0.0, 1.0, _tr([], [], 0.8)), (1.0, 3.0, _tr([], [], 0.4))], lambda ids: "")
@@ -115,6 +116,9 @@ def test_join_moves_times_and_combines_scores():
     no_att = join_transcripts([(0.0, 1.0, _tr([1], [0.0], 0.8)), (1.0, 1.0, _tr([2], [0.1], 0.8, att=None))],
                               lambda ids: "")
     assert no_att.attention_score is None and no_att.ctc_score == pytest.approx(-2.0)
+    no_lm = join_transcripts([(0.0, 1.0, _tr([1], [0.0], 0.8)), (1.0, 1.0, _tr([2], [0.1], 0.8, lm=None))],
+                             lambda ids: "")
+    assert no_lm.lm_score is None
 
 
 def test_join_starts_a_word_at_each_piece():

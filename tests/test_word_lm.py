@@ -175,6 +175,9 @@ def test_a_model_directory_with_an_lm(tmp_path):
     hyp_lm = rec.lm.score(t.text)
     # the pick's total includes the LM term: ctc + scale * attention + lm_scale * lm
     assert t.score == pytest.approx(t.ctc_score + rec.decoding.attention_scale * t.attention_score + 0.5 * hyp_lm, rel=1e-4)
+    assert t.lm_score == pytest.approx(hyp_lm, rel=1e-4)  # what the rows' lm_score column carries
+    (t0,), _ = Recognizer.from_dir(model_dir, decoding={"lm_scale": 0.0}).transcribe([torch.zeros(16000)])
+    assert t0.lm_score is None  # the LM took no part in the choice
 
     write(model_dir / "lm.arpa.gz", TINY_ARPA.replace("\\end\\\n", ""))
     with pytest.raises(ModelLoadError, match="the word LM cannot be read") as err:

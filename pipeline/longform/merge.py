@@ -18,7 +18,7 @@ Merge rule (documented in the README):
   window keeps the words that start on its side of it, i.e. every word comes from the window
   in which it lies farthest from an edge.
 * Token times stay absolute and are made non-decreasing across seams.
-* ``ctc_score`` and ``attention_score`` add up the window scores, each weighted by the
+* ``ctc_score``, ``attention_score`` and ``lm_score`` add up the window scores, each weighted by the
   fraction of the window it owns (from the middle of the overlap before it to the middle of
   the overlap after it); ``confidence`` is the mean of the window confidences weighted by
   those owned durations. (Scores are log probabilities of a whole window; the weighting
@@ -46,6 +46,7 @@ class WindowHypothesis:
     attention_score: Optional[float] = None
     confidence: Optional[float] = None
     token_confidences: list[float] = field(default_factory=list)  # per token; may be empty
+    lm_score: Optional[float] = None
 
 
 @dataclass
@@ -54,6 +55,7 @@ class MergedHypothesis:
     token_times: list[float] = field(default_factory=list)  # seconds from the cut's start
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
+    lm_score: Optional[float] = None
     confidence: Optional[float] = None
     token_confidences: list[float] = field(default_factory=list)  # per token, when every window had them
     seams_aligned: int = 0  # seams cut at a matched word (the rest fell back to the middle)
@@ -152,7 +154,7 @@ def merge_windows(hyps: Sequence[WindowHypothesis], piece: Callable[[int], str])
         merged.token_times[k] = max(merged.token_times[k], merged.token_times[k - 1])
     total = sum(h.window.keep_to - h.window.keep_from for h in hyps)
     weights = [(h.window.keep_to - h.window.keep_from) / h.window.duration if h.window.duration > 0 else 0.0 for h in hyps]
-    for name in ("ctc_score", "attention_score"):
+    for name in ("ctc_score", "attention_score", "lm_score"):
         values = [getattr(h, name) for h in hyps]
         if all(v is not None for v in values):
             setattr(merged, name, float(sum(w * v for w, v in zip(weights, values))))

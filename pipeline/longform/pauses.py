@@ -96,8 +96,8 @@ def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_te
     first token starts a word: where a model emitted it without the word marker (``word_start``
     says whether a token begins with ``▁``), the tokenizer's lone ``▁`` piece (``word_mark_id``)
     is put before it, at its time, so the last word before the pause and the first after it do
-    not run together (``morning`` + ``one`` -> ``morningone``); ``score``, ``ctc_score`` and
-    ``attention_score`` are sums over pieces (``None`` if a piece has none); ``confidence`` is
+    not run together (``morning`` + ``one`` -> ``morningone``); ``score``, ``ctc_score``,
+    ``attention_score`` and ``lm_score`` are sums over pieces (``None`` if a piece has none); ``confidence`` is
     the token-weighted mean of the pieces' confidences, or their duration-weighted mean when
     no piece has tokens.
     """
@@ -125,4 +125,4 @@ def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_te
 
     return Transcript(text=decode_text(ids), token_ids=ids, token_times=times, score=float(sum(tr.score for _, _, tr in parts)),
                       confidence=float(confidence), ctc_score=total_of("ctc_score"), attention_score=total_of("attention_score"),
-                      token_confidences=confidences)
+                      lm_score=total_of("lm_score"), token_confidences=confidences)

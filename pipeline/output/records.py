@@ -44,6 +44,7 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("token_confidences", pa.list_(pa.float32())),
         pa.field("ctc_score", pa.float64()),
         pa.field("attention_score", pa.float64()),
+        pa.field("lm_score", pa.float64()),
         pa.field("confidence", pa.float64()),
         pa.field("reference", pa.string()),
         pa.field("ref_words", pa.int32()),
@@ -84,7 +85,7 @@ WINDOW_SCHEMA = pa.schema(
 
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
 #: run never mixes parts of two schemas
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: lm_score
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -112,6 +113,7 @@ class TranscriptRow:
     token_confidences: list[float] = field(default_factory=list)
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
+    lm_score: Optional[float] = None
     confidence: Optional[float] = None
     reference: Optional[str] = None
     ref_words: Optional[int] = None

@@ -188,6 +188,7 @@ class Transcriber:
             row.token_times = transcript.token_times
             row.ctc_score = transcript.ctc_score
             row.attention_score = transcript.attention_score
+            row.lm_score = transcript.lm_score
             row.confidence = transcript.confidence
             row.token_confidences = transcript.token_confidences
         if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
