@@ -105,6 +105,7 @@ def write_parts(directory: Path, rows: int, parts: int, seed: int = 0) -> dict[s
                 token_times=[round(k * duration / tokens, 2) for k in range(tokens)] if status == "ok" else [],
                 token_confidences=[0.9] * tokens if status == "ok" else [],
                 ctc_score=-rng.random() * 50, attention_score=-rng.random() * 50, confidence=rng.random(),
+                lm_score=None,  # the decoding below has no word LM
                 reference=" ".join(ref) if has_ref else None,
                 ref_words=len(ref) if scored else None, errors=s + d + ins if scored else None,
                 substitutions=s if scored else None, deletions=d if scored else None, insertions=ins if scored else None,
