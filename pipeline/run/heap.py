@@ -13,7 +13,8 @@ minutes of audio, 1,970 MB after 120), both caused by batches of many different 
   the system only when the top of a heap is free; :func:`trim_heap` gives them back
   (``malloc_trim``; a no-op where libc is not glibc).
 
-With both, the same benchmark peaks at 1,053 MB after 30 minutes and 1,083 MB after 120.
+With both, the same benchmark peaked at 1,053 MB after 30 minutes and 1,083 MB after 120
+(the first demo model, 8-best, no LM; the README has today's figures).
 
 Trimming has a price: the next batch touches its memory afresh, one page fault per 4 KiB
 page. Trimmed after every batch, a single-thread CPU actor took ~63,500 page faults a second,
