@@ -32,6 +32,9 @@ from typing import Callable, Optional, Sequence
 
 from pipeline.plan.windows import Window
 
+#: the log-probability scores a transcript carries; joined pieces and merged windows add them up
+SCORES = ("ctc_score", "attention_score", "lm_score")
+
 WORD_MARK = "\u2581"
 
 
@@ -154,7 +157,7 @@ def merge_windows(hyps: Sequence[WindowHypothesis], piece: Callable[[int], str])
         merged.token_times[k] = max(merged.token_times[k], merged.token_times[k - 1])
     total = sum(h.window.keep_to - h.window.keep_from for h in hyps)
     weights = [(h.window.keep_to - h.window.keep_from) / h.window.duration if h.window.duration > 0 else 0.0 for h in hyps]
-    for name in ("ctc_score", "attention_score", "lm_score"):
+    for name in SCORES:
         values = [getattr(h, name) for h in hyps]
         if all(v is not None for v in values):
             setattr(merged, name, float(sum(w * v for w, v in zip(weights, values))))

@@ -32,6 +32,8 @@ import numpy as np
 
 from model.recognizer import Transcript
 
+from .merge import SCORES
+
 FRAME_S, HOP_S = 0.025, 0.010
 
 
@@ -124,5 +126,5 @@ def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_te
         return None if any(v is None for v in values) else float(sum(values))
 
     return Transcript(text=decode_text(ids), token_ids=ids, token_times=times, score=float(sum(tr.score for _, _, tr in parts)),
-                      confidence=float(confidence), ctc_score=total_of("ctc_score"), attention_score=total_of("attention_score"),
-                      lm_score=total_of("lm_score"), token_confidences=confidences)
+                      confidence=float(confidence), token_confidences=confidences,
+                      **{name: total_of(name) for name in SCORES})

@@ -35,7 +35,7 @@ from pipeline.output.words import FRAME_SHIFT, words_table
 from pipeline.plan.windows import Window, plan_windows
 from pipeline.report.wer import score_row
 
-from .merge import WindowHypothesis, merge_windows
+from .merge import SCORES, WindowHypothesis, merge_windows
 
 
 @dataclass
@@ -86,16 +86,17 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
         score_row(out, normalizer)
         return out, 0
     windows = _windows_of(rows, overlap_seconds, max_cut_seconds)
-    hyps = [WindowHypothesis(w, list(r["token_ids"] or []), list(r["token_times"] or []), r["ctc_score"],
-                             r["attention_score"], r["confidence"], list(r.get("token_confidences") or []),
-                             r.get("lm_score"))
+    hyps = [WindowHypothesis(w, list(r["token_ids"] or []), list(r["token_times"] or []), confidence=r["confidence"],
+                             token_confidences=list(r.get("token_confidences") or []),
+                             **{name: r.get(name) for name in SCORES})
             for w, r in zip(windows, rows)]
     merged = merge_windows(hyps, tokenizer.id_to_piece)
     out.token_ids, out.token_times = merged.token_ids, [float(t) for t in merged.token_times]
     out.token_confidences = merged.token_confidences
     out.text = tokenizer.decode(merged.token_ids)
-    out.ctc_score, out.attention_score, out.confidence = merged.ctc_score, merged.attention_score, merged.confidence
-    out.lm_score = merged.lm_score
+    out.confidence = merged.confidence
+    for name in SCORES:
+        setattr(out, name, getattr(merged, name))
     score_row(out, normalizer)
     return out, merged.seams_aligned
 
