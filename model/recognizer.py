@@ -37,7 +37,7 @@ import torch
 from .asr_model import AsrModel
 from .checkpoint import ModelLoadError, build_model, file_sha256
 from .config import split_config
-from .decoding import DecodingConfig, Hypothesis, decode, resolve_method
+from .decoding import DecodingConfig, Hypothesis, SearchLM, decode, resolve_method
 from .features import FeatureExtractor
 from .layout import TokenizerMismatchError, choose_tokenizer, find_layout
 from .onnx_export import OnnxExportError
@@ -245,10 +245,16 @@ class Recognizer:
         #: every decoding a batch gets in :meth:`transcribe_all`, the first being :attr:`decoding`
         self.decodings: list[DecodingConfig] = configs
         for config in configs:
-            if config.lm_scale and lm is None and config.method == "attention-rescoring":
-                raise ValueError(f"lm_scale {config.lm_scale:g} needs a word LM (lm=WordLM...)")
+            if (config.lm_scale or config.search_lm_scale) and lm is None and config.method == "attention-rescoring":
+                raise ValueError(f"lm_scale {config.lm_scale:g} / search_lm_scale {config.search_lm_scale:g} "
+                                 "need a word LM (lm=WordLM...)")
         #: the word LM that attention rescoring adds with ``lm_scale`` (None: none)
         self.lm = lm
+        #: the same LM in tensors for the fused prefix search (``search_lm_scale``; built once)
+        self.search_lm: Optional[SearchLM] = None
+        if lm is not None and any(c.search_lm_scale for c in configs):
+            self.search_lm = SearchLM.build(lm, [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)],
+                                            special_ids=[tokenizer.blank_id, tokenizer.sos_id])
         labels = [c.label() for c in configs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"the same decoding is asked for twice: {labels}")
@@ -329,6 +335,10 @@ class Recognizer:
                 if dc.lm_scale and lm is None and resolve_method(model, dc.method) == "attention-rescoring":
                     raise ModelLoadError(f"{model_dir}: lm_scale {dc.lm_scale:g} asks for a word LM, and the directory "
                                          "has none (lm.arpa.gz or lm.arpa); set lm_scale 0 (--lm-scale 0)")
+                if dc.search_lm_scale and lm is None and resolve_method(model, dc.method) == "attention-rescoring":
+                    raise ModelLoadError(f"{model_dir}: search_lm_scale {dc.search_lm_scale:g} asks for a word LM, and "
+                                         "the directory has none (lm.arpa.gz or lm.arpa); set it to 0 "
+                                         "(--search-lm-scale 0)")
             files = [ckpt_dir / f for f in layout.weights.files]
             digests = [file_sha256(f) for f in files]
             sha = digests[0] if len(files) == 1 else _combined_sha256(files, digests, layout.weights.label)
@@ -411,11 +421,13 @@ class Recognizer:
             for config in configs:
                 with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
                     hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
-                                  lm_scorer=self.lm_scores if self.lm is not None else None)
+                                  lm_scorer=self.lm_scores if self.lm is not None else None,
+                                  search_lm=self.search_lm)
                 if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
                     self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
                     hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
-                                  lm_scorer=self.lm_scores if self.lm is not None else None)
+                                  lm_scorer=self.lm_scores if self.lm is not None else None,
+                                  search_lm=self.search_lm)
                 results.append([self._to_transcript(h) for h in hyps])
             _sync(self.device)
             t3 = time.perf_counter()

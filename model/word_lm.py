@@ -12,8 +12,9 @@ log-probability to the attention-rescoring score of each n-best entry
 (``DecodingConfig.lm_scale``). The LM's words must be spelled as the tokenizer writes them
 (the demo model: lowercase ``a-z``); a word the LM does not list is scored as ``<unk>``.
 
-This is n-best rescoring only: the CTC prefix beam search does not see the LM, so the LM can
-only choose among what the search found (the card of the demo model reports by how much).
+With ``DecodingConfig.search_lm_scale`` > 0 its unigrams and bigrams also steer the CTC prefix
+search that builds the n-best (shallow fusion, :mod:`model.decoding.lm_fusion`), so the
+rescoring does not only choose among what an LM-blind search kept.
 """
 
 from __future__ import annotations

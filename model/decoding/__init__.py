@@ -46,7 +46,10 @@ whole utterance's (:mod:`model.decoding.segments`).
 Word LM: ``attention-rescoring`` with ``DecodingConfig.lm_scale`` > 0 adds that times
 a word n-gram's log-probability of each n-best entry (``decode``'s ``lm_scorer``, which
 :class:`model.recognizer.Recognizer` builds from a model directory's ``lm.arpa.gz`` and
-the tokenizer; :mod:`model.word_lm`). The search itself does not see the LM.
+the tokenizer; :mod:`model.word_lm`). With ``DecodingConfig.search_lm_scale`` > 0 the
+same LM also steers the CTC prefix search that builds the n-best (shallow fusion,
+``decode``'s ``search_lm``, :mod:`model.decoding.lm_fusion`); the entries' ``ctc_score`` stay
+the CTC log-probs, so the rescoring score keeps its meaning.
 
 Token times: ``token_frames`` are encoder frames (after subsampling); CTC
 methods use the first frame of each token in the best alignment of the chosen
@@ -62,6 +65,7 @@ and convert to Python lists once at the end.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence
 
@@ -72,6 +76,7 @@ from .attention_rescoring import attention_rescore, attention_scores_for_nbest
 from .confidence import ctc_blank_confidence, utterance_confidence
 from .ctc_greedy import ctc_greedy_search
 from .ctc_prefix_beam import ctc_prefix_beam_search
+from .lm_fusion import SearchLM
 from .segments import gather_segments, plan_segments
 from .transducer_beam import transducer_modified_beam_search
 from .transducer_greedy import transducer_greedy_search
@@ -95,6 +100,7 @@ __all__ = [
     "Hypothesis",
     "NBestEntry",
     "RescoringResult",
+    "SearchLM",
     "TransducerResult",
     "attention_rescore",
     "attention_scores_for_nbest",
@@ -140,6 +146,13 @@ class DecodingConfig:
     #: ``lm.arpa.gz``): ``total += lm_scale * lm_score``, the LM's natural-log probability of the
     #: entry's words (``</s>`` included). 0: no LM. Other methods ignore it.
     lm_scale: float = 0.0
+    #: attention-rescoring with a word LM: its weight inside the CTC prefix search that builds the
+    #: n-best (shallow fusion, :mod:`model.decoding.lm_fusion`): prefixes are ranked by CTC log-prob
+    #: ``+ search_lm_scale * LM log-prob + word_bonus * words``, so the n-best holds what the LM
+    #: finds likely. 0: the search does not see the LM. The rescoring score is unchanged.
+    search_lm_scale: float = 0.0
+    #: added per completed word in the fused search (offsets the LM's pull towards fewer words)
+    word_bonus: float = 0.0
     #: modified beam search beam (icefall default 4)
     transducer_beam: int = 4
     #: seconds per encoder frame: 10 ms features x subsampling 4
@@ -165,6 +178,8 @@ class DecodingConfig:
         if self.method in ("ctc-beam", "attention-rescoring"):
             extra = f" beam={self.beam}" + (f" scale={self.attention_scale:g}" if self.method == "attention-rescoring" else "")
             extra += f" lm={self.lm_scale:g}" if self.method == "attention-rescoring" and self.lm_scale else ""
+            if self.method == "attention-rescoring" and self.search_lm_scale:
+                extra += f" fusion={self.search_lm_scale:g}" + (f" bonus={self.word_bonus:g}" if self.word_bonus else "")
             extra += f" segments<={self.max_segment_seconds:g}s" if self.max_segment_seconds else ""
         elif self.method == "transducer-beam":
             extra = f" beam={self.transducer_beam}"
@@ -219,6 +234,7 @@ def decode(
     config: Optional[DecodingConfig] = None,
     ctc_log_probs: Optional[torch.Tensor] = None,
     lm_scorer: Optional[LmScorer] = None,
+    search_lm: Optional[SearchLM] = None,
 ) -> List[Hypothesis]:
     """Decode a batch of encoder outputs; one :class:`Hypothesis` per utterance.
 
@@ -231,10 +247,13 @@ def decode(
       lm_scorer: the LM log-probability of each token sequence of a list (a word LM behind the
         tokenizer, see ``Recognizer``); needed when ``config.lm_scale`` > 0 and the method is
         attention rescoring.
+      search_lm: the same word LM as a :class:`SearchLM` over the tokenizer's pieces; needed when
+        ``config.search_lm_scale`` > 0 and the method is attention rescoring.
     """
     cfg = config or DecodingConfig()
-    if cfg.lm_scale < 0:
-        raise ValueError(f"lm_scale must be >= 0, got {cfg.lm_scale}")
+    if not (cfg.lm_scale >= 0 and cfg.search_lm_scale >= 0 and math.isfinite(cfg.word_bonus)):
+        raise ValueError("lm_scale and search_lm_scale must be >= 0 and word_bonus finite, got "
+                         f"{cfg.lm_scale}, {cfg.search_lm_scale}, {cfg.word_bonus}")
     method = resolve_method(model, cfg.method)
     lens = encoder_out_lens.to(encoder_out.device)
     n = encoder_out.shape[0]
@@ -281,7 +300,7 @@ def decode(
     if method != "ctc-greedy" and cfg.max_segment_seconds:
         max_frames = max(1, int(round(cfg.max_segment_seconds / shift)))
         if max(num_frames) > max_frames:
-            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames, lm_scorer)
+            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames, lm_scorer, search_lm)
     blank_conf = ctc_blank_confidence(log_probs, lens, cfg.blank_id)
 
     if method == "ctc-greedy":
@@ -307,7 +326,12 @@ def decode(
             for i in range(n)
         ]
 
-    nbest = ctc_prefix_beam_search(log_probs, lens, beam=cfg.beam, blank_id=cfg.blank_id, token_beam=cfg.token_beam)
+    fused = method == "attention-rescoring" and cfg.search_lm_scale > 0
+    if fused and search_lm is None:
+        raise ValueError("search_lm_scale > 0 needs a word LM (lm.arpa.gz in the model directory)")
+    nbest = ctc_prefix_beam_search(log_probs, lens, beam=cfg.beam, blank_id=cfg.blank_id, token_beam=cfg.token_beam,
+                                   lm=search_lm if fused else None, lm_scale=cfg.search_lm_scale if fused else 0.0,
+                                   word_bonus=cfg.word_bonus)
     lm_l = None
     if method == "attention-rescoring":
         extra = None
@@ -383,7 +407,7 @@ def _lm_scores(nbest, lm_scorer: "LmScorer") -> List[List[float]]:
 
 
 def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, max_frames: int,
-                      lm_scorer: Optional[LmScorer] = None) -> List[Hypothesis]:
+                      lm_scorer: Optional[LmScorer] = None, search_lm: Optional[SearchLM] = None) -> List[Hypothesis]:
     """``decode`` on segments of each utterance (:mod:`model.decoding.segments`), joined back.
 
     The joined hypothesis: tokens, frames and token confidences concatenated (frames made
@@ -395,7 +419,8 @@ def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, 
     seg_enc, seg_lens = gather_segments(encoder_out, spans)
     seg_lp, _ = gather_segments(log_probs, spans)
     inner = replace(cfg, max_segment_seconds=None, return_nbest=False)
-    pieces = iter(decode(model, seg_enc, seg_lens, inner, ctc_log_probs=seg_lp, lm_scorer=lm_scorer))
+    pieces = iter(decode(model, seg_enc, seg_lens, inner, ctc_log_probs=seg_lp, lm_scorer=lm_scorer,
+                         search_lm=search_lm))
     out = []
     for ss, n_frames in zip(spans, lens.tolist()):
         parts = [(a, next(pieces)) for a, _ in ss]

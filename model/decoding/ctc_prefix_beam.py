@@ -37,6 +37,15 @@ frame records every slot's parent slot and emitted token (``(T, N, K)``
 back-pointers), and the n-best's tokens are read back once at the end.  Frames
 beyond an utterance's length leave its state unchanged (parent = itself, no
 token).  The only Python loop is over frames.
+
+Word-LM shallow fusion (``lm``, :mod:`model.decoding.lm_fusion`): each slot also
+carries its fused LM total and the word it is spelling (two character hashes,
+the character count, an unknown flag and the previous word's LM index).  An
+extension whose token starts a word completes the slot's word and adds
+``lm_scale * log P(word | previous) + word_bonus``; candidates are ranked by CTC
+log-prob plus that total, and the end of the utterance completes the last word
+and scores ``</s>``.  Merged duplicates are the same prefix, so they carry the
+same LM state.  One lookup per slot and frame, whatever the LM's size.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from typing import Optional
 
 import torch
 
+from .lm_fusion import SearchLM
 from .types import CtcNBest
 from .utils import read_back
 
@@ -59,6 +69,9 @@ def ctc_prefix_beam_search(
     beam: int = 4,
     blank_id: int = 0,
     token_beam: Optional[int] = None,
+    lm: Optional[SearchLM] = None,
+    lm_scale: float = 0.0,
+    word_bonus: float = 0.0,
 ) -> CtcNBest:
     """CTC prefix beam search over a batch.
 
@@ -70,6 +83,11 @@ def ctc_prefix_beam_search(
       blank_id: blank token id.
       token_beam: number of tokens expanded per frame; default ``beam`` (the
         reference's choice).  Clamped to V.
+      lm, lm_scale, word_bonus: shallow fusion of a word LM (:mod:`model.decoding.lm_fusion`):
+        prefixes are ranked by their CTC log-prob plus ``lm_scale`` x the LM log-prob of their
+        completed words plus ``word_bonus`` per completed word (at the end: the last word and
+        ``</s>`` too). The returned ``scores`` stay the CTC log-probs; the slots are ordered by
+        the fused score. ``lm=None`` or ``lm_scale == 0``: the plain search.
 
     Returns a :class:`CtcNBest` with ``K = beam`` slots per utterance, best first.
     """
@@ -97,6 +115,12 @@ def ctc_prefix_beam_search(
     ext_pb = torch.full((n, k * kt), float("-inf"), dtype=dtype, device=device)
     mult = torch.tensor([_B1, _B2], dtype=torch.long, device=device)
     mod = torch.tensor([_P1, _P2], dtype=torch.long, device=device)
+    fz = lm.to(device, dtype) if lm is not None and lm_scale else None
+    if fz is not None:
+        # fused LM total, and the word being spelled: (hash1, hash2, characters, unknown, previous word)
+        lm_tot = torch.zeros((n, k), dtype=dtype, device=device)
+        words = torch.zeros((n, k, 5), dtype=torch.long, device=device)
+        words[..., 4] = fz.bos
 
     for t in range(t_max):
         tv, ti = top_lp[:, t], top_ids[:, t]  # (N, K')
@@ -125,9 +149,13 @@ def ctc_prefix_beam_search(
 
         cand_pb = torch.cat([stay_pb, ext_pb], dim=1)
         cand_pnb = torch.cat([stay_pnb, ext_pnb.reshape(n, k * kt)], dim=1)
+        rank = torch.logaddexp(cand_pb, cand_pnb)
+        if fz is not None:
+            cand_lm, cand_words = _fuse(fz, lm_tot, words, ti, lm_scale, word_bonus)
+            rank = rank + cand_lm
         # stable sort: equal scores keep candidate order (stays first, then
         # extensions in (prefix, token-rank) order) -- deterministic everywhere
-        order = torch.sort(torch.logaddexp(cand_pb, cand_pnb), dim=1, descending=True, stable=True).indices[:, :k]
+        order = torch.sort(rank, dim=1, descending=True, stable=True).indices[:, :k]
         cand_ints = torch.cat([ints, torch.cat([ext_h, (plen + 1).unsqueeze(2).expand(n, k, kt).unsqueeze(3),
                                                 ti.unsqueeze(1).expand(n, k, kt).unsqueeze(3)], dim=3).reshape(n, k * kt, 4)],
                               dim=1)  # (N, K + K*K', 4)
@@ -141,6 +169,9 @@ def ctc_prefix_beam_search(
         ints = torch.where(act.unsqueeze(2), new_ints, ints)
         back_parent[t] = torch.where(act, parent, slot)
         back_token[t] = torch.where(act & is_ext, new_ints[..., 3], -1)
+        if fz is not None:
+            lm_tot = torch.where(act, cand_lm.gather(1, order), lm_tot)
+            words = torch.where(act.unsqueeze(2), cand_words.gather(1, order.unsqueeze(2).expand(n, k, 5)), words)
 
     pb, pnb = scores[..., 0].contiguous(), scores[..., 1].contiguous()
     plen = ints[..., 2]
@@ -148,10 +179,52 @@ def ctc_prefix_beam_search(
     valid = scores > float("-inf")
     plen = torch.where(valid, plen, torch.zeros_like(plen))
     tokens = torch.from_numpy(read_back(back_parent, back_token, plen)[0]).to(device)
+    if fz is not None:
+        final = lm_tot + _word_end(fz, words, lm_scale, word_bonus, end=True)[0]
+        order = torch.sort(torch.where(valid, scores + final, scores), dim=1, descending=True, stable=True).indices
+        pb, pnb, scores, plen, final = (x.gather(1, order) for x in (pb, pnb, scores, plen, final))
+        tokens = tokens.gather(1, order.unsqueeze(2).expand_as(tokens))
     return CtcNBest(
         tokens=tokens,
         lens=plen,
         scores=scores,
         log_prob_blank=pb,
         log_prob_non_blank=pnb,
+        search_lm_scores=final if fz is not None else None,
     )
+
+
+def _word_end(fz: SearchLM, words: torch.Tensor, scale: float, bonus: float,
+              end: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) what completing each slot's word adds: ``scale * log P(word | previous) + bonus``
+    (0 while no characters are spelled); with ``end``, plus ``scale * log P(</s> | last word)``.
+    Also returns the word's LM index and whether any characters are spelled."""
+    spelled = words[..., 2] > 0
+    word = fz.lookup(words[..., :2], words[..., 3].bool())
+    add = torch.where(spelled, scale * fz.log_prob(word, words[..., 4]) + bonus, torch.zeros((), dtype=fz.unigram.dtype))
+    if end:
+        last = torch.where(spelled, word, words[..., 4])
+        add = add + scale * fz.log_prob(torch.full_like(last, fz.eos), last)
+    return add, word, spelled
+
+
+def _fuse(fz: SearchLM, lm_tot: torch.Tensor, words: torch.Tensor, ti: torch.Tensor, scale: float,
+          bonus: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LM totals (N, K + K*K') and word states (N, K + K*K', 5) of a frame's candidates: the K
+    stays keep theirs; extension (k, j) by token ``ti[:, j]`` completes slot k's word when the
+    token starts a new one, else spells on."""
+    n, k, _ = words.shape
+    kt = ti.shape[1]
+    add, word, spelled = _word_end(fz, words, scale, bonus)  # (N, K)
+    starts = fz.starts_word[ti].unsqueeze(1)  # (N, 1, K')
+    ext_lm = lm_tot.unsqueeze(2) + torch.where(starts, add.unsqueeze(2), torch.zeros((), dtype=add.dtype))
+    prev = torch.where(starts & spelled.unsqueeze(2), word.unsqueeze(2), words[..., 4].unsqueeze(2))
+    piece_hash = fz.piece_hash[ti].unsqueeze(1)  # (N, 1, K', 2)
+    h = torch.where(starts.unsqueeze(3), piece_hash, fz.extend_hash(words[..., :2].unsqueeze(2), ti.unsqueeze(1)))
+    plen = fz.piece_len[ti].unsqueeze(1)
+    chars = torch.where(starts, plen, words[..., 2].unsqueeze(2) + plen)
+    unk = fz.piece_unknown[ti].unsqueeze(1)
+    unknown = torch.where(starts, unk, words[..., 3].bool().unsqueeze(2) | unk)
+    ext_words = torch.cat([h, chars.unsqueeze(3), unknown.long().unsqueeze(3), prev.unsqueeze(3)], dim=3)
+    return (torch.cat([lm_tot, ext_lm.reshape(n, k * kt)], dim=1),
+            torch.cat([words, ext_words.reshape(n, k * kt, 5)], dim=1))

@@ -88,6 +88,9 @@ class CtcNBest:
     scores: torch.Tensor  # (N, K) total prefix log-prob, -inf for unused slots
     log_prob_blank: torch.Tensor  # (N, K)
     log_prob_non_blank: torch.Tensor  # (N, K)
+    #: (N, K) with a word LM fused into the search: what it added to each slot's rank
+    #: (``lm_scale`` x LM log-prob + ``word_bonus`` x words, ``</s>`` included); else None
+    search_lm_scores: Optional[torch.Tensor] = None
 
     @property
     def valid(self) -> torch.Tensor:

@@ -1,0 +1,162 @@
+"""A word bigram in tensors, for shallow fusion inside the CTC prefix beam search.
+
+N-best rescoring can only choose among what the search kept. With a :class:`SearchLM`,
+:func:`model.decoding.ctc_prefix_beam_search` ranks its prefixes by
+
+    CTC log-prob + scale * (word-LM log-prob of the completed words) + bonus * (completed words)
+
+so hypotheses the LM finds likely survive pruning. The n-best's ``scores`` stay the CTC
+log-probabilities: rescoring adds the LM (and the attention decoder) on top as before.
+
+How words are followed without strings: each prefix carries the previous word's LM index and a
+polynomial hash (two moduli) of the characters of the word it is spelling. A token whose piece
+starts with U+2581 ("▁") completes that word: its hash is looked up among the LM's words
+(``searchsorted`` over their sorted hashes), and ``log P(word | previous word)`` is read from
+the sorted bigram keys, backing off to ``bow(previous) + log P(word)`` as ARPA does. The hash
+is over characters, not pieces, so every segmentation of a word finds it. A word the LM does
+not list, or one with an ``<unk>`` or byte piece in it, is scored as ``<unk>`` (the text writes
+``<unk>`` as a word of its own, " ⁇ ", so rescoring's LM may count such a hypothesis's words
+differently; the search only uses the score to rank). At the end of
+the utterance the word being spelled is completed and ``</s>`` is scored.
+
+Only the model's unigrams and bigrams are used: exact for a bigram LM, the bigram part of a
+higher-order one (rescoring still uses the whole LM). Everything is batched tensor arithmetic:
+one lookup per kept prefix and frame, whatever the vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+__all__ = ["SearchLM"]
+
+_P1, _B1 = 2147483647, 131
+_P2, _B2 = 1000000007, 257
+_LN10 = math.log(10.0)
+_SPACE = "\u2581"
+
+
+def _char_hash(text: str) -> tuple[int, int, int, int]:
+    """(h1, h2, B1^len mod P1, B2^len mod P2) of ``text``'s characters."""
+    h1 = h2 = 0
+    for ch in text:
+        c = ord(ch) + 1
+        h1 = (h1 * _B1 + c) % _P1
+        h2 = (h2 * _B2 + c) % _P2
+    return h1, h2, pow(_B1, len(text), _P1), pow(_B2, len(text), _P2)
+
+
+@dataclass
+class SearchLM:
+    """A word bigram over a tokenizer's pieces, as tensors (:meth:`build`)."""
+
+    #: (V,) the piece starts a word (its symbol begins with "▁")
+    starts_word: torch.Tensor
+    #: (V, 2) hash of the piece's characters (without the "▁"), and (V, 2) base^length
+    piece_hash: torch.Tensor
+    piece_pow: torch.Tensor
+    #: (V,) characters in the piece; (V,) the piece makes its word unknown (<unk>, bytes, specials)
+    piece_len: torch.Tensor
+    piece_unknown: torch.Tensor
+    #: (W,) sorted ``h1 * P2 + h2`` of the LM's words, and each one's word index
+    word_keys: torch.Tensor
+    word_index: torch.Tensor
+    #: (W + 1,) natural-log unigram probability and back-off weight by word index
+    unigram: torch.Tensor
+    backoff: torch.Tensor
+    #: (B,) sorted ``previous * (W + 1) + word`` of the listed bigrams, and their log-probs
+    bigram_keys: torch.Tensor
+    bigram: torch.Tensor
+    bos: int
+    eos: int
+    unk: int
+
+    @classmethod
+    def build(cls, lm, pieces: Sequence[str], special_ids: Sequence[int] = ()) -> "SearchLM":
+        """From a :class:`model.word_lm.WordLM` and the tokenizer's piece symbols
+        (``pieces[i]`` = symbol of id i). ``special_ids`` (blank, sos/eos, unk) never spell
+        a word."""
+        words = sorted(w for (w,) in lm.probs[1])
+        index = {w: i for i, w in enumerate(words)}
+        n_words = len(words)
+        unk = index.get("<unk>", n_words)  # index n_words: an <unk> the file does not list
+        uni = [0.0] * (n_words + 1)
+        bow = [0.0] * (n_words + 1)
+        uni[n_words] = lm.unk_log10 * _LN10
+        for w, i in index.items():
+            uni[i] = lm.probs[1][(w,)] * _LN10
+            bow[i] = lm.bows.get(1, {}).get((w,), 0.0) * _LN10
+        keys = []
+        for w in words:
+            h1, h2, _, _ = _char_hash(w)
+            keys.append((h1 * _P2 + h2, index[w]))
+        keys.sort()
+        bigrams = sorted(((index[a] * (n_words + 1) + index[b]), p * _LN10)
+                         for (a, b), p in lm.probs.get(2, {}).items() if a in index and b in index)
+        special = set(special_ids)
+        hashes, pows, lens, starts, unknown = [], [], [], [], []
+        for i, p in enumerate(pieces):
+            start = p.startswith(_SPACE)
+            text = p[1:] if start else p
+            bad = i in special or (p.startswith("<") and p.endswith(">"))
+            h1, h2, q1, q2 = _char_hash("" if bad else text)
+            hashes.append((h1, h2))
+            pows.append((q1, q2))
+            lens.append(0 if bad else len(text))
+            starts.append(start)
+            unknown.append(bad)
+        long = torch.long
+        return cls(
+            starts_word=torch.tensor(starts, dtype=torch.bool),
+            piece_hash=torch.tensor(hashes, dtype=long),
+            piece_pow=torch.tensor(pows, dtype=long),
+            piece_len=torch.tensor(lens, dtype=long),
+            piece_unknown=torch.tensor(unknown, dtype=torch.bool),
+            word_keys=torch.tensor([k for k, _ in keys], dtype=long),
+            word_index=torch.tensor([i for _, i in keys], dtype=long),
+            unigram=torch.tensor(uni, dtype=torch.float32),
+            backoff=torch.tensor(bow, dtype=torch.float32),
+            bigram_keys=torch.tensor([k for k, _ in bigrams], dtype=long),
+            bigram=torch.tensor([p for _, p in bigrams], dtype=torch.float32),
+            bos=index.get("<s>", unk), eos=index.get("</s>", unk), unk=unk,
+        )
+
+    @property
+    def num_words(self) -> int:
+        return self.unigram.shape[0]
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "SearchLM":
+        """This model with its tensors on ``device`` and its log-probs in ``dtype`` (itself when
+        they already are)."""
+        if self.word_keys.device == torch.device(device) and self.unigram.dtype == dtype:
+            return self
+        moved = {k: (v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                     if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return SearchLM(**moved)
+
+    def lookup(self, h: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+        """Word index of character hashes ``h`` (..., 2); ``unk`` where not listed or ``unknown``."""
+        key = h[..., 0] * _P2 + h[..., 1]
+        if self.word_keys.numel() == 0:
+            return torch.full_like(key, self.unk)
+        pos = torch.searchsorted(self.word_keys, key.contiguous()).clamp(max=self.word_keys.numel() - 1)
+        hit = (self.word_keys[pos] == key) & ~unknown
+        return torch.where(hit, self.word_index[pos], torch.full_like(key, self.unk))
+
+    def log_prob(self, word: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Natural-log ``P(word | previous)`` (same shapes), backing off to the unigram."""
+        key = previous * self.num_words + word
+        base = self.backoff[previous] + self.unigram[word]
+        if self.bigram_keys.numel() == 0:
+            return base
+        pos = torch.searchsorted(self.bigram_keys, key.contiguous()).clamp(max=self.bigram_keys.numel() - 1)
+        return torch.where(self.bigram_keys[pos] == key, self.bigram[pos], base)
+
+    def extend_hash(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Hashes ``h`` (..., 2) of words followed by the characters of ``tokens`` (...)."""
+        mod = torch.tensor([_P1, _P2], dtype=torch.long, device=h.device)
+        return (h * self.piece_pow[tokens] + self.piece_hash[tokens]) % mod

@@ -1,0 +1,192 @@
+"""The word LM inside the CTC prefix search (shallow fusion, model/decoding/lm_fusion.py):
+its bigram in tensors agrees with the ARPA reader, the fused search adds exactly the LM's
+score of each hypothesis, it keeps what the LM prefers where the plain search would not, and
+a model directory's config turns it on."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import make_tiny_model_dir
+from model.decoding import DecodingConfig, SearchLM, ctc_prefix_beam_search, decode
+from model.tokenizer import Tokenizer
+from model.word_lm import WordLM
+
+from test_word_lm import TINY_ARPA, write
+
+LN10 = math.log(10.0)
+
+#: pieces of a toy tokenizer: words a, b, c spelled whole or in parts ("▁" + "a", "▁c" + "a" ...)
+PIECES = ["<blk>", "<sos/eos>", "<unk>", "▁a", "▁b", "▁c", "▁", "a", "b", "c"]
+
+#: a bigram over the toy words where "a b" is far likelier than "a c"
+FUSION_ARPA = """\\data\\
+ngram 1=6
+ngram 2=3
+
+\\1-grams:
+-99\t<s>\t-0.3
+-0.6\ta\t-1.0
+-1.0\tb\t-0.2
+-1.0\tc\t-0.2
+-0.7\t</s>
+-4.0\t<unk>
+
+\\2-grams:
+-0.2\t<s> a
+-0.1\ta b
+-0.3\tb </s>
+
+\\end\\
+"""
+
+
+@pytest.fixture()
+def lm(tmp_path) -> WordLM:
+    return WordLM.from_arpa(write(tmp_path / "lm.arpa", FUSION_ARPA))
+
+
+def search_lm(lm: WordLM) -> SearchLM:
+    return SearchLM.build(lm, PIECES, special_ids=[0, 1])
+
+
+def test_the_tensor_bigram_is_the_arpa_model(lm):
+    """Every (previous, word) pair, listed or backed off, and words spelled in any segmentation."""
+    fz = search_lm(lm)
+    words = ["a", "b", "c", "</s>"]
+    for prev in ["<s>", "a", "b", "c"]:
+        for w in words:
+            h = torch.zeros(2, dtype=torch.long)
+            if w != "</s>":
+                for ch in w:  # spelled one character piece at a time: "▁" then "a" ...
+                    h = fz.extend_hash(h, torch.tensor(PIECES.index(ch)))
+                index = fz.lookup(h, torch.tensor(False))
+            else:
+                index = torch.tensor(fz.eos)
+            p_index = fz.lookup(_hash_of(fz, prev), torch.tensor(False)) if prev != "<s>" else torch.tensor(fz.bos)
+            got = fz.log_prob(index, p_index).item()
+            assert got == pytest.approx(lm.log10_prob(w, (prev,)) * LN10, abs=1e-5), (prev, w)
+    # a word the LM does not list, and a word with an <unk> piece in it, are <unk>
+    zz = fz.extend_hash(fz.extend_hash(torch.zeros(2, dtype=torch.long), torch.tensor(8)), torch.tensor(8))  # "bb"
+    assert fz.lookup(zz, torch.tensor(False)).item() == fz.unk
+    assert fz.lookup(_hash_of(fz, "a"), torch.tensor(True)).item() == fz.unk
+    assert fz.log_prob(torch.tensor(fz.unk), torch.tensor(fz.bos)).item() == pytest.approx((-0.3 - 4.0) * LN10, abs=1e-5)
+
+
+def _hash_of(fz: SearchLM, word: str) -> torch.Tensor:
+    h = torch.zeros(2, dtype=torch.long)
+    for ch in word:
+        h = fz.extend_hash(h, torch.tensor(PIECES.index(ch)))
+    return h
+
+
+def _random_log_probs(n: int, t: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = 2.0 * torch.randn(n, t, len(PIECES), generator=g)
+    logits[..., 0] += 1.0  # blanks, as a CTC head has them
+    logits[..., 1:3] -= 20.0  # sos/eos and <unk> never win a frame
+    return logits.log_softmax(-1)
+
+
+@pytest.mark.parametrize("scale, bonus", [(0.5, 0.0), (1.0, 2.5)])
+def test_the_fused_search_adds_the_lms_score_of_each_hypothesis(lm, scale, bonus):
+    """What the search added to a slot's rank is ``scale * LM(text) + bonus * words`` of the text
+    the slot spells, whatever pieces spelled it; the slots come out in fused order; the CTC
+    scores are the search's own (``scores`` stays the acoustic log-prob)."""
+    tok = Tokenizer(PIECES)
+    log_probs = _random_log_probs(3, 25, seed=7)
+    lens = torch.tensor([25, 18, 9])
+    nb = ctc_prefix_beam_search(log_probs, lens, beam=10, lm=search_lm(lm), lm_scale=scale, word_bonus=bonus)
+    assert nb.search_lm_scores is not None
+    checked = 0
+    for i, entries in enumerate(nb.to_lists()):
+        fused = []
+        for k, ids in enumerate(entries):
+            text = tok.decode(ids)
+            expected = scale * lm.score(text) + bonus * len(text.split())
+            assert nb.search_lm_scores[i, k].item() == pytest.approx(expected, abs=1e-3), (ids, text)
+            fused.append(nb.scores[i, k].item() + nb.search_lm_scores[i, k].item())
+            checked += 1
+        assert fused == sorted(fused, reverse=True)
+    assert checked >= 20
+    plain = ctc_prefix_beam_search(log_probs, lens, beam=10)
+    assert plain.search_lm_scores is None
+    # scale 0 is the plain search, bit for bit
+    off = ctc_prefix_beam_search(log_probs, lens, beam=10, lm=search_lm(lm), lm_scale=0.0, word_bonus=bonus)
+    assert torch.equal(off.tokens, plain.tokens) and torch.equal(off.scores, plain.scores)
+
+
+def _frames(spoken: list[str], margin: float) -> torch.Tensor:
+    """One frame per entry: a piece, or "c|b": "▁c" preferred to "▁b" by ``margin`` nats."""
+    rows = []
+    for top in spoken:
+        row = torch.full((len(PIECES),), -30.0)
+        if top == "c|b":
+            row[PIECES.index("▁c")], row[PIECES.index("▁b")] = 0.0, -margin
+        else:
+            row[PIECES.index(top)] = 0.0
+        rows.append(row)
+    return torch.stack(rows).log_softmax(-1).unsqueeze(0)
+
+
+def test_the_fused_search_keeps_what_the_lm_prefers(lm):
+    """Speech "a (c|b) a (c|b)" where the acoustics prefer c by 1 nat each time, with room for two
+    prefixes. The plain search keeps only "a c a ..." hypotheses; the fused one, whose LM knows
+    "a b" (P(b | a) / P(c | a) = 10^1.9, ~4.4 nats), keeps "a b a ..." and puts "a b a b" first.
+    A margin far above the LM's ratio is not overturned."""
+    tok = Tokenizer(PIECES)
+    spoken = ["▁a", "c|b", "<blk>", "▁a", "c|b", "<blk>", "<blk>"]
+    lens = torch.tensor([len(spoken)])
+    plain = ctc_prefix_beam_search(_frames(spoken, 1.0), lens, beam=2)
+    assert [tok.decode(y) for y in plain.to_lists()[0]] == ["a c a c", "a c a b"]
+    fused = ctc_prefix_beam_search(_frames(spoken, 1.0), lens, beam=2, lm=search_lm(lm), lm_scale=1.0)
+    assert [tok.decode(y) for y in fused.to_lists()[0]] == ["a b a b", "a b a c"]
+    wide = ctc_prefix_beam_search(_frames(spoken, 10.0), lens, beam=2, lm=search_lm(lm), lm_scale=1.0)
+    assert tok.decode(wide.to_lists()[0][0]) == "a c a c"
+
+
+def test_decode_needs_the_lm_for_a_fused_search(tmp_path):
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.from_dir(make_tiny_model_dir(tmp_path / "m"), decoding={"lm_scale": 0.0})
+    g = torch.Generator().manual_seed(3)
+    feats, lens = rec.features([0.1 * torch.randn(24000, generator=g)])
+    enc, enc_lens = rec.model.forward_encoder(feats, lens)
+    with pytest.raises(ValueError, match="search_lm_scale > 0 needs a word LM"):
+        decode(rec.model, enc, enc_lens, DecodingConfig(method="attention-rescoring", search_lm_scale=0.5))
+    with pytest.raises(ValueError, match="word_bonus finite"):
+        decode(rec.model, enc, enc_lens, DecodingConfig(method="attention-rescoring", word_bonus=float("nan")))
+    # other methods do not use it
+    assert decode(rec.model, enc, enc_lens, DecodingConfig(method="ctc-beam", search_lm_scale=0.5))
+
+
+def test_a_model_directory_turns_the_fused_search_on(tmp_path):
+    """config.json's search_lm_scale / word_bonus: the recognizer builds the tensors once and
+    decodes with them (the label says so); without an LM file it is one line, exit-2 style."""
+    from model.checkpoint import ModelLoadError
+    from model.recognizer import Recognizer
+
+    model_dir = make_tiny_model_dir(tmp_path / "m")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["decoding"] = {"method": "attention-rescoring", "lm_scale": 0.5, "search_lm_scale": 0.3, "word_bonus": 1.5}
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="search_lm_scale 0.3 asks for a word LM") as err:
+        Recognizer.from_dir(model_dir, decoding={"lm_scale": 0.0})
+    assert "\n" not in str(err.value)
+
+    write(model_dir / "lm.arpa.gz", TINY_ARPA)
+    rec = Recognizer.from_dir(model_dir)
+    assert isinstance(rec.search_lm, SearchLM) and rec.decoding.search_lm_scale == 0.3
+    assert rec.decoding.label().endswith("lm=0.5 fusion=0.3 bonus=1.5")
+    assert Recognizer.from_dir(model_dir, decoding={"search_lm_scale": 0.0}).search_lm is None
+    g = torch.Generator().manual_seed(1)
+    waves = [0.1 * torch.randn(n, generator=g) for n in (32000, 20000)]
+    fused, _ = rec.transcribe(waves)
+    # the rescoring score keeps its meaning: ctc + scale * attention + lm_scale * lm of the pick
+    for t in fused:
+        assert t.score == pytest.approx(t.ctc_score + rec.decoding.attention_scale * t.attention_score
+                                        + 0.5 * rec.lm.score(t.text), rel=1e-4)
