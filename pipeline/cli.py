@@ -52,6 +52,16 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
                             "(the model directory's lm.arpa.gz; an ARPA n-gram over the tokenizer's words). 0: no "
                             "LM. Default: the model's config.json 'decoding' section (the demo model's was chosen "
                             f"on dev), else {d.lm_scale:g}")
+    group.add_argument("--search-lm-scale", type=float, default=None, metavar="S",
+                       help="attention rescoring: the same word LM inside the CTC prefix search that builds the "
+                            "n-best (shallow fusion): prefixes are ranked by CTC log-prob + S * LM log-prob of "
+                            "their words + --word-bonus per word, so the n-best holds what the LM finds likely. "
+                            "0: the search does not see the LM. Default: the model's config.json 'decoding' "
+                            f"section (the demo model's was chosen on dev), else {d.search_lm_scale:g}")
+    group.add_argument("--word-bonus", type=float, default=None, metavar="B",
+                       help="with --search-lm-scale: added per word in the fused search, against the LM's pull "
+                            "towards fewer words (default: the model's config.json, else "
+                            f"{d.word_bonus:g})")
     group.add_argument("--transducer-beam", type=int, default=None,
                        help="modified beam search beam (default: the model's config.json 'decoding' section, "
                             f"else {d.transducer_beam})")
@@ -228,7 +238,7 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
     encoded once and decoded with each) and job-specific fields (``manifest``, ``model``,
     ``output``, ``run_id``, ``dataset`` ...)."""
     decoding: dict[str, Any] = {"method": methods[0]}
-    for field in ("beam", "transducer_beam", "lm_scale"):  # unset: the model's own default (config.json), field by field
+    for field in ("beam", "transducer_beam", "lm_scale", "search_lm_scale", "word_bonus"):  # unset: the model's own default (config.json), field by field
         if getattr(args, field) is not None:
             decoding[field] = getattr(args, field)
     if args.attention_scale is not None:

@@ -164,6 +164,15 @@ def test_unset_beam_sizes_leave_the_models_own_defaults_and_reach_every_decoding
     # --lm-scale 0 switches the word LM off
     off = parsed("--lm-scale", "0")
     assert Recognizer.from_dir(model_dir, decoding=decoding_list(off.decoding)).decodings[0].lm_scale == 0.0
+    # the LM inside the search: the model's own setting unless --search-lm-scale / --word-bonus say otherwise
+    assert decodings[0].search_lm_scale == cfg["decoding"]["search_lm_scale"] > 0
+    assert f" fusion={decodings[0].search_lm_scale:g}" in decodings[0].label() and "fusion" not in decodings[1].label()
+    plain = Recognizer.from_dir(model_dir, decoding=decoding_list(parsed("--search-lm-scale", "0").decoding))
+    assert plain.decodings[0].search_lm_scale == 0.0 and plain.search_lm is None
+    assert "fusion" not in plain.decodings[0].label()
+    tuned = parsed("--search-lm-scale", "0.4", "--word-bonus", "1.5").decoding
+    chosen = Recognizer.from_dir(model_dir, decoding=decoding_list(tuned)).decodings[0]
+    assert (chosen.search_lm_scale, chosen.word_bonus) == (0.4, 1.5)
 
 
 def test_a_local_ray_keeps_audio_workers_and_collects_no_metrics(monkeypatch):
