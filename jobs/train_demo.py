@@ -121,6 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "train text and every WordNet / fortune sentence not in dev, test or a held-out list; "
                         "model/training/word_lm.py), score dev with attention rescoring at each LM scale, keep the best "
                         "as config.json's lm_scale, and score dev, test and the everyday list with it")
+    p.add_argument("--search-lm-grid", default=None, metavar="S1,S2,..:B1,B2,..",
+                   help="with --rewrite-card, for a directory with a word LM: score dev with the LM also fused into the "
+                        "CTC prefix search at every (search_lm_scale, word_bonus) pair of the two lists, keep the best "
+                        "in config.json's decoding, and score dev, test and the everyday list with it (the rows "
+                        "without fusion stay as 'attention-rescoring, LM in rescoring only')")
     p.add_argument("--curve-checkpoints", default=None, metavar="DIR",
                    help="with --rewrite-card: a directory of checkpoint-<step>.pt files kept during training; up to 8 "
                         "of them, evenly spaced, are scored on the first 100 dev sentences and the card gets the curve")
@@ -132,9 +137,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float, lm_scale: float = 0.0) -> dict:
-    """WER per decoding method on the --everyday list spoken in --everyday-styles styles; {} when skipped
-    (with a word LM, attention rescoring is also scored without it: ``attention-rescoring, no LM``)."""
+def score_everyday(out: Path, args, scorer, decoding: dict) -> dict:
+    """WER per decoding method on the --everyday list spoken in --everyday-styles styles, with the
+    ``decoding`` settings; {} when skipped (with a word LM, attention rescoring is also scored
+    without it, ``attention-rescoring, no LM``, and with a fused search also with the LM in the
+    rescoring only, ``attention-rescoring, LM in rescoring only``)."""
     import tempfile
 
     from model.training.corpus import read_sentence_list
@@ -145,10 +152,16 @@ def score_everyday(out: Path, args, scorer, beam: int, attention_scale: float, l
     texts = read_sentence_list(Path(args.everyday))
     with tempfile.TemporaryDirectory(prefix="everyday-") as tmp:
         utts = spoken_sentences(texts, tmp, styles=args.everyday_styles, seed=0)
-        wer = evaluate(out, utts, scorer, attention_scale=attention_scale, beam=beam, lm_scale=lm_scale)
+        beam, attention_scale = decoding["beam"], decoding["attention_scale"]
+        lm_scale, fusion = decoding.get("lm_scale", 0.0), decoding.get("search_lm_scale", 0.0)
+        wer = evaluate(out, utts, scorer, attention_scale=attention_scale, beam=beam, lm_scale=lm_scale,
+                       search_lm_scale=fusion, word_bonus=decoding.get("word_bonus", 0.0))
         if lm_scale:
             wer[NO_LM] = evaluate(out, utts, scorer, methods=("attention-rescoring",), attention_scale=attention_scale,
                                   beam=beam)["attention-rescoring"]
+        if fusion:
+            wer[NO_FUSION] = evaluate(out, utts, scorer, methods=("attention-rescoring",), lm_scale=lm_scale,
+                                      attention_scale=attention_scale, beam=beam)["attention-rescoring"]
     listed = Path(args.everyday).resolve()
     name = str(listed.relative_to(REPO)) if listed.is_relative_to(REPO) else str(listed)
     return {"list": name, "sentences": len(texts), "styles": args.everyday_styles, "wer": wer}
@@ -179,6 +192,7 @@ def score_curve(out: Path, checkpoints: Path, utts, scorer, beam: int, attention
 
 #: the WER tables' row for attention rescoring without the word LM (the default row has it)
 NO_LM = "attention-rescoring, no LM"
+NO_FUSION = "attention-rescoring, LM in rescoring only"
 
 
 def lm_sentences(corpus: Path, held_out: list[str]) -> list[str]:
@@ -216,6 +230,40 @@ def add_word_lm(out: Path, corpus: Path, args, dev_utts, decoding: dict, results
     decoding["lm_scale"] = best
     results["lm"] = {**facts, "held_out": [Path(h).name for h in held]}
     results["lm_sweep"] = {f"{k:g}": round(v, 2) for k, v in table.items()}
+
+
+def parse_grid(spec: str) -> list[tuple[float, float]]:
+    """``"0.1,0.3:1,2"`` -> every (scale, bonus) pair of the two lists."""
+    scales, sep, bonuses = spec.partition(":")
+    try:
+        pairs = [(float(a), float(b)) for a in scales.split(",") for b in (bonuses.split(",") if sep else ["0"])]
+    except ValueError:
+        raise SystemExit(f"--search-lm-grid: expected S1,S2,..:B1,B2,.. (numbers), got {spec!r}") from None
+    if not pairs or any(a < 0 for a, _ in pairs):
+        raise SystemExit(f"--search-lm-grid: scales must be >= 0, got {spec!r}")
+    return pairs
+
+
+def add_search_lm(out: Path, corpus: Path, args, dev_utts, config: dict, results: dict) -> None:
+    """--search-lm-grid: the fused search's (scale, bonus) chosen on dev into config.json; dev and test
+    scored again with it (the previous rescoring figures kept as ``NO_FUSION``)."""
+    from model.training.data import load_manifest
+    from model.training.evaluation import evaluate, sweep_search_lm
+    from pipeline.report.wer import corpus_wer
+
+    decoding = config["decoding"]
+    (scale, bonus), table = sweep_search_lm(out, dev_utts, corpus_wer, parse_grid(args.search_lm_grid), decoding)
+    print(f"search LM sweep on dev: {table} -> {scale:g}/{bonus:g}", file=sys.stderr, flush=True)
+    decoding["search_lm_scale"], decoding["word_bonus"] = scale, bonus
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    results["search_lm_sweep"] = table
+    test = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
+    for split, utts in (("dev", dev_utts), ("test", test)):
+        before = results[split].get(NO_FUSION, results[split]["attention-rescoring"])
+        fused = evaluate(out, utts, corpus_wer, methods=("attention-rescoring",), beam=decoding["beam"],
+                         attention_scale=decoding["attention_scale"], lm_scale=decoding.get("lm_scale", 0.0),
+                         search_lm_scale=scale, word_bonus=bonus)
+        results[split] = {**{k: v for k, v in results[split].items() if k != NO_FUSION}, **fused, NO_FUSION: before}
 
 
 def rewrite_card(args, argv) -> dict:
@@ -257,16 +305,21 @@ def rewrite_card(args, argv) -> dict:
 
         dev_utts = all_dev[: args.max_eval_utts]
         add_word_lm(out, corpus, args, dev_utts, decoding, results)
+        for key in ("search_lm_scale", "word_bonus"):  # tuned against the old LM scale: --search-lm-grid again
+            decoding.pop(key, None)
         (out / "config.json").write_text(json.dumps(config, indent=1))
         test = load_manifest(corpus / "cuts_test.jsonl.gz")[: args.max_eval_utts]
         for split, utts in (("dev", dev_utts), ("test", test)):
             before = results[split].get(NO_LM, results[split]["attention-rescoring"])
             with_lm = evaluate(out, utts, corpus_wer, methods=("attention-rescoring",), beam=decoding["beam"],
                                attention_scale=decoding["attention_scale"], lm_scale=decoding["lm_scale"])
-            results[split] = {**{k: v for k, v in results[split].items() if k != NO_LM}, **with_lm, NO_LM: before}
-    results["everyday"] = score_everyday(out, args, corpus_wer, decoding["beam"], decoding["attention_scale"],
-                                         decoding.get("lm_scale", 0.0))
-    if args.beam_sweep or args.lm_scales:
+            # rescoring without fusion was just scored: a fused run's figures are redone by --search-lm-grid
+            results[split] = {**{k: v for k, v in results[split].items() if k not in (NO_LM, NO_FUSION)}, **with_lm,
+                              NO_LM: before}
+    if args.search_lm_grid:
+        add_search_lm(out, corpus, args, all_dev[: args.max_eval_utts], config, results)
+    results["everyday"] = score_everyday(out, args, corpus_wer, decoding)
+    if args.beam_sweep or args.lm_scales or args.search_lm_grid:
         results["decoding_command"] = "python jobs/train_demo.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if args.curve_checkpoints:
@@ -285,10 +338,10 @@ def rewrite_card(args, argv) -> dict:
         if skip or a == "--rewrite-card":
             skip = False
             continue
-        if a in ("--curve-checkpoints", "--beam-sweep", "--lm-scales"):
+        if a in ("--curve-checkpoints", "--beam-sweep", "--lm-scales", "--search-lm-grid"):
             skip = True
             continue
-        if not a.startswith(("--curve-checkpoints=", "--beam-sweep=", "--lm-scales=")):
+        if not a.startswith(("--curve-checkpoints=", "--beam-sweep=", "--lm-scales=", "--search-lm-grid=")):
             train_argv.append(a)
     write_model_card(out, args, corpus, train_utts, dev_utts, test_utts, results["parameters"], results, decoding,
                      train_argv)
@@ -378,7 +431,7 @@ def main(argv=None) -> dict:
         results["dev"] = evaluate(out, dev_utts, corpus_wer, attention_scale=scale, beam=args.beam)
         results["test"] = evaluate(out, test_utts, corpus_wer, attention_scale=scale, beam=args.beam) if test_utts else {}
         log(f"dev WER {results['dev']}  test WER {results['test']}")
-        results["everyday"] = score_everyday(out, args, corpus_wer, args.beam, scale)
+        results["everyday"] = score_everyday(out, args, corpus_wer, {**decoding, "beam": args.beam})
         if results["everyday"]:
             log(f"everyday WER {results['everyday']['wer']}")
     results["total_minutes"] = round((time.time() - t_start) / 60, 2)
@@ -444,6 +497,15 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
             "(`model/training/word_lm.py`). Attention rescoring adds `lm_scale` x its log-probability to each "
             f"n-best entry; lm_scale {decoding['lm_scale']:g} chosen on dev (rescoring WER by scale: "
             + ", ".join(f"{k}: {v:.2f} %" for k, v in results["lm_sweep"].items()) + ")")
+    if lm and decoding.get("search_lm_scale") and results.get("search_lm_sweep"):
+        lines.append(
+            f"- the same LM inside the CTC prefix search (shallow fusion, `model/decoding/lm_fusion.py`): prefixes are "
+            f"ranked by CTC log-prob + search_lm_scale x LM log-prob of their words + word_bonus per word, so the "
+            f"n-best that rescoring chooses from holds what the LM finds likely; search_lm_scale "
+            f"{decoding['search_lm_scale']:g}, word_bonus {decoding['word_bonus']:g} chosen on dev (rescoring WER and "
+            "decoding seconds by scale/bonus: "
+            + ", ".join(f"{k}: {v['wer']:.2f} % in {v['seconds']:.1f} s" for k, v in results["search_lm_sweep"].items())
+            + ")")
     lines += [
         "",
         "## Data",

@@ -357,6 +357,26 @@ def test_train_demo_overfits_and_ships_a_loadable_model(tiny_corpus, tmp_path):
         assert log["dev"]["attention-rescoring"] == pytest.approx(lm_sweep[lm_scale], abs=0.01)
         assert log["dev"]["attention-rescoring, no LM"] == pytest.approx(lm_sweep[0.0], abs=0.01)
         assert "| attention-rescoring, no LM |" in card
+    # --search-lm-grid: the same LM fused into the prefix search, (scale, bonus) chosen on dev; the
+    # rows before it stay as 'LM in rescoring only'
+    fused = subprocess.run(cmd + ["--rewrite-card", "--search-lm-grid", "0,0.5:1,3", "--everyday", "none"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert fused.returncode == 0, fused.stderr[-3000:]
+    log = json.loads((out / "train_log.json").read_text())
+    grid = log["search_lm_sweep"]
+    assert set(grid) == {"0/0", "0.5/1", "0.5/3"} and all(v["seconds"] > 0 for v in grid.values())
+    decoding = json.loads((out / "config.json").read_text())["decoding"]
+    chosen = f"{decoding['search_lm_scale']:g}/{decoding['word_bonus']:g}"
+    assert grid[chosen]["wer"] == min(v["wer"] for v in grid.values())
+    assert grid["0/0"]["wer"] == pytest.approx(lm_sweep[lm_scale], abs=0.01)  # no fusion: the LM-rescoring figure
+    assert log["dev"]["attention-rescoring"] == pytest.approx(grid[chosen]["wer"], abs=0.01)
+    assert log["dev"]["attention-rescoring, LM in rescoring only"] == pytest.approx(lm_sweep[lm_scale], abs=0.01)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "| attention-rescoring, LM in rescoring only |" in card and "--search-lm-grid 0,0.5:1,3" in card
+    if decoding["search_lm_scale"]:
+        assert f"search_lm_scale {decoding['search_lm_scale']:g}, word_bonus" in card
+        assert f"fusion={decoding['search_lm_scale']:g}" in Recognizer.from_dir(out).decoding.label()
+
     # the LM's text never holds a dev or test sentence (the scale is chosen on dev, test measures it)
     sys.path.insert(0, str(REPO / "jobs"))
     from train_demo import lm_sentences

@@ -19,7 +19,8 @@ from model.recognizer import Recognizer
 
 from .data import Utterance, bucketed_batches, load_audio
 
-__all__ = ["Scorer", "evaluate", "spoken_sentences", "sweep_attention_scale", "sweep_lm_scale", "transcribe_nbest"]
+__all__ = ["Scorer", "evaluate", "spoken_sentences", "sweep_attention_scale", "sweep_lm_scale", "sweep_search_lm",
+           "transcribe_nbest"]
 
 #: ``scorer(references, hypotheses)`` -> WER in percent
 Scorer = Callable[[Sequence[str], Sequence[str]], float]
@@ -56,7 +57,8 @@ def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], ba
             feats, lens = recognizer.features(wavs)
             enc, enc_lens = recognizer.model.forward_encoder(feats, lens)
             hyps = decode(recognizer.model, enc, enc_lens, recognizer.decoding,
-                          lm_scorer=recognizer.lm_scores if recognizer.lm is not None else None)
+                          lm_scorer=recognizer.lm_scores if recognizer.lm is not None else None,
+                          search_lm=recognizer.search_lm)
         for i, h in zip(batch, hyps):
             out[i] = h
     return out
@@ -64,14 +66,19 @@ def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], ba
 
 def evaluate(model_dir: str | Path, utterances: Sequence[Utterance], scorer: Scorer,
              methods: Iterable[str] = ("ctc-greedy", "ctc-beam", "attention-rescoring"),
-             attention_scale: Optional[float] = None, beam: int = 8, lm_scale: float = 0.0) -> dict[str, float]:
+             attention_scale: Optional[float] = None, beam: int = 8, lm_scale: float = 0.0,
+             search_lm_scale: float = 0.0, word_bonus: float = 0.0) -> dict[str, float]:
     """WER (%, by ``scorer``) per decoding method of a model directory, through ``Recognizer.from_dir``
-    (``lm_scale``: attention rescoring's word-LM weight; the directory's ``lm.arpa.gz``)."""
+    (``lm_scale``: attention rescoring's word-LM weight, ``search_lm_scale`` / ``word_bonus``: the
+    same LM fused into its prefix search; the directory's ``lm.arpa.gz``)."""
     refs = [u.text for u in utterances]
     results = {}
     for method in methods:
+        rescoring = method == "attention-rescoring"
         cfg = DecodingConfig(method=method, beam=beam, attention_scale=1.0 if attention_scale is None else attention_scale,
-                             lm_scale=lm_scale if method == "attention-rescoring" else 0.0)
+                             lm_scale=lm_scale if rescoring else 0.0,
+                             search_lm_scale=search_lm_scale if rescoring else 0.0,
+                             word_bonus=word_bonus if rescoring and search_lm_scale else 0.0)
         rec = Recognizer.from_dir(model_dir, decoding=cfg)
         texts = [""] * len(utterances)
         for batch in bucketed_batches([u.duration for u in utterances], 200.0):
@@ -126,3 +133,42 @@ def sweep_lm_scale(model_dir: str | Path, utterances: Sequence[Utterance], score
             texts.append(row[k][1])
         table[s] = scorer(refs, texts)
     return min(scales, key=lambda s: (table[s], s)), table
+
+
+def sweep_search_lm(model_dir: str | Path, utterances: Sequence[Utterance], scorer: Scorer,
+                    grid: Sequence[tuple[float, float]], decoding: dict) -> tuple[tuple[float, float], dict]:
+    """Attention rescoring (``decoding``: the model directory's beam, ``attention_scale`` and
+    ``lm_scale``; whole utterances, as :func:`evaluate`) with the word LM fused into the prefix search at each ``(search_lm_scale, word_bonus)`` of
+    ``grid``: every batch is encoded once and decoded with each. Returns the pair with the lowest
+    WER (ties: the smaller scale, then bonus) and ``{"S/B": {"wer", "seconds"}}`` (decoding
+    seconds of the whole list, the encoder's excluded)."""
+    import time
+
+    grid = list(dict.fromkeys((float(s), float(b) if s else 0.0) for s, b in grid))  # no fusion: no bonus
+    # as evaluate() decodes: whole utterances, the beam and the scales of ``decoding``
+    configs = [DecodingConfig(method="attention-rescoring", beam=decoding["beam"],
+                              attention_scale=decoding["attention_scale"], lm_scale=decoding.get("lm_scale", 0.0),
+                              search_lm_scale=s, word_bonus=b) for s, b in grid]
+    rec = Recognizer.from_dir(model_dir, decoding=configs)
+    if rec.lm is None:
+        raise ValueError(f"{model_dir} has no word LM (lm.arpa.gz)")
+    texts = [[""] * len(utterances) for _ in configs]
+    seconds = [0.0] * len(configs)
+    for batch in bucketed_batches([u.duration for u in utterances], 200.0):
+        waves = [load_audio(utterances[i]) for i in batch]
+        with torch.inference_mode():
+            feats, lens = rec.features(waves)
+            enc, enc_lens = rec.model.forward_encoder(feats, lens)
+            log_probs = rec.model.ctc_output(enc)
+            for j, cfg in enumerate(configs):
+                started = time.perf_counter()
+                hyps = decode(rec.model, enc, enc_lens, cfg, ctc_log_probs=log_probs, lm_scorer=rec.lm_scores,
+                              search_lm=rec.search_lm)
+                seconds[j] += time.perf_counter() - started
+                for i, h in zip(batch, hyps):
+                    texts[j][i] = rec.tokenizer.decode(h.token_ids)
+    refs = [u.text for u in utterances]
+    table = {f"{s:g}/{b:g}": {"wer": round(scorer(refs, texts[j]), 2), "seconds": round(seconds[j], 3)}
+             for j, (s, b) in enumerate(grid)}
+    best = min(grid, key=lambda sb: (table[f"{sb[0]:g}/{sb[1]:g}"]["wer"], sb[0], sb[1]))
+    return best, table
