@@ -9,7 +9,8 @@ corpus's own style space (``model.training.corpus.random_style``: voice, variant
 gain, noise), so the speech sounds like the corpus's while the words are new. Every batch is
 encoded once and decoded with ctc-greedy, ctc-beam and attention rescoring
 (``Recognizer.transcribe_all``, the model's own decoding settings; with a word LM, rescoring is
-also scored without it on the same n-best). Prints the WER of each method
+also scored without it, and, where the LM is fused into the search, with the LM in the
+rescoring only). Prints the WER of each method
 overall and per style, the share of the sentences' words the model's training text never had
 (when ``--train-text`` points at it), and one JSON line.
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring")
 NO_LM = "attention-rescoring, no LM"
+NO_FUSION = "attention-rescoring, LM in rescoring only"
 
 
 def main() -> int:
@@ -54,9 +56,14 @@ def main() -> int:
     base = Recognizer.from_dir(args.model)
     methods = list(METHODS)
     decodings = [{**asdict(base.decoding), "method": m} for m in METHODS]
-    if base.lm is not None and base.decoding.lm_scale:  # the same n-best without the word LM, as the card reports it
+    if base.lm is not None and base.decoding.lm_scale:  # no word LM at all, as the card reports it
         methods.append(NO_LM)
-        decodings.append({**asdict(base.decoding), "method": "attention-rescoring", "lm_scale": 0.0})
+        decodings.append({**asdict(base.decoding), "method": "attention-rescoring", "lm_scale": 0.0,
+                          "search_lm_scale": 0.0, "word_bonus": 0.0})
+    if base.lm is not None and base.decoding.search_lm_scale:  # ... and with the LM in the rescoring only
+        methods.append(NO_FUSION)
+        decodings.append({**asdict(base.decoding), "method": "attention-rescoring", "search_lm_scale": 0.0,
+                          "word_bonus": 0.0})
     rec = Recognizer.from_dir(args.model, decoding=decodings)
     refs: list[str] = []
     hyps: dict[str, list[str]] = {m: [] for m in methods}

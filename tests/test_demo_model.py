@@ -76,7 +76,14 @@ def test_loads_like_a_public_checkpoint():
     lm_sweep = {float(k): v for k, v in log["lm_sweep"].items()}
     assert 0.0 in lm_sweep and lm_sweep[cfg["decoding"]["lm_scale"]] == min(lm_sweep.values())
     assert lm_sweep[0.0] == pytest.approx(beams[cfg["decoding"]["beam"]], abs=0.01)
-    assert log["dev"]["attention-rescoring"] == pytest.approx(lm_sweep[cfg["decoding"]["lm_scale"]], abs=0.01)
+    assert log["dev"]["attention-rescoring, LM in rescoring only"] == pytest.approx(
+        lm_sweep[cfg["decoding"]["lm_scale"]], abs=0.01)
+    # ... and the LM's weight inside the search, with its word bonus: the grid's best on dev, and the
+    # grid's no-fusion entry is the LM-rescoring figure it started from
+    grid = log["search_lm_sweep"]
+    chosen = f"{cfg['decoding']['search_lm_scale']:g}/{cfg['decoding']['word_bonus']:g}"
+    assert len(grid) >= 4 and grid[chosen]["wer"] == min(v["wer"] for v in grid.values())
+    assert log["dev"]["attention-rescoring"] == pytest.approx(grid[chosen]["wer"], abs=0.01)
 
 
 def test_the_word_lm_earns_its_place():
@@ -90,9 +97,11 @@ def test_the_word_lm_earns_its_place():
     assert (DEMO / "lm.arpa.gz").stat().st_size < 2e6
     log = json.loads((DEMO / "train_log.json").read_text())
     assert log["lm"]["held_out"] == ["everyday_en.txt"]
-    for split in ("dev", "test"):
-        assert log[split]["attention-rescoring"] < log[split]["attention-rescoring, no LM"]
-    assert log["everyday"]["wer"]["attention-rescoring"] < log["everyday"]["wer"]["attention-rescoring, no LM"]
+    assert rec.search_lm is not None and f"fusion={rec.decoding.search_lm_scale:g}" in rec.decoding.label()
+    for wer in (log["dev"], log["test"], log["everyday"]["wer"]):
+        # the LM helps in the rescoring, and more again inside the search
+        assert wer["attention-rescoring, LM in rescoring only"] < wer["attention-rescoring, no LM"]
+        assert wer["attention-rescoring"] < wer["attention-rescoring, LM in rescoring only"]
     # real words and their usual order are likelier than the near-misses the model made without it
     for good, bad in (("see you tomorrow morning", "see you tomorw morning"),
                       ("the vegetables are fresh", "the vigitables are fresh"),
@@ -112,9 +121,12 @@ def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg["decoding"].update(beam=12, attention_scale=0.3, max_segment_seconds=7.5, lm_scale=0.7)
     (model_dir / "config.json").write_text(json.dumps(cfg))
+    fusion = {k: cfg["decoding"][k] for k in ("search_lm_scale", "word_bonus")}
+    assert fusion["search_lm_scale"] > 0
     assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=12,
                                                                       attention_scale=0.3, max_segment_seconds=7.5,
-                                                                      lm_scale=0.7, chunk_size=-1, left_context_frames=-1)
+                                                                      lm_scale=0.7, chunk_size=-1, left_context_frames=-1,
+                                                                      **fusion)
     merged = Recognizer.from_dir(model_dir, decoding={"beam": 4, "max_segment_seconds": None}).decoding
     assert (merged.beam, merged.attention_scale, merged.max_segment_seconds) == (4, 0.3, None)
     explicit = Recognizer.from_dir(model_dir, decoding=DecodingConfig(beam=3)).decoding  # a full config is taken as is

@@ -236,8 +236,10 @@ def test_onnxruntime_backend_decodes_like_torch(demo_rec, demo_export, held_out)
     assert base.lm_scale > 0
     for method in ("ctc-greedy", "ctc-beam", "attention-rescoring"):
         cfg = replace(base, method=method)
-        torch_texts = [tok.decode(h.token_ids) for h in decode(demo_rec.model, enc_t, lens_t, cfg, lm_scorer=demo_rec.lm_scores)]
-        onnx_texts = [tok.decode(h.token_ids) for h in decode(om, enc_o, lens_o, cfg, lm_scorer=demo_rec.lm_scores)]
+        torch_texts = [tok.decode(h.token_ids) for h in decode(demo_rec.model, enc_t, lens_t, cfg, lm_scorer=demo_rec.lm_scores,
+                                                                search_lm=demo_rec.search_lm)]
+        onnx_texts = [tok.decode(h.token_ids) for h in decode(om, enc_o, lens_o, cfg, lm_scorer=demo_rec.lm_scores,
+                                                               search_lm=demo_rec.search_lm)]
         assert onnx_texts == torch_texts, method
 
     cfg = replace(base, method="attention-rescoring")
