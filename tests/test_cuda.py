@@ -51,6 +51,26 @@ def test_decoding_on_cuda_matches_cpu(gpu_model, ref_model, ref_expected, method
     np.testing.assert_allclose([h.score for h in gpu], [h.score for h in cpu], rtol=1e-4, atol=1e-3)
 
 
+def test_fused_lm_search_on_cuda_matches_cpu():
+    """The word LM inside the prefix search: the same n-best and LM totals on the GPU."""
+    import tempfile
+    from pathlib import Path
+
+    from model.decoding import ctc_prefix_beam_search
+    from model.word_lm import WordLM
+    from test_lm_fusion import FUSION_ARPA, _random_log_probs, search_lm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "lm.arpa").write_text(FUSION_ARPA)
+        lm = WordLM.from_arpa(Path(tmp) / "lm.arpa")
+    fz = search_lm(lm)
+    log_probs, lens = _random_log_probs(3, 25, seed=7), torch.tensor([25, 18, 9])
+    cpu = ctc_prefix_beam_search(log_probs, lens, beam=10, lm=fz, lm_scale=0.5, word_bonus=1.0)
+    gpu = ctc_prefix_beam_search(log_probs.cuda(), lens.cuda(), beam=10, lm=fz, lm_scale=0.5, word_bonus=1.0)
+    assert cpu.to_lists() == gpu.to_lists()
+    torch.testing.assert_close(gpu.search_lm_scores.cpu(), cpu.search_lm_scores, rtol=1e-5, atol=1e-4)
+
+
 def test_auto_precision_matches_the_device():
     cap = torch.cuda.get_device_capability()
     assert resolve_precision("auto", "cuda").name == ("bf16" if cap >= (8, 0) else "fp16")

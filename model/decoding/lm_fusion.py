@@ -74,6 +74,8 @@ class SearchLM:
     bos: int
     eos: int
     unk: int
+    #: (2,) the hashes' moduli, on the tables' device
+    moduli: torch.Tensor
 
     @classmethod
     def build(cls, lm, pieces: Sequence[str], special_ids: Sequence[int] = ()) -> "SearchLM":
@@ -123,6 +125,7 @@ class SearchLM:
             bigram_keys=torch.tensor([k for k, _ in bigrams], dtype=long),
             bigram=torch.tensor([p for _, p in bigrams], dtype=torch.float32),
             bos=index.get("<s>", unk), eos=index.get("</s>", unk), unk=unk,
+            moduli=torch.tensor([_P1, _P2], dtype=long),
         )
 
     @property
@@ -158,5 +161,4 @@ class SearchLM:
 
     def extend_hash(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Hashes ``h`` (..., 2) of words followed by the characters of ``tokens`` (...)."""
-        mod = torch.tensor([_P1, _P2], dtype=torch.long, device=h.device)
-        return (h * self.piece_pow[tokens] + self.piece_hash[tokens]) % mod
+        return (h * self.piece_pow[tokens] + self.piece_hash[tokens]) % self.moduli
