@@ -190,3 +190,50 @@ def test_a_model_directory_turns_the_fused_search_on(tmp_path):
     for t in fused:
         assert t.score == pytest.approx(t.ctc_score + rec.decoding.attention_scale * t.attention_score
                                         + 0.5 * rec.lm.score(t.text), rel=1e-4)
+
+
+#: pieces that spell two-letter words: "▁a" + "b" = "ab", "▁c" + "d" = "cd", "▁c" + "b" = "cb" ...
+SPELLING = ["<blk>", "<sos/eos>", "<unk>", "▁a", "▁c", "b", "d"]
+
+#: an LM that knows "ab" (likely) and "cd" (rare), and no other word
+SPELLING_ARPA = """\\data\\
+ngram 1=5
+
+\\1-grams:
+-99\t<s>\t0.0
+-0.3\tab\t0.0
+-2.5\tcd\t0.0
+-0.5\t</s>
+-5.0\t<unk>
+
+\\end\\
+"""
+
+
+def test_the_look_ahead_prefers_a_beginning_that_can_become_a_likely_word(tmp_path):
+    """A word is scored only once complete, so between "▁c" (acoustics: 0) and "▁a" (-1 nat) a
+    search with room for one prefix keeps "c", and then spells the non-word "cb". The look-ahead
+    (the best unigram of an LM word starting with what is spelled: "ab" for "a", "cd" for "c",
+    5 nats apart) keeps "a" and ends with the LM's word "ab"."""
+    lm = WordLM.from_arpa(write(tmp_path / "lm.arpa", SPELLING_ARPA))
+    tok = Tokenizer(SPELLING)
+    rows = torch.full((2, len(SPELLING)), -30.0)
+    rows[0, SPELLING.index("▁c")], rows[0, SPELLING.index("▁a")] = 0.0, -1.0
+    rows[1, SPELLING.index("b")], rows[1, SPELLING.index("d")] = 0.0, -3.0
+    log_probs, lens = rows.log_softmax(-1).unsqueeze(0), torch.tensor([2])
+    with_table = SearchLM.build(lm, SPELLING, special_ids=[0, 1])
+    without = SearchLM.build(lm, SPELLING, special_ids=[0, 1], lookahead=False)
+    assert with_table.prefix_keys is not None and without.prefix_keys is None
+    # one prefix kept, three tokens tried per frame
+    assert tok.decode(ctc_prefix_beam_search(log_probs, lens, beam=1, token_beam=3).to_lists()[0][0]) == "cb"
+    blind = ctc_prefix_beam_search(log_probs, lens, beam=1, token_beam=3, lm=without, lm_scale=1.0)
+    assert tok.decode(blind.to_lists()[0][0]) == "cb"
+    ahead = ctc_prefix_beam_search(log_probs, lens, beam=1, token_beam=3, lm=with_table, lm_scale=1.0)
+    assert tok.decode(ahead.to_lists()[0][0]) == "ab"
+    # the look-ahead only ranks: what the search reports adding is the completed words' LM score
+    assert ahead.search_lm_scores[0, 0].item() == pytest.approx(lm.score("ab"), abs=1e-4)
+    # its values: the best completion's unigram for a beginning, <unk>'s for none, 0 for nothing
+    h = with_table.extend_hash(torch.zeros(2, dtype=torch.long), torch.tensor(SPELLING.index("▁c")))
+    la = with_table.look_ahead(torch.stack([h, with_table.extend_hash(h, torch.tensor(SPELLING.index("b"))), h]),
+                               torch.tensor([1, 2, 0]), torch.tensor([False, False, False]))
+    assert la.tolist() == pytest.approx([-2.5 * LN10, -5.0 * LN10, 0.0], abs=1e-4)

@@ -43,8 +43,9 @@ carries its fused LM total and the word it is spelling (two character hashes,
 the character count, an unknown flag and the previous word's LM index).  An
 extension whose token starts a word completes the slot's word and adds
 ``lm_scale * log P(word | previous) + word_bonus``; candidates are ranked by CTC
-log-prob plus that total, and the end of the utterance completes the last word
-and scores ``</s>``.  Merged duplicates are the same prefix, so they carry the
+log-prob plus that total plus ``lm_scale`` x the look-ahead of the word being
+spelled (the best unigram of an LM word with that beginning), and the end of
+the utterance completes the last word and scores ``</s>``.  Merged duplicates are the same prefix, so they carry the
 same LM state.  One lookup per slot and frame, whatever the LM's size.
 """
 
@@ -86,7 +87,8 @@ def ctc_prefix_beam_search(
       lm, lm_scale, word_bonus: shallow fusion of a word LM (:mod:`model.decoding.lm_fusion`):
         prefixes are ranked by their CTC log-prob plus ``lm_scale`` x the LM log-prob of their
         completed words plus ``word_bonus`` per completed word (at the end: the last word and
-        ``</s>`` too). The returned ``scores`` stay the CTC log-probs; the slots are ordered by
+        ``</s>`` too) plus ``lm_scale`` x the look-ahead of the word being spelled (when ``lm``
+        has its prefix table). The returned ``scores`` stay the CTC log-probs; the slots are ordered by
         the fused score. ``lm=None`` or ``lm_scale == 0``: the plain search.
 
     Returns a :class:`CtcNBest` with ``K = beam`` slots per utterance, best first.
@@ -153,6 +155,8 @@ def ctc_prefix_beam_search(
         if fz is not None:
             cand_lm, cand_words = _fuse(fz, lm_tot, words, ti, lm_scale, word_bonus)
             rank = rank + cand_lm
+            if fz.prefix_keys is not None:
+                rank = rank + lm_scale * fz.look_ahead(cand_words[..., :2], cand_words[..., 2], cand_words[..., 3].bool())
         # stable sort: equal scores keep candidate order (stays first, then
         # extensions in (prefix, token-rank) order) -- deterministic everywhere
         order = torch.sort(rank, dim=1, descending=True, stable=True).indices[:, :k]
