@@ -237,3 +237,17 @@ def test_the_look_ahead_prefers_a_beginning_that_can_become_a_likely_word(tmp_pa
     la = with_table.look_ahead(torch.stack([h, with_table.extend_hash(h, torch.tensor(SPELLING.index("b"))), h]),
                                torch.tensor([1, 2, 0]), torch.tensor([False, False, False]))
     assert la.tolist() == pytest.approx([-2.5 * LN10, -5.0 * LN10, 0.0], abs=1e-4)
+
+
+def test_an_lm_without_words_scores_every_word_as_unknown(tmp_path):
+    """Only <s>, </s> and <unk>: the tables are empty, and every word costs <unk>'s score."""
+    lm = WordLM.from_arpa(write(tmp_path / "lm.arpa", "\\data\\\nngram 1=3\n\n\\1-grams:\n-99\t<s>\n"
+                                "-0.5\t</s>\n-2.0\t<unk>\n\n\\end\\\n"))
+    fz = search_lm(lm)
+    assert fz.prefix_keys.numel() == 0 and fz.bigram_keys.numel() == 0
+    tok = Tokenizer(PIECES)
+    nb = ctc_prefix_beam_search(_random_log_probs(2, 12, seed=3), torch.tensor([12, 7]), beam=4, lm=fz, lm_scale=1.0)
+    for i, entries in enumerate(nb.to_lists()):
+        for k, ids in enumerate(entries):
+            words = len(tok.decode(ids).split())
+            assert nb.search_lm_scores[i, k].item() == pytest.approx((-2.0 * words - 0.5) * LN10, abs=1e-4)

@@ -191,9 +191,12 @@ class SearchLM:
         """Best unigram log-prob of an LM word that starts with the characters hashed in ``h``
         (..., 2); 0 where nothing is spelled, ``<unk>``'s where no word starts so."""
         key = h[..., 0] * _P2 + h[..., 1]
-        pos = torch.searchsorted(self.prefix_keys, key.contiguous()).clamp(max=self.prefix_keys.numel() - 1)
-        hit = (self.prefix_keys[pos] == key) & ~unknown
-        la = torch.where(hit, self.prefix_best[pos], self.unigram[self.unk])
+        if self.prefix_keys.numel() == 0:  # an LM without words: every beginning is <unk>
+            la = self.unigram[self.unk].expand(key.shape)
+        else:
+            pos = torch.searchsorted(self.prefix_keys, key.contiguous()).clamp(max=self.prefix_keys.numel() - 1)
+            hit = (self.prefix_keys[pos] == key) & ~unknown
+            la = torch.where(hit, self.prefix_best[pos], self.unigram[self.unk])
         return torch.where(chars > 0, la, torch.zeros((), dtype=la.dtype))
 
     def extend_hash(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
