@@ -500,8 +500,9 @@ def write_model_card(out: Path, args, corpus: Path, train_utts, dev_utts, test_u
     if lm and decoding.get("search_lm_scale") and results.get("search_lm_sweep"):
         lines.append(
             f"- the same LM inside the CTC prefix search (shallow fusion, `model/decoding/lm_fusion.py`): prefixes are "
-            f"ranked by CTC log-prob + search_lm_scale x LM log-prob of their words + word_bonus per word, so the "
-            f"n-best that rescoring chooses from holds what the LM finds likely; search_lm_scale "
+            f"ranked by CTC log-prob + search_lm_scale x LM log-prob of their words + word_bonus per word, and while a "
+            "word is being spelled + search_lm_scale x its look-ahead (the best unigram of an LM word with that "
+            f"beginning), so the n-best that rescoring chooses from holds what the LM finds likely; search_lm_scale "
             f"{decoding['search_lm_scale']:g}, word_bonus {decoding['word_bonus']:g} chosen on dev (rescoring WER and "
             "decoding seconds by scale/bonus: "
             + ", ".join(f"{k}: {v['wer']:.2f} % in {v['seconds']:.1f} s" for k, v in results["search_lm_sweep"].items())
