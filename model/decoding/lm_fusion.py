@@ -47,14 +47,36 @@ _LN10 = math.log(10.0)
 _SPACE = "\u2581"
 
 
-def _char_hash(text: str) -> tuple[int, int, int, int]:
-    """(h1, h2, B1^len mod P1, B2^len mod P2) of ``text``'s characters."""
+def _prefix_hashes(text: str) -> list[tuple[int, int]]:
+    """(h1, h2) of each of ``text``'s prefixes, shortest first (the last is ``text``'s)."""
     h1 = h2 = 0
+    out = []
     for ch in text:
         c = ord(ch) + 1
         h1 = (h1 * _B1 + c) % _P1
         h2 = (h2 * _B2 + c) % _P2
+        out.append((h1, h2))
+    return out
+
+
+def _char_hash(text: str) -> tuple[int, int, int, int]:
+    """(h1, h2, B1^len mod P1, B2^len mod P2) of ``text``'s characters."""
+    h1, h2 = _prefix_hashes(text)[-1] if text else (0, 0)
     return h1, h2, pow(_B1, len(text), _P1), pow(_B2, len(text), _P2)
+
+
+def _key(h1, h2):
+    """One sortable int64 key of a (hash1, hash2) pair (ints or tensors)."""
+    return h1 * _P2 + h2
+
+
+def _find(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
+    """``values`` at the positions of ``query`` in the sorted ``keys``; ``default`` (broadcast)
+    where a query is not listed, and everywhere when the table is empty."""
+    if keys.numel() == 0:
+        return default.expand(query.shape) if default.dim() == 0 else default
+    pos = torch.searchsorted(keys, query.contiguous()).clamp(max=keys.numel() - 1)
+    return torch.where(keys[pos] == query, values[pos], default)
 
 
 @dataclass
@@ -105,23 +127,14 @@ class SearchLM:
             uni[i] = lm.probs[1][(w,)] * _LN10
             bow[i] = lm.bows.get(1, {}).get((w,), 0.0) * _LN10
         keys = []
+        best: dict[int, float] = {}  # the look-ahead: each prefix's best word
         for w in words:
-            h1, h2, _, _ = _char_hash(w)
-            keys.append((h1 * _P2 + h2, index[w]))
+            prefixes = [_key(*h) for h in _prefix_hashes(w)]
+            keys.append((prefixes[-1], index[w]))
+            if lookahead and not (w.startswith("<") and w.endswith(">")):
+                for k in prefixes:
+                    best[k] = max(best.get(k, -math.inf), uni[index[w]])
         keys.sort()
-        best: dict[int, float] = {}
-        if lookahead:
-            for w in words:
-                if w.startswith("<") and w.endswith(">"):
-                    continue
-                p = uni[index[w]]
-                h1 = h2 = 0
-                for ch in w:
-                    c = ord(ch) + 1
-                    h1, h2 = (h1 * _B1 + c) % _P1, (h2 * _B2 + c) % _P2
-                    k = h1 * _P2 + h2
-                    if p > best.get(k, -math.inf):
-                        best[k] = p
         prefix = sorted(best.items())
         bigrams = sorted(((index[a] * (n_words + 1) + index[b]), p * _LN10)
                          for (a, b), p in lm.probs.get(2, {}).items() if a in index and b in index)
@@ -171,32 +184,19 @@ class SearchLM:
 
     def lookup(self, h: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         """Word index of character hashes ``h`` (..., 2); ``unk`` where not listed or ``unknown``."""
-        key = h[..., 0] * _P2 + h[..., 1]
-        if self.word_keys.numel() == 0:
-            return torch.full_like(key, self.unk)
-        pos = torch.searchsorted(self.word_keys, key.contiguous()).clamp(max=self.word_keys.numel() - 1)
-        hit = (self.word_keys[pos] == key) & ~unknown
-        return torch.where(hit, self.word_index[pos], torch.full_like(key, self.unk))
+        unk = torch.tensor(self.unk, device=h.device)
+        return torch.where(unknown, unk, _find(self.word_keys, self.word_index, _key(h[..., 0], h[..., 1]), unk))
 
     def log_prob(self, word: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """Natural-log ``P(word | previous)`` (same shapes), backing off to the unigram."""
-        key = previous * self.num_words + word
         base = self.backoff[previous] + self.unigram[word]
-        if self.bigram_keys.numel() == 0:
-            return base
-        pos = torch.searchsorted(self.bigram_keys, key.contiguous()).clamp(max=self.bigram_keys.numel() - 1)
-        return torch.where(self.bigram_keys[pos] == key, self.bigram[pos], base)
+        return _find(self.bigram_keys, self.bigram, previous * self.num_words + word, base)
 
     def look_ahead(self, h: torch.Tensor, chars: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         """Best unigram log-prob of an LM word that starts with the characters hashed in ``h``
         (..., 2); 0 where nothing is spelled, ``<unk>``'s where no word starts so."""
-        key = h[..., 0] * _P2 + h[..., 1]
-        if self.prefix_keys.numel() == 0:  # an LM without words: every beginning is <unk>
-            la = self.unigram[self.unk].expand(key.shape)
-        else:
-            pos = torch.searchsorted(self.prefix_keys, key.contiguous()).clamp(max=self.prefix_keys.numel() - 1)
-            hit = (self.prefix_keys[pos] == key) & ~unknown
-            la = torch.where(hit, self.prefix_best[pos], self.unigram[self.unk])
+        unk = self.unigram[self.unk]
+        la = torch.where(unknown, unk, _find(self.prefix_keys, self.prefix_best, _key(h[..., 0], h[..., 1]), unk))
         return torch.where(chars > 0, la, torch.zeros((), dtype=la.dtype))
 
     def extend_hash(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
