@@ -332,13 +332,11 @@ class Recognizer:
                 apply_chunking(model, dc)
             lm = WordLM.from_arpa(model_dir / layout.lm) if layout.lm else None
             for dc in configs:
-                if dc.lm_scale and lm is None and resolve_method(model, dc.method) == "attention-rescoring":
-                    raise ModelLoadError(f"{model_dir}: lm_scale {dc.lm_scale:g} asks for a word LM, and the directory "
-                                         "has none (lm.arpa.gz or lm.arpa); set lm_scale 0 (--lm-scale 0)")
-                if dc.search_lm_scale and lm is None and resolve_method(model, dc.method) == "attention-rescoring":
-                    raise ModelLoadError(f"{model_dir}: search_lm_scale {dc.search_lm_scale:g} asks for a word LM, and "
-                                         "the directory has none (lm.arpa.gz or lm.arpa); set it to 0 "
-                                         "(--search-lm-scale 0)")
+                for name in ("lm_scale", "search_lm_scale"):  # the weights that read the word LM
+                    value = getattr(dc, name)
+                    if value and lm is None and resolve_method(model, dc.method) == "attention-rescoring":
+                        raise ModelLoadError(f"{model_dir}: {name} {value:g} asks for a word LM, and the directory has "
+                                             f"none (lm.arpa.gz or lm.arpa); set {name} 0 (--{name.replace('_', '-')} 0)")
             files = [ckpt_dir / f for f in layout.weights.files]
             digests = [file_sha256(f) for f in files]
             sha = digests[0] if len(files) == 1 else _combined_sha256(files, digests, layout.weights.label)

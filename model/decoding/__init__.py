@@ -148,8 +148,9 @@ class DecodingConfig:
     lm_scale: float = 0.0
     #: attention-rescoring with a word LM: its weight inside the CTC prefix search that builds the
     #: n-best (shallow fusion, :mod:`model.decoding.lm_fusion`): prefixes are ranked by CTC log-prob
-    #: ``+ search_lm_scale * LM log-prob + word_bonus * words``, so the n-best holds what the LM
-    #: finds likely. 0: the search does not see the LM. The rescoring score is unchanged.
+    #: ``+ search_lm_scale * LM log-prob + word_bonus * words`` of their completed words, plus
+    #: ``search_lm_scale`` x a look-ahead for the word being spelled, so the n-best holds what the
+    #: LM finds likely. 0: the search does not see the LM. The rescoring score is unchanged.
     search_lm_scale: float = 0.0
     #: added per completed word in the fused search (offsets the LM's pull towards fewer words)
     word_bonus: float = 0.0

@@ -45,8 +45,10 @@ extension whose token starts a word completes the slot's word and adds
 ``lm_scale * log P(word | previous) + word_bonus``; candidates are ranked by CTC
 log-prob plus that total plus ``lm_scale`` x the look-ahead of the word being
 spelled (the best unigram of an LM word with that beginning), and the end of
-the utterance completes the last word and scores ``</s>``.  Merged duplicates are the same prefix, so they carry the
-same LM state.  One lookup per slot and frame, whatever the LM's size.
+the utterance completes the last word and scores ``</s>``.  Merged duplicates
+are the same prefix, so they carry the same LM state.  Per frame: word and
+bigram lookups for the K slots, look-ahead lookups for the K + K*K'
+candidates, whatever the LM's size.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ def ctc_prefix_beam_search(
         prefixes are ranked by their CTC log-prob plus ``lm_scale`` x the LM log-prob of their
         completed words plus ``word_bonus`` per completed word (at the end: the last word and
         ``</s>`` too) plus ``lm_scale`` x the look-ahead of the word being spelled (when ``lm``
-        has its prefix table). The returned ``scores`` stay the CTC log-probs; the slots are ordered by
-        the fused score. ``lm=None`` or ``lm_scale == 0``: the plain search.
+        has its prefix table). The returned ``scores`` stay the CTC log-probs; the slots are
+        ordered by the fused score. ``lm=None`` or ``lm_scale == 0``: the plain search.
 
     Returns a :class:`CtcNBest` with ``K = beam`` slots per utterance, best first.
     """
