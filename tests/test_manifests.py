@@ -190,7 +190,7 @@ def test_reading_is_lazy_and_bad_lines_are_named(audio: AudioSet, bucket: str, o
     uri = f"s3://{bucket}/big.jsonl.gz"
     storage.write_bytes_atomic(uri, blob, options=opts)
     reads: list[tuple[int, int | None]] = []
-    real_reader = storage._S3Reader
+    real_reader = storage.s3.S3Reader
 
     class CountingReader(real_reader):  # type: ignore[misc,valid-type]
         def readinto(self, b):  # type: ignore[no-untyped-def]
@@ -199,7 +199,7 @@ def test_reading_is_lazy_and_bad_lines_are_named(audio: AudioSet, bucket: str, o
             return n
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(storage, "_S3Reader", CountingReader)
+        mp.setattr(storage.s3, "S3Reader", CountingReader)
         it = iter_work_items(uri, options=opts)
         assert next(it).cut_id == "big-000000"
         consumed = sum(n for n, _ in reads)

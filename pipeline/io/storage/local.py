@@ -1,0 +1,165 @@
+"""The local backend of :mod:`pipeline.io.storage`: plain paths and ``file://`` URIs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import BinaryIO, Iterator
+from urllib.parse import unquote
+
+from .errors import MissingObjectError, StorageError, os_error
+
+__all__ = ["LocalStore", "local_path"]
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI; raises for unsupported schemes."""
+    if uri[:7].lower() == "file://":
+        rest = uri[7:]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        return unquote(rest)
+    head, sep, _ = uri.partition("://")
+    if sep and head.isascii() and head.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise StorageError(uri, f"unsupported URI scheme {head!r} (use s3://, file:// or a path)")
+    return uri
+
+
+def fsync_dir(directory: str) -> None:
+    """fsync a directory (a rename in it is durable after this); errors are ignored."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _walk_sorted(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[str]:
+    """Yield relative file paths under ``root/rel`` in full-path lexicographic order
+    (the order S3 lists keys in): siblings sorted with directories keyed as ``name + '/'``."""
+    directory = os.path.join(root, rel) if rel else root
+    entries = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            entries.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+    entries.sort(key=lambda e: e[0])
+    for _, entry, is_dir in entries:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        if is_dir:
+            st = entry.stat()
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen:  # symlink loop
+                continue
+            seen.add(ident)
+            yield from _walk_sorted(root, child, seen)
+            seen.discard(ident)
+        else:
+            try:
+                if entry.is_file():
+                    yield child
+            except OSError:
+                continue
+
+
+class LocalStore:
+    """Local files behind the storage interface (see :mod:`pipeline.io.storage`)."""
+
+    def open_binary(self, uri: str) -> BinaryIO:
+        path = local_path(uri)
+        try:
+            if os.path.isdir(path):
+                raise StorageError(uri, "is a directory")
+            return open(path, "rb")
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.open_binary(uri) as f:
+            try:
+                return f.read()
+            except OSError as exc:
+                raise os_error(uri, exc) from exc
+
+    def read_range(self, uri: str, start: int, end: int | None) -> bytes:
+        with self.open_binary(uri) as f:
+            try:
+                f.seek(start)
+                return f.read() if end is None else f.read(end - start)
+            except OSError as exc:
+                raise os_error(uri, exc) from exc
+
+    def size(self, uri: str) -> int:
+        path = local_path(uri)
+        try:
+            if os.path.isdir(path):
+                raise StorageError(uri, "is a directory")
+            return os.path.getsize(path)
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
+
+    def version(self, uri: str) -> str:
+        try:
+            st = os.stat(local_path(uri))
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def exists(self, uri: str) -> bool:
+        return os.path.isfile(local_path(uri))
+
+    def list_files(self, uri_prefix: str, keep, page_size: int | None = None) -> Iterator[str]:  # noqa: ANN001
+        from . import join
+
+        root = local_path(uri_prefix)
+        if os.path.isfile(root):
+            if keep(root):
+                yield uri_prefix
+            return
+        if not os.path.isdir(root):
+            raise MissingObjectError(uri_prefix, "no such directory")
+        st = os.stat(root)
+        for rel in _walk_sorted(root, "", {(st.st_dev, st.st_ino)}):
+            if keep(rel):
+                yield join(uri_prefix, rel)
+
+    def write_bytes_atomic(self, uri: str, data: bytes, content_type: str | None = None) -> None:
+        path = local_path(uri)
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise os_error(uri, exc) from exc
+            raise
+        fsync_dir(directory)
+
+    def delete(self, uri: str) -> None:
+        try:
+            os.unlink(local_path(uri))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
