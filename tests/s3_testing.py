@@ -105,7 +105,8 @@ class FaultProxy:
             the next ``n`` requests (those matching ``which``, when given) with 503 SlowDown
             (``outage_started`` is set then).
     Counters: ``requests`` (every request received), ``forwarded`` (Counter of
-    ``(method, path-without-query)`` actually sent upstream), ``failed``, ``truncated``.
+    ``(method, path-without-query)`` actually sent upstream), ``body_bytes`` (Counter of the body
+    bytes of GETs sent back to the client, by path), ``failed``, ``truncated``.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -121,6 +122,7 @@ class FaultProxy:
         self.failed = 0
         self.truncated = 0
         self.forwarded: Counter[tuple[str, str]] = Counter()
+        self.body_bytes: Counter[str] = Counter()
         self.held: list[HeldRequest] = []
         self._hold_rule: Optional[Rule] = None
         self._released = threading.Event()
@@ -196,6 +198,9 @@ class FaultProxy:
                         self.end_headers()
                         return
                     self.send_header("Content-Length", str(len(payload)))
+                    if self.command == "GET":
+                        with proxy.lock:
+                            proxy.body_bytes[raw_path] += len(payload) if not cut else int(len(payload) * proxy.truncate_keep)
                     if cut:
                         self.send_header("Connection", "close")
                         self.end_headers()
@@ -260,3 +265,8 @@ class FaultProxy:
         """How many GETs of ``path`` (e.g. ``/bucket/key``) reached the store."""
         with self.lock:
             return self.forwarded[("GET", path)]
+
+    def got_bytes(self, path: str) -> int:
+        """Body bytes the client received for GETs of ``path`` (``/bucket/key``)."""
+        with self.lock:
+            return self.body_bytes[path]

@@ -442,3 +442,85 @@ def test_model_directory_picks_the_same_checkpoint_locally_and_on_s3(bucket: str
         storage.set_default_s3_options(None)
     assert sorted(p.name for p in fetched.iterdir()) == ["bpe.model", "epoch-40.pt"]  # only the chosen checkpoint
     assert (fetched / "epoch-40.pt").read_bytes() == b"epoch-40.pt"
+
+
+GLOB_KEYS = ["cuts/cuts.000000.jsonl.gz", "cuts/cuts.000001.jsonl.gz", "cuts/cuts.000010.jsonl.gz",
+             "cuts/recording.000000.tar", "cuts/sub/cuts.000002.jsonl.gz", "cuts/cuts.x/y.jsonl.gz", "other/cuts.9.jsonl",
+             "cuts.000003.jsonl.gz"]
+
+
+@pytest.mark.parametrize("pattern, expected", [
+    ("cuts/cuts.*.jsonl.gz", ["cuts/cuts.000000.jsonl.gz", "cuts/cuts.000001.jsonl.gz", "cuts/cuts.000010.jsonl.gz"]),
+    ("cuts/cuts.00000?.jsonl.gz", ["cuts/cuts.000000.jsonl.gz", "cuts/cuts.000001.jsonl.gz"]),
+    ("cuts/cuts.00000[!0].jsonl.gz", ["cuts/cuts.000001.jsonl.gz"]),
+    ("cuts/cuts.0000[0-0]0.jsonl.gz", ["cuts/cuts.000000.jsonl.gz"]),
+    ("*/cuts.*", ["cuts/cuts.000000.jsonl.gz", "cuts/cuts.000001.jsonl.gz", "cuts/cuts.000010.jsonl.gz",
+                  "other/cuts.9.jsonl"]),
+    ("cuts/**/cuts.*.jsonl.gz", ["cuts/cuts.000000.jsonl.gz", "cuts/cuts.000001.jsonl.gz", "cuts/cuts.000010.jsonl.gz",
+                                 "cuts/sub/cuts.000002.jsonl.gz"]),
+    ("cuts/*/y.jsonl.gz", ["cuts/cuts.x/y.jsonl.gz"]),
+    ("nothing/*.gz", []),
+])
+def test_glob_matches_the_same_files_locally_and_on_s3(pattern, expected, bucket, opts, tmp_path):
+    """``*``, ``?`` and ``[...]`` stay within a segment, ``**`` crosses them, as in a shell; S3 and
+    local paths agree, in key order."""
+    for key in GLOB_KEYS:
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+        storage.write_bytes_atomic(f"s3://{bucket}/{key}", b"x", options=opts)
+    assert storage.glob(str(tmp_path / pattern)) == [str(tmp_path / k) for k in expected]
+    assert storage.glob(f"s3://{bucket}/{pattern}", options=opts) == [f"s3://{bucket}/{k}" for k in expected]
+    assert storage.has_glob(pattern) and not storage.has_glob(f"s3://{bucket}/cuts/a.jsonl.gz")
+
+
+def test_a_glob_on_s3_lists_only_under_its_literal_prefix(bucket, proxy, opts):
+    """A bucket of many audio files is not listed to find a few manifests: one listing request of
+    the keys beginning ``corpus/cuts.``."""
+    for i in range(30):
+        storage.write_bytes_atomic(f"s3://{bucket}/corpus/audio-{i:03d}.wav", b"x", options=opts)
+    storage.write_bytes_atomic(f"s3://{bucket}/corpus/cuts.000000.jsonl.gz", b"x", options=opts)
+    listed = make_opts(proxy.url)
+    before = proxy.requests
+    found = storage.glob(f"s3://{bucket}/corpus/cuts.*.jsonl.gz", options=listed)
+    assert found == [f"s3://{bucket}/corpus/cuts.000000.jsonl.gz"] and proxy.requests - before == 1
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_range_file_reads_only_what_is_read(where, bucket, opts, tmp_path, proxy):
+    """A seekable file over an object: the head comes with the open; a jump fetches a small range,
+    sequential reads grow the read-ahead, a small step back is served from what was fetched, the
+    read-ahead stops at the prefetch limit; a window of the object reads as a file of its own."""
+    data = os.urandom(3 << 20)
+    if where == "s3":
+        uri = f"s3://{bucket}/blob.bin"
+        storage.write_bytes_atomic(uri, data, options=opts)
+        ropts = make_opts(proxy.url)
+    else:
+        uri = str(tmp_path / "blob.bin")
+        storage.write_bytes_atomic(uri, data)
+        ropts = None
+    with storage.open_range(uri, options=ropts) as f:
+        assert f.size == len(data) and f.read(100) == data[:100]
+        head = f.bytes_fetched
+        assert head == storage.RangeFile.MIN_READAHEAD
+        f.seek(2 << 20)
+        assert f.read(10) == data[2 << 20:(2 << 20) + 10]
+        assert f.bytes_fetched == head + storage.RangeFile.MIN_READAHEAD  # a jump: one small range
+        got = b"".join(f.read(8192) for _ in range(80))  # 640 KiB on: read-ahead doubles
+        assert got == data[(2 << 20) + 10:(2 << 20) + 10 + 80 * 8192]
+        requests = f.requests
+        assert requests <= 2 + 4  # 64 K, 128 K, 256 K, 512 K: not 80 requests
+        f.seek(-4096, os.SEEK_CUR)
+        assert f.read(4096) == data[(2 << 20) + 10 + 80 * 8192 - 4096:(2 << 20) + 10 + 80 * 8192]
+        assert f.requests == requests  # a step back: served from what was fetched
+        f.seek(1 << 20)
+        f.prefetch_limit = (1 << 20) + 1000
+        assert f.read(10) == data[1 << 20:(1 << 20) + 10]
+        assert f.requests == requests + 1 and f.bytes_fetched <= head + (1 << 20) + 2 * (1 << 20)
+        f.seek(len(data) - 5)
+        assert f.read(100) == data[-5:] and f.read(10) == b""
+        fetched = f.bytes_fetched
+    if where == "s3":
+        assert proxy.got_bytes(f"/{bucket}/blob.bin") == fetched  # the count is what the store served
+    with storage.open_range(uri, base=1000, length=5000, options=ropts) as window:
+        assert window.size == 5000 and window.read() == data[1000:6000] and window.bytes_fetched == 5000

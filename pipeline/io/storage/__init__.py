@@ -46,12 +46,14 @@ from typing import BinaryIO, Iterable, Iterator, TextIO, Union
 
 from .errors import ChecksumMismatchError, MissingObjectError, StorageError, os_error
 from .local import LocalStore, fsync_dir
+from .ranged import RangeFile
 from .s3 import (S3_ENV_VARS, S3Options, S3Store, get_default_s3_options, s3_client, s3_environment,
                  set_default_s3_options)
 
 __all__ = [
     "ChecksumMismatchError",
     "MissingObjectError",
+    "RangeFile",
     "S3Options",
     "S3_ENV_VARS",
     "StorageError",
@@ -59,12 +61,16 @@ __all__ = [
     "download_to_cache",
     "exists",
     "get_default_s3_options",
+    "glob",
+    "has_glob",
     "is_s3_uri",
     "join",
     "list_files",
     "open_binary",
+    "open_range",
     "open_text",
     "read_bytes",
+    "read_head",
     "read_range",
     "s3_client",
     "s3_environment",
@@ -144,6 +150,19 @@ def read_range(uri: str, start: int, end: int | None, *, options: S3Options | No
             raise MissingObjectError(uri)
         return b""
     return store(uri, options).read_range(uri, start, end)
+
+
+def read_head(uri: str, length: int, *, options: S3Options | None = None) -> tuple[bytes, int]:
+    """The first ``length`` bytes of the object (fewer when it is shorter) and its size, in one
+    request."""
+    return store(uri, options).read_head(uri, length)
+
+
+def open_range(uri: str, *, base: int = 0, length: int | None = None, options: S3Options | None = None) -> RangeFile:
+    """A seekable read-only file over bytes ``[base, base + length)`` of the object (all of it by
+    default) that fetches only the ranges read (:class:`~pipeline.io.storage.ranged.RangeFile`).
+    Use as a context manager."""
+    return store(uri, options).open_range(uri, base, length)
 
 
 def size(uri: str, *, options: S3Options | None = None) -> int:
@@ -227,6 +246,21 @@ def list_files(
         return wanted is None or name.lower().endswith(wanted)
 
     return store(uri_prefix, options).list_files(uri_prefix, keep, page_size)
+
+
+def has_glob(uri: str) -> bool:
+    """True when ``uri`` holds a glob wildcard (``*``, ``?`` or ``[``) after its bucket."""
+    path = uri[5:].partition("/")[2] if is_s3_uri(uri) else uri
+    return any(c in path for c in "*?[")
+
+
+def glob(pattern: str, suffixes: Iterable[str] | None = None, *, options: S3Options | None = None) -> list[str]:
+    """The files or objects matching a glob ``pattern``, sorted (the order :func:`list_files`
+    gives). ``*``, ``?`` and ``[...]`` match within one path segment, ``**`` across segments:
+    ``s3://bucket/cuts/cuts.*.jsonl.gz``, ``/data/**/*.jsonl.gz``. On S3 only the pattern's
+    literal prefix is listed, one level at a time while the pattern has no ``**``."""
+    wanted = _normalise_suffixes(suffixes)
+    return store(pattern, options).glob(pattern, lambda name: wanted is None or name.lower().endswith(wanted))
 
 
 # --------------------------------------------------------------------------------------

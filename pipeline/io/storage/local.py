@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import glob as globbing
 import os
 import tempfile
-from typing import BinaryIO, Iterator
-from urllib.parse import unquote
+from typing import BinaryIO, Callable, Iterator
+from urllib.parse import quote, unquote
 
 from .errors import MissingObjectError, StorageError, os_error
+from .ranged import RangeFile
 
 __all__ = ["LocalStore", "local_path"]
 
@@ -96,6 +98,39 @@ class LocalStore:
                 return f.read() if end is None else f.read(end - start)
             except OSError as exc:
                 raise os_error(uri, exc) from exc
+
+    def read_head(self, uri: str, length: int) -> tuple[bytes, int]:
+        with self.open_binary(uri) as f:
+            try:
+                return f.read(length), os.fstat(f.fileno()).st_size
+            except OSError as exc:
+                raise os_error(uri, exc) from exc
+
+    def open_range(self, uri: str, base: int = 0, length: int | None = None) -> RangeFile:
+        """A seekable file over bytes ``[base, base + length)`` of the file, read with ``pread``
+        and counted like a remote object's."""
+        path = local_path(uri)
+        try:
+            if os.path.isdir(path):
+                raise StorageError(uri, "is a directory")
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
+
+        def fetch(start: int, end: int) -> bytes:
+            try:
+                return os.pread(fd, end - start, start)
+            except OSError as exc:
+                raise os_error(uri, exc) from exc
+
+        return RangeFile(uri, fetch, os.fstat(fd).st_size, base=base, length=length, on_close=lambda: os.close(fd))
+
+    def glob(self, pattern: str, keep: Callable[[str], bool]) -> list[str]:
+        """The files matching ``pattern`` (``*``, ``?``, ``[...]`` within a path segment, ``**``
+        across segments), sorted; a ``file://`` pattern gives ``file://`` URIs."""
+        is_uri = pattern[:7].lower() == "file://"
+        paths = sorted(p for p in globbing.glob(local_path(pattern), recursive=True) if os.path.isfile(p) and keep(p))
+        return ["file://" + quote(p) for p in paths] if is_uri else paths
 
     def size(self, uri: str) -> int:
         path = local_path(uri)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from .errors import MissingObjectError, StorageError, os_error
+from .ranged import RangeFile
 
 __all__ = ["S3Options", "S3Reader", "S3Store", "S3_ENV_VARS", "get_default_s3_options", "s3_client",
            "s3_environment", "set_default_s3_options", "split_s3"]
@@ -233,7 +235,8 @@ class S3Reader(io.RawIOBase):
     ``10 * max_attempts`` failures over the stream's life, end in :class:`StorageError`.
     """
 
-    def __init__(self, uri: str, opts: S3Options, start: int = 0, end: int | None = None) -> None:
+    def __init__(self, uri: str, opts: S3Options, start: int = 0, end: int | None = None,
+                 etag: str | None = None) -> None:
         super().__init__()
         self._uri = uri
         self._opts = opts
@@ -242,8 +245,10 @@ class S3Reader(io.RawIOBase):
         self._pos = start
         self._stop = start if (end is not None and end <= start) else None
         self._end = end
-        self._etag: str | None = None
+        self._etag: str | None = etag  # pinned: the object must not change while it is read
         self._body: Any = None
+        #: the whole object's size, from the first response (``None`` before it, or for an empty range)
+        self.total_size: int | None = None
         self._resumes = 0  # body failures over the stream's life (bounded, see readinto)
         if self._stop is None:
             self._request()
@@ -270,6 +275,15 @@ class S3Reader(io.RawIOBase):
         self._etag = response.get("ETag") or self._etag
         self._body = response["Body"]
         self._stop = self._pos + int(response["ContentLength"])
+        if self.total_size is None:
+            content_range = str(response.get("ContentRange") or "")  # "bytes 0-99/1234"
+            total = content_range.rpartition("/")[2]
+            self.total_size = int(total) if total.isdigit() else self._stop
+
+    @property
+    def etag(self) -> str | None:
+        """The ETag of the object as first read (later requests are pinned to it)."""
+        return self._etag
 
     def readable(self) -> bool:
         return True
@@ -352,6 +366,73 @@ class S3Store:
         with S3Reader(uri, self.opts, start=start, end=end) as reader:
             return reader.readall()
 
+    def read_head(self, uri: str, length: int) -> tuple[bytes, int]:
+        """The first ``length`` bytes and the object's size, in one request."""
+        with S3Reader(uri, self.opts, 0, length) as reader:
+            head = reader.readall()
+            total = reader.total_size
+        return head, total if total is not None else self.size(uri)
+
+    def glob(self, pattern: str, keep: Callable[[str], bool]) -> list[str]:
+        """The objects whose keys match ``pattern`` (``*``, ``?``, ``[...]`` within a path
+        segment, ``**`` across segments), sorted. Lists only under the pattern's literal prefix,
+        and one level at a time while the pattern has no ``**``."""
+        bucket, key_pattern = split_s3(pattern)
+        literal = _literal_prefix(key_pattern)
+        regex = _glob_regex(key_pattern)
+        base = f"s3://{bucket}/"
+        if "**" in key_pattern:
+            uris = self.list_files(base + literal.rpartition("/")[0], lambda key: regex.fullmatch(key) is not None)
+            return sorted(u for u in uris if keep(u))
+        # walk one level at a time, listing only under the literal prefix (a bucket of a million
+        # audio files is not listed to find its cuts.*.jsonl.gz); a prefix is followed only while
+        # it can still match
+        found: list[str] = []
+        depth = key_pattern.count("/")
+        todo = [literal]
+        while todo:
+            prefix = todo.pop()
+            for uri, is_prefix in self.list_level(base + prefix):
+                key = uri[len(base):]
+                if is_prefix:
+                    if key.count("/") <= depth and _glob_regex(key_pattern, partial=key.count("/")).fullmatch(key[:-1]):
+                        todo.append(key)
+                elif regex.fullmatch(key) and keep(uri):
+                    found.append(uri)
+        return sorted(found)
+
+    def open_range(self, uri: str, base: int = 0, length: int | None = None) -> RangeFile:
+        """A seekable file over bytes ``[base, base + length)`` of the object, fetched lazily by
+        range (:class:`pipeline.io.storage.ranged.RangeFile`), every request pinned to the ETag
+        of the first."""
+        first_end = base + (RangeFile.MIN_READAHEAD if length is None else min(length, RangeFile.MIN_READAHEAD))
+        with S3Reader(uri, self.opts, base, first_end) as first:
+            head = first.readall()
+            total, etag = first.total_size, first.etag
+        if total is None:  # the range starts at or after the end
+            total = self.size(uri)
+
+        def fetch(start: int, end: int) -> bytes:
+            with S3Reader(uri, self.opts, start, end, etag=etag) as reader:
+                return reader.readall()
+
+        return RangeFile(uri, fetch, total, base=base, length=length, head=head)
+
+    def list_level(self, uri_prefix: str) -> Iterator[tuple[str, bool]]:
+        """``(uri, is_prefix)`` of the objects whose keys start with ``uri_prefix``'s key and have
+        no further ``/``, and of the common prefixes up to the next ``/`` (S3's ``Delimiter``), in
+        key order."""
+        bucket, prefix = split_s3(uri_prefix)
+        paginator = s3_client(self.opts).get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                entries = [(obj["Key"], False) for obj in page.get("Contents", ())]
+                entries += [(p["Prefix"], True) for p in page.get("CommonPrefixes", ())]
+                for key, is_prefix in sorted(entries):
+                    yield f"s3://{bucket}/{key}", is_prefix
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise map_error(uri_prefix, exc) from exc
+
     def head(self, uri: str) -> dict[str, Any]:
         bucket, key = split_s3(uri)
         try:
@@ -410,3 +491,42 @@ class S3Store:
             error = map_error(uri, exc)
             if not isinstance(error, MissingObjectError):
                 raise error from exc
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The part of a glob pattern before its first wildcard."""
+    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+    return pattern[:cut]
+
+
+def _glob_regex(pattern: str, partial: int | None = None) -> "re.Pattern[str]":
+    """A regular expression for a glob pattern over keys: ``*`` and ``?`` stay within a segment,
+    ``**`` spans segments, ``[...]`` / ``[!...]`` are character classes. ``partial=k``: the
+    pattern's first ``k`` segments only (does a prefix of that depth still match?)."""
+    if partial is not None:
+        pattern = "/".join(pattern.split("/")[:partial])
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end].replace("\\", "\\\\")
+            body = "^" + body[1:] if body.startswith("!") else ("\\" + body if body.startswith("^") else body)
+            out.append("[" + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
