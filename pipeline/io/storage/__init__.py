@@ -47,6 +47,7 @@ from typing import BinaryIO, Iterable, Iterator, TextIO, Union
 from .errors import ChecksumMismatchError, MissingObjectError, StorageError, os_error
 from .local import LocalStore, fsync_dir
 from .ranged import RangeFile
+from .uris import is_s3_uri, join
 from .s3 import (S3_ENV_VARS, S3Options, S3Store, get_default_s3_options, s3_client, s3_environment,
                  set_default_s3_options)
 
@@ -94,31 +95,11 @@ Store = Union[LocalStore, S3Store]
 # --------------------------------------------------------------------------------------
 
 
-def is_s3_uri(uri: str) -> bool:
-    """True for ``s3://`` URIs."""
-    return uri[:5].lower() == "s3://"
-
-
 def store(uri: str, options: S3Options | None = None) -> Store:
     """The backend that holds ``uri``: S3 (with ``options``, else the process default) or local."""
     if is_s3_uri(uri):
         return S3Store(options if options is not None else get_default_s3_options())
     return _LOCAL
-
-
-def join(uri: str, *parts: str) -> str:
-    """Append path components with ``/``; leading/trailing slashes of parts are ignored.
-
-    ``join("s3://b/dir", "x", "y.wav") == "s3://b/dir/x/y.wav"``, ``join("/d", "a") == "/d/a"``,
-    ``join("file:///d/", "a") == "file:///d/a"``.
-    """
-    cleaned = [p.strip("/") for p in parts if p and p.strip("/")]
-    if not cleaned:
-        return uri
-    if not uri:
-        return "/".join(cleaned)
-    base = uri if uri.endswith("/") else uri + "/"
-    return base + "/".join(cleaned)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote
 
 from .errors import MissingObjectError, StorageError, os_error
 from .ranged import RangeFile
+from .uris import join
 
 __all__ = ["LocalStore", "local_path"]
 
@@ -152,8 +153,6 @@ class LocalStore:
         return os.path.isfile(local_path(uri))
 
     def list_files(self, uri_prefix: str, keep, page_size: int | None = None) -> Iterator[str]:  # noqa: ANN001
-        from . import join
-
         root = local_path(uri_prefix)
         if os.path.isfile(root):
             if keep(root):
