@@ -46,6 +46,11 @@ class WorkItem:
             ``","`` in order of first appearance.
         dataset: label set by the caller of :func:`pipeline.inputs.manifests.iter_work_items`.
         custom: the cut's ``custom`` fields with scalar values, as strings.
+        member: the key of the item's audio inside the tar archive at ``source`` (lhotse Shar:
+            the cut's id; the member is ``<key>.<format>``); ``None`` for a plain audio file.
+        error: why the item cannot be transcribed, found while planning (a duration that is not
+            a number, or longer than the run allows, ...): it becomes an error row and its audio
+            is never fetched.
         window_index, window_count: set on the windows of a long cut
             (:func:`pipeline.plan.windows.expand_windows`): this item is window ``window_index``
             of ``window_count``; ``start`` / ``duration`` are then the window's range and
@@ -64,6 +69,8 @@ class WorkItem:
     language: str | None = None
     dataset: str | None = None
     custom: dict[str, str] = field(default_factory=dict)
+    member: str | None = None
+    error: str | None = None
     window_index: int | None = None
     window_count: int | None = None
     cut_start: float | None = None

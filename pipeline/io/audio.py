@@ -35,7 +35,7 @@ from fractions import Fraction
 import numpy as np
 import soundfile as sf
 
-__all__ = ["AudioDecodeError", "DecodedAudio", "decode_audio"]
+__all__ = ["AudioDecodeError", "DecodedAudio", "check_channel", "decode_audio", "ffmpeg_available", "ffprobe_stream", "finish_audio", "pick_channel"]
 
 TARGET_SAMPLE_RATE = 16000
 _FFMPEG_TIMEOUT_S = 600
@@ -103,7 +103,7 @@ def _decode_soundfile(
         if rate <= 0 or channels <= 0:
             return None
         if frames <= 0:
-            if _ffmpeg_available():
+            if ffmpeg_available():
                 return None  # libsndfile may under-report some streams: let ffmpeg decide
             raise AudioDecodeError(source, "zero samples (the file holds no audio)")
         first = int(round(start * rate))
@@ -121,14 +121,32 @@ def _decode_soundfile(
     return block, rate, channels
 
 
-def _ffmpeg_available() -> bool:
+def ffmpeg_available() -> bool:
+    """Both ``ffmpeg`` and ``ffprobe`` are on the PATH."""
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def ffprobe_stream(path: str, source: str) -> tuple[int, int]:
+    """(sample rate, channels) of the first audio stream of a local file, by ``ffprobe``."""
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+         "stream=sample_rate,channels", "-of", "json", path],
+        capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False,
+    )
+    try:
+        stream = json.loads(probe.stdout or b"{}").get("streams", [])[0]
+        rate, channels = int(stream["sample_rate"]), int(stream["channels"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        rate = channels = 0
+    if probe.returncode != 0 or rate <= 0 or channels <= 0:
+        raise AudioDecodeError(source, "not a recognised audio format")
+    return rate, channels
 
 
 def _decode_ffmpeg(
     data: bytes | str, source: str, start: float, duration: float | None
 ) -> tuple[np.ndarray, int, int]:
-    if not _ffmpeg_available():
+    if not ffmpeg_available():
         raise AudioDecodeError(
             source, "not a recognised audio format (libsndfile can't read it and ffmpeg is not installed)"
         )
@@ -139,18 +157,7 @@ def _decode_ffmpeg(
                 f.write(data)
         else:
             path = data  # a local file: ffmpeg seeks in it
-        probe = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-             "stream=sample_rate,channels", "-of", "json", path],
-            capture_output=True, timeout=_FFMPEG_TIMEOUT_S, check=False,
-        )
-        try:
-            stream = json.loads(probe.stdout or b"{}").get("streams", [])[0]
-            rate, channels = int(stream["sample_rate"]), int(stream["channels"])
-        except (ValueError, IndexError, KeyError, TypeError):
-            rate = channels = 0
-        if probe.returncode != 0 or rate <= 0 or channels <= 0:
-            raise AudioDecodeError(source, "not a recognised audio format")
+        rate, channels = ffprobe_stream(path, source)
         cmd = ["ffmpeg", "-nostdin", "-v", "error"]
         if start > 0:
             cmd += ["-ss", f"{start:.6f}"]
@@ -227,21 +234,36 @@ def decode_audio(
     block, rate, channels = decoded
     if block.shape[0] == 0:
         raise AudioDecodeError(source, "zero samples (nothing decoded in the requested range)")
+    check_channel(channel, channels, source)
+    return finish_audio(pick_channel(block, channel), rate, channels, target_sr, source, decoder)
 
+
+def check_channel(channel: int | None, channels: int, source: str) -> None:
+    """``channel`` is ``None`` (mix) or the index of one of ``channels`` channels, else an error."""
     if channel is None:
-        mono = block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float64).astype(np.float32)
-    else:
-        if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
-            raise TypeError(f"channel must be an int or None, got {channel!r}")
-        if not 0 <= channel < channels:
-            plural = "channel" if channels == 1 else "channels"
-            raise AudioDecodeError(source, f"channel {channel} requested but file has {channels} {plural}")
-        mono = np.ascontiguousarray(block[:, channel])
+        return
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+        raise TypeError(f"channel must be an int or None, got {channel!r}")
+    if not 0 <= channel < channels:
+        plural = "channel" if channels == 1 else "channels"
+        raise AudioDecodeError(source, f"channel {channel} requested but file has {channels} {plural}")
 
+
+def pick_channel(block: np.ndarray, channel: int | None) -> np.ndarray:
+    """One channel of a ``frames x channels`` block (``channel`` checked by :func:`check_channel`),
+    or their plain mean for ``None``. Frame by frame: a block cut in pieces gives the same samples."""
+    if channel is None:
+        return block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float64).astype(np.float32)
+    return np.ascontiguousarray(block[:, channel])
+
+
+def finish_audio(mono: np.ndarray, rate: int, channels: int, target_sr: int, source: str,
+                 decoder: str = "soundfile") -> DecodedAudio:
+    """Decoded mono samples at ``rate`` -> :class:`DecodedAudio` at ``target_sr`` (NaN / Inf
+    samples are an error)."""
     if not np.isfinite(mono).all():
         bad = int((~np.isfinite(mono)).sum())
         raise AudioDecodeError(source, f"audio contains {bad} NaN/Inf samples")
-
     out = _resample(mono, rate, target_sr)
     return DecodedAudio(
         samples=out,

@@ -1,10 +1,14 @@
 """The audio of a shard: every item fetched, decoded, resampled to 16 kHz and reduced to its
 channel, or the reason it could not be (the audio stage's work, on CPUs).
 
-:func:`load_shard_audio` turns a shard's items into a :class:`ShardAudio`; unusable audio
-(missing, empty, corrupt, truncated, out of range) becomes that item's error message, never
-an exception, so it ends as an error row and the shard goes on. Windows of long recordings
-are read by range (:class:`pipeline.io.ranges.RangeReader`); other items are fetched whole.
+:func:`load_shard_audio` turns a shard's items into a :class:`ShardAudio`. Items are grouped by the
+object that holds their audio, and each object is read once for all of its items
+(:meth:`pipeline.io.ranges.RangeReader.read_spans`; lhotse Shar tars by member,
+:meth:`~pipeline.io.ranges.RangeReader.read_members`): segments of a long recording cost one read
+of the part of it they cover, not one whole download each. Unusable audio (missing, empty, corrupt,
+truncated, out of range) and items the plan already found wrong become that item's error message,
+never an exception, so they end as error rows and the shard goes on. What reading cost (bytes
+fetched against the bytes the items' audio takes, CPU seconds) goes with the audio to the summary.
 
 :meth:`ShardAudio.pack` / :meth:`ShardAudio.unpack` turn it into a few flat arrays (all
 samples in one float32 array plus offsets) for the object store between the audio stage and
@@ -14,6 +18,7 @@ the model stage.
 from __future__ import annotations
 
 import json
+import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,11 +27,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.inputs.items import WorkItem
-from pipeline.io import storage
-from pipeline.io.audio import AudioDecodeError, decode_audio
-from pipeline.io.ranges import RangeReader
+from pipeline.io.audio import AudioDecodeError
+from pipeline.io.ranges import RangeReader, ReadStats, Span, SpanResult
 
-__all__ = ["MIN_SECONDS", "SAMPLE_RATE", "ShardAudio", "channel_of", "load_item", "load_shard_audio"]
+__all__ = ["MIN_SECONDS", "SAMPLE_RATE", "ShardAudio", "channel_of", "load_shard_audio"]
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.25  # shorter audio is zero-padded to this (the encoder needs >= 9 fbank frames)
@@ -38,17 +42,17 @@ def channel_of(item: WorkItem) -> int:
     return 0 if item.channel is None else int(item.channel)
 
 
-def load_item(item: WorkItem, ranges: RangeReader) -> tuple[np.ndarray, float]:
+def _span(item: WorkItem) -> Span:
+    return Span(item.start or 0.0, item.duration, channel_of(item))
+
+
+def _usable(item: WorkItem, result: SpanResult) -> tuple[np.ndarray, float]:
     """Mono 16 kHz samples of an item (zero-padded to :data:`MIN_SECONDS`) and the seconds of
-    audio it really holds. Raises :class:`AudioDecodeError` (or a storage error) when unusable."""
-    if item.is_window and item.duration is not None:
-        audio = ranges.read(item.source, item.start or 0.0, item.duration, target_sr=SAMPLE_RATE,
-                            channel=channel_of(item))
-    else:
-        data = storage.read_bytes(item.source)
-        audio = decode_audio(data, source=item.source, target_sr=SAMPLE_RATE, channel=channel_of(item),
-                             start=item.start or 0.0, duration=item.duration)
-    samples = audio.samples
+    audio it really holds; raises the read's error, or :class:`AudioDecodeError` when the audio
+    is shorter than the manifest says."""
+    if isinstance(result, Exception):
+        raise result
+    samples = result.samples
     seconds = samples.size / SAMPLE_RATE
     if item.duration is not None and seconds < item.duration - max(TRUNCATION_TOLERANCE_S, 0.01 * item.duration):
         raise AudioDecodeError(item.source, f"truncated audio: the manifest says {item.duration:.3f} s, "
@@ -56,6 +60,12 @@ def load_item(item: WorkItem, ranges: RangeReader) -> tuple[np.ndarray, float]:
     if samples.size < MIN_SECONDS * SAMPLE_RATE:
         samples = np.pad(samples, (0, int(MIN_SECONDS * SAMPLE_RATE) - samples.size))
     return samples, seconds
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it waited for (ffmpeg)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 @dataclass
@@ -67,6 +77,9 @@ class ShardAudio:
     errors: list[Optional[str]]
     durations: list[Optional[float]]
     load_seconds: float = 0.0
+    bytes_fetched: int = 0  # bytes read from storage for the shard
+    bytes_needed: float = 0.0  # bytes the items' audio takes in its objects (see pipeline.io.ranges.ReadStats)
+    cpu_seconds: float = 0.0  # CPU the loading took (this process and its ffmpeg children)
 
     def pack(self) -> dict[str, Any]:
         """Flat arrays for a Ray Data row: ``samples`` (all items' float32 samples end to end),
@@ -77,7 +90,8 @@ class ShardAudio:
         flat = np.concatenate([s for s in self.samples if s is not None]) if any(sizes) else np.zeros(0, np.float32)
         return {"samples": flat.astype(np.float32, copy=False), "offsets": offsets,
                 "audio_errors": json.dumps(self.errors), "audio_durations": json.dumps(self.durations),
-                "load_seconds": float(self.load_seconds)}
+                "load_seconds": float(self.load_seconds), "bytes_fetched": int(self.bytes_fetched),
+                "bytes_needed": float(self.bytes_needed), "load_cpu_seconds": float(self.cpu_seconds)}
 
     @classmethod
     def unpack(cls, row: dict[str, Any]) -> "ShardAudio":
@@ -86,27 +100,57 @@ class ShardAudio:
         flat = np.asarray(row["samples"], dtype=np.float32)
         # copies: the row's arrays are read-only views of the object store, and torch wants to own its input
         samples = [None if e is not None else flat[offsets[i]:offsets[i + 1]].copy() for i, e in enumerate(errors)]
-        return cls(samples, errors, json.loads(row["audio_durations"]), float(row["load_seconds"]))
+        return cls(samples, errors, json.loads(row["audio_durations"]), float(row["load_seconds"]),
+                   int(row["bytes_fetched"]), float(row["bytes_needed"]), float(row["load_cpu_seconds"]))
 
 
-def load_shard_audio(items: Sequence[WorkItem], ranges: RangeReader, threads: int = 4) -> ShardAudio:
-    """The audio of every item (see the module docstring); ``threads`` fetch and decode at once
-    (object storage latency, not CPU, bounds a single fetch)."""
-    started = time.perf_counter()
+def load_shard_audio(items: Sequence[WorkItem], ranges: RangeReader, threads: int = 4,
+                     max_seconds: Optional[float] = None) -> ShardAudio:
+    """The audio of every item (see the module docstring): one read per object the items' audio
+    is in, ``threads`` objects at once (object storage latency, not CPU, bounds a single fetch);
+    ``max_seconds`` bounds what an item of unknown duration may decode."""
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    samples: list[Optional[np.ndarray]] = [None] * len(items)
+    errors: list[Optional[str]] = [None] * len(items)
+    durations: list[Optional[float]] = [None] * len(items)
+    groups: dict[str, list[int]] = {}
+    for k, item in enumerate(items):
+        if item.error is not None:
+            errors[k] = item.error
+        else:
+            groups.setdefault(item.source, []).append(k)
 
-    def one(item: WorkItem) -> tuple[Optional[np.ndarray], Optional[float], Optional[str]]:
+    def load(source: str, index: list[int]) -> ReadStats:
         try:
-            samples, seconds = load_item(item, ranges)
-            return samples, seconds, None
-        except AudioDecodeError as exc:
-            return None, None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - storage errors, missing objects: the cut fails, the shard goes on
-            return None, None, f"{type(exc).__name__}: {exc}"
+            if items[index[0]].member is not None:  # members of a tar archive, by key
+                wanted: dict[str, list[Span]] = {}
+                for k in index:
+                    wanted.setdefault(items[k].member, []).append(_span(items[k]))  # type: ignore[arg-type]
+                by_member, stats = ranges.read_members(source, wanted, target_sr=SAMPLE_RATE, max_seconds=max_seconds)
+                results = [by_member[items[k].member].pop(0) for k in index]  # type: ignore[index]
+            else:
+                results, stats = ranges.read_spans(source, [_span(items[k]) for k in index], target_sr=SAMPLE_RATE,
+                                                   max_seconds=max_seconds)
+        except Exception as exc:  # noqa: BLE001 - whatever fails reading this object fails its items only
+            results, stats = [exc] * len(index), ReadStats()
+        for k, result in zip(index, results):
+            try:
+                samples[k], durations[k] = _usable(items[k], result)
+            except AudioDecodeError as exc:
+                errors[k] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - storage errors, missing objects: the cut fails, the shard goes on
+                errors[k] = f"{type(exc).__name__}: {exc}"
+        return stats
 
-    if threads > 1 and len(items) > 1:
-        with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="audio") as pool:
-            loaded = list(pool.map(one, items))
+    total = ReadStats()
+    work = sorted(groups.items(), key=lambda g: -len(g[1]))  # the largest objects first: they take longest
+    if threads > 1 and len(work) > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, len(work)), thread_name_prefix="audio") as pool:
+            for stats in pool.map(lambda g: load(*g), work):
+                total.add(stats)
     else:
-        loaded = [one(item) for item in items]
-    return ShardAudio(samples=[s for s, _, _ in loaded], errors=[e for _, _, e in loaded],
-                      durations=[d for _, d, _ in loaded], load_seconds=time.perf_counter() - started)
+        for group in work:
+            total.add(load(*group))
+    return ShardAudio(samples=samples, errors=errors, durations=durations, load_seconds=time.perf_counter() - started,
+                      bytes_fetched=total.bytes_fetched, bytes_needed=total.bytes_needed,
+                      cpu_seconds=_cpu_seconds() - cpu)

@@ -74,7 +74,7 @@ def load_audio(row: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
         return {**row, **ShardAudio([], [], []).pack()}
     if _ranges is None:
         _ranges = RangeReader()
-    return {**row, **load_shard_audio(shard.items, _ranges, settings.audio_threads).pack()}
+    return {**row, **load_shard_audio(shard.items, _ranges, settings.audio_threads, settings.max_audio_seconds).pack()}
 
 
 class RunLedger:

@@ -42,6 +42,13 @@ class RunSummary:
     rtfx: float = 0.0
     model_rtfx: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: the audio stage: bytes read from storage, bytes the cuts' audio takes in its objects (a
+    #: recording's segments read once: about equal; segments of one recording in many shards: more
+    #: fetched), and its CPU seconds (decoding, resampling) per second of audio
+    audio_bytes_fetched: int = 0
+    audio_bytes_needed: float = 0.0
+    audio_cpu_seconds: float = 0.0
+    audio_cpu_per_audio_second: float = 0.0
     num_actors: int = 0
     resources_per_actor: dict[str, float] = field(default_factory=dict)
     devices: list[str] = field(default_factory=list)
@@ -77,6 +84,9 @@ class RunSummary:
         for k, v in r["stage_seconds"].items():
             self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
         self.stage_seconds["load"] = self.stage_seconds.get("load", 0.0) + r.get("load_seconds", 0.0)
+        self.audio_bytes_fetched += r.get("bytes_fetched", 0)  # parts of older versions lack these
+        self.audio_bytes_needed += r.get("bytes_needed", 0.0)
+        self.audio_cpu_seconds += r.get("load_cpu_seconds", 0.0)
         self.oom_splits += r.get("oom_splits", 0)
         if r.get("batch_budget_seconds"):
             budgets = [b for b in (self.batch_budget_seconds, r["batch_budget_seconds"]) if b]
@@ -90,6 +100,7 @@ class RunSummary:
         self.audio_hours = self.audio_seconds / 3600
         self.padding_ratio = 0.0 if self.padded_seconds == 0 else 1 - self.model_input_seconds / self.padded_seconds
         self.rtfx = self.audio_seconds / wall if wall > 0 else 0.0
+        self.audio_cpu_per_audio_second = self.audio_cpu_seconds / self.audio_seconds if self.audio_seconds else 0.0
         model_time = sum(self.stage_seconds.get(k, 0.0) for k in ("features", "encoder", "decoding"))
         self.model_rtfx = self.audio_seconds / model_time if model_time > 0 else 0.0
 
@@ -101,6 +112,9 @@ def format_summary(s: RunSummary) -> str:
         f"run {s.run_id}: {s.cuts_ok} cuts ok, {s.cuts_error} errors, {s.audio_hours:.3f} h of audio in {s.wall_seconds:.1f} s",
         f"  RTFx {s.rtfx:.1f} end-to-end, {s.model_rtfx:.1f} model-only; padding ratio {s.padding_ratio:.3f}",
         "  stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(st.items())),
+        *([f"  audio stage: {s.audio_bytes_fetched / 1e6:.1f} MB fetched for {s.audio_bytes_needed / 1e6:.1f} MB of audio "
+           f"needed ({s.audio_bytes_fetched / s.audio_bytes_needed:.2f}x), {s.audio_cpu_per_audio_second:.4f} CPU s per "
+           "audio s"] if s.audio_bytes_needed else []),
         f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, "
         f"{len(s.shards_failed)} failed" + (f" (the run stopped: {s.stopped})" if s.stopped else ""),
         *([f"  plan: {s.plan['shards']} shards, {s.plan['cuts']} cuts, {s.plan['audio_hours']:.3f} h; "

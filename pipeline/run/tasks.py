@@ -38,6 +38,9 @@ class ShardResult:
     padded_seconds: float = 0.0
     batches: int = 0
     load_seconds: float = 0.0  # fetching and decoding the shard's audio (the audio stage, or process_shard)
+    load_cpu_seconds: float = 0.0  # CPU seconds of that loading (its process and its ffmpeg children)
+    bytes_fetched: int = 0  # bytes of audio objects read from storage for the shard
+    bytes_needed: float = 0.0  # bytes the shard's audio takes in its objects (pipeline.io.ranges.ReadStats)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
     worker: str = ""
@@ -60,6 +63,7 @@ class StageSettings:
     resume: bool = True
     audio_threads: int = 4
     write_attempts: int = 3
+    max_audio_seconds: Optional[float] = 24 * 3600.0  # audio of unknown duration is not decoded past this
 
 
 def shard_task(shard: Shard, settings: StageSettings, fingerprint: Optional[str] = None) -> ShardTask:

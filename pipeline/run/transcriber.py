@@ -131,6 +131,7 @@ class ActorConfig:
     #: as the speech between their pauses (pipeline.longform.pauses); None: as they are
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
     max_cut_seconds: float = 30.0
+    max_audio_seconds: Optional[float] = 24 * 3600.0  # audio of unknown duration is not decoded past this (in-process runs)
 
 
 class Transcriber:
@@ -314,7 +315,8 @@ class Transcriber:
         """Load the shard's audio here, then :meth:`transcribe_shard` (runs without an audio stage)."""
         if self._ranges is None:
             self._ranges = RangeReader()  # windows of long files: only their byte ranges are fetched
-        return self.transcribe_shard(task, load_shard_audio(task.shard.items, self._ranges, self.config.loader_threads))
+        return self.transcribe_shard(task, load_shard_audio(task.shard.items, self._ranges, self.config.loader_threads,
+                                                            self.config.max_audio_seconds))
 
     def transcribe_shard(self, task: ShardTask, audio: ShardAudio) -> ShardResult:
         """Transcribe every cut of a shard from its loaded audio and write its part(s); returns
@@ -326,7 +328,9 @@ class Transcriber:
         batches = pack_batches(shard.items, [i.duration for i in shard.items],
                                self.max_batch_seconds, self.config.max_batch_size)
         result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(batches),
-                             worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds)
+                             worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds,
+                             load_cpu_seconds=audio.cpu_seconds, bytes_fetched=audio.bytes_fetched,
+                             bytes_needed=audio.bytes_needed)
         times = StageTimes()
         labels = self.decoding_labels()
         rows: list[TranscriptRow] = []
