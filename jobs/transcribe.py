@@ -9,13 +9,20 @@ Examples:
       python jobs/transcribe.py --manifest s3://bucket/cuts.jsonl.gz --model s3://bucket/models/zf-m \\
       --output s3://bucket/asr-out --run-id nightly-2026-11-25
 
-Inputs (--manifest, repeatable):
+Inputs (--manifest, repeatable; local or s3://):
   *.jsonl / *.jsonl.gz     lhotse CutSet (or RecordingSet) manifest, read lazily; supervision text,
                            speaker and language are carried into the output
+  a glob of manifests      'cuts.*.jsonl.gz', 's3://b/corpus/**/cuts.*.jsonl.gz' (quote it): every
+                           file it matches, in key order
+  a lhotse Shar directory  cuts.NNNNNN.jsonl.gz + recording.NNNNNN.tar: audio read from the tars
   a directory or s3 prefix all audio files below it (wav, flac, mp3, opus, ogg, m4a)
   *.txt / *.lst            one audio URI per line
-Audio may be local paths or s3:// objects; it is decoded, mixed (or --channel picked by the
-manifest) to mono and resampled to 16 kHz. Unreadable cuts become rows with status='error'.
+Each input file is planned in a Ray task of its own. Audio may be local paths or s3:// objects;
+it is decoded, mixed (or --channel picked by the manifest) to mono and resampled to 16 kHz.
+Segments of long recordings (cuts with start/duration) are read by range: each recording once
+per shard, not once per cut. Unreadable cuts, and cuts whose durations or headers lie (NaN,
+negative, longer than --max-recording-hours, a header claiming more than its file holds), become
+rows with status='error'.
 
 Model (--model): a directory, local or s3://: a flat folder with pretrained.pt (or epoch-N.pt),
 bpe.model or tokens.txt and optionally config.json; an icefall / Hugging Face repo root (exp/ +
@@ -89,12 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jobs/transcribe.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--manifest", action="append", required=True, metavar="URI", help="input manifest, audio prefix/directory or URI list (repeatable)")
+    io.add_argument("--manifest", action="append", required=True, metavar="URI",
+                    help="input manifest, glob of manifests, lhotse Shar directory, audio prefix/directory or URI "
+                         "list (repeatable)")
     io.add_argument("--model", metavar="DIR", help="model directory (local or s3://); required unless --plan-only")
     io.add_argument("--output", metavar="URI", help="output root (local or s3://); required unless --plan-only")
     io.add_argument("--plan-only", action="store_true",
-                    help="dry run: stream the manifest, shard and pack batches, print counts, padding ratio and "
-                         "driver peak memory; no Ray, no model, no output")
+                    help="dry run: plan the inputs (in local processes), shard and pack batches, print counts, the "
+                         "cuts found wrong, padding ratio and driver peak memory; no Ray, no model, no output")
     io.add_argument("--run-id", default=None, help="run id (default: UTC timestamp + random suffix); reuse it to resume")
     io.add_argument("--dataset", default=None, help="dataset name stored in every row (e.g. the eval set name)")
     add_plan_options(io)

@@ -209,6 +209,10 @@ def add_longform_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pause-threshold-db", type=float, default=p.threshold_db, metavar="DB",
                    help=f"a 25 ms frame is silent when it is DB below the window's loud level, its 95th "
                         f"percentile frame energy (default {p.threshold_db:g})")
+    g.add_argument("--max-recording-hours", type=float, default=_DEFAULTS.max_recording_hours, metavar="H",
+                   help="a cut longer than H hours (as its manifest says, or as a file's header says once clipped "
+                        "to what the file's size can hold) is an error row, found while planning; audio of unknown "
+                        f"duration is not decoded past it (default {_DEFAULTS.max_recording_hours:g})")
     g.add_argument("--segments", choices=SEGMENT_MODES, default=_DEFAULTS.segments,
                    help="cuts: one row per cut (default); supervisions: one row per supervision segment of each "
                         "lhotse cut, with the segment's start, duration, text and speaker (cuts without "
@@ -256,7 +260,7 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
         rescoring_dtype=args.rescoring_dtype, backend=args.backend,
         normalizer=args.normalizer, ray_address=args.ray_address,
         max_cut_seconds=args.max_cut_seconds, window_overlap_seconds=args.window_overlap_seconds,
-        segments=args.segments, resume=args.resume, replan=args.replan,
+        segments=args.segments, resume=args.resume, replan=args.replan, max_recording_hours=args.max_recording_hours,
         pause_split=PauseSplit(min_pause_seconds=args.min_pause_seconds, threshold_db=args.pause_threshold_db)
         if args.pause_split else None,
         **fields,

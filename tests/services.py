@@ -148,7 +148,7 @@ class FakeAutoscalingCluster:
         cmd = [str(BIN / "ray"), "start", "--head", f"--autoscaling-config={self.config}", "--port", str(self.port),
                "--num-cpus", "0", "--node-ip-address", "127.0.0.1", "--temp-dir", self.temp_dir,
                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-               "--dashboard-port", self.dashboard.rsplit(":", 1)[1], "--disable-usage-stats"]
+               "--dashboard-port", self.dashboard.rsplit(":", 1)[1], "--disable-usage-stats", *own_ports()]
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120, start_new_session=True)
         return self
 
@@ -157,6 +157,18 @@ class FakeAutoscalingCluster:
 
     def __exit__(self, *exc: object) -> None:
         stop_processes(self.temp_dir, self.port)
+
+
+def own_ports() -> list[str]:
+    """``ray start`` flags giving a head's agents free ports of their own: their defaults (52365 for
+    the dashboard agent, 10001 for the client server, ...) are one per machine, so a second Ray on
+    the machine (another suite, a developer's) would leave this head without a job agent ("No
+    available agent to submit job")."""
+    flags = []
+    for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                 "--ray-client-server-port", "--metrics-export-port"):
+        flags += [flag, str(free_port())]
+    return flags
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
@@ -196,6 +208,7 @@ class RayHead:
             str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
             "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--temp-dir", self.temp_dir, "--disable-usage-stats",
+            *own_ports(),
         ]
         subprocess.run(cmd, env=self.env, check=True, capture_output=True, timeout=120)
         deadline = time.time() + 60
@@ -214,7 +227,20 @@ class RayHead:
         runtime_env = _runtime_env(extra_env)
         cmd = [str(BIN / "ray"), "job", "submit", "--address", self.address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return self._until_accepted(lambda: subprocess.run(cmd, env=self.env, capture_output=True, text=True,
+                                                           timeout=timeout))
+
+    @staticmethod
+    def _until_accepted(submit, wait: float = 120.0) -> subprocess.CompletedProcess:
+        """Submit until the head takes the job: right after ``ray start`` its job agent may not be up
+        yet ("No available agent to submit job", a 500 before the job exists), the more so on a
+        busy machine. Any other answer is returned as it is."""
+        deadline = time.time() + wait
+        while True:
+            proc = submit()
+            if proc.returncode == 0 or "No available agent to submit job" not in proc.stderr or time.time() > deadline:
+                return proc
+            time.sleep(2)
 
     def submit_no_wait(self, args: list[str], extra_env: Optional[dict[str, str]] = None) -> str:
         """Submit without waiting; returns the job's submission id."""
@@ -224,7 +250,8 @@ class RayHead:
         runtime_env = _runtime_env(extra_env)
         cmd = [str(BIN / "ray"), "job", "submit", "--no-wait", "--address", self.address, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", *args]
-        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120, check=True)
+        out = self._until_accepted(lambda: subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120))
+        out.check_returncode()
         return _re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
 
     def job_status(self, job_id: str) -> str:

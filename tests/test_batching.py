@@ -16,10 +16,14 @@ from pipeline.plan.shards import MAX_SHARD_FACTOR, make_shards
 class Item:
     cut_id: str
     duration: Optional[float]
-    source: str = "s3://b/a.wav"
+    source: str = ""  # default: a file of its own (one file per cut)
     channel: Optional[int] = None
     start: float = 0.0
     window_index: Optional[int] = None
+    member: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        self.source = self.source or f"s3://b/{self.cut_id}.wav"
 
 
 def test_shards_are_consecutive_and_deterministic():
@@ -70,11 +74,12 @@ def test_fingerprint_changes_with_content_and_settings():
 
 
 def test_make_shards_is_lazy():
+    """A shard is yielded one item after its end: the next item tells whether its recording goes on."""
     items = [Item(f"c{i}", 1.0) for i in range(100)]
     size = len(next(make_shards(items, 5)).items)
 
     def stream():
-        yield from items[:size]
+        yield from items[:size + 1]
         raise RuntimeError("read past what the first shard needs")
 
     first = next(make_shards(stream(), 5))

@@ -128,13 +128,18 @@ def test_a_directory_of_long_compressed_files_is_windowed(long_files, tmp_path):
 
 def test_probe_reads_ranges_not_whole_files(long_files, monkeypatch):
     reads: list[tuple[int, int | None]] = []
-    real = storage.read_range
+    real, real_head = storage.read_range, storage.read_head
 
     def spy(uri, start, end, **kw):
         reads.append((start, end))
         return real(uri, start, end, **kw)
 
+    def spy_head(uri, length, **kw):
+        reads.append((0, length))
+        return real_head(uri, length, **kw)
+
     monkeypatch.setattr(storage, "read_range", spy)
+    monkeypatch.setattr(storage, "read_head", spy_head)
     from pipeline.inputs.durations import probe_source
 
     size = long_files["opus"].stat().st_size

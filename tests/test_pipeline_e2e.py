@@ -591,8 +591,10 @@ def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, s3,
     out = tmp_path / "out"
     job = {"manifest": "s3://data/long.jsonl.gz", "model": corpus["model"]}
     extra = ["--max-cut-seconds", "10", "--window-overlap-seconds", "2", "--num-actors", "2", "--cpus-per-actor", "0.5"]
+    # shard size 1: a shard holds at most 4 items, so the recording's windows (which shards keep
+    # together up to that cap) fill two shards or more
     args = ["jobs/transcribe.py", "--manifest", job["manifest"], "--model", job["model"], "--output", "s3://out/long",
-            "--run-id", "long", "--shard-size", "2", "--summary-json", "--no-progress", *extra]
+            "--run-id", "long", "--shard-size", "1", "--summary-json", "--no-progress", *extra]
     # the second windows part's upload is held: whichever actor writes it is inside its shard
     # while the other goes on; that one is killed
     seen = []
@@ -643,3 +645,73 @@ def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, s3,
     assert second["shards_skipped"] == summary["shards_total"] and second["cuts_ok"] == 1
     listing = client.list_objects_v2(Bucket="out", Prefix="long/transcripts/run_id=long/")["Contents"]
     assert len([o for o in listing if "part-long-" in o["Key"]]) == 1
+
+
+def test_globs_and_a_shar_directory_are_planned_in_ray_tasks(ray_head, corpus, s3, tmp_path):
+    """Three manifests by a glob and a lhotse Shar directory, all on S3, in one job: each input file
+    planned in a Ray task, into the plan that planning them one after another gives; every cut
+    transcribed once; the segments of one recording read once for all of them."""
+    import boto3
+    import soundfile as sf
+    from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
+
+    from pipeline.output.paths import RunPaths
+    from pipeline.plan.frozen import PlanOptions, read_index, read_plan, write_plan
+
+    client = boto3.client("s3")
+    root = corpus["root"]
+    waves = [sf.read(str(root / f"{cut_id}.wav"), dtype="int16")[0] for cut_id in SENTENCES]
+    talk = np.concatenate([np.concatenate([w, np.zeros(4000, dtype=np.int16)]) for w in waves])
+    sf.write(str(tmp_path / "talk.flac"), talk, 16000, subtype="PCM_16")
+    _put(client, "s3://data/long/talk.flac", (tmp_path / "talk.flac").read_bytes())
+    rec = Recording(id="talk", sources=[AudioSource(type="url", channels=[0], source="s3://data/long/talk.flac")],
+                    sampling_rate=16000, num_samples=talk.size, duration=talk.size / 16000)
+    segments, start = [], 0
+    for cut_id, w in zip(SENTENCES, waves):
+        segments.append(MonoCut(id=f"talk-{cut_id}", start=start / 16000, duration=(w.size + 4000) / 16000, channel=0,
+                                recording=rec))
+        start += w.size + 4000
+    for k, part in enumerate((segments[:2], segments[2:4], segments[4:])):
+        buf = io.BytesIO()
+        with gzip.open(buf, "wt") as f:
+            for cut in part:
+                f.write(json.dumps(cut.to_dict()) + "\n")
+        _put(client, f"s3://data/many/cuts.{k:06d}.jsonl.gz", buf.getvalue())
+    shar_cuts = []
+    for cut_id in SENTENCES:
+        one = Recording.from_file(str(root / f"{cut_id}.wav"), recording_id=f"shar-{cut_id}")
+        shar_cuts.append(MonoCut(id=f"shar-{cut_id}", start=0, duration=one.duration, channel=0, recording=one,
+                                 supervisions=[SupervisionSegment(id=f"shar-{cut_id}", recording_id=one.id, start=0,
+                                                                  duration=one.duration, text=SENTENCES[cut_id])]))
+    (tmp_path / "shar").mkdir()
+    CutSet.from_cuts(shar_cuts).to_shar(str(tmp_path / "shar"), fields={"recording": "flac"}, shard_size=2)
+    for f in (tmp_path / "shar").iterdir():
+        _put(client, f"s3://data/shar/{f.name}", f.read_bytes())
+
+    inputs = ("s3://data/many/cuts.*.jsonl.gz", "s3://data/shar")
+    args = ["jobs/transcribe.py", "--manifest", inputs[0], "--manifest", inputs[1], "--model", corpus["model"],
+            "--output", "s3://out/globs", "--run-id", "globs", "--shard-size", "2", "--summary-json", "--no-progress"]
+    from s3_testing import FaultProxy
+
+    with FaultProxy(s3["AWS_ENDPOINT_URL"]) as proxy:  # counts what the store serves
+        proc = ray_head.submit(args, extra_env={"AWS_ENDPOINT_URL": proxy.url})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{\n"): proc.stdout.rindex("}") + 1])
+    table = _s3_table_of("globs/transcripts/run_id=globs")
+    ids = table.column("cut_id").to_pylist()
+    assert sorted(ids) == sorted(c.id for c in segments + shar_cuts) and len(set(ids)) == len(ids)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert summary["plan"]["units"] == 3 + 3 and summary["plan"]["cuts"] == 10  # 3 manifests, 3 Shar shards
+    options = PlanOptions(manifests=inputs, shard_size=2)
+    made = RunPaths("s3://out/globs", "globs")
+    serial = RunPaths(str(tmp_path / "serial"), "globs")
+    in_ray = [r["shard_id"] for r in read_index(made, read_plan(made, options))]
+    assert in_ray == [r["shard_id"] for r in read_index(serial, write_plan(serial, options))]
+    # every Shar tar read once, whole (all its members are wanted); the talk read by each of the
+    # 3 shards its manifests make, each its own part and a header's read-ahead; the run's own count
+    # of bytes fetched is what the store served
+    tars = {f"/data/shar/{f.name}": f.stat().st_size for f in (tmp_path / "shar").glob("recording.*.tar")}
+    assert {path: proxy.got_bytes(path) for path in tars} == tars
+    talk_size = (tmp_path / "talk.flac").stat().st_size
+    assert proxy.got_bytes("/data/long/talk.flac") <= talk_size + 3 * 3 * 65536
+    assert summary["audio_bytes_fetched"] == sum(tars.values()) + proxy.got_bytes("/data/long/talk.flac")

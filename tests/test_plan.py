@@ -17,8 +17,9 @@ from pipeline.output import parquet
 from pipeline.output.paths import RunPaths
 from pipeline.plan.frozen import (PlanMismatchError, PlanOptions, changed_inputs, iter_plan_shards, read_long_cuts,
                                   read_plan, stale_parts, write_plan)
-from pipeline.plan.items import plan_items
+from pipeline.inputs.sources import expand_inputs
 from pipeline.plan.shards import make_shards
+from pipeline.plan.units import unit_items
 
 
 def manifest(path, durations):
@@ -32,8 +33,8 @@ def manifest(path, durations):
 
 
 def items_of(options):
-    return plan_items(options.manifests, dataset=options.dataset, segments=options.segments,
-                      max_cut_seconds=options.max_cut_seconds, overlap_seconds=options.overlap_seconds)
+    for unit in expand_inputs(options.manifests):
+        yield from unit_items(unit, options)
 
 
 def test_plan_holds_the_shards_of_its_inputs(tmp_path):
@@ -41,7 +42,7 @@ def test_plan_holds_the_shards_of_its_inputs(tmp_path):
     options = PlanOptions(manifests=(str(manifest(tmp_path / "cuts.jsonl.gz", durations)),), shard_size=10,
                           max_cut_seconds=30.0, overlap_seconds=4.0)
     paths = RunPaths(str(tmp_path / "out"), "r1")
-    plan = write_plan(paths, options, items_of(options), index_rows=4)  # several index files
+    plan = write_plan(paths, options, index_rows=4)  # several index files
     expected = list(make_shards(items_of(options), 10))
     assert plan.shards == len(expected) and len(plan.index_files) == -(-len(expected) // 4)
     assert plan.cuts == 121 and plan.long_cuts == 1 and plan.windows == 4 and plan.items == 124
@@ -61,7 +62,7 @@ def test_a_rerun_reuses_the_plan_and_says_when_inputs_changed(tmp_path):
     options = PlanOptions(manifests=(str(path),), shard_size=5)
     paths = RunPaths(str(tmp_path / "out"), "r1")
     assert read_plan(paths, options) is None
-    made = write_plan(paths, options, items_of(options))
+    made = write_plan(paths, options)
     again = read_plan(paths, options)
     assert again == made and changed_inputs(again) == []
     manifest(path, [2.0] * 31)
@@ -78,7 +79,7 @@ def test_a_prefix_that_gained_a_file_is_noticed(tmp_path):
         (audio / f"{i}.wav").write_bytes(b"")
     options = PlanOptions(manifests=(str(audio),), shard_size=2)
     paths = RunPaths(str(tmp_path / "out"), "r1")
-    plan = write_plan(paths, options, plan_items(options.manifests))
+    plan = write_plan(paths, options)
     assert plan.cuts == 5 and plan.unknown_durations == 5 and changed_inputs(plan) == []
     (audio / "5.wav").write_bytes(b"")
     assert changed_inputs(plan) == [str(audio)]
@@ -88,7 +89,7 @@ def test_a_plan_without_its_summary_is_not_a_plan(tmp_path):
     """The summary is written last: a plan interrupted before it is made again."""
     options = PlanOptions(manifests=(str(manifest(tmp_path / "c.jsonl.gz", [1.0] * 4)),), shard_size=2)
     paths = RunPaths(str(tmp_path / "out"), "r1")
-    write_plan(paths, options, items_of(options))
+    write_plan(paths, options)
     storage.delete(paths.plan_summary)
     assert read_plan(paths, options) is None
 
@@ -96,7 +97,7 @@ def test_a_plan_without_its_summary_is_not_a_plan(tmp_path):
 def test_stale_parts_are_those_the_plan_does_not_have(tmp_path):
     options = PlanOptions(manifests=(str(manifest(tmp_path / "c.jsonl.gz", [1.0] * 12)),), shard_size=3)
     paths = RunPaths(str(tmp_path / "out"), "r1")
-    plan = write_plan(paths, options, items_of(options))
+    plan = write_plan(paths, options)
     table = pa.table({"x": [1]})
     kept = [paths.part(s.shard_id) for s in iter_plan_shards(paths, plan)]
     for uri in kept + [paths.part("shard-0000000000000000"), paths.windows_part("shard-ffffffffffffffff"),

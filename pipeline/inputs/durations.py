@@ -16,6 +16,14 @@ for plain audio files (a bucket prefix, a list, one file) :func:`probe_source` r
   first frames differ in bitrate and has no frame count gives ``None``: a guessed duration
   could cut off the end of the recording, an unknown one only means it is transcribed whole.
 
+Headers are claims (:func:`probe_claim`): a duration is never more than what the file's size can
+hold (:func:`size_bound`): for WAV exactly (its samples are the bytes after the header; a streamed
+header's duration comes from the size), for FLAC at 8 bytes per frame of STREAMINFO's largest
+block, for MP3 at frames of the lowest bitrate its header allows, for Ogg at 4,096 samples per
+byte. A header that claims more than that (a 60-byte WAV claiming 4 GB of samples, a truncated
+file, a FLAC header over no frames) is reported with what it claimed, and the run makes the file
+an error row: no window is planned and no audio decoded for a claim.
+
 The format parsers take bytes already read plus a ``read(start, end)`` callback for the one
 extra range a format needs (the Ogg tail, or the audio after a large ID3v2 tag).
 """
@@ -66,20 +74,27 @@ def _ogg_page_at(data: bytes, pos: int) -> Optional[tuple[int, int, int, int]]:
     return header_type, granule, serial, pos + 27 + nsegs + sum(data[pos + 27 : pos + 27 + nsegs])
 
 
-def ogg_duration(head: bytes, tail: bytes) -> Optional[float]:
-    """Duration of an Ogg Opus or Vorbis file from its first bytes and its last
-    :data:`OGG_MAX_PAGE` (or more) bytes; ``None`` for other codecs or damaged framing."""
+def _ogg_stream(head: bytes) -> Optional[tuple[int, int, int]]:
+    """(serial, granule rate, pre-skip) of the Opus or Vorbis stream whose first page ``head`` begins
+    with; ``None`` for other codecs or damaged framing."""
     first = _ogg_page_at(head, 0)
     if first is None:
         return None
-    serial = first[2]
     body = head[27 + head[26] :]
     if body.startswith(b"OpusHead") and len(body) >= 12:
-        rate, pre_skip = 48000, struct.unpack_from("<H", body, 10)[0]
-    elif body.startswith(b"\x01vorbis") and len(body) >= 16:
-        rate, pre_skip = struct.unpack_from("<I", body, 12)[0], 0
-    else:
+        return first[2], 48000, struct.unpack_from("<H", body, 10)[0]
+    if body.startswith(b"\x01vorbis") and len(body) >= 16:
+        return first[2], struct.unpack_from("<I", body, 12)[0], 0
+    return None
+
+
+def ogg_duration(head: bytes, tail: bytes) -> Optional[float]:
+    """Duration of an Ogg Opus or Vorbis file from its first bytes and its last
+    :data:`OGG_MAX_PAGE` (or more) bytes; ``None`` for other codecs or damaged framing."""
+    stream = _ogg_stream(head)
+    if stream is None:
         return None
+    serial, rate, pre_skip = stream
     if rate <= 0:
         return None
     # the last well-formed page of this stream with a granule position (-1: no packet ends there)
@@ -153,6 +168,19 @@ def _mp3_tag(data: bytes, pos: int, frame: dict) -> tuple[bool, Optional[int]]:
     return False, None
 
 
+def _first_mp3_frame(data: bytes) -> tuple[int, Optional[dict]]:
+    """The first MPEG audio frame in ``data``'s first 8 KiB: a header whose successor sits where its
+    length says; ``(-1, None)`` when there is none."""
+    for pos in range(0, min(len(data), 8192)):
+        frame = _mp3_frame(data, pos)
+        if frame is None:
+            continue
+        nxt = _mp3_frame(data, pos + frame["length"])
+        if nxt is not None and (nxt["version"], nxt["layer"], nxt["rate"]) == (frame["version"], frame["layer"], frame["rate"]):
+            return pos, frame
+    return -1, None
+
+
 def mp3_duration(head: bytes, size: int, read: Optional[ReadRange] = None) -> Optional[float]:
     """Duration of an MP3 (MPEG-1/2/2.5 layer I-III) file of ``size`` bytes from its first bytes;
     ``read(start, end)`` fetches the frames after an ID3v2 tag longer than ``head``."""
@@ -166,17 +194,8 @@ def mp3_duration(head: bytes, size: int, read: Optional[ReadRange] = None) -> Op
             head, base = head[start:], start
     else:
         base = 0
-    # the first frame: a header whose successor sits where its length says
-    pos, frame = -1, None
-    for cand in range(0, min(len(head), 8192)):
-        frame = _mp3_frame(head, cand)
-        if frame is None:
-            continue
-        nxt = _mp3_frame(head, cand + frame["length"])
-        if nxt is not None and (nxt["version"], nxt["layer"], nxt["rate"]) == (frame["version"], frame["layer"], frame["rate"]):
-            pos = cand
-            break
-    if pos < 0 or frame is None:
+    pos, frame = _first_mp3_frame(head)
+    if frame is None:
         return None
     is_tag, samples = _mp3_tag(head, pos, frame)
     if samples:
@@ -263,46 +282,133 @@ def probe_duration(data_or_header_bytes: bytes, *, complete: bool = True) -> Opt
     return info.frames / info.samplerate
 
 
+# ------------------------------------------------------------------ what a size can hold
+
+#: the fewest bytes a FLAC frame takes: a header of 6 bytes at least, a subframe header and value
+#: per channel, a CRC-16 (8 is below every real frame: the bound never cuts real audio)
+FLAC_MIN_FRAME_BYTES = 8
+#: the most samples one byte of Ogg can hold: a 1-byte packet decodes to at most 120 ms of Opus
+#: (5,760 samples at 48 kHz) or half of Vorbis's 8,192-sample block, and a page of 255 such
+#: packets takes 537 bytes with its header: under 2,800 samples per byte either way
+OGG_MAX_SAMPLES_PER_BYTE = 4096
+
+
+def _flac_bound(head: bytes, size: int) -> Optional[float]:
+    if len(head) < 8 + 34 or head[:4] != b"fLaC":
+        return None
+    info = head[8 : 8 + 34]
+    max_block = int.from_bytes(info[2:4], "big") or 65535
+    rate = int.from_bytes(info[10:18], "big") >> 44
+    if not rate:
+        return None
+    pos = 4  # the frames begin after the last metadata block
+    while pos + 4 <= len(head):
+        last, length = head[pos] & 0x80, int.from_bytes(head[pos + 1 : pos + 4], "big")
+        pos += 4 + length
+        if last:
+            break
+    return max(0, size - pos) // FLAC_MIN_FRAME_BYTES * max_block / rate
+
+
+def _ogg_bound(head: bytes, size: int) -> Optional[float]:
+    stream = _ogg_stream(head)
+    if stream is None or not stream[1]:
+        return None
+    return size * OGG_MAX_SAMPLES_PER_BYTE / stream[1]
+
+
+def _mp3_bound(head: bytes, size: int) -> Optional[float]:
+    start = _id3v2_size(head)
+    pos, frame = _first_mp3_frame(head[start:])
+    if frame is None:
+        return None
+    bitrate = _MP3_BITRATES[(frame["mpeg1"], frame["layer"])][0] * 1000  # the lowest
+    lowest = (12 * bitrate // frame["rate"] * 4) if frame["layer"] == 1 else frame["samples"] // 8 * bitrate // frame["rate"]
+    return max(0, size - start - pos) // max(1, lowest) * frame["samples"] / frame["rate"]
+
+
+def size_bound(head: bytes, size: int) -> Optional[float]:
+    """The most seconds of audio a file of ``size`` bytes that begins with ``head`` can hold, by its
+    format (see the module docstring); ``None`` when the format is none of WAV, FLAC, Ogg, MP3."""
+    header = parse_wav_header(head)
+    if header is not None:
+        if not header.sample_rate or not header.block_align:
+            return None
+        return header.data_size(size) // header.block_align / header.sample_rate
+    for bound in (_flac_bound, _ogg_bound, _mp3_bound):
+        value = bound(head, size)
+        if value is not None:
+            return value
+    return None
+
+
+#: a claim this far above what the file holds (beyond 1 %) is a lie or a truncated file
+CLAIM_TOLERANCE_S = 0.05
+
+#: what probing a file gives: its duration in seconds (``None``: cannot be told) and, when its
+#: header claims more than its size can hold, what it claimed (the duration is then the bound)
+Probe = tuple[Optional[float], Optional[str]]
+
+
+def judge_claim(claimed: Optional[float], bound: Optional[float], size: int) -> Probe:
+    """A header's ``claimed`` duration against the ``bound`` its file's ``size`` sets."""
+    if claimed is None:
+        return bound, None  # e.g. a streamed WAV header: its samples run to the end of the file
+    if bound is None or claimed <= bound + max(CLAIM_TOLERANCE_S, 0.01 * bound):
+        return claimed if bound is None else min(claimed, bound), None
+    return bound, (f"its header claims {claimed:.6g} s of audio, but its {size} bytes hold at most {bound:.6g} s "
+                   "(a truncated or damaged file)")
+
+
 #: enough for WAV/FLAC headers and the first MP3 frames; smaller files are probed whole
 PROBE_BYTES = 64 * 1024
 
 
-def probe_source(source: str, options: Optional[S3Options] = None) -> Optional[float]:
+def probe_claim(source: str, options: Optional[S3Options] = None) -> Probe:
     """The duration of the audio object at ``source`` (local or ``s3://``) from its first
-    :data:`PROBE_BYTES` and, for MP3 / Ogg, at most one more range; ``None`` when it cannot be
-    told or the object cannot be read now (the audio stage reports that per cut)."""
+    :data:`PROBE_BYTES` (and its size, in the same request) and, for MP3 / Ogg, at most one more
+    range, judged against what its size can hold (:func:`judge_claim`). ``(None, None)`` when it
+    cannot be told or the object cannot be read now (the audio stage reports that per cut)."""
     try:
-        head = storage.read_range(source, 0, PROBE_BYTES, options=options)
-        duration = probe_duration(head, complete=len(head) < PROBE_BYTES)
-        if duration is None and len(head) >= PROBE_BYTES:
+        head, size = storage.read_head(source, PROBE_BYTES, options=options)
+        complete = len(head) >= size
+        claimed = probe_duration(head, complete=complete)
+        if claimed is None and not complete:
             # MP3 / Ogg: from the frame headers and one more range (the Ogg tail), not a download
-            size = storage.size(source, options=options)
-            duration = compressed_duration(head, size, lambda a, b: storage.read_range(source, a, b, options=options))
-        return duration
+            claimed = compressed_duration(head, size, lambda a, b: storage.read_range(source, a, b, options=options))
+        if claimed is None and parse_wav_header(head) is None:
+            return None, None  # not a header we can bound (M4A, ...)
+        return judge_claim(claimed, size_bound(head, size), size)
     except storage.StorageError:
-        return None
+        return None, None
+
+
+def probe_source(source: str, options: Optional[S3Options] = None) -> Optional[float]:
+    """:func:`probe_claim`'s duration."""
+    return probe_claim(source, options)[0]
 
 
 P = TypeVar("P")
-#: ``prober(pairs)``: for ``(payload, source URI)`` pairs, yields ``(payload, duration or None)`` in
-#: the same order, lazily. The payload is anything the caller needs back (e.g. the cut's id).
-Prober = Callable[[Iterable[tuple[Any, str]]], Iterator[tuple[Any, Optional[float]]]]
+#: ``prober(pairs)``: for ``(payload, source URI)`` pairs, yields ``(payload, probe)`` (a
+#: :data:`Probe`: duration or None, and what a lying header claimed) in the same order, lazily.
+#: The payload is anything the caller needs back (e.g. the cut's id).
+Prober = Callable[[Iterable[tuple[Any, str]]], Iterator[tuple[Any, Probe]]]
 
 
 def threaded_prober(workers: int = 8, options: Optional[S3Options] = None) -> Prober:
     """A :data:`Prober` that reads headers on ``workers`` threads of this process, at most
     ``2 * workers`` sources ahead of the consumer."""
 
-    def probe(pairs: Iterable[tuple[P, str]]) -> Iterator[tuple[P, Optional[float]]]:
+    def probe(pairs: Iterable[tuple[P, str]]) -> Iterator[tuple[P, Probe]]:
         if workers <= 1:
             for payload, source in pairs:
-                yield payload, probe_source(source, options)
+                yield payload, probe_claim(source, options)
             return
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
         pending: deque[tuple[P, Future]] = deque()
         try:
             for payload, source in pairs:
-                pending.append((payload, pool.submit(probe_source, source, options)))
+                pending.append((payload, pool.submit(probe_claim, source, options)))
                 if len(pending) >= 2 * workers:
                     head, fut = pending.popleft()
                     yield head, fut.result()

@@ -17,6 +17,19 @@ Accepted inputs (local paths, ``file://`` or ``s3://`` URIs), detected by :func:
     any letter case), listed recursively in lexicographic order.
 ``audio_file``
     A single audio file.
+``shar``
+    A lhotse Shar directory (local or S3): ``cuts.000000.jsonl.gz``, ``recording.000000.tar``, ...
+    Each shard's cuts are items whose audio is the member ``<cut id>.<format>`` of its recording
+    tar (:attr:`WorkItem.member`), read by range in the audio stage. A run plans each Shar shard
+    on its own (:mod:`pipeline.inputs.sources`); :func:`iter_work_items` reads one, given its
+    cuts file and ``shar_tar``.
+
+Manifest numbers are claims. A cut (or segment) whose start is not a finite number >= 0, whose
+duration is not a finite number > 0, that is longer than ``max_seconds`` (``--max-recording-hours``)
+or that starts after its recording ends becomes an item with :attr:`WorkItem.error` set (an error
+row, its audio never fetched); so does a plain file whose probed duration is longer than
+``max_seconds``. A line that cannot be read as a cut at all is a :class:`ManifestError` naming the
+file and the line, as is a line longer than :data:`MAX_LINE_CHARS`.
 
 ``cut_id`` rules (deterministic: the same input always gives the same ids, in the same order):
 
@@ -41,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import posixpath
 from typing import Any, Iterable, Iterator, Literal
@@ -58,7 +72,9 @@ __all__ = [
     "InputKind",
     "ManifestError",
     "WorkItem",
+    "MAX_LINE_CHARS",
     "detect_input_kind",
+    "is_shar_dir",
     "iter_work_items",
 ]
 
@@ -66,7 +82,10 @@ AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".mp3", ".opus", ".ogg", ".m
 _LHOTSE_SUFFIXES = (".jsonl", ".jsonl.gz")
 _LIST_SUFFIXES = (".txt", ".lst", ".txt.gz", ".lst.gz")
 
-InputKind = Literal["lhotse", "uri_list", "audio_dir", "audio_file"]
+InputKind = Literal["lhotse", "uri_list", "audio_dir", "audio_file", "shar"]
+
+#: the longest manifest line read (a lhotse cut is a few kB; a 2 GiB "line" is not a manifest)
+MAX_LINE_CHARS = 16 << 20
 
 
 # --------------------------------------------------------------------------------------
@@ -74,10 +93,11 @@ InputKind = Literal["lhotse", "uri_list", "audio_dir", "audio_file"]
 # --------------------------------------------------------------------------------------
 
 
-def detect_input_kind(uri: str) -> InputKind:
+def detect_input_kind(uri: str, options: S3Options | None = None) -> InputKind:
     """Classify an input URI by its name: ``*.jsonl[.gz]`` -> ``"lhotse"``, ``*.txt`` /
     ``*.lst`` (``.gz`` too) -> ``"uri_list"``, an audio suffix -> ``"audio_file"``, anything
-    else -> ``"audio_dir"`` (a directory or S3 prefix).
+    else is a directory or S3 prefix: ``"shar"`` when it holds lhotse Shar cuts files
+    (``cuts.*.jsonl*``, one listing), else ``"audio_dir"``.
 
     Raises:
         ManifestError: for whole-file lhotse ``.json`` manifests (not streamable), and for a
@@ -98,9 +118,17 @@ def detect_input_kind(uri: str) -> InputKind:
     if not storage.is_s3_uri(uri) and storage.exists(uri):
         raise ManifestError(
             uri, "unsupported input: expected a lhotse .jsonl[.gz] manifest, a .txt/.lst list of audio URIs, "
-            "an audio file or a directory of audio files"
+            "an audio file, a directory of audio files or a lhotse Shar directory"
         )
-    return "audio_dir"
+    return "shar" if is_shar_dir(uri, options) else "audio_dir"
+
+
+def is_shar_dir(uri: str, options: S3Options | None = None) -> bool:
+    """A directory or S3 prefix holding lhotse Shar cuts files (``cuts.000000.jsonl.gz`` ...)."""
+    try:
+        return bool(storage.glob(storage.join(uri, "cuts.*.jsonl*"), options=options))
+    except storage.MissingObjectError:
+        return False
 
 
 # --------------------------------------------------------------------------------------
@@ -119,6 +147,8 @@ def iter_work_items(
     check_unique: bool = True,
     options: S3Options | None = None,
     segments: str = "cuts",
+    max_seconds: float | None = None,
+    shar_tar: str | None = None,
 ) -> Iterator[WorkItem]:
     """Lazily yield the work items described by ``uri`` (see the module docstring).
 
@@ -139,6 +169,9 @@ def iter_work_items(
         segments: ``"cuts"`` (one item per cut) or ``"supervisions"``: for lhotse cuts, one
             item per supervision segment (its id, ``start`` and ``duration`` within the
             recording, its text, speaker and language); cuts without supervisions stay whole.
+        max_seconds: cuts (and probed files) longer than this become error items.
+        shar_tar: for the cuts file of a lhotse Shar shard: its recording tar, where each cut's
+            audio is read from (``kind`` is then ``"lhotse"``).
 
     Raises:
         ManifestError: malformed lines (with the line number), unsupported cut/source types
@@ -147,19 +180,22 @@ def iter_work_items(
     """
     if segments not in SEGMENT_MODES:
         raise ValueError(f"segments must be one of {SEGMENT_MODES}, got {segments!r}")
-    kind = kind or detect_input_kind(uri)
+    kind = kind or detect_input_kind(uri, options)
     if not probe_durations:
         prober = None
     elif prober is None:
         prober = threaded_prober(probe_workers if kind != "audio_file" else 1, options)
+    if kind == "shar":
+        raise ManifestError(uri, "a Shar directory is planned shard by shard: pass one cuts.NNNNNN.jsonl.gz "
+                                 "with its recording tar (pipeline.inputs.sources.expand_inputs)")
     if kind == "lhotse":
-        items = _iter_lhotse(uri, dataset, check_unique, options, segments)
+        items = _iter_lhotse(uri, dataset, check_unique, options, segments, max_seconds, shar_tar)
     elif kind == "uri_list":
-        items = _iter_uri_list(uri, dataset, check_unique, prober, options)
+        items = _iter_uri_list(uri, dataset, check_unique, prober, options, max_seconds)
     elif kind == "audio_dir":
-        items = _iter_audio_dir(uri, dataset, prober, options)
+        items = _iter_audio_dir(uri, dataset, prober, options, max_seconds)
     elif kind == "audio_file":
-        items = _probe_items(iter([(posixpath.basename(uri.rstrip("/")), uri, None)]), dataset, prober)
+        items = _probe_items(iter([(posixpath.basename(uri.rstrip("/")), uri, None)]), dataset, prober, max_seconds)
     else:
         raise ValueError(f"unknown input kind {kind!r}")
     return items
@@ -216,12 +252,15 @@ def _probe_items(
     entries: Iterator[tuple[str, str, int | None]],
     dataset: str | None,
     prober: Prober | None,
+    max_seconds: float | None = None,
 ) -> Iterator[WorkItem]:
-    """entries: (cut_id, source, line). Adds probed durations (``None`` without a prober)."""
+    """entries: (cut_id, source, line). Adds probed durations (``None`` without a prober); a file
+    whose header claims more than its size holds, that holds no audio, or more than ``max_seconds``
+    is an error item."""
     pairs = ((entry, entry[1]) for entry in entries)
-    probed = prober(pairs) if prober is not None else ((entry, None) for entry, _ in pairs)
-    for (cut_id, source, _), duration in probed:
-        yield WorkItem(
+    probed = prober(pairs) if prober is not None else ((entry, (None, None)) for entry, _ in pairs)
+    for (cut_id, source, _), (duration, lie) in probed:
+        item = WorkItem(
             cut_id=cut_id,
             recording_id=cut_id,
             source=source,
@@ -231,6 +270,39 @@ def _probe_items(
             duration=duration,
             dataset=dataset,
         )
+        if lie is not None:
+            yield _with_error(item, f"the file cannot be transcribed as it is: {lie}")
+        elif duration is not None and duration <= 0:
+            yield _with_error(item, "the file holds no audio (its header says 0 samples)")
+        elif duration is not None and max_seconds is not None and duration > max_seconds:
+            yield _with_error(item, f"the file holds {duration / 3600:.1f} h of audio, more than "
+                                    f"--max-recording-hours ({max_seconds / 3600:g} h)")
+        else:
+            yield item
+
+
+def _with_error(item: WorkItem, reason: str) -> WorkItem:
+    """``item`` as an error item: it becomes an error row; no audio is fetched, no window planned."""
+    start = item.start if math.isfinite(item.start) and item.start >= 0 else 0.0
+    return dataclasses.replace(item, start=start, duration=None, error=reason, custom=dict(item.custom))
+
+
+def _range_error(start: float, duration: float | None, max_seconds: float | None,
+                 recording_seconds: float | None = None) -> str | None:
+    """Why a manifest's time range cannot be transcribed (``None`` when it can)."""
+    if not math.isfinite(start) or start < 0:
+        return f"start {start!r} is not a time in the recording (a finite number of seconds >= 0)"
+    if duration is None:
+        return None
+    if not math.isfinite(duration) or duration <= 0:
+        return f"duration {duration!r} is not a finite number of seconds > 0"
+    if max_seconds is not None and duration > max_seconds:
+        return (f"duration {duration:.6g} s is longer than --max-recording-hours "
+                f"({max_seconds / 3600:g} h)")
+    if recording_seconds is not None and math.isfinite(recording_seconds) and recording_seconds > 0 \
+            and start >= recording_seconds:
+        return f"starts at {start:.6g} s, after its recording ends ({recording_seconds:.6g} s)"
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -239,12 +311,16 @@ def _probe_items(
 
 
 def _numbered_lines(uri: str, options: S3Options | None) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of a text object, streamed; decoding errors name the line."""
+    """(1-based line number, line) of a text object, streamed; decoding errors and lines longer
+    than :data:`MAX_LINE_CHARS` (a gzip bomb without newlines) name the line."""
     with storage.open_text(uri, options=options) as f:
         lineno = 0
         while True:
             try:
-                line = f.readline()
+                line = f.readline(MAX_LINE_CHARS + 1)
+                if len(line) > MAX_LINE_CHARS:
+                    raise ManifestError(uri, f"line longer than {MAX_LINE_CHARS >> 20} Mi characters (one line is "
+                                             "one cut: this does not look like a manifest)", lineno + 1)
             except UnicodeDecodeError as exc:
                 raise ManifestError(uri, f"not valid UTF-8 text ({exc.reason})", lineno + 1) from None
             except (EOFError, OSError) as exc:
@@ -258,7 +334,8 @@ def _numbered_lines(uri: str, options: S3Options | None) -> Iterator[tuple[int, 
 
 
 def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3Options | None,
-                 segments: str = "cuts") -> Iterator[WorkItem]:
+                 segments: str = "cuts", max_seconds: float | None = None,
+                 shar_tar: str | None = None) -> Iterator[WorkItem]:
     from lhotse import MonoCut, MultiCut, Recording
     from lhotse.serialization import deserialize_item
 
@@ -279,7 +356,7 @@ def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3O
             raise ManifestError(uri, f"not a valid lhotse cut or recording ({type(exc).__name__}: {exc})",
                                 lineno) from None
         if isinstance(obj, (MonoCut, MultiCut)):
-            item = _item_from_cut(obj, uri, lineno)
+            item = _item_from_cut(obj, uri, lineno, shar_tar)
             items = _supervision_items(obj, item) if segments == "supervisions" and obj.supervisions else [item]
         elif isinstance(obj, Recording):
             items = [_item_from_recording(obj, uri, lineno)]
@@ -292,6 +369,12 @@ def _iter_lhotse(uri: str, dataset: str | None, check_unique: bool, options: S3O
             item.dataset = dataset
             if unique is not None:
                 unique.add(item.cut_id, lineno)
+            if item.error is None:
+                recording = obj.recording if isinstance(obj, (MonoCut, MultiCut)) else obj
+                reason = _range_error(item.start, item.duration, max_seconds,
+                                      None if recording is None else float(recording.duration))
+                if reason is not None:
+                    item = _with_error(item, reason)
             yield item
 
 
@@ -342,12 +425,17 @@ def _resolve_source(recording: Any, channels: list[int], uri: str, line: int) ->
     )
 
 
-def _item_from_cut(cut: Any, uri: str, line: int) -> WorkItem:
+def _item_from_cut(cut: Any, uri: str, line: int, shar_tar: str | None = None) -> WorkItem:
     recording = cut.recording
     if recording is None:
         raise ManifestError(uri, f"cut {cut.id!r} has no recording (feature-only cuts are not supported)", line)
-    channels = list(cut.channel) if isinstance(cut.channel, (list, tuple)) else [cut.channel]
-    source, source_type, channel = _resolve_source(recording, channels, uri, line)
+    member = None
+    if shar_tar is not None and recording.sources and recording.sources[0].type == "shar":
+        # lhotse Shar: the cut's own audio (its channels only) is the tar member <cut id>.<format>
+        source, source_type, channel, member = shar_tar, "shar", None, cut.id
+    else:
+        channels = list(cut.channel) if isinstance(cut.channel, (list, tuple)) else [cut.channel]
+        source, source_type, channel = _resolve_source(recording, channels, uri, line)
     sups = sorted(cut.supervisions, key=lambda s: (s.start, s.end))
     texts = [s.text.strip() for s in sups if s.text and s.text.strip()]
     return WorkItem(
@@ -362,6 +450,7 @@ def _item_from_cut(cut: Any, uri: str, line: int) -> WorkItem:
         speaker=_distinct_joined(s.speaker for s in sups),
         language=_distinct_joined(s.language for s in sups),
         custom=_scalar_custom(cut.custom),
+        member=member,
     )
 
 
@@ -369,6 +458,12 @@ def _supervision_items(cut: Any, whole: WorkItem) -> list[WorkItem]:
     """One item per supervision of ``cut`` (time order), clipped to the cut."""
     out = []
     for sup in sorted(cut.supervisions, key=lambda s: (s.start, s.end)):
+        if not (math.isfinite(sup.start) and math.isfinite(sup.duration)):
+            text = sup.text.strip() if sup.text and sup.text.strip() else None
+            out.append(_with_error(dataclasses.replace(
+                whole, cut_id=sup.id, reference=text, speaker=sup.speaker, language=sup.language),
+                f"supervision start {sup.start!r} / duration {sup.duration!r} are not finite numbers of seconds"))
+            continue
         start = max(0.0, float(sup.start))
         end = min(float(cut.duration), float(sup.start) + float(sup.duration))
         if end <= start:
@@ -399,7 +494,8 @@ def _item_from_recording(recording: Any, uri: str, line: int) -> WorkItem:
 # --------------------------------------------------------------------------------------
 
 
-def _iter_audio_dir(uri: str, dataset: str | None, prober: Prober | None, options: S3Options | None) -> Iterator[WorkItem]:
+def _iter_audio_dir(uri: str, dataset: str | None, prober: Prober | None, options: S3Options | None,
+                    max_seconds: float | None = None) -> Iterator[WorkItem]:
     base = uri if uri.endswith("/") else uri + "/"
 
     def entries() -> Iterator[tuple[str, str, int | None]]:
@@ -412,7 +508,7 @@ def _iter_audio_dir(uri: str, dataset: str | None, prober: Prober | None, option
             raise ManifestError(uri, f"no audio files ({' '.join(AUDIO_SUFFIXES)}) found under this "
                                 "directory / prefix")
 
-    return _probe_items(entries(), dataset, prober)
+    return _probe_items(entries(), dataset, prober, max_seconds)
 
 
 def _parent(uri: str) -> str:
@@ -430,7 +526,8 @@ def _resolve_entry(entry: str, parent: str) -> str:
 
 
 def _iter_uri_list(
-    uri: str, dataset: str | None, check_unique: bool, prober: Prober | None, options: S3Options | None
+    uri: str, dataset: str | None, check_unique: bool, prober: Prober | None, options: S3Options | None,
+    max_seconds: float | None = None,
 ) -> Iterator[WorkItem]:
     parent = _parent(uri)
     unique = _UniqueIds(uri) if check_unique else None
@@ -447,4 +544,4 @@ def _iter_uri_list(
                 unique.add(entry, lineno)
             yield entry, _resolve_entry(entry, parent), lineno
 
-    return _probe_items(entries(), dataset, prober)
+    return _probe_items(entries(), dataset, prober, max_seconds)

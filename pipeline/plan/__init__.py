@@ -1,5 +1,6 @@
-"""Work items -> units of work: long cuts become windows (:mod:`~pipeline.plan.windows`), the
-run's items (:mod:`~pipeline.plan.items`) become content-defined shards (:mod:`~pipeline.plan.shards`),
-written once as the run's frozen plan (:mod:`~pipeline.plan.frozen`); a shard's items become
-duration-sorted batches (:mod:`~pipeline.plan.batching`); :mod:`~pipeline.plan.preview` tells what a
-run would do (``--plan-only``)."""
+"""Work items -> units of work: each unit of the inputs (:mod:`~pipeline.plan.units`, many planned
+at once) gives its items, long cuts as windows (:mod:`~pipeline.plan.windows`), cut into
+content-defined shards that keep a recording's segments together (:mod:`~pipeline.plan.shards`);
+the driver merges them into the run's frozen plan (:mod:`~pipeline.plan.frozen`); a shard's items
+become duration-sorted batches (:mod:`~pipeline.plan.batching`); :mod:`~pipeline.plan.preview`
+tells what a run would do (``--plan-only``)."""

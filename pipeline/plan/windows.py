@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 from pipeline.inputs.items import WorkItem
 
-__all__ = ["Window", "expand_windows", "plan_windows"]
+__all__ = ["Window", "expand_windows", "iter_windows", "plan_windows"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ class Window:
         return self.start + self.duration
 
 
-def plan_windows(duration: float, max_cut_seconds: float, overlap_seconds: float) -> list[Window]:
+def iter_windows(duration: float, max_cut_seconds: float, overlap_seconds: float) -> Iterator[Window]:
     """Equal-length windows covering ``[0, duration)``, consecutive ones overlapping by at least
-    ``overlap_seconds``; a single window when ``duration <= max_cut_seconds``.
+    ``overlap_seconds``; a single window when ``duration <= max_cut_seconds``. Made one at a time:
+    the memory of planning a cut does not grow with its length.
 
     The number of windows is the smallest that covers the cut with windows of
     ``max_cut_seconds`` and the requested overlap; they are then spread evenly, so every
@@ -53,18 +54,24 @@ def plan_windows(duration: float, max_cut_seconds: float, overlap_seconds: float
         raise ValueError(f"max_cut_seconds must be > 0, got {max_cut_seconds}")
     if not 0 <= overlap_seconds < max_cut_seconds / 2:
         raise ValueError(f"window overlap must be in [0, max_cut_seconds / 2), got {overlap_seconds}")
+    if not (math.isfinite(duration) and duration >= 0):
+        raise ValueError(f"a cut's duration must be a finite number >= 0, got {duration}")
     if duration <= max_cut_seconds:
-        return [Window(0, 1, 0.0, duration, 0.0, duration)]
+        yield Window(0, 1, 0.0, duration, 0.0, duration)
+        return
     stride = max_cut_seconds - overlap_seconds
     count = math.ceil((duration - overlap_seconds) / stride - 1e-9)
     step = (duration - max_cut_seconds) / (count - 1)
-    starts = [i * step for i in range(count)]
-    windows = []
-    for i, s in enumerate(starts):
-        keep_from = 0.0 if i == 0 else (s + starts[i - 1] + max_cut_seconds) / 2
-        keep_to = duration if i == count - 1 else (starts[i + 1] + s + max_cut_seconds) / 2
-        windows.append(Window(i, count, s, max_cut_seconds, keep_from, keep_to))
-    return windows
+    for i in range(count):
+        s = i * step
+        keep_from = 0.0 if i == 0 else (s + (i - 1) * step + max_cut_seconds) / 2
+        keep_to = duration if i == count - 1 else ((i + 1) * step + s + max_cut_seconds) / 2
+        yield Window(i, count, s, max_cut_seconds, keep_from, keep_to)
+
+
+def plan_windows(duration: float, max_cut_seconds: float, overlap_seconds: float) -> list[Window]:
+    """:func:`iter_windows` as a list."""
+    return list(iter_windows(duration, max_cut_seconds, overlap_seconds))
 
 
 def expand_windows(items: Iterable[WorkItem], max_cut_seconds: float, overlap_seconds: float) -> Iterator[WorkItem]:
@@ -73,14 +80,14 @@ def expand_windows(items: Iterable[WorkItem], max_cut_seconds: float, overlap_se
     Windows are ordinary :class:`pipeline.inputs.items.WorkItem` s (same ``cut_id``; their
     ``start`` / ``duration`` the window's range in the file, ``window_index`` /
     ``window_count`` / ``cut_start`` / ``cut_duration`` set), so they are sharded and batched
-    with everything else. Items of unknown duration pass through whole. ``max_cut_seconds``
-    <= 0 turns windowing off.
+    with everything else. Items of unknown duration, and error items, pass through whole.
+    ``max_cut_seconds`` <= 0 turns windowing off.
     """
     for item in items:
-        if max_cut_seconds <= 0 or item.duration is None or item.duration <= max_cut_seconds:
+        if max_cut_seconds <= 0 or item.duration is None or item.duration <= max_cut_seconds or item.error:
             yield item
             continue
-        for w in plan_windows(item.duration, max_cut_seconds, overlap_seconds):
+        for w in iter_windows(item.duration, max_cut_seconds, overlap_seconds):
             yield dataclasses.replace(item, start=item.start + w.start, duration=w.duration, window_index=w.index,
                                       window_count=w.count, cut_start=item.start, cut_duration=item.duration,
                                       custom=dict(item.custom))

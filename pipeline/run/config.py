@@ -51,6 +51,9 @@ class TranscribeConfig:
     max_cut_seconds: float = 30.0  # longer cuts are split into overlapping windows; <= 0: never
     window_overlap_seconds: float = 4.0
     segments: str = "cuts"  # or "supervisions": one row per supervision segment
+    #: cuts longer than this (manifest durations, probed headers) are error rows; audio of unknown
+    #: duration is not decoded past it
+    max_recording_hours: float = 24.0
     #: windows of long cuts are transcribed as the speech between their pauses; None: whole
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
 

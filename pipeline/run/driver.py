@@ -1,11 +1,13 @@
 """The driver: owns a transcription run from inputs to summary.
 
 1. **Check** the inputs and the model (one clear error, exit 2, before anything starts).
-2. **Plan once** (:mod:`pipeline.plan.frozen`): stream the inputs into content-defined shards and
-   write the frozen plan under ``<output>/runs/<run_id>/plan/``; durations of plain audio files
-   are probed in Ray tasks (:mod:`pipeline.run.probing`). A rerun with the same run id reuses the
-   plan and says whether the inputs changed since; ``--replan`` plans again and removes the parts
-   of shards the new plan no longer has, so no cut is written twice.
+2. **Plan once** (:mod:`pipeline.plan.frozen`): expand the inputs into units (manifest files, a
+   glob's files, Shar shards), plan each in a Ray task (:mod:`pipeline.run.planning`: items,
+   windows, content-defined shards written as they are cut; durations of plain audio files probed
+   in Ray tasks too) and merge their index rows into the frozen plan under
+   ``<output>/runs/<run_id>/plan/``. A rerun with the same run id reuses the plan and says whether
+   the inputs changed since; ``--replan`` plans again and removes the parts of shards the new plan
+   no longer has, so no cut is written twice.
 3. **Execute on Ray Data** (:mod:`pipeline.run.stages`, :mod:`pipeline.run.model_stage`): one
    row per shard through the audio stage (CPU tasks that skip finished shards and decode the
    rest) and the model stage (an actor pool of ``--num-actors``,
@@ -27,12 +29,12 @@ import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from model.recognizer import Recognizer
 from model.weights import WeightsSelection
-from pipeline.inputs.items import WorkItem
 from pipeline.inputs.manifests import iter_work_items
+from pipeline.inputs.sources import expand_inputs
 from pipeline.io import storage
 from pipeline.io.model_store import local_model_dir
 from pipeline.longform.stitching import StitchSummary, stitch_group, stitch_groups
@@ -40,8 +42,8 @@ from pipeline.output.paths import RunPaths
 from pipeline.output.records import SCHEMA_VERSION
 from pipeline.plan.frozen import (Plan, PlanOptions, changed_inputs, iter_plan_shards, read_index, read_long_cuts,
                                   read_plan, stale_parts, write_plan)
-from pipeline.plan.items import plan_items
 from pipeline.plan.preview import PlanSummary, preview
+from pipeline.plan.units import Planner, process_planner, serial_planner
 from pipeline.plan.windows import plan_windows
 
 from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_label, new_run_id
@@ -79,8 +81,12 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
     (on this machine's CPU, once)."""
     if cfg.max_cut_seconds > 0:
         plan_windows(2 * cfg.max_cut_seconds, cfg.max_cut_seconds, cfg.window_overlap_seconds)  # ValueError if invalid
-    for uri in cfg.manifest:
-        next(iter(iter_work_items(uri, dataset=cfg.dataset, probe_durations=False)), None)  # ManifestError / StorageError
+    firsts: dict[str, Any] = {}
+    for unit in expand_inputs(cfg.manifest):  # ManifestError / StorageError: a pattern matching nothing, ...
+        firsts.setdefault(unit.given, unit)
+    for unit in firsts.values():  # the first file of each input is readable (the rest: while planning)
+        next(iter(iter_work_items(unit.uri, kind=unit.kind, dataset=cfg.dataset, probe_durations=False,
+                                  shar_tar=unit.tar)), None)
     weights = WeightsSelection.from_dict(cfg.weights)
     model_dir = local_model_dir(cfg.model, weights=weights)
     recognizer = Recognizer.from_dir(model_dir, decoding=decoding_list(cfg.decoding, cfg.extra_methods),
@@ -103,12 +109,7 @@ def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ..
 def plan_options(cfg: TranscribeConfig) -> PlanOptions:
     return PlanOptions(manifests=tuple(cfg.manifest), dataset=cfg.dataset, segments=cfg.segments,
                        shard_size=cfg.shard_size, max_cut_seconds=cfg.max_cut_seconds,
-                       overlap_seconds=cfg.window_overlap_seconds)
-
-
-def _items(cfg: TranscribeConfig, prober: Any = None) -> Iterator[WorkItem]:
-    return plan_items(cfg.manifest, dataset=cfg.dataset, segments=cfg.segments, max_cut_seconds=cfg.max_cut_seconds,
-                      overlap_seconds=cfg.window_overlap_seconds, prober=prober)
+                       overlap_seconds=cfg.window_overlap_seconds, max_recording_hours=cfg.max_recording_hours)
 
 
 def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str, threads: int) -> ActorConfig:
@@ -119,13 +120,15 @@ def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
         rescoring_dtype=cfg.rescoring_dtype, backend=cfg.backend, num_threads=threads, normalizer=cfg.normalizer,
         pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
+        max_audio_seconds=cfg.max_recording_hours * 3600,
     )
 
 
-def prepare_plan(cfg: TranscribeConfig, paths: RunPaths, prober: Any = None) -> tuple[Plan, bool, list[str]]:
-    """The run's frozen plan: reused (with the inputs that changed since), or made now.
-    Returns ``(plan, reused, changed inputs)``. With ``--replan``, parts of shards the new plan
-    no longer has are removed."""
+def prepare_plan(cfg: TranscribeConfig, paths: RunPaths,
+                 planner: Planner = serial_planner) -> tuple[Plan, bool, list[str]]:
+    """The run's frozen plan: reused (with the inputs that changed since), or made now by
+    ``planner`` (Ray tasks in a run). Returns ``(plan, reused, changed inputs)``. With
+    ``--replan``, parts of shards the new plan no longer has are removed."""
     options = plan_options(cfg)
     plan = None if cfg.replan else read_plan(paths, options)
     if plan is not None:
@@ -134,9 +137,12 @@ def prepare_plan(cfg: TranscribeConfig, paths: RunPaths, prober: Any = None) -> 
             log.warning("the inputs changed since run %s was planned (%s): running the plan as it was; rerun with "
                         "--replan to take the changes in", paths.run_id, ", ".join(changed))
         return plan, True, changed
-    plan = write_plan(paths, options, _items(cfg, prober))
-    log.info("planned %d cuts (%.2f h) in %d shards in %.1f s", plan.cuts, plan.audio_seconds / 3600, plan.shards,
-             plan.planning_seconds)
+    plan = write_plan(paths, options, planner)
+    log.info("planned %d cuts (%.2f h) from %d input file(s) in %d shards in %.1f s", plan.cuts,
+             plan.audio_seconds / 3600, plan.units, plan.shards, plan.planning_seconds)
+    if plan.errors:
+        log.warning("%d cut(s) cannot be transcribed as the inputs describe them and will be error rows, e.g. %s",
+                    plan.errors, "; ".join(plan.error_examples[:3]))
     stale = stale_parts(paths, plan) if cfg.replan else []
     for uri in stale:
         storage.delete(uri)
@@ -262,19 +268,20 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     """Execute a transcription run on the Ray cluster (local Ray if none is running)."""
     import ray
 
-    from .probing import ray_prober
+    from .planning import ray_planner
 
     started = time.perf_counter()
     run_id = check_run_id(cfg.run_id or new_run_id())
     paths = RunPaths(cfg.output, run_id)
     facts = validate_inputs(cfg)
     _init_ray(cfg)
-    plan, reused, changed = prepare_plan(cfg, paths, ray_prober(runtime_env=worker_runtime_env()))
+    plan, reused, changed = prepare_plan(cfg, paths, ray_planner(runtime_env=worker_runtime_env()))
 
     res = plan_resources(alive_nodes(), cfg)
     waited, node_request = wait_for_resources(res.actor_bundle(), res.min_actors, res.max_actors, cfg.resource_timeout)
     settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=fingerprint_parts(cfg, facts),
-                             resume=cfg.resume, write_attempts=cfg.max_attempts)
+                             resume=cfg.resume, write_attempts=cfg.max_attempts,
+                             max_audio_seconds=cfg.max_recording_hours * 3600)
     summary = RunSummary(
         run_id=run_id, manifest=list(cfg.manifest), output=cfg.output, model_id=facts.model_id,
         model_sha256=facts.sha256, model_weights=facts.weights, model_notes=list(facts.notes),
@@ -283,8 +290,10 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
         resources_per_actor={"num_cpus": res.cpus_per_actor, "num_gpus": res.gpus_per_actor},
         plan={"uri": paths.plan, "reused": reused, "inputs_changed": changed, "cuts": plan.cuts,
               "items": plan.items, "windows": plan.windows, "long_cuts": plan.long_cuts, "shards": plan.shards,
-              "audio_hours": round(plan.audio_seconds / 3600, 6), "unknown_durations": plan.unknown_durations,
-              "planning_seconds": plan.planning_seconds},
+              "units": plan.units, "audio_hours": round(plan.audio_seconds / 3600, 6),
+              "unknown_durations": plan.unknown_durations, "errors": plan.errors,
+              "error_examples": plan.error_examples, "planning_seconds": plan.planning_seconds,
+              "driver_cpu_seconds": plan.driver_cpu_seconds},
         stages={"min_actors": res.min_actors, "max_actors": res.max_actors, "cpus_per_actor": res.cpus_per_actor,
                 "gpus_per_actor": res.gpus_per_actor, "audio_cpus": res.audio_cpus, "threads_per_actor": res.threads,
                 "device": cfg.device, "backend": cfg.backend, "resource_wait_seconds": round(waited, 1)},
@@ -389,7 +398,7 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
     facts = validate_inputs(cfg)
     plan, _, _ = prepare_plan(cfg, paths)
     settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
-                             resume=False)
+                             resume=False, max_audio_seconds=cfg.max_recording_hours * 3600)
     actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads))
     results, fingerprints = [], {}
     for shard in iter_plan_shards(paths, plan):
@@ -407,8 +416,9 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
     return {"shards": results, "stitched": stitched, "actor": actor, "plan": plan}
 
 
-def dry_run(cfg: TranscribeConfig) -> PlanSummary:
+def dry_run(cfg: TranscribeConfig, workers: Optional[int] = None) -> PlanSummary:
     """``--plan-only``: the run's shards, batches and padding from its inputs alone (no Ray, no
-    model, nothing written)."""
-    return preview(cfg.manifest, _items(cfg), shard_size=cfg.shard_size, max_batch_seconds=cfg.max_batch_seconds,
-                   max_batch_size=cfg.max_batch_size)
+    model, nothing written); many input files are planned in ``workers`` processes (default: one
+    per CPU)."""
+    return preview(plan_options(cfg), max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
+                   planner=process_planner(workers or os.cpu_count() or 1))

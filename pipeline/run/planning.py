@@ -1,25 +1,36 @@
-"""Probing the durations of plain audio files in Ray tasks, not on the driver.
+"""Planning on Ray: the units of a run's inputs planned in Ray tasks, and the durations of plain
+audio files probed in Ray tasks, not on the driver.
 
-:func:`ray_prober` is a :data:`pipeline.inputs.durations.Prober` for the planning pass: the
-sources of a bucket prefix or URI list go out in chunks to small Ray tasks (each reads its
-chunk's headers on a few threads, :func:`pipeline.inputs.durations.probe_source`), a bounded
-number of chunks at a time, and the durations come back in input order.
+:func:`ray_planner` is a :data:`pipeline.plan.units.Planner`: each unit (a manifest file, a Shar
+shard, a list, a prefix) is planned by a task (:func:`pipeline.plan.units.plan_unit`) that writes
+its shards' items files itself and sends back one small row per shard; a bounded number of units
+are in flight, and the driver takes their plans in input order.
+
+:func:`ray_prober` is a :data:`pipeline.inputs.durations.Prober` for such a task: the sources of a
+bucket prefix or URI list go out in chunks to small Ray tasks (each reads its chunk's headers on a
+few threads, :func:`pipeline.inputs.durations.probe_claim`), a bounded number of chunks at a time,
+and the durations come back in input order.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
-from pipeline.inputs.durations import Prober, probe_source
+from pipeline.inputs.durations import Probe, Prober, probe_claim
+from pipeline.inputs.items import ManifestError
+from pipeline.inputs.sources import InputUnit
+from pipeline.io.storage import StorageError
+from pipeline.output.paths import RunPaths
+from pipeline.plan.units import Batching, PlanOptions, Planner, UnitPlan, in_order, plan_unit
 
-__all__ = ["ray_prober"]
+__all__ = ["ray_planner", "ray_prober"]
 
 
-def _probe_chunk(sources: list[str], threads: int) -> list[Optional[float]]:
+def _probe_chunk(sources: list[str], threads: int) -> list[Probe]:
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(sources)))) as pool:
-        return list(pool.map(probe_source, sources))
+        return list(pool.map(probe_claim, sources))
 
 
 def ray_prober(chunk: int = 64, in_flight: int = 16, threads: int = 8, num_cpus: float = 0.25,
@@ -30,7 +41,7 @@ def ray_prober(chunk: int = 64, in_flight: int = 16, threads: int = 8, num_cpus:
 
     remote = ray.remote(num_cpus=num_cpus, max_retries=3, runtime_env=runtime_env)(_probe_chunk)
 
-    def probe(pairs: Iterable[tuple[Any, str]]) -> Iterator[tuple[Any, Optional[float]]]:
+    def probe(pairs: Iterable[tuple[Any, str]]) -> Iterator[tuple[Any, Probe]]:
         pending: deque[tuple[list[Any], Any]] = deque()
         payloads: list[Any] = []
         sources: list[str] = []
@@ -55,3 +66,34 @@ def ray_prober(chunk: int = 64, in_flight: int = 16, threads: int = 8, num_cpus:
             yield from zip(done, ray.get(ref))
 
     return probe
+
+
+def _plan_unit_task(unit: InputUnit, options: PlanOptions, paths: Optional[RunPaths],
+                    batching: Optional[Batching]) -> tuple[Optional[UnitPlan], Optional[Exception]]:
+    """One unit planned in a Ray task; a bad input comes back as its error (the driver raises it as
+    it is, one line), not as a task failure with a traceback."""
+    try:
+        return plan_unit(unit, options, paths, batching, prober=ray_prober()), None
+    except (ManifestError, StorageError) as exc:
+        return None, exc
+
+
+def ray_planner(num_cpus: float = 1.0, in_flight: Optional[int] = None,
+                runtime_env: Optional[dict[str, Any]] = None) -> Planner:
+    """A planner that plans each unit in a Ray task of ``num_cpus`` CPUs, at most ``in_flight``
+    units at once (default: twice the cluster's CPUs), retried if its worker dies (a unit's plan is
+    the same each time, its files rewritten alike); needs a connected Ray."""
+    import ray
+
+    remote = ray.remote(num_cpus=num_cpus, max_retries=3, runtime_env=runtime_env)(_plan_unit_task)
+
+    def plan(units: Sequence[InputUnit], options: PlanOptions, paths: Optional[RunPaths] = None,
+             batching: Optional[Batching] = None) -> Iterator[UnitPlan]:
+        flight = in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        refs = (remote.remote(unit, options, paths, batching) for unit in units)
+        for unit_plan, error in in_order(refs, flight, ray.get):
+            if error is not None:
+                raise error
+            yield unit_plan
+
+    return plan
