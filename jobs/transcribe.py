@@ -57,7 +57,8 @@ checksum + decoding settings) are skipped, so every cut is written exactly once.
 
 S3: endpoint, region and credentials come from the standard AWS chain (AWS_ENDPOINT_URL,
 AWS_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles) or the flags.
-Ray: RAY_ADDRESS / --ray-address selects the cluster; without one a local Ray is started.
+Ray: RAY_ADDRESS / --ray-address selects the cluster; without one, a Ray already started on this
+machine (`ray start`) is used, else a private local one is started (--ray-address local: always).
 """
 
 from __future__ import annotations
@@ -163,10 +164,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(asdict(summary), indent=2))
     else:
         print(format_summary(summary))
-    report = write_run_report(summary.transcripts_uri, args.output, summary.run_id, args.normalizer) if args.wer_report else None
+    try:  # the transcripts are written: the report is extra, it never decides the exit status
+        report = write_run_report(summary.transcripts_uri, args.output, summary.run_id, args.normalizer) \
+            if args.wer_report else None
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger("zipscribe.report").error("the WER report of run %s could not be made (%s: %s); the "
+                                                    "transcripts are complete", summary.run_id, type(exc).__name__, exc)
+        report = None
     if report is not None:
-        print(headline_text(report[0]) + f"\nWER report: {report[1]['report.html']}",
-              file=sys.stderr if args.summary_json else sys.stdout)
+        where = report[1].get("report.html") or report[1]["report.parquet"]
+        print(headline_text(report[0]) + f"\nWER report: {where}", file=sys.stderr if args.summary_json else sys.stdout)
     if summary.shards_failed:
         print(f"error: {len(summary.shards_failed)} shard(s) not done ({', '.join(summary.shards_failed[:5])}"
               f"{', ...' if len(summary.shards_failed) > 5 else ''}); rerun with the same --output and --run-id to "

@@ -19,13 +19,14 @@ from pipeline.io.storage import StorageError
 from pipeline.longform.pauses import PauseSplit
 from pipeline.report.normalize import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
 from pipeline.run.config import TranscribeConfig
+from pipeline.run.lock import RunLockedError
 from pipeline.run.resources import ResourceTimeoutError
 from pipeline.run.transcriber import DeviceError
 
 # Bad command-line inputs, and runs that cannot start (no node an actor fits on, a GPU without
-# CUDA): reported as one line and exit status 2, no traceback.
+# CUDA, another run holding the run's lock): reported as one line and exit status 2, no traceback.
 INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, ModelLoadError, ValueError, DeviceError,
-                ResourceTimeoutError)
+                ResourceTimeoutError, RunLockedError)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _DEFAULTS = TranscribeConfig(manifest=[], model="", output="")
 
@@ -167,8 +168,9 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
                      help="attention-decoder n-best pass precision (auto: same as --precision). On CPUs with bf16 "
                           "matrix units, bfloat16 cuts rescoring time ~3x at a tiny change in scores")
     res.add_argument("--ray-address", default=None,
-                     help="Ray cluster address (default: $RAY_ADDRESS, else a Ray already running on this machine, "
-                          "else a new local one)")
+                     help="Ray cluster address, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else the Ray a `ray start` "
+                          "left running on this machine, as ray.init() finds it (the log says so), else a new private "
+                          "one with this job's tuned settings); 'local': always a new private one")
 
 
 def add_s3_options(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ Under ``<output>`` (local path or ``s3://``), for run ``<id>``::
     words/run_id=<id>/part-<shard>.parquet              one row per word of a shard's cuts
     words/run_id=<id>/part-long-<hash>.parquet          the words of one stitched long cut
     runs/<id>/summary.json                              the run summary
+    runs/<id>/lock.json                                 the run lock while a run holds it (pipeline.run.lock)
     runs/<id>/plan/summary.json                         the frozen plan: what it holds, how it was made
     runs/<id>/plan/index-<n>.parquet                    the plan's shards in order, one row each
     runs/<id>/plan/shards/<shard>.jsonl.gz              the work items of one shard
@@ -25,23 +26,40 @@ pyarrow datasets see ``run_id`` / ``date`` as columns.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import date
 
 from pipeline.io import storage
 
-__all__ = ["REPORT_FILES", "RunPaths", "history_dir", "history_file"]
+__all__ = ["REPORT_FILES", "RunPaths", "check_run_id", "history_dir", "history_file"]
 
 #: the files of a WER report, in :meth:`RunPaths.report_file`'s directory
 REPORT_FILES = ("report.parquet", "errors.parquet", "summary.md", "report.html")
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become path segments of every output object: 1-128 letters, digits and ``._=-``,
+    not starting with a punctuation mark, no ``..``; anything else is a :class:`ValueError`."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(f"invalid --run-id {run_id!r}: use 1-128 letters, digits, '.', '_', '=', '-', starting with "
+                         "a letter or digit (no '..', no '/')")
+    return run_id
+
+
 @dataclass(frozen=True)
 class RunPaths:
-    """The URIs of one run's outputs under ``output``."""
+    """The URIs of one run's outputs under ``output``; the run id is checked here, the one place every
+    output path is made (:func:`check_run_id`)."""
 
     output: str
     run_id: str
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
 
     @property
     def transcripts(self) -> str:
@@ -79,6 +97,11 @@ class RunPaths:
     def summary(self) -> str:
         """``<output>/runs/<id>/summary.json``."""
         return storage.join(self.output, "runs", self.run_id, "summary.json")
+
+    @property
+    def lock(self) -> str:
+        """``<output>/runs/<id>/lock.json``: the run lock (:mod:`pipeline.run.lock`)."""
+        return storage.join(self.output, "runs", self.run_id, "lock.json")
 
     @property
     def plan(self) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 from pipeline.longform.pauses import PauseSplit
+from pipeline.output.paths import check_run_id
 
 __all__ = ["TranscribeConfig", "check_run_id", "decoding_list", "long_audio_label", "new_run_id"]
 
@@ -61,16 +61,6 @@ class TranscribeConfig:
 def decoding_list(decoding: dict[str, Any], extra_methods: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The decodings of a run: ``decoding`` itself, then one copy per extra method."""
     return [dict(decoding)] + [{**decoding, "method": method} for method in extra_methods]
-
-
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids become path segments of every output object: letters, digits, ``._=-`` only."""
-    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
-        raise ValueError(f"invalid --run-id {run_id!r}: use 1-128 letters, digits, '.', '_', '=', '-' (no '..', no '/')")
-    return run_id
 
 
 def new_run_id() -> str:

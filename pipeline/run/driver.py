@@ -47,6 +47,7 @@ from pipeline.plan.units import Planner, process_planner, serial_planner
 from pipeline.plan.windows import plan_windows
 
 from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_label, new_run_id
+from .lock import RunLock
 from .progress import Progress
 from .resources import StageResources, alive_nodes, plan_resources, wait_for_resources
 from .model_stage import ShardTranscriber
@@ -151,14 +152,48 @@ def prepare_plan(cfg: TranscribeConfig, paths: RunPaths,
     return plan, False, []
 
 
+def ray_target(cfg: TranscribeConfig) -> Optional[str]:
+    """The Ray cluster a run joins: ``--ray-address`` or ``$RAY_ADDRESS``; else the cluster a ``ray
+    start`` on this machine left its address for (as ``ray.init()`` finds it), when its GCS answers;
+    ``None``: start a private local one (``--ray-address local`` asks for that on purpose). A stale
+    address file (a cluster that died without ``ray stop``) is said and passed over."""
+    import socket
+
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if address == "local":
+        return None
+    if address is not None:
+        return address
+    from ray._private.services import find_bootstrap_address
+
+    found = find_bootstrap_address(None)  # what ray.init() reads: <RAY_TMPDIR or /tmp>/ray/ray_current_cluster
+    if not found:
+        return None
+    host, _, port = found.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=2):
+            return found
+    except (OSError, ValueError):
+        log.warning("a Ray address was left at %s by a cluster that no longer answers: starting a private one",
+                    found)
+        return None
+
+
 def _init_ray(cfg: TranscribeConfig) -> None:
+    """Join the run's Ray cluster (:func:`ray_target`), or start a private local one with the tuned
+    settings of :func:`local_system_config`; never both (Ray refuses settings for a cluster it joins)."""
     import ray
 
     if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True,
-                 include_dashboard=False if address is None else None,
-                 _system_config=local_system_config() if address is None else None)
+        address = ray_target(cfg)
+        if address is None:
+            ray.init(address="local", ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True,
+                     include_dashboard=False, _system_config=local_system_config())
+        else:
+            if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
+                log.info("using the Ray cluster already running on this machine (%s); --ray-address local starts a "
+                         "private one", address)
+            ray.init(address=address, ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the job shows its own bar, in audio hours
     ctx.print_on_execution_start = False
@@ -228,14 +263,15 @@ def audio_buffer_bytes(plan: Plan, res: StageResources) -> int:
     return int(max(64e6, AUDIO_SHARDS_PER_ACTOR * res.max_actors * shard_seconds * _FLOAT32_AUDIO_BYTES_PER_SECOND))
 
 
-def build_dataset(paths: RunPaths, plan: Plan, settings: StageSettings, actor_cfg: ActorConfig, res: StageResources,
-                  max_attempts: int, ledger: Any = None, model_stage: type = ShardTranscriber) -> Any:
-    """The run's Ray Data pipeline (see :mod:`pipeline.run.stages`): one row per shard of the plan,
-    one block each, so every stage works on one shard at a time. ``model_stage`` is the callable
-    class of the model stage (benchmarks pass a stand-in)."""
+def build_dataset(rows: list[dict[str, Any]], plan: Plan, settings: StageSettings, actor_cfg: ActorConfig,
+                  res: StageResources, max_attempts: int, ledger: Any = None,
+                  model_stage: type = ShardTranscriber) -> Any:
+    """The run's Ray Data pipeline (see :mod:`pipeline.run.stages`): one row per shard of the plan
+    (``rows``: its index rows, ``shard_id``, ``index``, ``windows``), one block each, so every stage
+    works on one shard at a time. ``model_stage`` is the callable class of the model stage
+    (benchmarks pass a stand-in)."""
     import ray
 
-    rows = list(read_index(paths, plan, ["shard_id", "index", "windows"]))
     runtime_env = worker_runtime_env()
     # backpressure: decoded audio waits in the object store for at most AUDIO_SHARDS_PER_ACTOR
     # average shards per actor (one in the model, one queued, one being decoded), so memory stays
@@ -265,17 +301,31 @@ def _device_error(exc: BaseException) -> Optional[str]:
 
 
 def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSummary:
-    """Execute a transcription run on the Ray cluster (local Ray if none is running)."""
+    """Execute a transcription run on the Ray cluster (see :func:`ray_target`), holding the run's
+    lock (:mod:`pipeline.run.lock`) from before planning to after its summary is written."""
+    run_id = check_run_id(cfg.run_id or new_run_id())
+    paths = RunPaths(cfg.output, run_id)
+    facts = validate_inputs(cfg)
+    with RunLock(paths) as lock:
+        summary = _run_locked(cfg, paths, facts, model_stage)
+        if lock.lost:
+            log.error("run %s: %s; its parts are complete and fingerprinted, but check the other run", run_id,
+                      lock.lost)
+        return summary
+
+
+def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model_stage: type) -> RunSummary:
     import ray
 
     from .planning import ray_planner
 
     started = time.perf_counter()
-    run_id = check_run_id(cfg.run_id or new_run_id())
-    paths = RunPaths(cfg.output, run_id)
-    facts = validate_inputs(cfg)
+    run_id = paths.run_id
     _init_ray(cfg)
     plan, reused, changed = prepare_plan(cfg, paths, ray_planner(runtime_env=worker_runtime_env()))
+    # the plan this run made or read, held from here on: nothing of it is read from storage again
+    shards = list(read_index(paths, plan, ["shard_id", "index", "windows"]))
+    long_cuts = read_long_cuts(paths)
 
     res = plan_resources(alive_nodes(), cfg)
     waited, node_request = wait_for_resources(res.actor_bundle(), res.min_actors, res.max_actors, cfg.resource_timeout)
@@ -300,7 +350,7 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     )
     ledger = _ledger()
     actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads)
-    ds = build_dataset(paths, plan, settings, actor_cfg, res, cfg.max_attempts, ledger, model_stage)
+    ds = build_dataset(shards, plan, settings, actor_cfg, res, cfg.max_attempts, ledger, model_stage)
     progress = Progress(plan.audio_seconds if cfg.eta else None, cfg.progress)
     fingerprints: dict[str, str] = {}
     seen: set[str] = set()
@@ -324,9 +374,7 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
             raise DeviceError(message) from None
         log.error("the run stopped before every shard was done: %s", str(exc).splitlines()[0][:500])
         summary.stopped = f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"
-        for row in read_index(paths, plan, ["shard_id"]):
-            if row["shard_id"] not in seen:
-                summary.shards_failed.append(row["shard_id"])
+        summary.shards_failed += [row["shard_id"] for row in shards if row["shard_id"] not in seen]
     finally:
         progress.close()
         if node_request is not None:
@@ -339,7 +387,7 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     summary.devices = sorted({a["device"] for a in report["actors"]})
     ray.kill(ledger)
 
-    stitched = _stitch(cfg, paths, facts, fingerprints)
+    stitched = _stitch(cfg, paths, facts, long_cuts, fingerprints)
     if stitched is not None:
         summary.cuts_ok += stitched.cuts_ok
         summary.cuts_error += stitched.cuts_error
@@ -354,12 +402,12 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     return summary
 
 
-def _stitch(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts,
+def _stitch(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, long_cuts: dict[str, dict[str, Any]],
             fingerprints: dict[str, str]) -> Optional[StitchSummary]:
-    """Stitch the run's long cuts in Ray tasks (``None`` when the plan has none)."""
+    """Stitch the run's long cuts (the plan's, as the run holds it) in Ray tasks (``None`` when
+    the plan has none)."""
     import ray
 
-    long_cuts = read_long_cuts(paths)
     if not long_cuts:
         return None
     task = ray.remote(num_cpus=0.5, max_retries=cfg.max_attempts, runtime_env=worker_runtime_env())(_stitch_task)
@@ -396,23 +444,24 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
 
     paths = RunPaths(cfg.output, check_run_id(run_id))
     facts = validate_inputs(cfg)
-    plan, _, _ = prepare_plan(cfg, paths)
-    settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
-                             resume=False, max_audio_seconds=cfg.max_recording_hours * 3600)
-    actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads))
-    results, fingerprints = [], {}
-    for shard in iter_plan_shards(paths, plan):
-        task = shard_task(shard, settings)
-        if task.windows_part_uri:
-            fingerprints[shard.shard_id] = task.fingerprint
-        results.append(actor.process_shard(task))
-    long_cuts = read_long_cuts(paths)
-    stitched = None
-    if long_cuts:
-        tokenizer = Tokenizer.from_file(facts.model_dir / facts.tokenizer)
-        stitched = StitchSummary()
-        for group in stitch_groups(long_cuts, fingerprints, cfg.output, run_id):
-            stitched.add(stitch_group(group, cfg.output, run_id, tokenizer, **_stitch_options(cfg)))
+    with RunLock(paths):
+        plan, _, _ = prepare_plan(cfg, paths)
+        settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
+                                 resume=False, max_audio_seconds=cfg.max_recording_hours * 3600)
+        actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads))
+        results, fingerprints = [], {}
+        for shard in iter_plan_shards(paths, plan):
+            task = shard_task(shard, settings)
+            if task.windows_part_uri:
+                fingerprints[shard.shard_id] = task.fingerprint
+            results.append(actor.process_shard(task))
+        long_cuts = read_long_cuts(paths)
+        stitched = None
+        if long_cuts:
+            tokenizer = Tokenizer.from_file(facts.model_dir / facts.tokenizer)
+            stitched = StitchSummary()
+            for group in stitch_groups(long_cuts, fingerprints, cfg.output, run_id):
+                stitched.add(stitch_group(group, cfg.output, run_id, tokenizer, **_stitch_options(cfg)))
     return {"shards": results, "stitched": stitched, "actor": actor, "plan": plan}
 
 

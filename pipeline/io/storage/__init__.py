@@ -59,6 +59,7 @@ __all__ = [
     "S3_ENV_VARS",
     "StorageError",
     "delete",
+    "delete_if",
     "download_to_cache",
     "exists",
     "get_default_s3_options",
@@ -70,9 +71,11 @@ __all__ = [
     "open_binary",
     "open_range",
     "open_text",
+    "put_if",
     "read_bytes",
     "read_head",
     "read_range",
+    "read_versioned",
     "s3_client",
     "s3_environment",
     "set_default_s3_options",
@@ -211,6 +214,7 @@ def list_files(
     *,
     page_size: int | None = None,
     options: S3Options | None = None,
+    follow_symlinks: bool = True,
 ) -> Iterator[str]:
     """Lazily yield the URIs of all files/objects under a directory or S3 prefix, recursively.
 
@@ -219,14 +223,15 @@ def list_files(
     by key / relative path. ``suffixes`` (e.g. ``[".wav", ".flac"]``) filters case-insensitively.
     S3 listing is paginated (``list_objects_v2``; ``page_size`` sets ``MaxKeys``); folder-marker
     keys ending in ``/`` are skipped. A local path that is a file yields itself; a missing local
-    directory raises :class:`MissingObjectError`.
+    directory raises :class:`MissingObjectError`. ``follow_symlinks=False`` (what listing for
+    deletion uses): local symbolic links, to files or folders, are left out.
     """
     wanted = _normalise_suffixes(suffixes)
 
     def keep(name: str) -> bool:
         return wanted is None or name.lower().endswith(wanted)
 
-    return store(uri_prefix, options).list_files(uri_prefix, keep, page_size)
+    return store(uri_prefix, options).list_files(uri_prefix, keep, page_size, follow_symlinks)
 
 
 def has_glob(uri: str) -> bool:
@@ -267,6 +272,25 @@ def write_text_atomic(
     """:func:`write_bytes_atomic` of ``text`` encoded (UTF-8 by default)."""
     content_type = f"text/plain; charset={encoding}"
     write_bytes_atomic(uri, text.encode(encoding), content_type=content_type, options=options)
+
+
+def read_versioned(uri: str, *, options: S3Options | None = None) -> tuple[bytes, str]:
+    """The object's bytes and its version (S3: its ETag; locally: the content's SHA-256), for a
+    later :func:`put_if` / :func:`delete_if`."""
+    return store(uri, options).read_versioned(uri)
+
+
+def put_if(uri: str, data: bytes, version: str | None, *, options: S3Options | None = None) -> str | None:
+    """A compare-and-swap write: ``data`` goes to ``uri`` only if nothing is there (``version``
+    ``None``) or only if the object is still at ``version``; its new version, or ``None`` when the
+    condition failed. S3: one conditional ``PutObject`` (``If-None-Match: *`` / ``If-Match``);
+    locally: under a ``flock`` of the directory."""
+    return store(uri, options).put_if(uri, data, version)
+
+
+def delete_if(uri: str, version: str, *, options: S3Options | None = None) -> bool:
+    """Delete the object only if it is still at ``version``; whether it was deleted."""
+    return store(uri, options).delete_if(uri, version)
 
 
 def delete(uri: str, *, options: S3Options | None = None) -> None:

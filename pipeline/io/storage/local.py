@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob as globbing
+import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import quote, unquote
 
@@ -28,6 +31,17 @@ def local_path(uri: str) -> str:
     return uri
 
 
+@contextmanager
+def _locked_dir(directory: str) -> Iterator[None]:
+    """An exclusive ``flock`` of a directory, for compare-and-swap of the files in it."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def fsync_dir(directory: str) -> None:
     """fsync a directory (a rename in it is durable after this); errors are ignored."""
     try:
@@ -42,14 +56,17 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _walk_sorted(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[str]:
+def _walk_sorted(root: str, rel: str, seen: set[tuple[int, int]], follow: bool = True) -> Iterator[str]:
     """Yield relative file paths under ``root/rel`` in full-path lexicographic order
-    (the order S3 lists keys in): siblings sorted with directories keyed as ``name + '/'``."""
+    (the order S3 lists keys in): siblings sorted with directories keyed as ``name + '/'``.
+    ``follow=False``: symbolic links (to files or folders) are not listed."""
     directory = os.path.join(root, rel) if rel else root
     entries = []
     with os.scandir(directory) as it:
         for entry in it:
             try:
+                if not follow and entry.is_symlink():
+                    continue
                 is_dir = entry.is_dir()
             except OSError:
                 continue
@@ -63,7 +80,7 @@ def _walk_sorted(root: str, rel: str, seen: set[tuple[int, int]]) -> Iterator[st
             if ident in seen:  # symlink loop
                 continue
             seen.add(ident)
-            yield from _walk_sorted(root, child, seen)
+            yield from _walk_sorted(root, child, seen, follow)
             seen.discard(ident)
         else:
             try:
@@ -152,8 +169,11 @@ class LocalStore:
     def exists(self, uri: str) -> bool:
         return os.path.isfile(local_path(uri))
 
-    def list_files(self, uri_prefix: str, keep, page_size: int | None = None) -> Iterator[str]:  # noqa: ANN001
+    def list_files(self, uri_prefix: str, keep, page_size: int | None = None,  # noqa: ANN001
+                   follow_symlinks: bool = True) -> Iterator[str]:
         root = local_path(uri_prefix)
+        if not follow_symlinks and os.path.islink(root.rstrip("/")):
+            return
         if os.path.isfile(root):
             if keep(root):
                 yield uri_prefix
@@ -161,7 +181,7 @@ class LocalStore:
         if not os.path.isdir(root):
             raise MissingObjectError(uri_prefix, "no such directory")
         st = os.stat(root)
-        for rel in _walk_sorted(root, "", {(st.st_dev, st.st_ino)}):
+        for rel in _walk_sorted(root, "", {(st.st_dev, st.st_ino)}, follow_symlinks):
             if keep(rel):
                 yield join(uri_prefix, rel)
 
@@ -189,6 +209,46 @@ class LocalStore:
                 raise os_error(uri, exc) from exc
             raise
         fsync_dir(directory)
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+        """The file's bytes and their SHA-256 (its version for :meth:`put_if`)."""
+        data = self.read_bytes(uri)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, uri: str, data: bytes, version: str | None) -> str | None:
+        """Write ``data`` only if no file is there (``version`` None) or only if the file's content
+        still hashes to ``version``: under an exclusive ``flock`` of its directory (every writer
+        here takes it), then a temporary file renamed over it. The new version, or ``None``."""
+        path = local_path(uri)
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with _locked_dir(directory):
+                try:
+                    current = self.read_versioned(uri)[1]
+                except MissingObjectError:
+                    current = None
+                if current != version:
+                    return None
+                self.write_bytes_atomic(uri, data)
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
+        return hashlib.sha256(data).hexdigest()
+
+    def delete_if(self, uri: str, version: str) -> bool:
+        """Delete the file only if its content still hashes to ``version``."""
+        directory = os.path.dirname(os.path.abspath(local_path(uri)))
+        try:
+            with _locked_dir(directory):
+                try:
+                    if self.read_versioned(uri)[1] != version:
+                        return False
+                except MissingObjectError:
+                    return False
+                self.delete(uri)
+                return True
+        except OSError as exc:
+            raise os_error(uri, exc) from exc
 
     def delete(self, uri: str) -> None:
         try:

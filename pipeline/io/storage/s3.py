@@ -454,7 +454,8 @@ class S3Store:
         except MissingObjectError:
             return False
 
-    def list_files(self, uri_prefix: str, keep: Callable[[str], bool], page_size: int | None = None) -> Iterator[str]:
+    def list_files(self, uri_prefix: str, keep: Callable[[str], bool], page_size: int | None = None,
+                   follow_symlinks: bool = True) -> Iterator[str]:
         bucket, prefix = split_s3(uri_prefix)
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -482,6 +483,43 @@ class S3Store:
             s3_client(self.opts).put_object(**kwargs)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise map_error(uri, exc) from exc
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag, read together."""
+        with S3Reader(uri, self.opts) as reader:
+            data = reader.readall()
+            return data, str(reader.etag or "").strip('"')
+
+    def put_if(self, uri: str, data: bytes, version: str | None) -> str | None:
+        """One conditional PUT: only if no object is there (``version`` None: ``If-None-Match: *``),
+        or only if the object still has ETag ``version`` (``If-Match``). The new ETag, or ``None``
+        when the condition failed (412: someone else's object is there / it changed or is gone)."""
+        bucket, key = split_s3(uri)
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": f'"{version}"'}
+        try:
+            response = s3_client(self.opts).put_object(Bucket=bucket, Key=key, Body=bytes(data), **condition)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _error_code(exc)
+            if status in (412, 404, 409) or code in ("PreconditionFailed", "NoSuchKey", "ConditionalRequestConflict"):
+                return None
+            raise map_error(uri, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise map_error(uri, exc) from exc
+        return str(response.get("ETag", "")).strip('"')
+
+    def delete_if(self, uri: str, version: str) -> bool:
+        """Delete the object only if it still has ETag ``version``; whether it was deleted."""
+        bucket, key = split_s3(uri)
+        try:
+            s3_client(self.opts).delete_object(Bucket=bucket, Key=key, IfMatch=f'"{version}"')
+        except botocore.exceptions.ClientError as exc:
+            code, status = _error_code(exc)
+            if status in (412, 404) or code in ("PreconditionFailed", "NoSuchKey"):
+                return False
+            raise map_error(uri, exc) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise map_error(uri, exc) from exc
+        return True
 
     def delete(self, uri: str) -> None:
         bucket, key = split_s3(uri)
