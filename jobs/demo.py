@@ -29,7 +29,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.output.paths import RunPaths  # noqa: E402
+
 DEFAULT_MODEL = REPO / "model" / "assets" / "demo"
+#: marker files: the demo removes only folders that hold the marker it left when it made them
+DATA_MARKER = ".zipscribe-demo-data"
+OUTPUT_MARKER = ".zipscribe-demo-output"
 #: The corpus options the demo model was trained with (model/assets/demo/MODEL_CARD.md, less the
 #: split sizes): with them the demo speaks sentences of that corpus's held-out test split.
 CORPUS_ARGS = ("--seed", "0", "--dev-utts", "300", "--text", "natural", "--vocabulary", "10000",
@@ -60,16 +67,31 @@ def held_out_sentences(n: int, offset: int = 0) -> list[str]:
     return list(_test_split(offset + n)[offset:])
 
 
+def _claim(folder: Path, marker: str, flag: str) -> None:
+    """Make ``folder`` the demo's (a new or empty folder gets ``marker``); a folder with other
+    files and no marker is someone else's: the demo stops rather than touch it."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise SystemExit(f"error: {flag} {folder} is not a folder the demo can use")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
+        raise SystemExit(f"error: {flag} {folder} holds files the demo did not make (no {marker} in it): give a new or "
+                         "empty folder, or the demo's own")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / marker).touch()
+
+
 def ensure_data(data: Path, utts: int) -> Path:
-    """The demo manifest, synthesising it when missing or smaller than ``utts``."""
+    """The demo manifest, synthesising it when missing or smaller than ``utts``, in a folder that
+    is the demo's own (:func:`_claim`)."""
+    _claim(data, DATA_MARKER, "--data")
     manifest = data / "cuts_test.jsonl.gz"
     info = data / "corpus.json"
     if manifest.is_file() and info.is_file():
         have = json.loads(info.read_text()).get("splits", {}).get("test", {}).get("utterances", 0)
         if have == utts:
             return manifest
-    if data.exists():
-        shutil.rmtree(data)
+    for entry in data.iterdir():  # the demo's own folder: what it made before
+        if entry.name != DATA_MARKER:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     print(f"speaking {utts} held-out test sentences with espeak-ng into {data} ...", flush=True)
     # sentences people wrote (not the corpus's templates and random words): about two thirds of the split
     cmd = [sys.executable, str(REPO / "jobs" / "make_synthetic_corpus.py"), "--out", str(data), *CORPUS_ARGS,
@@ -141,12 +163,18 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", type=int, default=12, help="transcripts to print")
     args, extra = p.parse_known_args(argv)
     t0 = time.time()
-    data, output = Path(args.data).resolve(), Path(args.output).resolve()
+    data, output = Path(args.data).absolute(), Path(args.output).absolute()
+    try:
+        paths = RunPaths(str(output), args.run_id)  # a run id that is not a name is refused here
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     manifest = ensure_data(data, args.utts)
-    for stale in (output / "transcripts" / f"run_id={args.run_id}", output / "wer" / f"run_id={args.run_id}",
-                  output / "runs" / args.run_id):
-        if stale.exists():
-            shutil.rmtree(stale)  # a fresh run each time: the demo measures, it does not resume
+    _claim(output, OUTPUT_MARKER, "--output")
+    # a fresh run each time (the demo measures, it does not resume): the run's own folders, in the
+    # demo's own output folder, never through a symbolic link
+    for stale in (paths.transcripts, paths.words, paths.windows, paths.report, os.path.dirname(paths.summary)):
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     summary = run_transcribe(manifest, Path(args.model).resolve(), output, args.run_id, extra)
     numbers = show(output, args.run_id, summary, args.rows)

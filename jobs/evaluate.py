@@ -195,16 +195,23 @@ def evaluate(args: argparse.Namespace) -> int:
     earlier = [r for r in history.to_pylist() if (r["dataset"], r["decoding"]) in keys and r["run_id"] != run_id]
     report.history = pa.concat_tables([pa.Table.from_pylist(earlier, schema=hist.HISTORY_SCHEMA), current])
     report.verdicts = verdicts
-    uris = write_report(report, args.output)
-    print(f"report: {uris['report.html']} (and report.parquet, errors.parquet, summary.md beside it)")
 
     incomplete = [s.run_id for s in summaries if s.shards_failed]
+    written = None
+    if not incomplete:  # the history row first: the record of the night, whatever happens to the report
+        written = hist.append_history(args.history, current)
+    try:
+        uris = write_report(report, args.output)
+        shown = uris.get("report.html") or uris["report.parquet"]
+        print(f"report: {shown} (and the report's other files beside it)")
+    except Exception as exc:  # noqa: BLE001 - the report is the evaluation's account, not its outcome
+        log.error("the WER report of %s could not be written (%s: %s); the history and the verdicts stand", run_id,
+                  type(exc).__name__, exc)
     if incomplete:
         print(hist.format_verdicts(verdicts))
         print(f"error: transcription incomplete in {', '.join(incomplete)} (shards failed every attempt); "
               "history not appended", file=sys.stderr)
         return EXIT_INCOMPLETE
-    written = hist.append_history(args.history, current)
     log.info("history row(s) appended to %s; report and history took %.1f s", written, time.perf_counter() - started)
     print(f"history: {written}")
     print(hist.format_verdicts(verdicts), flush=True)

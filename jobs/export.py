@@ -11,7 +11,9 @@ streamed sorted by recording and time (DuckDB, bounded memory), so runs of any s
 
 What it writes: <out>/<recording>.<srt|vtt|json>, one per recording (<recording>.ch<N>.<ext>
 for channels other than 0; characters other than letters, digits, '.', '_', '-' in a recording
-id become '_' followed by a short hash of the id). Cues hold at most --max-chars characters and
+id become '_', and such an id, or one longer than 200 bytes, is shortened and followed by a hash
+of the id: no recording id leads outside --out). The run id is checked as jobs/transcribe.py
+checks it (no '/', no '..'). Cues hold at most --max-chars characters and
 --max-seconds seconds, and break at pauses of --min-pause seconds or more and between cuts.
 JSON files hold the same cues as segments, each with its words, times and confidences.
 

@@ -9,6 +9,10 @@ tokenizer candidates and ``config.json``. A single checkpoint is verified
 against the SHA-256 the driver computed as it downloads; weights combined from
 several files are verified when :meth:`model.recognizer.Recognizer.from_dir`
 loads them.
+
+Listed keys are input: a key with an empty, ``.`` or ``..`` segment below the model's prefix is
+refused (:func:`pipeline.io.names.relative_key`), and every file placed in the cache is checked to
+land inside the model's cache folder (:func:`pipeline.io.names.within`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from model.layout import ANCESTORS, plan_layout
 from model.weights import WeightsSelection
 
 from . import storage
+from .names import UnsafePathError, relative_key, within
 
 # The cached copy of a remote model directory sits this deep in its cache folder, so that a
 # tokenizer found above it (``../data/lang_*``, up to len(ANCESTORS) levels) stays inside; the
@@ -50,13 +55,16 @@ def local_model_dir(uri: str, cache_dir: Optional[Path] = None, expected_sha256:
         return path
     selection = weights or WeightsSelection()
     prefix = uri.rstrip("/") + "/"
-    names = [u[len(prefix):] for u in storage.list_files(prefix)]
+    key = prefix[len("s3://"):].partition("/")[2].rstrip("/")
+    if key:
+        relative_key(key, "model directory")
+    names = [_listed(u, prefix) for u in storage.list_files(prefix)]
     parent = prefix
     for up in ANCESTORS:
         if parent.count("/") <= 3:  # s3://bucket/ has no parent
             break
         parent = parent[: parent.rstrip("/").rfind("/") + 1]
-        names += [f"{up}/{u[len(parent):]}" for u in storage.list_files(parent + "data/")
+        names += [f"{up}/{_listed(u, parent)}" for u in storage.list_files(parent + "data/")
                   if posixpath.basename(u) in ("bpe.model", "tokens.txt")]
     layout = plan_layout(names, selection, where=uri)
     target = (cache_dir or default_cache_dir()) / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
@@ -66,12 +74,31 @@ def local_model_dir(uri: str, cache_dir: Optional[Path] = None, expected_sha256:
     checkpoints = layout.checkpoint_files()
     for rel in layout.files(names):
         sha = expected_sha256 if len(checkpoints) == 1 and rel == checkpoints[0] else None
-        source = posixpath.normpath(posixpath.join(prefix, rel)).replace("s3:/", "s3://", 1)
+        source = _source(prefix, rel)
         blob = storage.download_to_cache(source, target.parent / "blobs", expected_sha256=sha)
-        dest = Path(posixpath.normpath(posixpath.join(str(root), rel)))
+        dest = Path(within(str(target), os.path.relpath(posixpath.join(str(root), rel), str(target))))
         dest.parent.mkdir(parents=True, exist_ok=True)
         _link(blob, dest)
     return root
+
+
+def _listed(uri: str, prefix: str) -> str:
+    """A listed object's key below ``prefix``, refused (:class:`ModelLoadError`) when it is not a
+    plain relative path."""
+    try:
+        return relative_key(uri[len(prefix):], "S3 key")
+    except UnsafePathError as exc:
+        raise ModelLoadError(f"{exc} under {prefix}: not a model file") from None
+
+
+def _source(prefix: str, rel: str) -> str:
+    """The S3 URI of a model file ``rel`` (``../data/...`` for a tokenizer above the directory):
+    the prefix's own parents only, never another bucket or a local path."""
+    bucket, _, key = prefix[len("s3://"):].partition("/")
+    joined = posixpath.normpath(posixpath.join("/" + key, rel))
+    if joined.startswith("//") or not joined.startswith("/") or joined == "/":
+        raise ModelLoadError(f"model file {rel!r} lies outside s3://{bucket}/")
+    return f"s3://{bucket}{joined}"
 
 
 def _link(blob: Path, dest: Path) -> None:

@@ -272,13 +272,14 @@ def read_long_cuts(paths: RunPaths) -> dict[str, dict[str, Any]]:
 
 def stale_parts(paths: RunPaths, plan: Plan) -> list[str]:
     """Parts of this run that the plan no longer has (shards replanned away, long cuts gone):
-    removed before a replanned run, so no cut is written twice."""
+    removed before a replanned run, so no cut is written twice. Listed without following symbolic
+    links: only the run's own files are ever removed."""
     shard_ids = {row["shard_id"] for row in read_index(paths, plan, ["shard_id"])}
     stitched = {paths.stitched_part(cut_id) for cut_id in read_long_cuts(paths)}
     stale = []
     for directory in (paths.transcripts, paths.windows, paths.words):
         try:
-            uris = list(storage.list_files(directory, [".parquet"]))
+            uris = list(storage.list_files(directory, [".parquet"], follow_symlinks=False))
         except storage.MissingObjectError:
             continue
         for uri in uris:

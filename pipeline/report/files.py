@@ -10,6 +10,7 @@ extension that cannot be installed offline). Parts written before rows stored th
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 from datetime import datetime
@@ -28,6 +29,8 @@ from .markdown import render_markdown
 from .tables import DEFAULT_MEMORY_LIMIT, ROW_COLUMNS, Report, build_report_sql, complete_rows, connect
 
 __all__ = ["build_run_report", "has_references", "local_parts", "read_rows", "write_report", "write_run_report"]
+
+log = logging.getLogger("zipscribe.report")
 
 
 def _part_uris(transcript_dirs: Sequence[str]) -> list[str]:
@@ -109,13 +112,22 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def write_report(report: Report, output: str) -> dict[str, str]:
     """Write ``report.parquet``, ``errors.parquet``, ``summary.md`` and ``report.html``
-    (each atomically) under :attr:`pipeline.output.paths.RunPaths.report`; returns ``{file name: URI}``."""
+    (each atomically) under :attr:`pipeline.output.paths.RunPaths.report`; returns ``{file name: URI}``
+    of those written. A document that cannot be rendered is logged with its reason and left out:
+    the tables and the other document are still written (a report never fails a run)."""
     paths = RunPaths(output, report.run_id)
     uris = {name: paths.report_file(name) for name in REPORT_FILES}
     storage.write_bytes_atomic(uris["report.parquet"], _parquet_bytes(report.table))
     storage.write_bytes_atomic(uris["errors.parquet"], _parquet_bytes(report.errors))
-    storage.write_bytes_atomic(uris["summary.md"], render_markdown(report).encode(), content_type="text/markdown; charset=utf-8")
-    storage.write_bytes_atomic(uris["report.html"], render_html(report).encode(), content_type="text/html; charset=utf-8")
+    for name, render, kind in (("summary.md", render_markdown, "text/markdown"), ("report.html", render_html, "text/html")):
+        try:
+            data = render(report).encode()
+        except Exception as exc:  # noqa: BLE001 - a document of the report, never the run's outcome
+            log.error("%s of run %s could not be rendered, so it is not written: %s: %s", name, report.run_id,
+                      type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            del uris[name]
+            continue
+        storage.write_bytes_atomic(uris[name], data, content_type=f"{kind}; charset=utf-8")
     return uris
 
 

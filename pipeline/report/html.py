@@ -213,8 +213,20 @@ def _alignment_html(alignment: Sequence[Any]) -> str:
     return " ".join(parts) or "<em>(empty)</em>"
 
 
+#: matplotlib settings of every plot: text from the data (speakers, datasets) is literal: no
+#: mathtext (a speaker named ``x $\\foo$ y`` is not TeX), no LaTeX
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
 def render_html(report: Report, top_errors: int = 15) -> str:
     """The whole page as a string."""
+    import matplotlib
+
+    with matplotlib.rc_context(LITERAL_TEXT):
+        return _render_html(report, top_errors)
+
+
+def _render_html(report: Report, top_errors: int) -> str:
     verdicts = {(v.dataset, v.decoding): v for v in report.verdicts}
     body: list[str] = []
     body.append(f"<h1>WER report: run {_e(report.run_id)}</h1>")

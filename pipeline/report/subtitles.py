@@ -23,10 +23,8 @@ for channels other than 0.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
@@ -35,6 +33,7 @@ import srt
 import webvtt
 
 from pipeline.io import storage
+from pipeline.io.names import safe_name
 from pipeline.output.paths import RunPaths
 
 __all__ = ["FORMATS", "Cue", "CueRules", "ExportSummary", "export_run", "file_stem", "make_cues", "render"]
@@ -113,15 +112,11 @@ def _vtt_time(seconds: float) -> str:
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
 def file_stem(recording_id: str, channel: Optional[int]) -> str:
-    """The file name (without extension) of a recording's export (see the module docstring)."""
-    stem = _UNSAFE.sub("_", recording_id).lstrip(".") or "_"
-    if stem != recording_id:
-        stem += "-" + hashlib.sha1(recording_id.encode()).hexdigest()[:8]
-    return stem + (f".ch{channel}" if channel else "")
+    """The file name (without extension) of a recording's export: the id as a safe name
+    (:func:`pipeline.io.names.safe_name`: other characters as ``_``, long ids shortened, each with
+    a hash of the id), ``.ch<N>`` for channels other than 0."""
+    return safe_name(recording_id) + (f".ch{channel}" if channel else "")
 
 
 @dataclass
