@@ -185,8 +185,12 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
 class RayHead:
     """A single-node Ray cluster for one test session."""
 
-    def __init__(self, num_cpus: int = 2, env: Optional[dict[str, str]] = None):
+    def __init__(self, num_cpus: int = 2, env: Optional[dict[str, str]] = None, findable: bool = False):
+        """``findable``: the head is started as a user's ``ray start`` is, without ``--temp-dir``, with
+        ``RAY_TMPDIR`` (in :attr:`env`) set to its own folder: a process with the same ``RAY_TMPDIR``
+        finds it as ``ray.init()`` finds a running Ray, and no other process on the machine does."""
         self.temp_dir = tempfile.mkdtemp(prefix="zsray", dir="/tmp")  # short: Ray's unix sockets live here
+        self.findable = findable
         self.port = free_port()
         self.dashboard_port = free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
@@ -201,14 +205,16 @@ class RayHead:
             PYTHONUNBUFFERED="1",
         )
         self.env.pop("RAY_ADDRESS", None)
+        if findable:
+            self.env["RAY_TMPDIR"] = self.temp_dir
         self.num_cpus = num_cpus
 
     def start(self) -> "RayHead":
         cmd = [
             str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
-            "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--temp-dir", self.temp_dir, "--disable-usage-stats",
-            *own_ports(),
+            "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--disable-usage-stats", *own_ports(),
+            *([] if self.findable else ["--temp-dir", self.temp_dir]),
         ]
         subprocess.run(cmd, env=self.env, check=True, capture_output=True, timeout=120)
         deadline = time.time() + 60
