@@ -117,7 +117,7 @@ def plan_unit(unit: InputUnit, options: PlanOptions, paths: Optional[RunPaths] =
     writing: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="plan") as pool:
         for shard in make_shards(unit_items(unit, options, prober), options.shard_size):
-            windows = audio = 0.0
+            windows, audio = 0, 0.0
             for item in shard.items:
                 out.items += 1
                 out.unknown_durations += item.duration is None and item.error is None
@@ -138,9 +138,9 @@ def plan_unit(unit: InputUnit, options: PlanOptions, paths: Optional[RunPaths] =
                     out.cuts += 1
                     out.audio_seconds += item.duration or 0.0
                 audio += item.duration or 0.0
-            out.windows += int(windows)
+            out.windows += windows
             row: dict[str, Any] = {"shard_id": shard.shard_id, "n_items": len(shard.items), "audio_seconds": audio,
-                                   "windows": int(windows)}
+                                   "windows": windows}
             if batching is not None:  # as a model actor will batch them (items of unknown duration: budget-sized)
                 usable = [i for i in shard.items if i.error is None]
                 batches = pack_batches(usable, [i.duration for i in usable], batching.max_batch_seconds,

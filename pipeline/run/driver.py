@@ -322,7 +322,12 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
     started = time.perf_counter()
     run_id = paths.run_id
     _init_ray(cfg)
-    plan, reused, changed = prepare_plan(cfg, paths, ray_planner(runtime_env=worker_runtime_env()))
+    if ray.cluster_resources().get("CPU", 0) >= 1:
+        planner: Planner = ray_planner(runtime_env=worker_runtime_env())
+    else:  # an autoscaling cluster whose nodes all start on demand: not one node just to plan
+        log.info("the cluster has no CPUs yet (its worker nodes start on demand): planning in the driver")
+        planner = serial_planner
+    plan, reused, changed = prepare_plan(cfg, paths, planner)
     # the plan this run made or read, held from here on: nothing of it is read from storage again
     shards = list(read_index(paths, plan, ["shard_id", "index", "windows"]))
     long_cuts = read_long_cuts(paths)
