@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from .frames import run_frames
 from .types import AlignmentResult
 
 
@@ -22,6 +23,7 @@ def ctc_viterbi_align(
     token_lens: torch.Tensor,
     utt_index: Optional[torch.Tensor] = None,
     blank_id: int = 0,
+    frame_loop: Optional[str] = None,
 ) -> AlignmentResult:
     """Best CTC alignment of M label sequences, all at once.
 
@@ -32,6 +34,8 @@ def ctc_viterbi_align(
       token_lens: (M,) lengths.
       utt_index: (M,) utterance of each sequence; default ``arange(M)`` (M == N).
       blank_id: blank id.
+      frame_loop: how the frame loops run (:func:`model.decoding.frames.run_frames`; the
+        results are the same in every mode).
 
     Returns an :class:`AlignmentResult`.  Sequences that cannot be aligned
     (too long for the utterance) get ``path_scores == -inf`` and frames -1.
@@ -72,7 +76,7 @@ def ctc_viterbi_align(
     prev2 = torch.nn.functional.pad(ext[:, :-2], (2, 0), value=-1) if s_max > 2 else torch.full_like(ext, -1)
     can_skip = (s_idx.unsqueeze(0) % 2 == 1) & (ext != prev2) & (s_idx.unsqueeze(0) >= 2)
 
-    alpha, bp = _viterbi_forward(log_probs, utt_index, t_len, t_max, ext, s_valid, can_skip)
+    alpha, bp = _viterbi_forward(log_probs, utt_index, t_len, t_max, ext, s_valid, can_skip, frame_loop)
 
     # end in the last blank (2L) or the last token (2L-1)
     end_blank = 2 * token_lens
@@ -86,7 +90,7 @@ def ctc_viterbi_align(
     path_scores = torch.where(
         empty_utt, torch.where(token_lens == 0, torch.zeros_like(path_scores), neg_inf), path_scores
     )
-    path = _viterbi_backtrack(bp, final_state, t_len, t_max, s_max)
+    path = _viterbi_backtrack(bp, final_state, t_len, t_max, s_max, frame_loop)
 
     t_idx = torch.arange(t_max, device=device)
     in_frame = t_idx.unsqueeze(0) < t_len.unsqueeze(1)
@@ -117,8 +121,8 @@ def ctc_viterbi_align(
 
 
 def _viterbi_forward(log_probs: torch.Tensor, utt_index: torch.Tensor, t_len: torch.Tensor, t_max: int,
-                     ext: torch.Tensor, s_valid: torch.Tensor, can_skip: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     ext: torch.Tensor, s_valid: torch.Tensor, can_skip: torch.Tensor,
+                     frame_loop: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The Viterbi recursion: (M, S) best log-prob of ending each sequence in each state after its
     last frame (-inf for sequences without frames), and (T, M, S) uint8 back-pointers (how many
     states back the best predecessor is) indexed by frame *shifted so that every sequence ends at
@@ -146,26 +150,37 @@ def _viterbi_forward(log_probs: torch.Tensor, utt_index: torch.Tensor, t_len: to
     skip_mask[:, :, 2] = torch.where(can_skip.flip(1), 0.0, float("-inf"))
     best = torch.empty((m, s_max), dtype=dtype, device=device)
     arg = torch.empty((m, s_max), dtype=torch.long, device=device)
-    for t in range(t_max):
+
+    def step(parity: int, inputs, outputs) -> None:
         torch.max(windows + skip_mask, dim=2, out=(best, arg))
-        bp[t].copy_(arg)
-        torch.add(best, em[t], out=alpha[:, :s_max])
+        outputs[0].copy_(arg)
+        torch.add(best, inputs[0], out=alpha[:, :s_max])
+
+    run_frames(step, [em], [bp], t_max, frame_loop)
     alpha = alpha[:, :s_max].flip(1)
     return torch.where((t_len > 0).unsqueeze(1), alpha, float("-inf")), bp
 
 
 def _viterbi_backtrack(bp: torch.Tensor, final_state: torch.Tensor, t_len: torch.Tensor, t_max: int,
-                       s_max: int) -> torch.Tensor:
+                       s_max: int, frame_loop: Optional[str] = None) -> torch.Tensor:
     """(M, t_max) state of each sequence's best path at each of its frames (0 past its end), from
     :func:`_viterbi_forward`'s back-pointers; one gather and one add per frame."""
     m = final_state.shape[0]
     device = final_state.device
     if t_max == 0:
         return torch.zeros((m, 0), dtype=torch.long, device=device)
-    rev = torch.empty((m, t_max), dtype=torch.long, device=device)  # reversed state at each shifted frame
-    rev[:, t_max - 1] = s_max - 1 - final_state
-    for t in range(t_max - 1, 0, -1):
-        torch.add(rev[:, t], bp[t].gather(1, rev[:, t:t + 1]).squeeze(1), out=rev[:, t - 1])
+    # backwards from the last shifted frame: row i is the reversed state at frame t_max - 1 - i; each
+    # step reads the row before the one it writes
+    rows = torch.empty((t_max, m), dtype=torch.long, device=device)
+    rows[0] = s_max - 1 - final_state
+    back = bp[1:t_max].flip(0)  # the back-pointers of frames t_max - 1 .. 1
+
+    def step(parity: int, inputs, outputs) -> None:
+        pointers, state = inputs
+        torch.add(state, pointers.gather(1, state.unsqueeze(1)).squeeze(1), out=outputs[0])
+
+    run_frames(step, [back, rows[:-1]], [rows[1:]], t_max - 1, frame_loop)
+    rev = rows.flip(0).t()  # (M, T): reversed state at each shifted frame
     frame = torch.arange(t_max, device=device).unsqueeze(0) + (t_max - t_len).unsqueeze(1)  # shifted frame
     path = s_max - 1 - rev.gather(1, frame.clamp(max=t_max - 1))
     return torch.where(frame < t_max, path, 0)

@@ -139,7 +139,7 @@ def ctc_prefix_beam_search(
     kt = min(token_beam if token_beam is not None else beam, vocab)
     tables = lm.tables(log_probs.device, log_probs.dtype) if lm is not None and lm_scale else None
     search = _PrefixSearch(log_probs, lens.to(log_probs.device), beam, kt, blank_id, tables, lm_scale, word_bonus)
-    run_frames(search.step, search.frame_inputs, search.frame_outputs, t_max, frame_loop)
+    run_frames(search.step, search.frame_inputs(), [search.order], t_max, frame_loop)
     return search.result(t_max % 2)
 
 
@@ -217,19 +217,16 @@ class _PrefixSearch:
 
     # --- the frame loop (model.decoding.frames.run_frames) ---------------------------------------
 
-    def frame_inputs(self, t: int) -> tuple[torch.Tensor, ...]:
-        """Frame ``t``'s slices of the per-frame inputs (what a CUDA graph replay copies in)."""
-        if self.tables is None:
-            return self.ids[t], self.ext_lp[t], self.blank[t], self.ext_inc[t]
-        return (self.ids[t], self.ext_lp[t], self.blank[t], self.ext_inc[t], self.starts[t], self.starts_f[t],
-                self.piece_mul[t], self.piece_add[t])
+    def frame_inputs(self) -> list[torch.Tensor]:
+        """The per-frame inputs, (T, ...) each: what :meth:`step` gets frame ``t``'s slices of."""
+        inputs = [self.ids, self.ext_lp, self.blank, self.ext_inc]
+        if self.tables is not None:
+            inputs += [self.starts, self.starts_f, self.piece_mul, self.piece_add]
+        return inputs
 
-    def frame_outputs(self, t: int) -> tuple[torch.Tensor, ...]:
-        """Frame ``t``'s slices of the per-frame outputs."""
-        return (self.order[t],)
-
-    def step(self, parity: int, inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...]) -> None:
-        """One frame: expand the slots in table ``parity``, keep the best K in the other table."""
+    def step(self, parity: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        """One frame: expand the slots in table ``parity``, keep the best K in the other table;
+        ``outputs``: the frame's slice of :attr:`order`."""
         ids, ext_lp, blank, ext_inc = inputs[:4]
         (order,) = outputs
         n, k, kt = self.n, self.k, self.kt
@@ -274,7 +271,7 @@ class _PrefixSearch:
         torch.gather(fl[1:], 2, win.unsqueeze(0).expand(planes, n, k), out=fl_next[1:, :, :k])
         order.copy_(win)
 
-    def _fuse(self, inputs: tuple[torch.Tensor, ...], fl: torch.Tensor, ints: torch.Tensor, rank: torch.Tensor) -> None:
+    def _fuse(self, inputs: list[torch.Tensor], fl: torch.Tensor, ints: torch.Tensor, rank: torch.Tensor) -> None:
         """The word LM's part of a frame: extends the slots' word states, looks up the spelled
         words and the slots' bigrams at once, completes the slots' words where an extension
         starts a new one, adds LM total and look-ahead to ``rank``."""

@@ -1,22 +1,24 @@
-"""Running a search's frame loop: eagerly, or replayed from CUDA graphs on a GPU.
+"""Running a search's frame loop: eagerly, or replayed from a CUDA graph on a GPU.
 
 A search written for :func:`run_frames` keeps all its state in preallocated tensors, in two
-copies that alternate (frame ``t`` reads copy ``t % 2`` and writes the other), and has a
-``step(parity, inputs, outputs)`` that only reads ``inputs`` (frame ``t``'s slices of its
-per-frame inputs) and writes ``outputs`` (frame ``t``'s slices of its per-frame outputs). Then:
+copies that alternate where it needs them (frame ``t`` reads copy ``t % 2`` and writes the
+other), takes its per-frame inputs as (T, ...) tensors and writes its per-frame outputs into
+(T, ...) tensors, and has a ``step(parity, inputs, outputs)`` that reads only frame ``t``'s
+slices of the inputs and writes only frame ``t``'s slices of the outputs. Then:
 
-* ``"eager"``: ``step`` is called on the slices themselves, one frame after the other;
-* ``"graphs"`` (CUDA): the first two frames run eagerly on a side stream (the warm-up CUDA graphs
-  need), then one graph per parity is captured with *static* input and output buffers, and
-  each later frame is three steps: copy the frame's inputs into the static buffers, replay
-  the graph of its parity, copy the static outputs out. The copies are device-to-device; a
-  replay launches the whole frame at the cost of about one launch. If capturing fails, the
-  frames run eagerly;
-* ``"staged"``: the graph path's staging without a graph (any device): the same static buffers
-  and copies around a plain ``step`` call. The tests run it on the CPU to show that staging
-  changes nothing.
+* ``"eager"``: ``step(t % 2, [x[t] ...], [y[t] ...])`` for every frame, the slices being views;
+* ``"graphs"`` (CUDA): frame ``t`` is read and written through a frame counter held on the
+  device (``index_select`` of the inputs, ``index_copy_`` of the outputs, the counter
+  incremented in place), so that a block of :data:`BLOCK` frames is the same work whatever
+  ``t`` is: it is captured once as a CUDA graph and replayed for every block; one replay launches
+  BLOCK frames. The frames before the first whole block run eagerly, the first block runs
+  eagerly on a side stream (the warm-up a capture needs) before the capture. If capturing
+  fails, the remaining frames run eagerly;
+* ``"staged"``: the graph path's block body (device counter, ``index_select``, ``index_copy_``)
+  run eagerly, on any device. The tests run it on the CPU to show that the block body computes
+  what the eager loop computes.
 
-The results are the same in every mode: the operations are the same, in the same order.
+The results are the same in every mode: each frame is the same operations on the same values.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("eager", "graphs", "staged")
 
+#: frames per captured graph (even: a block starts on the same parity every time)
+BLOCK = 16
+
 Step = Callable[[int, Sequence[torch.Tensor], Sequence[torch.Tensor]], None]
-Slices = Callable[[int], Sequence[torch.Tensor]]
 
 
 def default_mode(device: torch.device) -> str:
@@ -42,59 +46,67 @@ def default_mode(device: torch.device) -> str:
     return "eager"
 
 
-def run_frames(step: Step, frame_inputs: Slices, frame_outputs: Slices, n_frames: int,
-               mode: Optional[str] = None) -> None:
-    """Run ``step(t % 2, frame_inputs(t), frame_outputs(t))`` for ``t`` in ``range(n_frames)``
-    in ``mode`` (:data:`MODES`; None: :func:`default_mode` of the inputs' device)."""
+def run_frames(step: Step, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], n_frames: int,
+               mode: Optional[str] = None, block: int = BLOCK) -> None:
+    """Run ``step(t % 2, [x[t] for x in inputs], [y[t] for y in outputs])`` for ``t`` in
+    ``range(n_frames)`` in ``mode`` (:data:`MODES`; None: :func:`default_mode` of the inputs'
+    device). ``inputs`` and ``outputs`` are (T, ...) tensors with T >= ``n_frames``."""
     if n_frames <= 0:
         return
     if mode is None:
-        mode = default_mode(frame_inputs(0)[0].device)
+        mode = default_mode(inputs[0].device)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "eager" or (mode == "graphs" and n_frames <= 2):
-        for t in range(n_frames):
-            step(t % 2, frame_inputs(t), frame_outputs(t))
+    if block < 2 or block % 2:
+        raise ValueError(f"block must be even and >= 2, got {block}")
+    whole = n_frames // block
+    if mode == "eager" or (mode == "graphs" and whole < 2):
+        _eager(step, inputs, outputs, 0, n_frames)
         return
-    static_in = [x.clone() for x in frame_inputs(0)]
-    static_out = [y.clone() for y in frame_outputs(0)]
+    first = n_frames - whole * block  # frames before the first whole block
+    _eager(step, inputs, outputs, 0, first)
+    counter = torch.full((1,), first, dtype=torch.long, device=inputs[0].device)
 
-    def staged(t: int, run: Callable[[int], None]) -> None:
-        for buf, x in zip(static_in, frame_inputs(t)):
-            buf.copy_(x)
-        run(t % 2)
-        for y, buf in zip(frame_outputs(t), static_out):
-            y.copy_(buf)
+    def body() -> None:
+        for i in range(block):
+            frame_in = [x.index_select(0, counter).squeeze(0) for x in inputs]
+            frame_out = [torch.empty_like(y[0]) for y in outputs]
+            step((first + i) % 2, frame_in, frame_out)
+            for y, o in zip(outputs, frame_out):
+                y.index_copy_(0, counter, o.unsqueeze(0))
+            counter.add_(1)
 
-    start = 0
-    replay: Optional[Callable[[int], None]] = None
-    if mode == "graphs":
-        replay = _capture(step, static_in, static_out, frame_inputs, frame_outputs)
-        start = 2
+    if mode == "staged":
+        for _ in range(whole):
+            body()
+        return
+    replay = _capture(body)
+    done = first + block  # the warm-up block ran
     if replay is None:
-        replay = lambda parity: step(parity, static_in, static_out)  # noqa: E731
-    for t in range(start, n_frames):
-        staged(t, replay)
+        _eager(step, inputs, outputs, done, n_frames)
+        return
+    for _ in range(whole - 1):
+        replay()
 
 
-def _capture(step: Step, static_in: list, static_out: list, frame_inputs: Slices,
-             frame_outputs: Slices) -> Optional[Callable[[int], None]]:
-    """Frames 0 and 1 eagerly on a side stream (the warm-up), then a graph of ``step`` for each
-    parity; the replay function, or None (after running frames 0 and 1) if capture failed."""
+def _eager(step: Step, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], start: int, stop: int) -> None:
+    for t in range(start, stop):
+        step(t % 2, [x[t] for x in inputs], [y[t] for y in outputs])
+
+
+def _capture(body: Callable[[], None]) -> Optional[Callable[[], None]]:
+    """``body`` once eagerly on a side stream (the warm-up; it does the first block's frames),
+    then captured as a CUDA graph: the replay function, or None if capturing failed."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for t in range(2):
-            step(t % 2, frame_inputs(t), frame_outputs(t))
+        body()
     torch.cuda.current_stream().wait_stream(side)
-    graphs = []
+    graph = torch.cuda.CUDAGraph()
     try:
-        for parity in range(2):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step(parity, static_in, static_out)
-            graphs.append(graph)
+        with torch.cuda.graph(graph):
+            body()
     except Exception as exc:  # noqa: BLE001 - any capture failure: run the frames eagerly instead
-        log.warning("CUDA graph capture of a search frame failed (%s); running it eagerly", exc)
+        log.warning("CUDA graph capture of the search frames failed (%s); running them eagerly", exc)
         return None
-    return lambda parity: graphs[parity].replay()
+    return graph.replay

@@ -195,7 +195,10 @@ class SearchLM:
     def tables(self, device: torch.device, dtype: torch.dtype) -> "SearchTables":
         """The :class:`SearchTables` the fused search reads, on ``device`` with log-probs in
         ``dtype``: built on first use and kept (one build per device and dtype)."""
-        key = (torch.device(device), dtype)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = (device, dtype)
         if key not in self._tables:
             self._tables[key] = SearchTables.build(self, key[0], dtype)
         return self._tables[key]

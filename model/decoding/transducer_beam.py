@@ -94,12 +94,15 @@ def transducer_modified_beam_search(
     later_or_self = c_idx.view(1, b) >= c_idx.view(b, 1)  # [c', c]: c >= c'
     earlier = c_idx.view(b, 1) > c_idx.view(1, b)  # [c, c']: c' < c
 
+    vocab_size = []  # the joiner's output size, seen in the first frame
+
     def step(parity: int, inputs, outputs) -> None:
         enc_t, act = inputs  # (N, 1, J), (N, 1)
         top_i, lp_tok = outputs  # (N, B), (N, B)
         dec = joiner.decoder_proj(decoder(ints[..., 4:].reshape(n * b, cs), need_pad=False)).view(n, b, -1)
         logits = joiner(enc_t, dec, project_input=False)  # (N, B, V)
         vocab = logits.shape[-1]
+        vocab_size[:] = [vocab]
         lsm = logits.float().log_softmax(dim=-1)
         cand = (lsm + floats[..., 0].unsqueeze(2)).view(n, b * vocab)
         top_v = torch.topk(cand, b, dim=1, out=(torch.empty_like(cand[:, :b]), top_i))[0]  # sorted, best first
@@ -126,10 +129,10 @@ def transducer_modified_beam_search(
         torch.where(act.unsqueeze(2), torch.cat([c_ints, n_ctx], dim=2), ints, out=ints)
         torch.where(act.unsqueeze(2), torch.stack([new_scores, n_blank], dim=2), floats, out=floats)
 
-    run_frames(step, lambda t: (enc_proj[t], active[t]), lambda t: (won[t], back_lp[t]), t_max, frame_loop)
+    run_frames(step, [enc_proj, active], [won, back_lp], t_max, frame_loop)
 
     scores, plen = floats[..., 0], ints[..., 2]
-    vocab = joiner.output_linear.out_features
+    vocab = vocab_size[0] if vocab_size else 1
     act = active.expand(t_max, n, b)
     back_parent = torch.where(act, won // vocab, c_idx.expand(t_max, n, b))
     back_token = torch.where(act & (won % vocab != blank_id), won % vocab, -1)

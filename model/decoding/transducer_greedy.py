@@ -83,8 +83,7 @@ def transducer_greedy_search(
         new_dec = joiner.decoder_proj(decoder(ctx, need_pad=False))[:, 0]
         torch.where(emit.unsqueeze(1), new_dec, dec_proj, out=dec_proj)
 
-    run_frames(step, lambda t: (enc_proj[t], active[t]), lambda t: (tok[t], tok_logit[t], tok_lp[t], emitted[t]),
-               t_max, frame_loop)
+    run_frames(step, [enc_proj, active], [tok, tok_logit, tok_lp, emitted], t_max, frame_loop)
 
     mask = emitted.t()
     tok = torch.where(mask, tok.t(), -1)
