@@ -1,12 +1,15 @@
 """The decoding searches as they were before issue 32 (commit c704743), frozen as the reference
-for the equivalence tests (tests/test_decoding_equivalence.py): the restructured searches must give
-bit-identical results. Copied verbatim except for names (``legacy_*``) and the SearchLM lookups,
-which are kept here as functions over a :class:`model.decoding.SearchLM`'s tables so that later
-changes to that class cannot change the reference. Not product code; nothing in model/ imports it.
+for the equivalence tests (tests/test_decoding_equivalence.py, tests/test_demo_model.py) and the
+"before" column of bench/decoding_ops.py: the restructured searches must give bit-identical results.
+Copied verbatim except for names (``legacy_*``) and the SearchLM lookups, which are kept here as
+functions over a :class:`model.decoding.SearchLM`'s tables so that later changes to that class cannot
+change the reference; :func:`legacy_searches` puts them back into ``model.decoding.decode``. Not
+product code; nothing in model/ imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -618,3 +621,73 @@ def legacy_score_nbest(
         out.append(totals[start : start + len(hyps)])
         start += len(hyps)
     return out
+
+
+@torch.inference_mode()
+def legacy_attention_scores_for_nbest(
+    attention_decoder,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    nbest: CtcNBest,
+) -> torch.Tensor:
+    """Attention-decoder log-prob (tokens + eos) of every n-best entry.
+
+    All valid entries of all utterances go through the decoder in ONE batched
+    call; each entry's memory is its utterance's ``encoder_out`` row
+    (the model's ``score_nbest`` decodes each utterance's hypotheses as one
+    prefix trie, so shared prefixes and the memory projection are computed
+    once; a decoder with only ``nll`` gets ``memory_index`` instead).
+    Returns (N, K), -inf for unused slots.
+    """
+    n, k = nbest.scores.shape
+    device = encoder_out.device
+    lens_d = encoder_out_lens.to(device)
+    valid = nbest.valid.to(device)
+    # utterances without frames (never produced by the encoder) have nothing to
+    # attend to: their entries get attention score 0 instead of a NaN
+    scored = (valid & (lens_d > 0).unsqueeze(1)).reshape(-1)
+    out = torch.where(valid.reshape(-1), 0.0, float("-inf")).to(torch.float32)
+    if not bool(scored.any()):
+        return out.view(n, k)
+    utt_of_entry = torch.arange(n, device=device).repeat_interleave(k)[scored]
+    tokens = nbest.tokens.reshape(n * k, -1)[scored.to(nbest.tokens.device)]
+    lens = nbest.lens.reshape(n * k)[scored.to(nbest.lens.device)]
+    ys = [row[:ln] for row, ln in zip(tokens.tolist(), lens.tolist())]
+    if hasattr(attention_decoder, "score_nbest"):
+        # the model decodes each utterance's hypotheses as one prefix trie: shared prefixes once
+        owners = utt_of_entry.tolist()
+        per_utt: dict[int, list[list[int]]] = {}
+        for owner, y in zip(owners, ys):
+            per_utt.setdefault(owner, []).append(y)
+        utts = sorted(per_utt)
+        index = torch.tensor(utts, device=device)
+        scores = legacy_score_nbest(attention_decoder, encoder_out.index_select(0, index), lens_d.index_select(0, index),
+                                          [per_utt[u] for u in utts])
+        flat = {u: iter(v) for u, v in zip(utts, scores)}
+        out[scored] = torch.tensor([next(flat[o]) for o in owners], dtype=torch.float32, device=out.device)
+    else:
+        nll = attention_decoder.nll(encoder_out, lens_d, ys, memory_index=utt_of_entry)  # (M, S+1), 0 where ignored
+        out[scored] = -nll.float().sum(dim=1)
+    return out.view(n, k)
+
+
+@contextlib.contextmanager
+def legacy_searches():
+    """``model.decoding.decode`` with the searches and rescoring of before issue 32 in place of
+    today's (prefix search, Viterbi alignment, n-best trie, transducer searches)."""
+    import model.decoding as decoding
+    import model.decoding.attention_rescoring as rescoring
+
+    swaps = [(decoding, "ctc_prefix_beam_search", legacy_ctc_prefix_beam_search),
+             (decoding, "ctc_viterbi_align", legacy_ctc_viterbi_align),
+             (decoding, "transducer_greedy_search", legacy_transducer_greedy_search),
+             (decoding, "transducer_modified_beam_search", legacy_transducer_modified_beam_search),
+             (rescoring, "attention_scores_for_nbest", legacy_attention_scores_for_nbest)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+    try:
+        for owner, name, fn in swaps:
+            setattr(owner, name, fn)
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
