@@ -40,17 +40,18 @@ def ctc_viterbi_align(
     Returns an :class:`AlignmentResult`.  Sequences that cannot be aligned
     (too long for the utterance) get ``path_scores == -inf`` and frames -1.
 
-    Per frame, four tensor operations on fixed shapes: the forward step is one add (the skip
-    mask) over an ``unfold`` view of the three predecessor states, one ``max`` and one add (the
-    frame's emissions; plus the copy of the back-pointers into a uint8 table), and the
+    Per frame, six tensor operations on fixed shapes (26 before issue 32): the forward step is
+    one add (the skip mask) over an ``unfold`` view of the three predecessor states, one ``max``,
+    the copy of its back-pointers into a uint8 table and one add (the frame's emissions); the
     backtrack is one gather and one add. To make that possible everything per frame is
-    prepared before the loop: the emissions of every frame and state are gathered at once,
+    prepared before the loops: the emissions of every frame and state are gathered at once,
     the states are held in reverse order (so a state's predecessors ``s``, ``s-1``, ``s-2`` are
     the consecutive entries ``j``, ``j+1``, ``j+2``), and every sequence's frames are shifted
     to end at the last frame: before a sequence's first frame it stays in a virtual start
     state whose recursion reproduces the first frame's initialisation exactly
     (``0 + emission``), so no per-frame masking of finished or not yet started sequences is
-    needed and all backtracks start at the same frame.
+    needed and all backtracks start at the same frame. Both loops run through
+    :func:`model.decoding.frames.run_frames` (CUDA graphs on a GPU).
     """
     device = log_probs.device
     m, l_max = tokens.shape

@@ -37,8 +37,11 @@ not carried along: each frame records which candidate each slot took, and the
 n-best's tokens are read back once at the end.
 
 Per frame the search is a fixed sequence of tensor operations on fixed shapes, with
-no host synchronisation and no host tensors (``bench/decoding_ops.py`` counts them:
-about 25, against 50 before issue 32):
+no host synchronisation and no host tensors (``bench/decoding_ops.py`` counts the
+kernel-launching ones: 24 per frame, 45 with the word LM, against 50 and 120 before
+issue 32; issue 32 asked for 15 and 25, which this exact formulation does not reach --
+the merge of duplicate prefixes alone takes 9, and the two log-sum-exps below must keep
+their layouts):
 
 * the candidates live in preallocated tables, one row per candidate -- the
   scores as float planes (blank / non-blank log-prob, LM total, look-ahead) and

@@ -30,7 +30,8 @@ of the slots' integer state (hashes, length, last token, decoder context) by par
 the candidates' hashes in one ``addcmul`` and one ``remainder``, the merge of
 duplicates (a log-sum-exp over the same shapes as before issue 32, so the floats are
 the same), and one ``where`` each for the integer and float state of utterances that
-have ended. On CUDA the loop is replayed from CUDA graphs (:mod:`model.decoding.frames`).
+have ended (57 kernel-launching operations per frame at beam 4 with a small model,
+86 before issue 32). On CUDA the loop is replayed from CUDA graphs (:mod:`model.decoding.frames`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Per frame: the joiner, the argmax and its logit and log-prob (written straight i
 (T, N) tables), the emission mask, the two running sums (path log-prob, blank
 probability; kept frame by frame so that the float sums are the same), and the
 decoder update -- no allocation of outputs, no host tensors; what the frame
-emitted is masked and packed once after the loop. On CUDA the loop is replayed from
+emitted is masked and packed once after the loop (26 kernel-launching operations per
+frame with a two-layer decoder / joiner, 39 before issue 32). On CUDA the loop is replayed from
 CUDA graphs (:mod:`model.decoding.frames`).
 """
 
