@@ -263,10 +263,11 @@ class AttentionDecoderModel(nn.Module):
         computed once, and the utterance's memory is projected once for all of them.
 
         The trie is built with tensor operations, no Python loop over hypotheses: the node of
-        hypothesis ``k`` at depth ``d`` is the first hypothesis whose first ``d`` tokens are the
-        same (a cumulative product of token equality), the nodes are numbered in order of first
-        appearance (hypothesis, then depth), and each node's row of the attention mask lists the
-        nodes on its path. One host synchronisation reads the largest trie's size.
+        hypothesis ``k`` at depth ``d`` belongs to the first hypothesis whose first ``d`` tokens are
+        the same (from the first position where each pair of hypotheses differs, and a minimum over
+        depths), the nodes are numbered in order of first appearance (hypothesis, then depth) as the
+        Python trie of before numbered them, and each node's row of the attention mask is one
+        scatter of the nodes on its path. One host synchronisation reads the largest trie's size.
         """
         device = encoder_out.device
         n, k, width = tokens.shape
