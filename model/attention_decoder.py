@@ -234,65 +234,92 @@ class AttentionDecoderModel(nn.Module):
     def score_nbest(
         self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, nbest: Sequence[Sequence[Sequence[int]]]
     ) -> list[list[float]]:
-        """Log-probability (tokens + eos) of every hypothesis of every utterance's n-best list.
+        """Log-probability (tokens + eos) of every hypothesis of every utterance's n-best list
+        (lists of token lists, one list per row of ``encoder_out``): :meth:`score_nbest_tensors`
+        on the lists padded into tensors."""
+        device = encoder_out.device
+        k = max((len(h) for h in nbest), default=0)
+        width = max((len(y) for h in nbest for y in h), default=0)
+        tokens = torch.full((len(nbest), k, width), -1, dtype=torch.int64)
+        lens = torch.zeros((len(nbest), k), dtype=torch.int64)
+        for u, hyps in enumerate(nbest):
+            for i, y in enumerate(hyps):
+                tokens[u, i, :len(y)] = torch.as_tensor(list(y), dtype=torch.int64)
+                lens[u, i] = len(y)
+        valid = torch.arange(k).unsqueeze(0) < torch.tensor([len(h) for h in nbest]).unsqueeze(1)
+        scores = self.score_nbest_tensors(encoder_out, encoder_out_lens, tokens.to(device), lens.to(device),
+                                          valid.to(device)).tolist()
+        return [row[:len(h)] for row, h in zip(scores, nbest)]
 
-        Equals ``-nll(...).sum(-1)`` per hypothesis, but the decoder runs once over
-        the union of each utterance's hypotheses arranged as a prefix trie: a node
-        (a token after a given prefix) attends only to its ancestors, so a prefix
-        shared by several hypotheses is computed once, and the utterance's memory
-        is projected once for all of them.
+    def score_nbest_tensors(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, tokens: torch.Tensor,
+                            lens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(N, K) log-probability (tokens + eos) of the n-best entries ``tokens`` (N, K, L) with
+        ``lens`` (N, K) of each row of ``encoder_out``; entries where ``valid`` (N, K) is False are
+        not scored (0.0).
+
+        Equals ``-nll(...).sum(-1)`` per hypothesis, but the decoder runs once over the union of
+        each utterance's hypotheses arranged as a prefix trie: a node (a token after a given
+        prefix) attends only to its ancestors, so a prefix shared by several hypotheses is
+        computed once, and the utterance's memory is projected once for all of them.
+
+        The trie is built with tensor operations, no Python loop over hypotheses: the node of
+        hypothesis ``k`` at depth ``d`` belongs to the first hypothesis whose first ``d`` tokens are
+        the same (from the first position where each pair of hypotheses differs, and a minimum over
+        depths), the nodes are numbered in order of first appearance (hypothesis, then depth) as the
+        Python trie of before numbered them, and each node's row of the attention mask is one
+        scatter of the nodes on its path. One host synchronisation reads the largest trie's size.
         """
         device = encoder_out.device
-        tries = []
-        for hyps in nbest:
-            tokens, depth, parent, paths = [self.sos_id], [0], [-1], []
-            child: dict[tuple[int, int], int] = {}
-            for hyp in hyps:
-                node, path = 0, [0]
-                for tok in hyp:
-                    nxt = child.get((node, tok))
-                    if nxt is None:
-                        nxt = child[(node, tok)] = len(tokens)
-                        tokens.append(tok)
-                        depth.append(depth[node] + 1)
-                        parent.append(node)
-                    node = nxt
-                    path.append(node)
-                paths.append(path)
-            tries.append((tokens, depth, parent, paths))
-        n, m = len(tries), max(len(t[0]) for t in tries)
-        x = np.full((n, m), self.eos_id, dtype=np.int64)
-        pos = np.zeros((n, m), dtype=np.int64)
-        allowed = np.zeros((n, m, m), dtype=bool)
-        allowed[:, :, 0] = True  # every node (and padding row) sees the root
-        rows, nodes, next_tokens, owners = [], [], [], []
-        hyp_id = 0
-        for u, (tokens, depth, parent, paths) in enumerate(tries):
-            k = len(tokens)
-            x[u, :k], pos[u, :k] = tokens, depth
-            for i in range(1, k):  # parents come before children
-                allowed[u, i] = allowed[u, parent[i]]
-                allowed[u, i, i] = True
-            for path, hyp in zip(paths, nbest[u]):
-                targets = list(hyp) + [self.eos_id]
-                rows += [u] * len(path)
-                nodes += path
-                next_tokens += targets
-                owners += [hyp_id] * len(path)
-                hyp_id += 1
+        n, k, width = tokens.shape
+        hyp = torch.arange(k, device=device)
+        depth = torch.arange(width + 1, device=device)
+        lens = torch.where(valid, lens, -1)  # an entry that is not scored is in no node, not even the root
+        # reach[k, k']: how deep hypothesis k' follows k's path (the first position where their tokens
+        # differ, at most len(k')); a sentinel column makes every pair differ at position L
+        padded = torch.nn.functional.pad(torch.where(depth[1:] <= lens.unsqueeze(2), tokens, -1), (0, 1), value=-2)
+        differ = padded.unsqueeze(2) != torch.nn.functional.pad(padded[..., :-1], (0, 1), value=-3).unsqueeze(1)
+        reach = torch.minimum(differ.to(torch.uint8).argmax(dim=3), lens.unsqueeze(1))  # (N, K, K')
+        # the node of hypothesis k at depth d is the first k' with reach >= d (k itself reaches len(k)):
+        # the smallest k' reaching exactly r, then a minimum over r >= d
+        at = torch.full((n, k, width + 2), k, dtype=torch.int64, device=device)
+        at.scatter_reduce_(2, reach.clamp(min=-1) + 1, hyp.expand(n, k, k), reduce="amin")
+        first = at.flip(2).cummin(dim=2).values.flip(2)[..., 1:]  # (N, K, L + 1)
+        in_trie = depth <= lens.unsqueeze(2)  # (N, K, L + 1)
+        new = in_trie & (first == hyp.view(1, k, 1))
+        new[..., 0] = False  # the root is node 0
+        # node ids in order of first appearance: by hypothesis, then depth
+        ids = torch.cumsum(new.reshape(n, -1).long(), dim=1).view(n, k, width + 1) * new
+        node = ids.gather(1, first.clamp(max=k - 1))  # (N, K, L + 1): the node on hypothesis k's path at depth d
+        m = int(new.sum(dim=(1, 2)).max()) + 1 if n else 1
+        x = torch.full((n, m + 1), self.eos_id, dtype=torch.int64, device=device)  # column m: dump
+        pos = torch.zeros((n, m + 1), dtype=torch.int64, device=device)
+        row = torch.where(new, ids, m)
+        prev_tok = torch.cat([torch.full_like(tokens[..., :1], self.sos_id), tokens], dim=2)  # token at depth d
+        x.scatter_(1, row.view(n, -1), prev_tok.view(n, -1))
+        x[:, 0] = self.sos_id
+        pos.scatter_(1, row.view(n, -1), depth.expand(n, k, width + 1).reshape(n, -1))
+        # node i attends to the nodes of its path: those of the hypothesis that made it, at depths up
+        # to its own; padding rows (nothing made them: hypothesis 0, depth 0) to the root only
+        maker = torch.zeros((n, m + 1), dtype=torch.int64, device=device)
+        maker.scatter_(1, row.view(n, -1), hyp.view(1, k, 1).expand(n, k, width + 1).reshape(n, -1))
+        path = node.gather(1, maker[:, :m].unsqueeze(2).expand(n, m, width + 1))  # (N, M, L + 1)
+        path = torch.where(depth <= pos[:, :m].unsqueeze(2), path, m)
+        masked = torch.ones((n, m, m + 1), dtype=torch.bool, device=device)  # True: masked; column m: spare
+        masked.scatter_(2, path, torch.zeros((), dtype=torch.bool, device=device).expand(path.shape))
         logits = self.decoder(
-            x=torch.from_numpy(x).to(device), x_lens=None, memory=encoder_out, memory_lens=encoder_out_lens,
-            self_attn_mask=torch.from_numpy(~allowed).to(device), positions=torch.from_numpy(pos).to(device),
+            x=x[:, :m], x_lens=None, memory=encoder_out, memory_lens=encoder_out_lens,
+            self_attn_mask=masked[:, :, :m], positions=pos[:, :m],
         )
         log_probs = logits.float().log_softmax(dim=-1)
-        idx = [torch.tensor(v, dtype=torch.int64, device=device) for v in (rows, nodes, next_tokens, owners)]
-        picked = log_probs[idx[0], idx[1], idx[2]]
-        totals = torch.zeros(hyp_id, device=device).index_add_(0, idx[3], picked).tolist()
-        out, start = [], 0
-        for hyps in nbest:
-            out.append(totals[start : start + len(hyps)])
-            start += len(hyps)
-        return out
+        # hypothesis k's log-prob: its next token (eos after the last) at each node of its path
+        target = torch.cat([tokens, torch.full_like(tokens[..., :1], self.eos_id)], dim=2)
+        target = torch.where(depth == lens.unsqueeze(2), self.eos_id, target).clamp(min=0)
+        picked = log_probs[torch.arange(n, device=device).view(n, 1, 1), node, target]
+        picked = torch.where(in_trie, picked, 0.0)
+        # summed in path order, as the reference adds them
+        totals = torch.zeros(n * k, dtype=torch.float32, device=device)
+        totals.index_add_(0, torch.arange(n * k, device=device).repeat_interleave(width + 1), picked.view(-1))
+        return torch.where(valid, totals.view(n, k), 0.0)
 
     def calc_att_loss(
         self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, ys: Sequence[Sequence[int]], reduction: str = "sum"

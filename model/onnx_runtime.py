@@ -145,6 +145,7 @@ class OnnxAttentionDecoder:
     prepare_targets = AttentionDecoderModel.prepare_targets
     nll = AttentionDecoderModel.nll
     score_nbest = AttentionDecoderModel.score_nbest
+    score_nbest_tensors = AttentionDecoderModel.score_nbest_tensors
 
     def __init__(self, session: _Session, sos_id: int, eos_id: int, ignore_id: int):
         self.decoder = _OnnxTransformerDecoder(session)

@@ -250,11 +250,16 @@ class Recognizer:
                                  "need a word LM (lm=WordLM...)")
         #: the word LM that attention rescoring adds with ``lm_scale`` (None: none)
         self.lm = lm
-        #: the same LM in tensors for the fused prefix search (``search_lm_scale``; built once)
+        #: the same LM in tensors for the fused prefix search (``search_lm_scale``): built once and
+        #: moved to the device once, with the tables the search reads (fp32 CTC log-probs) and the
+        #: lookup table of each fused decoding's scale, so that no call copies them again
         self.search_lm: Optional[SearchLM] = None
         if lm is not None and any(c.search_lm_scale for c in configs):
             self.search_lm = SearchLM.build(lm, [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)],
-                                            special_ids=[tokenizer.blank_id, tokenizer.sos_id])
+                                            special_ids=[tokenizer.blank_id, tokenizer.sos_id]).to(self.device)
+            for config in configs:
+                if config.search_lm_scale:
+                    self.search_lm.tables(self.device, torch.float32).lookup(config.search_lm_scale)
         labels = [c.label() for c in configs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"the same decoding is asked for twice: {labels}")
@@ -438,7 +443,7 @@ class Recognizer:
         this recognizer's model itself)."""
         if self.lm is None:
             raise ValueError("this recognizer has no word LM")
-        return [self.lm.score(self.tokenizer.decode(list(ids))) for ids in sequences]
+        return self.lm.score_many(self.tokenizer.decode_many(sequences))
 
     def _fall_back_to_fp32(self, why: str, rescoring: bool = False) -> None:
         """fp16 has 5 exponent bits: a model whose activations exceed 65504 (one trained without

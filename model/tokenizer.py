@@ -289,6 +289,23 @@ class Tokenizer:
             return self._sp.DecodeIds(kept)
         return self._table_decode(kept)
 
+    def decode_many(self, sequences: Iterable[Iterable[int]]) -> list[str]:
+        """:meth:`decode` of each sequence (the same texts), with one range check over all ids
+        and, for a sentencepiece model, one call for all sequences.
+
+        Raises:
+            IndexError: an id is outside ``[0, vocab_size)``.
+        """
+        seqs = [[int(i) for i in ids] for ids in sequences]
+        flat = [i for ids in seqs for i in ids]
+        if flat and not (0 <= min(flat) and max(flat) < len(self._pieces)):
+            self._check_id(next(i for i in flat if not 0 <= i < len(self._pieces)))
+        dropped = self._dropped
+        kept = [[i for i in ids if i not in dropped] for ids in seqs] if dropped else seqs
+        if self._sp is not None:
+            return list(self._sp.DecodeIds(kept)) if kept else []
+        return [self._table_decode(ids) for ids in kept]
+
     def _table_decode(self, ids: Sequence[int]) -> str:
         out = bytearray()
         at_start = True  # sentencepiece drops one leading "▁" per piece until text appears

@@ -130,3 +130,22 @@ class WordLM:
         """:meth:`score_words` of ``text`` split at whitespace."""
         return self.score_words(text.split())
 
+    def score_many(self, texts: Iterable[str]) -> list[float]:
+        """:meth:`score` of each text (the same floats), looking each (history, word) up once:
+        an n-best list's texts share most of their words."""
+        seen: dict[tuple[str, tuple[str, ...]], float] = {}
+        keep = max(1, self.order - 1)
+        out = []
+        for text in texts:
+            history: tuple[str, ...] = ("<s>",)
+            total = 0.0
+            for w in text.split() + ["</s>"]:
+                key = (w, history)
+                p = seen.get(key)
+                if p is None:
+                    p = seen[key] = self.log10_prob(w, history)
+                total += p
+                history = (history + (w,))[-keep:]
+            out.append(total * _LN10)
+        return out
+

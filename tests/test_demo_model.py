@@ -194,3 +194,23 @@ def test_transcribes_everyday_english(tmp_path):
     # 50 sentences (about 430 words) in one fresh style: a 6-point margin over the card's 300 utterances
     assert results["attention-rescoring"] <= everyday["attention-rescoring"] + 6.0, results
     assert results["attention-rescoring"] < results["ctc-greedy"], results
+
+
+@needs_speech
+def test_shipped_decoding_is_the_pre_issue_32_decoding(held_out):
+    """The restructured searches (issue 32) transcribe held-out speech exactly as the searches they
+    replaced (tests/legacy_decoding.py): texts, token ids and times, every score and confidence,
+    with the shipped decoding (beam 32, word LM fused into the search and in the rescoring, 6 s
+    segments). A one-off run over the 300 dev sentences gave the same (the lead's report)."""
+    import dataclasses
+
+    from legacy_decoding import legacy_searches
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.from_dir(DEMO)
+    waves = held_out[1][:8]
+    now, _ = rec.transcribe(waves)
+    with legacy_searches():
+        before, _ = rec.transcribe(waves)
+    assert [dataclasses.asdict(t) for t in now] == [dataclasses.asdict(t) for t in before]
+    assert sum(len(t.token_ids) for t in now) > 50

@@ -60,7 +60,11 @@ Zipformer's 10 ms features subsampled 4x).  Confidence: see
 
 Everything runs under ``torch.inference_mode()`` on the device of
 ``encoder_out``; the searches loop over frames only, never over utterances,
-and convert to Python lists once at the end.
+and convert to Python lists once at the end. A search frame is a fixed number of
+tensor operations on fixed shapes with no host synchronisation
+(:mod:`model.decoding.opcount` counts them, ``bench/decoding_ops.py`` prints them);
+on CUDA the frame loops are replayed from CUDA graphs (:mod:`model.decoding.frames`;
+``ZIPSCRIBE_CUDA_GRAPHS=0`` runs them eagerly), elsewhere they run eagerly.
 """
 
 from __future__ import annotations

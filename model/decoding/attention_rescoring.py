@@ -35,9 +35,10 @@ def attention_scores_for_nbest(
 
     All valid entries of all utterances go through the decoder in ONE batched
     call; each entry's memory is its utterance's ``encoder_out`` row
-    (the model's ``score_nbest`` decodes each utterance's hypotheses as one
-    prefix trie, so shared prefixes and the memory projection are computed
-    once; a decoder with only ``nll`` gets ``memory_index`` instead).
+    (the model's ``score_nbest_tensors`` decodes each utterance's hypotheses as one
+    prefix trie built with tensor operations, so shared prefixes and the memory
+    projection are computed once; a decoder with only ``nll`` gets ``memory_index``
+    instead).
     Returns (N, K), -inf for unused slots.
     """
     n, k = nbest.scores.shape
@@ -50,25 +51,24 @@ def attention_scores_for_nbest(
     out = torch.where(valid.reshape(-1), 0.0, float("-inf")).to(torch.float32)
     if not bool(scored.any()):
         return out.view(n, k)
+    if hasattr(attention_decoder, "score_nbest_tensors"):
+        # the model decodes each utterance's hypotheses as one prefix trie: shared prefixes once;
+        # the utterances with something to score, in order (the decoder batch of the reference)
+        scored_nk = scored.view(n, k)
+        utts = scored_nk.any(dim=1).nonzero().squeeze(1)
+        tokens = nbest.tokens.to(device).index_select(0, utts)
+        scores = attention_decoder.score_nbest_tensors(
+            encoder_out.index_select(0, utts), lens_d.index_select(0, utts), tokens,
+            nbest.lens.to(device).index_select(0, utts), scored_nk.index_select(0, utts))
+        out = out.view(n, k).index_copy(0, utts, torch.where(scored_nk.index_select(0, utts), scores,
+                                                             out.view(n, k).index_select(0, utts)))
+        return out
     utt_of_entry = torch.arange(n, device=device).repeat_interleave(k)[scored]
     tokens = nbest.tokens.reshape(n * k, -1)[scored.to(nbest.tokens.device)]
     lens = nbest.lens.reshape(n * k)[scored.to(nbest.lens.device)]
     ys = [row[:ln] for row, ln in zip(tokens.tolist(), lens.tolist())]
-    if hasattr(attention_decoder, "score_nbest"):
-        # the model decodes each utterance's hypotheses as one prefix trie: shared prefixes once
-        owners = utt_of_entry.tolist()
-        per_utt: dict[int, list[list[int]]] = {}
-        for owner, y in zip(owners, ys):
-            per_utt.setdefault(owner, []).append(y)
-        utts = sorted(per_utt)
-        index = torch.tensor(utts, device=device)
-        scores = attention_decoder.score_nbest(encoder_out.index_select(0, index), lens_d.index_select(0, index),
-                                               [per_utt[u] for u in utts])
-        flat = {u: iter(v) for u, v in zip(utts, scores)}
-        out[scored] = torch.tensor([next(flat[o]) for o in owners], dtype=torch.float32, device=out.device)
-    else:
-        nll = attention_decoder.nll(encoder_out, lens_d, ys, memory_index=utt_of_entry)  # (M, S+1), 0 where ignored
-        out[scored] = -nll.float().sum(dim=1)
+    nll = attention_decoder.nll(encoder_out, lens_d, ys, memory_index=utt_of_entry)  # (M, S+1), 0 where ignored
+    out[scored] = -nll.float().sum(dim=1)
     return out.view(n, k)
 
 

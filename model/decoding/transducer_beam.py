@@ -21,16 +21,27 @@ the other "parent p' + token" (beam sequences are unique), so duplicates are
 found by comparing (two polynomial hashes, length, last token) of the
 ``beam`` candidates pairwise.  Frames past an utterance's length leave its
 slots unchanged.  Token sequences are not carried along: each frame records every
-slot's parent, emitted token and its log-prob (back-pointers), read back once at
-the end, so the per-frame state is O(N * beam).  No host synchronisation inside
-the loop.
+slot's winning candidate and the emitted token's log-prob (back-pointers), read back
+once at the end, so the per-frame state is O(N * beam).
+
+Per frame, a fixed sequence of operations with no host synchronisation and no host
+tensors: the decoder and joiner for all slots, the top ``beam`` candidates, one gather
+of the slots' integer state (hashes, length, last token, decoder context) by parent,
+the candidates' hashes in one ``addcmul`` and one ``remainder``, the merge of
+duplicates (a log-sum-exp over the same shapes as before issue 32, so the floats are
+the same), and one ``where`` each for the integer and float state of utterances that
+have ended (57 kernel-launching operations per frame at beam 4 with a small model,
+86 before issue 32). On CUDA the loop is replayed from CUDA graphs (:mod:`model.decoding.frames`).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
+from .frames import run_frames
 from .transducer_greedy import initial_context
 from .types import TransducerResult
 from .utils import read_back
@@ -46,7 +57,10 @@ def transducer_modified_beam_search(
     encoder_out_lens: torch.Tensor,
     beam: int = 4,
     blank_id: int = 0,
+    frame_loop: Optional[str] = None,
 ) -> TransducerResult:
+    """Modified beam search of a batch; ``frame_loop``: see
+    :func:`model.decoding.frames.run_frames` (the results are the same in every mode)."""
     decoder, joiner = model.decoder, model.joiner
     if decoder is None or joiner is None:
         raise ValueError("the model has no transducer head (decoder/joiner)")
@@ -58,77 +72,71 @@ def transducer_modified_beam_search(
     cs = decoder.context_size
     b = beam
     neg_inf = float("-inf")
+    long = dict(dtype=torch.long, device=device)
 
-    enc_proj = joiner.encoder_proj(encoder_out)  # (N, T, J)
-    ctx = initial_context(n * b, cs, blank_id, device).view(n, b, cs)
-    scores = torch.full((n, b), neg_inf, dtype=torch.float32, device=device)
-    scores[:, 0] = 0.0
-    h1 = torch.zeros((n, b), dtype=torch.long, device=device)
-    h2 = torch.zeros((n, b), dtype=torch.long, device=device)
-    plen = torch.zeros((n, b), dtype=torch.long, device=device)
-    last = torch.full((n, b), -1, dtype=torch.long, device=device)
-    back_parent = torch.empty((t_max, n, b), dtype=torch.long, device=device)
-    back_token = torch.empty((t_max, n, b), dtype=torch.long, device=device)
+    enc_proj = joiner.encoder_proj(encoder_out).transpose(0, 1).unsqueeze(2)  # (T, N, 1, J), frame slices
+    active = torch.arange(t_max, device=device).view(t_max, 1, 1) < lens.view(1, n, 1)  # (T, N, 1)
+    # per slot: ints [hash1, hash2, length, last token, context (cs)], floats [score, blank prob sum]
+    ints = torch.zeros((n, b, 4 + cs), **long)
+    ints[..., 3] = -1
+    ints[..., 4:] = initial_context(n * b, cs, blank_id, device).view(n, b, cs)
+    floats = torch.zeros((n, b, 2), dtype=torch.float32, device=device)
+    floats[:, 1:, 0] = neg_inf
+    won = torch.empty((t_max, n, b), **long)  # the candidate (parent * V + token) each slot took
     back_lp = torch.empty((t_max, n, b), dtype=torch.float32, device=device)
-    slot = torch.arange(b, device=device).expand(n, b)
-    blank_sum = torch.zeros((n, b), dtype=torch.float32, device=device)
+    # a candidate's [hash1, hash2, length, last]: (parent's * mul + token * tok + add) % mod for a
+    # token, the parent's (mul 1, add 0) for blank
+    # [add, tok, mul] for blank (0) and token (1)
+    coef = torch.tensor([[[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]],
+                         [[1, 1, 1, 0], [1, 1, 0, 1], [_B1, _B2, 1, 0]]], **long)
+    mod = torch.tensor([_P1, _P2, 1 << 62, 1 << 62], **long)
 
-    n_idx = torch.arange(n, device=device).unsqueeze(1)
     c_idx = torch.arange(b, device=device)
     later_or_self = c_idx.view(1, b) >= c_idx.view(b, 1)  # [c', c]: c >= c'
     earlier = c_idx.view(b, 1) > c_idx.view(1, b)  # [c, c']: c' < c
-    for t in range(t_max):
-        active = t < lens
-        dec = joiner.decoder_proj(decoder(ctx.view(n * b, cs), need_pad=False)).view(n, b, -1)
-        logits = joiner(enc_proj[:, t].unsqueeze(1), dec, project_input=False)  # (N, B, V)
+
+    vocab_size = []  # the joiner's output size, seen in the first frame
+
+    def step(parity: int, inputs, outputs) -> None:
+        enc_t, act = inputs  # (N, 1, J), (N, 1)
+        top_i, lp_tok = outputs  # (N, B), (N, B)
+        dec = joiner.decoder_proj(decoder(ints[..., 4:].reshape(n * b, cs), need_pad=False)).view(n, b, -1)
+        logits = joiner(enc_t, dec, project_input=False)  # (N, B, V)
         vocab = logits.shape[-1]
+        vocab_size[:] = [vocab]
         lsm = logits.float().log_softmax(dim=-1)
-        cand = (lsm + scores.unsqueeze(2)).view(n, b * vocab)
-        top_v, top_i = cand.topk(b, dim=1)  # sorted, best first
+        cand = (lsm + floats[..., 0].unsqueeze(2)).view(n, b * vocab)
+        top_v = torch.topk(cand, b, dim=1, out=(torch.empty_like(cand[:, :b]), top_i))[0]  # sorted, best first
         parent = top_i // vocab
         tok = top_i % vocab
-        is_tok = tok != blank_id
+        is_tok = (tok != blank_id).long()  # 0: blank, 1: token
 
-        p_h1, p_h2 = h1.gather(1, parent), h2.gather(1, parent)
-        p_len, p_last = plen.gather(1, parent), last.gather(1, parent)
-        c_h1 = torch.where(is_tok, (p_h1 * _B1 + tok + 1) % _P1, p_h1)
-        c_h2 = torch.where(is_tok, (p_h2 * _B2 + tok + 1) % _P2, p_h2)
-        c_len = p_len + is_tok.long()
-        c_last = torch.where(is_tok, tok, p_last)
+        p_ints = ints.gather(1, parent.unsqueeze(2).expand(n, b, ints.shape[2]))
+        c = coef[is_tok]  # (N, B, 3, 4)
+        fields = torch.addcmul(c[..., 0, :], tok.unsqueeze(2), c[..., 1, :])
+        c_ints = torch.remainder(torch.addcmul(fields, p_ints[..., :4], c[..., 2, :]), mod)  # (N, B, 4)
         alive = top_v > neg_inf
-        same = (
-            (c_h1.unsqueeze(2) == c_h1.unsqueeze(1))
-            & (c_h2.unsqueeze(2) == c_h2.unsqueeze(1))
-            & (c_len.unsqueeze(2) == c_len.unsqueeze(1))
-            & (c_last.unsqueeze(2) == c_last.unsqueeze(1))
-            & alive.unsqueeze(2)
-            & alive.unsqueeze(1)
-        )  # (N, B, B), symmetric
+        same = (c_ints.unsqueeze(2) == c_ints.unsqueeze(1)).all(dim=3) & alive.unsqueeze(2) & alive.unsqueeze(1)
         dup = (same & earlier).any(dim=2)  # merged into a better-ranked candidate
-        merged = torch.where(same & later_or_self, top_v.unsqueeze(1), torch.full_like(top_v.unsqueeze(1).expand(n, b, b), neg_inf))
-        new_scores = torch.where(dup, torch.full_like(top_v, neg_inf), merged.logsumexp(dim=2))
-        new_scores = torch.where(alive, new_scores, torch.full_like(new_scores, neg_inf))
+        merged = torch.where(same & later_or_self, top_v.unsqueeze(1), neg_inf)
+        new_scores = torch.where(dup, neg_inf, merged.logsumexp(dim=2))
+        new_scores = torch.where(alive, new_scores, neg_inf)
 
-        lp_tok = lsm.view(n, b * vocab).gather(1, top_i)
+        torch.gather(lsm.view(n, b * vocab), 1, top_i, out=lp_tok)
         lp_blank = lsm[:, :, blank_id].gather(1, parent)
-        wr = is_tok.unsqueeze(2)
-        n_blank = blank_sum.gather(1, parent) + torch.where(is_tok, torch.zeros_like(lp_blank), lp_blank.exp())
-        p_ctx = ctx[n_idx, parent]  # (N, B, cs)
-        n_ctx = torch.where(wr, torch.cat([p_ctx[:, :, 1:], tok.unsqueeze(2)], dim=2), p_ctx)
+        n_blank = floats[..., 1].gather(1, parent) + torch.where(is_tok.bool(), 0.0, lp_blank.exp())
+        p_ctx = p_ints[..., 4:]
+        n_ctx = torch.where(is_tok.bool().unsqueeze(2), torch.cat([p_ctx[:, :, 1:], tok.unsqueeze(2)], dim=2), p_ctx)
+        torch.where(act.unsqueeze(2), torch.cat([c_ints, n_ctx], dim=2), ints, out=ints)
+        torch.where(act.unsqueeze(2), torch.stack([new_scores, n_blank], dim=2), floats, out=floats)
 
-        a2 = active.unsqueeze(1)
-        a3 = a2.unsqueeze(2)
-        scores = torch.where(a2, new_scores, scores)
-        h1 = torch.where(a2, c_h1, h1)
-        h2 = torch.where(a2, c_h2, h2)
-        plen = torch.where(a2, c_len, plen)
-        last = torch.where(a2, c_last, last)
-        blank_sum = torch.where(a2, n_blank, blank_sum)
-        ctx = torch.where(a3, n_ctx, ctx)
-        back_parent[t] = torch.where(a2, parent, slot)
-        back_token[t] = torch.where(a2 & is_tok, tok, -1)
-        back_lp[t] = lp_tok
+    run_frames(step, [enc_proj, active], [won, back_lp], t_max, frame_loop)
 
+    scores, plen = floats[..., 0], ints[..., 2]
+    vocab = vocab_size[0] if vocab_size else 1
+    act = active.expand(t_max, n, b)
+    back_parent = torch.where(act, won // vocab, c_idx.expand(t_max, n, b))
+    back_token = torch.where(act & (won % vocab != blank_id), won % vocab, -1)
     norm = scores / (plen + cs).to(scores.dtype)
     best = norm.argmax(dim=1)  # first maximum, like Python's max over the beam
     out_len = plen.gather(1, best.unsqueeze(1)).squeeze(1)
@@ -144,5 +152,5 @@ def transducer_modified_beam_search(
         frames=tok_frames,
         token_log_probs=lps,
         scores=scores.gather(1, best.unsqueeze(1)).squeeze(1),
-        blank_prob_sum=blank_sum.gather(1, best.unsqueeze(1)).squeeze(1),
+        blank_prob_sum=floats[..., 1].gather(1, best.unsqueeze(1)).squeeze(1),
     )
