@@ -47,7 +47,7 @@ def evaluate(manifest: Path, out: Path, run_id: str, methods: tuple[str, ...], e
             stages[k] = stages.get(k, 0.0) + v
     import pyarrow.parquet as pq
 
-    report = pq.read_table(out / "wer" / f"run_id={run_id}" / "report.parquet").to_pylist()
+    report = pq.read_table(out / "wer_groups" / f"run_id={run_id}" / "part-00000.parquet").to_pylist()
     wer = {g["decoding"].split()[0]: round(100 * g["wer"], 2) for g in report if g["group_by"] == "all"}
     return {"wall": wall, "stages": stages, "wer": wer}
 

@@ -12,7 +12,7 @@ and times included, so the files are as large as a real run's) are written once 
 0.5 % of rows failed, 1 % have no reference; 3 datasets, 2,000 speakers, 1-25 s durations.
 
 Each build runs in a fresh Python process (``--build``) that reports its wall time (for the new
-report: building the tables and writing ``report.parquet``, ``errors.parquet``, ``summary.md`` and
+report: building the tables and writing them (``wer_groups``, ``wer_errors``), ``summary.md`` and
 ``report.html``, as a job does; the old way is timed to its tables only) and its peak
 RSS (``ru_maxrss``: the interpreter, pyarrow and DuckDB included). Repeats alternate the builds
 (new, old, new, old, ...); the output is one JSON line per build and a summary with the median
@@ -99,8 +99,8 @@ def write_parts(directory: Path, rows: int, parts: int, seed: int = 0) -> dict[s
             duration = round(rng.uniform(1.0, 25.0), 2)
             scored = status == "ok" and has_ref
             values = dict(
-                run_id="scale", cut_id=cut, recording_id=cut, source=f"s3://bucket/audio/{cut}.flac", channel=0,
-                start=0.0, duration=duration, text=" ".join(hyp) if status == "ok" else None,
+                cut_id=cut, recording_id=cut, source=f"s3://bucket/audio/{cut}.flac", channel=0,
+                start_s=0.0, duration=duration, text=" ".join(hyp) if status == "ok" else None,
                 token_ids=[rng.randrange(500) for _ in range(tokens)] if status == "ok" else [],
                 token_times=[round(k * duration / tokens, 2) for k in range(tokens)] if status == "ok" else [],
                 token_confidences=[0.9] * tokens if status == "ok" else [],
@@ -146,7 +146,7 @@ def build(directory: str, how: str, memory_limit: str) -> dict:
         table, errors = report.table, report.errors
         built = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="report-out-") as out:
-            write_report(report, out)  # report.parquet, errors.parquet, summary.md, report.html
+            write_report(report, out)  # wer_groups, wer_errors, summary.md, report.html
         written = time.perf_counter() - built
     else:  # the old way: every row into Python, every utterance aligned again
         sys.path.insert(0, str(REPO / "tests"))

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.output.paths import RunPaths  # noqa: E402
+from pipeline.output.paths import TABLES, RunPaths  # noqa: E402
 
 DEFAULT_MODEL = REPO / "model" / "assets" / "demo"
 #: marker files: the demo removes only folders that hold the marker it left when it made them
@@ -145,7 +145,8 @@ def show(output: Path, run_id: str, summary: dict, rows: int) -> dict:
     print(f"speed          {summary['rtfx']:.1f}x real time for the whole job (Ray start-up included), "
           f"{summary['model_rtfx']:.1f}x in the model")
     print(f"padding        {100 * summary['padding_ratio']:.1f} % of batched audio")
-    print(f"output         {output}/  (transcripts/, wer/run_id={run_id}/summary.md and report.html, runs/)")
+    print(f"output         {output}/  (transcripts/, words/, wer_groups/, wer_errors/: tables partitioned by run_id; "
+          f"reports/run_id={run_id}/summary.md and report.html; runs/)")
     print()
     print("Query it yourself (paste into `duckdb` or python -c 'import duckdb; ...'):")
     print(f"  SELECT cut_id, errors, ref_words, text FROM read_parquet('{glob}') ORDER BY errors DESC LIMIT 5;")
@@ -172,7 +173,7 @@ def main(argv=None) -> dict:
     _claim(output, OUTPUT_MARKER, "--output")
     # a fresh run each time (the demo measures, it does not resume): the run's own folders, in the
     # demo's own output folder, never through a symbolic link
-    for stale in (paths.transcripts, paths.words, paths.windows, paths.report, os.path.dirname(paths.summary)):
+    for stale in (*(paths.table(t) for t in TABLES), paths.reports, os.path.dirname(paths.summary)):
         if os.path.isdir(stale) and not os.path.islink(stale):
             shutil.rmtree(stale)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -19,15 +19,17 @@ What it does:
      <output>/transcripts/run_id=<run-id>.<NAME>/, one row per cut and decoding (column
      'decoding'; rows carry reference, normalised texts, per-utterance substitutions /
      deletions / insertions and the alignment's errors);
-  2. writes the report of the whole evaluation to <output>/wer/run_id=<run-id>/, computed by
-     DuckDB queries over the transcripts parts:
-     report.parquet (WER per dataset, speaker and duration bucket), errors.parquet (most frequent
-     substitutions, deletions, insertions, per-word statistics), summary.md and report.html
-     (plots, including WER over time per dataset from the history, and the worst utterances);
-  3. appends one row per (dataset, decoding) to <history>/wer_history/date=YYYY-MM-DD/<run-id>.parquet
-     with the counts, WER, model checksum, git revision of the code (when known; set
-     $ZIPSCRIBE_GIT_REVISION where the code has no .git, e.g. under ray job submit), wall time
-     and RTFx;
+  2. appends one row per (dataset, decoding) to the history table,
+     <history>/wer_history/run_id=<run-id>/part-00000.parquet, with the counts, WER, model
+     checksum, git revision of the code (when known; set $ZIPSCRIBE_GIT_REVISION where the code
+     has no .git, e.g. under ray job submit), wall time and RTFx: written first, so the record of
+     the night stands whatever happens to the report;
+  3. writes the report of the whole evaluation, computed by DuckDB queries over the transcripts
+     parts: the tables <output>/wer_groups/run_id=<run-id>/ (WER per dataset, speaker and
+     duration bucket) and <output>/wer_errors/run_id=<run-id>/ (most frequent substitutions,
+     deletions, insertions, per-word statistics), and the documents
+     <output>/reports/run_id=<run-id>/summary.md and report.html (plots, including WER over time
+     per dataset from the history, and the worst utterances);
   4. compares each (dataset, decoding) with its baseline: the latest earlier run in the history
      with the same dataset, decoding and normaliser that passed the gate (or was the first, or
      was accepted). It prints one verdict line per (dataset, decoding):
@@ -40,7 +42,8 @@ What it does:
      A failed night stays failed: the next night compares with the last good run again,
      until the cause is fixed or a run with --accept records the new level.
 
-Eval sets (--eval-set NAME=URI, repeatable): NAME is letters, digits, '.', '_', '-'; URI is a
+Eval sets (--eval-set NAME=URI, repeatable): NAME is letters, digits, '.', '_', '-' (the set's run id
+is <run-id>.<NAME>; run ids start with a letter); URI is a
 lhotse CutSet manifest (*.jsonl[.gz], local or s3://) whose supervisions carry the reference
 texts (anything jobs/transcribe.py accepts works, but only cuts with references are scored).
 
@@ -162,7 +165,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"eval-set names must be unique, got {names}")
     methods = decoding_methods(args.decoding)
-    run_id = check_run_id(args.run_id or f"eval-{new_run_id()}")
+    run_id = check_run_id(args.run_id or new_run_id("eval"))
     git_rev = hist.git_revision()
 
     summaries: list[RunSummary] = []
@@ -202,7 +205,7 @@ def evaluate(args: argparse.Namespace) -> int:
         written = hist.append_history(args.history, current)
     try:
         uris = write_report(report, args.output)
-        shown = uris.get("report.html") or uris["report.parquet"]
+        shown = uris.get("report.html") or uris["wer_groups"]
         print(f"report: {shown} (and the report's other files beside it)")
     except Exception as exc:  # noqa: BLE001 - the report is the evaluation's account, not its outcome
         log.error("the WER report of %s could not be written (%s: %s); the history and the verdicts stand", run_id,

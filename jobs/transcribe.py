@@ -36,10 +36,14 @@ Output (--output, local or s3://):
   transcripts/run_id=<id>/part-<shard>.parquet   one row per cut (schema in README)
   runs/<id>/summary.json                         counts, audio hours, RTFx, padding, stage times, plan, actors
   runs/<id>/plan/                                the frozen plan (summary.json, index, one file per shard)
-  wer/run_id=<id>/report.parquet, errors.parquet, summary.md, report.html
-                                                 WER report, written when the cuts have references
+  words/run_id=<id>/part-<shard>.parquet         one row per word
+  wer_groups/run_id=<id>/, wer_errors/run_id=<id>/
+                                                 WER report tables, written when the cuts have references
                                                  (manifest supervisions): WER per dataset, speaker and
-                                                 duration bucket, most frequent errors, worst utterances
+                                                 duration bucket; word errors
+  reports/run_id=<id>/summary.md, report.html    the report's documents (worst utterances, plots)
+Each table folder holds run_id=<id>/ partitions of Parquet files and nothing else; the run id is
+in the path only (run ids start with a letter).
 Exit status: 0 done; 2 bad input (unreadable manifest or model, invalid option, a plan made
 with other options, no node a model actor fits on within --resource-timeout, a GPU actor whose
 torch has no CUDA); 3 incomplete: shards not done (they failed every attempt, or the run
@@ -106,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dry run: plan the inputs (in local processes), shard and pack batches, print counts, the "
                          "cuts found wrong, padding ratio and driver peak memory; no Ray, no model, no output")
     io.add_argument("--run-id", default=None, help="run id (default: UTC timestamp + random suffix); reuse it to resume")
-    io.add_argument("--dataset", default=None, help="dataset name stored in every row (e.g. the eval set name)")
+    io.add_argument("--dataset", default=None,
+                    help="dataset name stored in every row (default: each input's own name: cuts_test for "
+                         "data/cuts_test.jsonl.gz, the folder for a directory, prefix, Shar directory or glob)")
     add_plan_options(io)
 
     dec = p.add_argument_group("decoding")
@@ -172,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                     "transcripts are complete", summary.run_id, type(exc).__name__, exc)
         report = None
     if report is not None:
-        where = report[1].get("report.html") or report[1]["report.parquet"]
+        where = report[1].get("report.html") or report[1]["wer_groups"]
         print(headline_text(report[0]) + f"\nWER report: {where}", file=sys.stderr if args.summary_json else sys.stdout)
     if summary.shards_failed:
         print(f"error: {len(summary.shards_failed)} shard(s) not done ({', '.join(summary.shards_failed[:5])}"

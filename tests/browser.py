@@ -23,11 +23,24 @@ _CHECK_SCRIPT = """
 window.__errors = [];
 window.addEventListener('error', e => window.__errors.push(String(e.message)));
 window.addEventListener('load', () => {
-  const sizes = Array.from(document.querySelectorAll('svg')).map(s => {
+  const rect = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const svgs = Array.from(document.querySelectorAll('svg'));
+  const sizes = svgs.map(s => {
     const r = s.getBoundingClientRect(); return Math.round(r.width) + 'x' + Math.round(r.height); });
+  // per plot (matplotlib names its SVG groups): the legends, the data patches (bars; not the figure's
+  // and axes' backgrounds, not the legend's own patches) and every text, as laid out
+  const plots = svgs.map(s => {
+    const axes = Array.from(s.querySelectorAll('g[id^="axes"]')).map(rect);
+    const area = r => Math.max(0, r[2] - r[0]) * Math.max(0, r[3] - r[1]);
+    const biggest = Math.max(0, ...axes.map(area));
+    const bars = Array.from(s.querySelectorAll('g[id^="patch"]'))
+      .filter(g => !g.closest('g[id^="legend"]')).map(rect).filter(r => area(r) > 0 && area(r) < 0.5 * biggest);
+    return {box: rect(s), legends: Array.from(s.querySelectorAll('g[id^="legend"]')).map(rect), bars: bars,
+            texts: Array.from(s.querySelectorAll('g[id^="text"]')).map(rect)};
+  });
   const div = document.createElement('div');
   div.id = '%s';
-  div.textContent = JSON.stringify({svgs: sizes, errors: window.__errors, title: document.title});
+  div.textContent = JSON.stringify({svgs: sizes, plots: plots, errors: window.__errors, title: document.title});
   document.body.appendChild(div);
 });
 </script>

@@ -138,7 +138,7 @@ def _join(values: Iterable[Optional[str]]) -> Optional[str]:
 
 
 def group_table(rows: list[_Row], run_id: str, normalizer: str, created_at: datetime) -> pa.Table:
-    """The ``report.parquet`` table (:data:`REPORT_SCHEMA`) of some rows."""
+    """The ``wer_groups`` table (:data:`REPORT_SCHEMA`) of some rows."""
     accs: dict[GroupKey, _Acc] = defaultdict(_Acc)
     for r in rows:
         for key in _group_keys(r):

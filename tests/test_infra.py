@@ -50,7 +50,7 @@ BIN = Path(sys.executable).parent
 
 # Values for the manifests' ${PLACEHOLDERS} (what a user would export before envsubst).
 SAMPLE_VALUES = {
-    "RUN_ID": "2026-11-25-batch1",
+    "RUN_ID": "batch-2026-11-25",
     "MANIFEST": "s3://asr-data/in/cuts.jsonl.gz",
     "MODEL": "s3://asr-data/models/zf-m",
     "OUTPUT": "s3://asr-data/asr-out",

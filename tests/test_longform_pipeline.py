@@ -81,7 +81,7 @@ def test_long_recording_matches_segmented_wer(tmp_path, pauses):
     rows, stitched, actor = run_in_process(manifest, DEMO, tmp_path / "out", "long", max_cut=30.0, overlap=4.0)
 
     (row,) = rows  # one row for the recording, not one per window
-    assert row["cut_id"] == "meeting" and row["status"] == "ok" and row["start"] == 0.0
+    assert row["cut_id"] == "meeting" and row["status"] == "ok" and row["start_s"] == 0.0
     assert row["duration"] == pytest.approx(duration)
     n_windows = stitched.windows
     assert n_windows >= 6 and stitched.seams == n_windows - 1

@@ -63,7 +63,7 @@ def ray_head(s3, tmp_path_factory):
 
 def plain(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, RAY_AUTH_MODE="disabled", ZIPSCRIBE_CACHE=str(tmp_path / "cache"))
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"  # a private Ray, whatever else runs on this machine
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 

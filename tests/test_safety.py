@@ -130,7 +130,7 @@ def test_a_second_run_on_the_same_output_and_run_id_stops_naming_the_first(tmp_p
             storage.write_bytes_atomic(f"s3://{bucket}/audio/{f.name}", f.read_bytes())
         output = str(tmp_path / "out") if where == "local" else f"s3://{bucket}/out"
         job_env = {**os.environ, **env, "AWS_ENDPOINT_URL": proxy.url, "RAY_AUTH_MODE": "disabled"}
-        job_env.pop("RAY_ADDRESS", None)
+        job_env["RAY_ADDRESS"] = "local"  # a private Ray, whatever else runs on this machine
         args = ("--manifest", str(manifest), "--model", str(tiny), "--output", output, "--run-id", "nightly",
                 "--no-progress", "--ray-address", "local", "--shard-size", "2")
         proxy.hold(lambda method, path, headers: method == "GET" and path.startswith(f"/{bucket}/audio/"))
@@ -353,7 +353,7 @@ def test_a_report_that_cannot_be_rendered_leaves_the_rest_written(tmp_path, tiny
     monkeypatch.setattr(files, "render_html", broken)
     _, uris = files.write_run_report(str(tmp_path / "out" / "transcripts" / "run_id=bad"), str(tmp_path / "out"),
                                      "bad", "english")
-    assert set(uris) == {"report.parquet", "errors.parquet", "summary.md"}
+    assert set(uris) == {"wer_groups", "wer_errors", "summary.md"}
     assert all(Path(u).exists() for u in uris.values())
     assert "report.html of run bad could not be rendered" in caplog.text and "cannot be drawn" in caplog.text
 
@@ -378,7 +378,7 @@ def test_names_from_input_never_lead_out(name, other):
         pass
     else:  # an accepted run id: every output path stays under the output
         for uri in (paths.transcripts, paths.summary, paths.lock, paths.plan_shard("shard-x"), paths.words,
-                    paths.report_file("report.html"), paths.stitched_part(other)):
+                    paths.report_document("report.html"), paths.stitched_part(other)):
             assert os.path.normpath(uri).startswith(root + "/") and "\x00" not in uri
     made = safe_name(name)
     assert made and "/" not in made and "\x00" not in made and not made.startswith(".") and len(made.encode()) <= 255

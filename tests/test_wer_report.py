@@ -71,7 +71,8 @@ def test_report_groups_hand_computed():
     report = build_report(rows_to_table(mixed_rows()), run_id="r1", created_at=T0)
     assert report.table.schema.equals(REPORT_SCHEMA)
     t = report.table.to_pylist()
-    assert all(g["run_id"] == "r1" and g["normalizer"] == "english" and g["decoding"] == "ctc-greedy" for g in t)
+    assert report.run_id == "r1" and "run_id" not in report.table.column_names
+    assert all(g["normalizer"] == "english" and g["decoding"] == "ctc-greedy" for g in t)
     (overall,) = [g for g in t if g["group_by"] == "all"]
     # scored: a (1 sub), b (1 del), c (2 ins), f (1 ins, 0 ref words); d failed; e has no reference
     assert {k: overall[k] for k in ("utterances", "scored", "failed", "no_reference", "empty_reference", "ref_words",
@@ -170,14 +171,22 @@ def test_write_report_and_read_rows_back(tmp_path):
     assert "token_ids" not in rows.column_names  # only what a report needs is read
     report = build_report(rows, run_id="r1", created_at=T0)
     uris = write_report(report, str(tmp_path / "out"))
-    base = tmp_path / "out" / "wer" / "run_id=r1"
-    assert {Path(u) for u in uris.values()} == {base / n for n in ("report.parquet", "errors.parquet", "summary.md", "report.html")}
-    assert pq.read_table(base / "report.parquet").equals(report.table)
+    out = tmp_path / "out"
+    assert {k: Path(u) for k, u in uris.items()} == {
+        "wer_groups": out / "wer_groups" / "run_id=r1" / "part-00000.parquet",
+        "wer_errors": out / "wer_errors" / "run_id=r1" / "part-00000.parquet",
+        "summary.md": out / "reports" / "run_id=r1" / "summary.md",
+        "report.html": out / "reports" / "run_id=r1" / "report.html"}
+    written = pq.read_table(uris["wer_groups"])
+    assert written.schema.remove_metadata().equals(REPORT_SCHEMA) and "run_id" not in written.column_names
+    assert written.equals(report.table.replace_schema_metadata(written.schema.metadata))
+    assert written.schema.metadata[b"zipscribe.schema_version"] == b"5"
     con = duckdb.connect()
-    got = con.execute(f"SELECT run_id, round(wer, 4) FROM read_parquet('{tmp_path}/out/wer/**/report.parquet', "
-                      "hive_partitioning = 1) WHERE group_by = 'all'").fetchall()
-    assert got == [("r1", round(5 / 7, 4))]
-    assert (base / "summary.md").read_text().startswith("# WER report: run r1")
+    got = con.execute(f"SELECT run_id, typeof(run_id), round(wer, 4) FROM read_parquet('{out}/wer_groups/**/*.parquet', "
+                      "hive_partitioning = 1, hive_types_autocast = 0) WHERE group_by = 'all'").fetchall()
+    assert got == [("r1", "VARCHAR", round(5 / 7, 4))]
+    assert (out / "reports" / "run_id=r1" / "summary.md").read_text().startswith("# WER report: run r1")
+    assert sorted(p.name for p in (out / "wer_groups" / "run_id=r1").iterdir()) == ["part-00000.parquet"]
 
 
 # -- history and the gate ----------------------------------------------------------------
@@ -185,7 +194,7 @@ def test_write_report_and_read_rows_back(tmp_path):
 
 def hrow(run_id: str, dataset: str, wer: Optional[float], when: datetime, gate: Optional[str] = "pass", *,
          decoding: str = "ctc-greedy", failed: int = 0, normalizer: str = "english") -> dict:
-    return dict(date=when.date(), created_at=when, run_id=run_id, dataset=dataset, decoding=decoding,
+    return dict(day=when.date(), created_at=when, run_id=run_id, dataset=dataset, decoding=decoding,
                 normalizer=normalizer, wer=wer, failed=failed, scored=10, ref_words=100 if wer is not None else 0,
                 gate=gate)
 
@@ -260,7 +269,8 @@ def test_history_append_read_and_duckdb(tmp_path):
     rows1 = hist.history_rows(report.table, facts, run_id="n1", created_at=T0, git_rev="abc123")
     assert rows1.num_rows == 2 and set(rows1.column("dataset").to_pylist()) == {"clean", "other"}
     uri1 = hist.append_history(root, rows1)
-    assert uri1.endswith("wer_history/date=2026-11-20/n1.parquet")
+    assert uri1.endswith("wer_history/run_id=n1/part-00000.parquet")
+    assert "run_id" not in pq.read_table(uri1).column_names
     later = T0 + timedelta(days=1, hours=1)
     report2 = build_report(rows_to_table(mixed_rows()), run_id="n2", created_at=later)
     verdicts = hist.compare(hist.history_rows(report2.table, {}, run_id="n2", created_at=later, git_rev=None),
@@ -268,13 +278,14 @@ def test_history_append_read_and_duckdb(tmp_path):
     assert [v.status for v in verdicts] == ["PASS", "PASS"]
     rows2 = hist.history_rows(report2.table, {}, run_id="n2", created_at=later, git_rev=None, verdicts=verdicts)
     hist.append_history(root, rows2)
-    assert hist.append_history(root, rows2).endswith("date=2026-11-21/n2.parquet")  # a re-run replaces its own file
+    assert hist.append_history(root, rows2).endswith("run_id=n2/part-00000.parquet")  # a re-run replaces its own file
     got = hist.read_history(root)
     assert got.num_rows == 4 and sorted(set(got.column("run_id").to_pylist())) == ["n1", "n2"]
     con = duckdb.connect()
     res = con.execute(
-        f"SELECT date, typeof(date), run_id, dataset, gate, git_revision, wall_seconds, rtfx, round(wer, 4) "
-        f"FROM read_parquet('{root}/wer_history/**/*.parquet', hive_partitioning = 1) ORDER BY created_at, dataset").fetchall()
+        f"SELECT day, typeof(day), run_id, dataset, gate, git_revision, wall_seconds, rtfx, round(wer, 4) "
+        f"FROM read_parquet('{root}/wer_history/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0) "
+        "ORDER BY created_at, dataset").fetchall()
     assert res[0] == (date(2026, 11, 20), "DATE", "n1", "clean", None, "abc123", 12.5, 40.0, 0.4)
     assert [r[4] for r in res[2:]] == ["pass", "pass"]
 
@@ -310,6 +321,45 @@ def test_html_is_self_contained_and_escaped(tmp_path):
     assert "REGRESSION" in text and "WER over time" in text and "WER by speaker" in text
 
 
+def check_geometry(check: dict) -> None:
+    """In every plot, as the browser laid it out: no legend over a bar or a label, every label (the
+    bars' n= counts included) inside its plot."""
+
+    def overlap(a, b) -> bool:
+        return a[0] < b[2] - 0.5 and b[0] < a[2] - 0.5 and a[1] < b[3] - 0.5 and b[1] < a[3] - 0.5
+
+    for n, plot in enumerate(check["plots"]):
+        for legend in plot["legends"]:
+            covered = [r for r in plot["bars"] + plot["texts"] if overlap(legend, r) and not
+                       (legend[0] <= r[0] and legend[1] <= r[1] and r[2] <= legend[2] and r[3] <= legend[3])]
+            assert not covered, (n, legend, covered)  # the legend's own texts lie inside it: not covered
+        box = plot["box"]
+        clipped = [t for t in plot["texts"] if t[0] < box[0] - 1 or t[1] < box[1] - 1 or t[2] > box[2] + 1 or t[3] > box[3] + 1]
+        assert not clipped, (n, clipped, box)
+
+
+@pytest.mark.needs_tools("chromium")
+def test_a_plot_full_of_bars_keeps_its_legend_and_labels_clear(tmp_path):
+    """Two datasets at the same WER in every duration bucket (as a demo run has): no place inside
+    the axes is free, so a legend there covers bars; the n= labels of the tallest bars sit at the
+    top. No card repeats another: one dataset per decoding has no card of its own."""
+    rows = []
+    for ds in ("clean", "other"):
+        for k, seconds in enumerate((1.0, 3.0, 7.0, 15.0, 25.0) * 4):
+            rows.append(row(f"{ds}-{k}", "one two three four", "one two tree for", duration=seconds, dataset=ds))
+    report = build_report(rows_to_table(rows), run_id="full", created_at=T0)
+    page = tmp_path / "full.html"
+    page.write_text(render_html(report), encoding="utf-8")
+    proc, dom = render_check(page)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = json.loads(re.search(rf'<div id="{CHECK_ID}">(.*?)</div>', dom).group(1).replace("&quot;", '"'))
+    assert len(check["plots"][0]["bars"]) == 10 and check["plots"][0]["legends"]
+    check_geometry(check)
+    one = build_report(rows_to_table(rows[:20]), run_id="one", created_at=T0)  # a single dataset
+    cards = re.findall(r'<div class="card[^"]*"><div class="label">([^<]*)</div>', render_html(one))
+    assert cards == ["all [ctc-greedy]"], cards
+
+
 @pytest.mark.needs_tools("chromium")
 def test_html_renders_in_headless_chromium(tmp_path):
     page = html_report(tmp_path)
@@ -321,6 +371,9 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert check["errors"] == [] and check["title"] == "WER report n4"
     sizes = [tuple(int(x) for x in s.split("x")) for s in check["svgs"]]
     assert len(sizes) == 3 and all(w > 200 and h > 100 for w, h in sizes), sizes  # every plot laid out
+
+    check_geometry(check)
+    assert len(check["plots"][0]["bars"]) > 5 and check["plots"][0]["legends"]  # the duration plot: bars and a legend
 
     png = tmp_path / "report.png"
     shot = screenshot(page, png)
@@ -355,11 +408,11 @@ def test_history_and_report_on_s3(tmp_path, monkeypatch):
                                                                              git_rev=None), hist.read_history("s3://eval/nightly"),
                                                            max_regression=0.5))
             uri = hist.append_history("s3://eval/nightly", rows)
-            assert uri == "s3://eval/nightly/wer_history/date=2026-11-20/n1.parquet"
+            assert uri == "s3://eval/nightly/wer_history/run_id=n1/part-00000.parquet"
             back = hist.read_history("s3://eval/nightly")
             assert back.num_rows == 2 and back.column("gate").to_pylist() == ["first", "first"]
             uris = write_report(report, "s3://eval/out")
-            assert uris["report.html"] == "s3://eval/out/wer/run_id=n1/report.html"
+            assert uris["report.html"] == "s3://eval/out/reports/run_id=n1/report.html"
             assert storage.read_bytes(uris["report.html"]).startswith(b"<!DOCTYPE html>")
         finally:
             storage.set_default_s3_options(None)

@@ -26,7 +26,7 @@ from pipeline.io.storage import S3Options
 from .items import ManifestError
 from .manifests import InputKind, detect_input_kind
 
-__all__ = ["InputUnit", "expand_inputs", "shar_shards"]
+__all__ = ["InputUnit", "dataset_name", "expand_inputs", "shar_shards"]
 
 _SHAR_CUTS = re.compile(r"cuts\.(\d+)\.jsonl(\.gz)?")
 _SHAR_RECORDING = re.compile(r"recording\.(\d+)\.tar(\.gz)?")
@@ -50,6 +50,25 @@ class InputUnit:
     kind: InputKind
     given: str
     tar: Optional[str] = None
+
+
+_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt.gz", ".txt", ".lst.gz", ".lst", ".wav", ".flac", ".mp3", ".opus", ".ogg",
+             ".m4a")
+
+
+def dataset_name(given: str) -> str:
+    """The ``dataset`` of an input's rows when ``--dataset`` is not given: the name of what was
+    given, less its suffix: ``data/cuts_test.jsonl.gz`` -> ``cuts_test``, a directory, prefix or
+    Shar directory ``s3://b/libriheavy-shar/`` -> ``libriheavy-shar``, and for a glob the folder
+    it looks in (``s3://b/gigaspeech/cuts_XL.*.jsonl.gz`` -> ``gigaspeech``)."""
+    parts = [p for p in given.rstrip("/").split("/") if p and not p.endswith(":")]
+    while parts and storage.has_glob(parts[-1]):
+        parts.pop()
+    name = parts[-1] if parts else given
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def shar_shards(uri: str, options: Optional[S3Options] = None) -> list[tuple[str, str]]:

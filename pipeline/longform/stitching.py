@@ -65,13 +65,13 @@ def _windows_of(rows: list[dict[str, Any]], overlap_seconds: float, max_cut_seco
     return [plan[r["window_index"]] for r in rows]
 
 
-def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: str, overlap_seconds: float,
-                max_cut_seconds: float) -> tuple[TranscriptRow, int]:
+def _stitch_one(rows: list[dict[str, Any]], run_id: str, tokenizer: Tokenizer, normalizer: str,
+                overlap_seconds: float, max_cut_seconds: float) -> tuple[TranscriptRow, int]:
     rows = sorted(rows, key=lambda r: r["window_index"])
     first = rows[0]
     out = TranscriptRow(
-        run_id=first["run_id"], cut_id=first["cut_id"], status=STATUS_OK, recording_id=first["recording_id"],
-        source=first["source"], channel=first["channel"], start=first["cut_start"], duration=first["cut_duration"],
+        run_id=run_id, cut_id=first["cut_id"], status=STATUS_OK, recording_id=first["recording_id"],
+        source=first["source"], channel=first["channel"], start_s=first["cut_start"], duration=first["cut_duration"],
         reference=first["reference"], speaker=first["speaker"], language=first["language"], dataset=first["dataset"],
         model_id=first["model_id"], model_sha256=first["model_sha256"], decoding=first["decoding"],
         shard_id=",".join(sorted({r["shard_id"] for r in rows})), worker=",".join(sorted({r["worker"] for r in rows})),
@@ -81,8 +81,8 @@ def _stitch_one(rows: list[dict[str, Any]], tokenizer: Tokenizer, normalizer: st
     if failed:
         out.status = STATUS_ERROR
         out.error = "; ".join(
-            f"window {r['window_index'] + 1}/{r['window_count']} ({r['start'] - r['cut_start']:.1f}-"
-            f"{r['start'] - r['cut_start'] + r['duration']:.1f} s): {r['error']}" for r in failed)
+            f"window {r['window_index'] + 1}/{r['window_count']} ({r['start_s'] - r['cut_start']:.1f}-"
+            f"{r['start_s'] - r['cut_start'] + r['duration']:.1f} s): {r['error']}" for r in failed)
         score_row(out, normalizer)
         return out, 0
     windows = _windows_of(rows, overlap_seconds, max_cut_seconds)
@@ -140,7 +140,7 @@ def stitch_run(output: str, run_id: str, window_parts: dict[str, str], expected:
             summary.cuts_ok += done["cuts_ok"]
             summary.cuts_error += done["cuts_error"]
             continue
-        stitched = [_stitch_one(rows, tokenizer, normalizer, overlap_seconds, max_cut_seconds)
+        stitched = [_stitch_one(rows, run_id, tokenizer, normalizer, overlap_seconds, max_cut_seconds)
                     for rows in by_decoding.values()]
         row, aligned = stitched[0]  # the cut is counted once, by its first decoding
         ok = row.status == STATUS_OK

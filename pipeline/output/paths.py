@@ -13,14 +13,18 @@ Under ``<output>`` (local path or ``s3://``), for run ``<id>``::
     runs/<id>/plan/index-<n>.parquet                    the plan's shards in order, one row each
     runs/<id>/plan/shards/<shard>.jsonl.gz              the work items of one shard
     runs/<id>/plan/long_cuts.parquet                    the plan's long cuts and their windows
-    wer/run_id=<id>/{report.parquet, errors.parquet, summary.md, report.html}
+    wer_groups/run_id=<id>/part-00000.parquet           the WER report: one row per group
+    wer_errors/run_id=<id>/part-00000.parquet           the WER report: word errors
+    reports/run_id=<id>/{summary.md, report.html}       the WER report's documents
 
 and under ``<history>`` (nightly evaluations)::
 
-    wer_history/date=YYYY-MM-DD/<run id>.parquet
+    wer_history/run_id=<id>/part-00000.parquet          one evaluation run's rows
 
-The ``run_id=`` / ``date=`` directories are hive partitions, so DuckDB, Spark, Athena and
-pyarrow datasets see ``run_id`` / ``date`` as columns.
+Every folder under ``<output>`` but ``runs/`` and ``reports/`` is one table (:data:`TABLES`):
+``<table>/run_id=<id>/part-*.parquet`` and nothing else, one schema. ``run_id=`` is a hive
+partition: engines read the run id from the path (it is not a column of the files), as a string
+(run ids start with a letter: :func:`check_run_id`).
 """
 
 from __future__ import annotations
@@ -28,25 +32,27 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import date
 
 from pipeline.io import storage
 
-__all__ = ["REPORT_FILES", "RunPaths", "check_run_id", "history_dir", "history_file"]
+__all__ = ["REPORT_DOCUMENTS", "TABLES", "RunPaths", "check_run_id", "history_dir", "history_part"]
 
-#: the files of a WER report, in :meth:`RunPaths.report_file`'s directory
-REPORT_FILES = ("report.parquet", "errors.parquet", "summary.md", "report.html")
+#: the tables of an output folder, one per folder, partitioned by run id
+TABLES = ("transcripts", "words", "windows", "wer_groups", "wer_errors")
+#: the documents of a WER report, under ``reports/run_id=<id>/``
+REPORT_DOCUMENTS = ("summary.md", "report.html")
 
-
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]{0,127}")
+_RUN_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 
 
 def check_run_id(run_id: str) -> str:
-    """Run ids become path segments of every output object: 1-128 letters, digits and ``._=-``,
-    not starting with a punctuation mark, no ``..``; anything else is a :class:`ValueError`."""
+    """Run ids become path segments of every output object and the value of every table's
+    partition key: 1-128 letters, digits and ``._-``, starting with a letter (so that no engine
+    reads ``2026-11-25`` as a date or ``0042`` as the number 42), no ``..``; anything else is a
+    :class:`ValueError`."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
-        raise ValueError(f"invalid --run-id {run_id!r}: use 1-128 letters, digits, '.', '_', '=', '-', starting with "
-                         "a letter or digit (no '..', no '/')")
+        raise ValueError(f"invalid --run-id {run_id!r}: use 1-128 letters, digits, '.', '_', '-', starting with a "
+                         "letter (e.g. nightly-2026-11-25; no '..', no '/')")
     return run_id
 
 
@@ -124,23 +130,39 @@ class RunPaths:
     def plan_long_cuts(self) -> str:
         return storage.join(self.plan, "long_cuts.parquet")
 
-    @property
-    def report(self) -> str:
-        """``<output>/wer/run_id=<id>``: the WER report's directory."""
-        return storage.join(self.output, "wer", f"run_id={self.run_id}")
+    def table(self, name: str) -> str:
+        """``<output>/<name>/run_id=<id>``: the run's partition of one of the :data:`TABLES`."""
+        if name not in TABLES:
+            raise ValueError(f"not a table: {name!r} (one of {', '.join(TABLES)})")
+        return storage.join(self.output, name, f"run_id={self.run_id}")
 
-    def report_file(self, name: str) -> str:
-        """One of the report's :data:`REPORT_FILES`."""
-        if name not in REPORT_FILES:
-            raise ValueError(f"not a report file: {name!r} (one of {', '.join(REPORT_FILES)})")
-        return storage.join(self.report, name)
+    @property
+    def wer_groups_part(self) -> str:
+        """The WER report's group rows (:data:`pipeline.report.tables.REPORT_SCHEMA`)."""
+        return storage.join(self.table("wer_groups"), "part-00000.parquet")
+
+    @property
+    def wer_errors_part(self) -> str:
+        """The WER report's word errors (:data:`pipeline.report.tables.ERRORS_SCHEMA`)."""
+        return storage.join(self.table("wer_errors"), "part-00000.parquet")
+
+    @property
+    def reports(self) -> str:
+        """``<output>/reports/run_id=<id>``: the WER report's documents (not a table)."""
+        return storage.join(self.output, "reports", f"run_id={self.run_id}")
+
+    def report_document(self, name: str) -> str:
+        """One of the report's :data:`REPORT_DOCUMENTS`."""
+        if name not in REPORT_DOCUMENTS:
+            raise ValueError(f"not a report document: {name!r} (one of {', '.join(REPORT_DOCUMENTS)})")
+        return storage.join(self.reports, name)
 
 
 def history_dir(history: str) -> str:
-    """``<history>/wer_history``: every history file."""
+    """``<history>/wer_history``: the history table."""
     return storage.join(history, "wer_history")
 
 
-def history_file(history: str, run_id: str, day: date) -> str:
-    """The history file of one evaluation run, in the partition of its UTC day."""
-    return storage.join(history_dir(history), f"date={day.isoformat()}", f"{run_id}.parquet")
+def history_part(history: str, run_id: str) -> str:
+    """The history rows of one evaluation run: its partition of the history table."""
+    return storage.join(history_dir(history), f"run_id={check_run_id(run_id)}", "part-00000.parquet")

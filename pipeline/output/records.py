@@ -1,8 +1,11 @@
 """Output rows and their Arrow schema (``transcripts/run_id=<id>/part-<shard>.parquet``).
 
-Plain Arrow types only (strings are UTF-8, lists of int32/float32, UTC
-timestamps), so DuckDB, pandas, Spark and Athena read the files without help.
-``run_id`` is stored in the rows *and* is the hive partition directory.
+Plain Arrow types only (strings are UTF-8, lists of int32 / float64, UTC timestamps, times in
+seconds as float64), so DuckDB, pandas, polars, DataFusion, ClickHouse, Spark and Athena read the
+files without help. The run id is the hive partition directory (``run_id=<id>``) and only that:
+it is not a column in the files (an engine would see it twice, with two types). Column names avoid
+SQL reserved words (``start_s``, not ``start``). Every file says its schema version in its
+metadata (:data:`SCHEMA_VERSION_KEY`); schemas change only by adding columns.
 
 WER columns (filled when the cut has a reference by :func:`pipeline.report.wer.score_row`):
 ``ref_norm`` / ``hyp_norm`` are the normalised reference and hypothesis that were compared,
@@ -31,17 +34,16 @@ WORD_EDIT = pa.struct([pa.field("op", pa.string()), pa.field("ref", pa.string())
 
 TRANSCRIPT_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
         pa.field("cut_id", pa.string(), nullable=False),
         pa.field("recording_id", pa.string()),
         pa.field("source", pa.string()),
         pa.field("channel", pa.int32()),
-        pa.field("start", pa.float64()),
+        pa.field("start_s", pa.float64()),
         pa.field("duration", pa.float64()),
         pa.field("text", pa.string()),
         pa.field("token_ids", pa.list_(pa.int32())),
-        pa.field("token_times", pa.list_(pa.float32())),
-        pa.field("token_confidences", pa.list_(pa.float32())),
+        pa.field("token_times", pa.list_(pa.float64())),
+        pa.field("token_confidences", pa.list_(pa.float64())),
         pa.field("ctc_score", pa.float64()),
         pa.field("attention_score", pa.float64()),
         pa.field("lm_score", pa.float64()),
@@ -84,8 +86,9 @@ WINDOW_SCHEMA = pa.schema(
 )
 
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
-#: run never mixes parts of two schemas
-SCHEMA_VERSION = 4  # 4: lm_score
+#: run never mixes parts of two schemas; written into every file's metadata (SCHEMA_VERSION_KEY)
+SCHEMA_VERSION = 5  # 4: lm_score; 5: run_id only in the path, start -> start_s, float64 token times
+SCHEMA_VERSION_KEY = b"zipscribe.schema_version"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -97,7 +100,8 @@ def utc_now() -> datetime:
 
 @dataclass
 class TranscriptRow:
-    """One row per cut; ``status='error'`` rows carry ``error`` and no text (nor WER counts)."""
+    """One row per cut; ``status='error'`` rows carry ``error`` and no text (nor WER counts).
+    ``run_id`` is the run's (its partition): kept here, not written as a column."""
 
     run_id: str
     cut_id: str
@@ -105,7 +109,7 @@ class TranscriptRow:
     recording_id: Optional[str] = None
     source: Optional[str] = None
     channel: Optional[int] = None
-    start: Optional[float] = None
+    start_s: Optional[float] = None
     duration: Optional[float] = None
     text: Optional[str] = None
     token_ids: list[int] = field(default_factory=list)

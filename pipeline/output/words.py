@@ -9,12 +9,12 @@ How words are found in a row's tokens (sentencepiece pieces):
 * a word starts at a token whose piece begins with the word marker ``▁`` (or at the first
   token) and takes the tokens that follow it; its text is the tokenizer's decoding of those
   tokens (so byte-level pieces such as ``<0xC3>`` become characters);
-* ``start`` is its first token's time, ``end`` is the earlier of the next word's start and its
+* ``start_s`` is its first token's time, ``end_s`` the earlier of the next word's start and its
   last token's time plus one encoder frame (``frame_shift``, 0.04 s), capped at the end of the
   cut. Token times are where CTC / the transducer emitted a token, so in continuous speech a
   word ends where the next begins, give or take a frame, while a pause after a word stays
   visible as a gap (subtitles split there, :mod:`pipeline.report.subtitles`);
-* times are seconds in the *recording*: the cut's ``start`` plus the token time (a stitched
+* times are seconds in the *recording*: the cut's ``start_s`` plus the token time (a stitched
   long cut's token times already count from its start);
 * ``confidence`` is the mean of the word's token confidences (the probability the model gave
   each token where it emitted it), or the row's confidence when the row has none per token.
@@ -37,16 +37,15 @@ FRAME_SHIFT = 0.04
 
 WORDS_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
         pa.field("cut_id", pa.string(), nullable=False),
         pa.field("recording_id", pa.string()),
         pa.field("channel", pa.int32()),
         pa.field("speaker", pa.string()),
         pa.field("word_index", pa.int32(), nullable=False),
         pa.field("word", pa.string(), nullable=False),
-        pa.field("start", pa.float64(), nullable=False),
-        pa.field("end", pa.float64(), nullable=False),
-        pa.field("confidence", pa.float32()),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("confidence", pa.float64()),
         pa.field("decoding", pa.string()),
     ]
 )
@@ -106,14 +105,14 @@ def words_table(rows: Iterable[TranscriptRow], piece: Callable[[int], str], deco
     for row in rows:
         if row.status != STATUS_OK or not row.token_ids:
             continue
-        offset = row.start or 0.0
+        offset = row.start_s or 0.0
         end_of_cut = offset + row.duration if row.duration is not None else None
         words = split_words(row.token_ids, row.token_times, row.token_confidences or [], piece, decode,
                             offset=offset, end_of_cut=end_of_cut, frame_shift=frame_shift, confidence=row.confidence)
         for i, w in enumerate(words):
-            for name, value in (("run_id", row.run_id), ("cut_id", row.cut_id), ("recording_id", row.recording_id),
+            for name, value in (("cut_id", row.cut_id), ("recording_id", row.recording_id),
                                 ("channel", row.channel), ("speaker", row.speaker), ("word_index", i),
-                                ("word", w.text), ("start", w.start), ("end", w.end), ("confidence", w.confidence),
+                                ("word", w.text), ("start_s", w.start), ("end_s", w.end), ("confidence", w.confidence),
                                 ("decoding", row.decoding)):
                 columns[name].append(value)
     return pa.Table.from_pydict(columns, schema=WORDS_SCHEMA)

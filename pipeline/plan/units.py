@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from pipeline.inputs.durations import Prober
 from pipeline.inputs.items import WorkItem
 from pipeline.inputs.manifests import iter_work_items
-from pipeline.inputs.sources import InputUnit
+from pipeline.inputs.sources import InputUnit, dataset_name
 from pipeline.io import storage
 from pipeline.output.paths import RunPaths
 
@@ -101,8 +101,10 @@ class UnitPlan:
 
 def unit_items(unit: InputUnit, options: PlanOptions, prober: Optional[Prober] = None) -> Iterator[WorkItem]:
     """The work items of one unit, in order: its cuts (or segments), each cut longer than
-    ``max_cut_seconds`` as its windows (made one at a time)."""
-    items = iter_work_items(unit.uri, kind=unit.kind, dataset=options.dataset, segments=options.segments,
+    ``max_cut_seconds`` as its windows (made one at a time); their ``dataset`` is ``--dataset``,
+    else the name of the input they came from (:func:`pipeline.inputs.sources.dataset_name`)."""
+    dataset = options.dataset if options.dataset is not None else dataset_name(unit.given)
+    items = iter_work_items(unit.uri, kind=unit.kind, dataset=dataset, segments=options.segments,
                             prober=prober, max_seconds=options.max_seconds, shar_tar=unit.tar)
     return expand_windows(items, options.max_cut_seconds, options.overlap_seconds)
 

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import storage
-from pipeline.output.paths import REPORT_FILES, RunPaths
+from pipeline.output.parquet import partition_value, table_to_bytes
+from pipeline.output.paths import RunPaths
 
 from .history import Verdict
 from .html import render_html
@@ -93,40 +94,39 @@ def build_run_report(transcript_dirs: Sequence[str], *, run_id: str, normalizer:
 def read_rows(transcript_dirs: Sequence[str]) -> pa.Table:
     """The :data:`ROW_COLUMNS` of every Parquet part under the given
     ``transcripts/run_id=<id>`` directories (local or ``s3://``), as one table in memory (for
-    small runs and tests; reports use :func:`build_run_report`, which never loads the rows)."""
+    small runs and tests; reports use :func:`build_run_report`, which never loads the rows);
+    ``run_id`` from each part's partition directory."""
     tables = []
     for uri in _part_uris(transcript_dirs):
         pf = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
         names = [c for c in ROW_COLUMNS if c in pf.schema_arrow.names]
-        tables.append(pf.read(columns=names))
+        table = pf.read(columns=names)
+        if "run_id" not in table.column_names:
+            table = table.append_column("run_id", pa.array([partition_value(uri)] * table.num_rows, pa.string()))
+        tables.append(table)
     if not tables:
         return pa.table({name: pa.array([], pa.string()) for name in ("cut_id", "status")})
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
-
-
 def write_report(report: Report, output: str) -> dict[str, str]:
-    """Write ``report.parquet``, ``errors.parquet``, ``summary.md`` and ``report.html``
-    (each atomically) under :attr:`pipeline.output.paths.RunPaths.report`; returns ``{file name: URI}``
-    of those written. A document that cannot be rendered is logged with its reason and left out:
+    """Write the report's tables (the run's partitions of ``wer_groups`` and ``wer_errors``) and
+    documents (``summary.md``, ``report.html`` under ``reports/run_id=<id>/``), each atomically;
+    returns ``{name: URI}`` of those written (``wer_groups``, ``wer_errors``, ``summary.md``,
+    ``report.html``). A document that cannot be rendered is logged with its reason and left out:
     the tables and the other document are still written (a report never fails a run)."""
     paths = RunPaths(output, report.run_id)
-    uris = {name: paths.report_file(name) for name in REPORT_FILES}
-    storage.write_bytes_atomic(uris["report.parquet"], _parquet_bytes(report.table))
-    storage.write_bytes_atomic(uris["errors.parquet"], _parquet_bytes(report.errors))
+    uris = {"wer_groups": paths.wer_groups_part, "wer_errors": paths.wer_errors_part}
+    storage.write_bytes_atomic(uris["wer_groups"], table_to_bytes(report.table))
+    storage.write_bytes_atomic(uris["wer_errors"], table_to_bytes(report.errors))
     for name, render, kind in (("summary.md", render_markdown, "text/markdown"), ("report.html", render_html, "text/html")):
         try:
             data = render(report).encode()
         except Exception as exc:  # noqa: BLE001 - a document of the report, never the run's outcome
             log.error("%s of run %s could not be rendered, so it is not written: %s: %s", name, report.run_id,
                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            del uris[name]
             continue
+        uris[name] = paths.report_document(name)
         storage.write_bytes_atomic(uris[name], data, content_type=f"{kind}; charset=utf-8")
     return uris
 

@@ -1,12 +1,12 @@
 """WER history of nightly evaluations and the regression gate.
 
-Layout: ``<history>/wer_history/date=YYYY-MM-DD/<run_id>.parquet`` (local or ``s3://``), one
-file per evaluation run holding one row per (dataset, decoding), :data:`HISTORY_SCHEMA`. The
-``date`` (UTC day of the run) is both the hive partition directory and a ``date32`` column, so
-``read_parquet('<history>/wer_history/**/*.parquet', hive_partitioning = 1)`` in DuckDB just
-works (with pyarrow datasets pass ``partitioning=ds.partitioning(pa.schema([("date",
-pa.date32())]), flavor="hive")``). Files are written atomically; re-running an evaluation with
-the same run id replaces its own file and nothing else.
+Layout: ``<history>/wer_history/run_id=<id>/part-00000.parquet`` (local or ``s3://``), one
+file per evaluation run holding one row per (dataset, decoding), :data:`HISTORY_SCHEMA` less
+``run_id``, which is the hive partition directory only (as in every table of the project); ``day``
+is the UTC day of the run (``date32``). DuckDB reads it with
+``read_parquet('<history>/wer_history/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0)``.
+Files are written atomically; re-running an evaluation with the same run id replaces its own file
+and nothing else.
 
 The gate (:func:`compare`): for each (dataset, decoding) of the current run, the *baseline* is
 the latest earlier run in the history with the same dataset, decoding and normaliser whose
@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io import storage
-from pipeline.output.paths import history_dir, history_file
+from pipeline.output.parquet import partition_value, table_to_bytes
+from pipeline.output.paths import history_dir, history_part
 
 __all__ = [
     "HISTORY_SCHEMA",
@@ -54,7 +55,7 @@ __all__ = [
 
 HISTORY_SCHEMA = pa.schema(
     [
-        pa.field("date", pa.date32(), nullable=False),
+        pa.field("day", pa.date32(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("transcripts_run_id", pa.string()),
@@ -97,10 +98,15 @@ def _history_files(history: str) -> list[str]:
 
 
 def read_history(history: str) -> pa.Table:
-    """Every history row (:data:`HISTORY_SCHEMA`; empty when there is no history yet)."""
+    """Every history row (:data:`HISTORY_SCHEMA`; empty when there is no history yet), ``run_id``
+    from each file's partition directory."""
     tables = []
     for uri in _history_files(history):
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        run_id = partition_value(uri)
+        if run_id is None:
+            continue  # not a file of this layout
+        table = table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string()))
         missing = [f for f in HISTORY_SCHEMA if f.name not in table.column_names]
         for f in missing:  # rows of an older schema: absent columns are null
             table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
@@ -193,7 +199,7 @@ def compare(
             v.reason = "(first run: no earlier history for this dataset and decoding, nothing to compare)"
             verdicts.append(v)
             continue
-        v.baseline_run_id, v.baseline_date = base["run_id"], base["date"]
+        v.baseline_run_id, v.baseline_date = base["run_id"], base["day"]
         v.baseline_wer, v.baseline_failed = base["wer"], base["failed"] or 0
         problems = []
         if base["wer"] is not None:
@@ -205,7 +211,7 @@ def compare(
             problems.append(f"{v.failed} failed cuts, {new_failures} more than the baseline")
         delta = "-" if v.delta_points is None else f"{v.delta_points:+.2f} points"
         was = "-" if base["wer"] is None else f"{100 * base['wer']:.2f}%"
-        context = f"(baseline {was} in run {base['run_id']} of {base['date']}, {delta})"
+        context = f"(baseline {was} in run {base['run_id']} of {base['day']}, {delta})"
         if problems:
             v.status = ACCEPTED if accept else REGRESSION
             v.reason = context + ": " + "; ".join(problems) + (" -- accepted (--accept)" if accept else "")
@@ -247,7 +253,7 @@ def history_rows(
         f = facts.get(key)
         v = by_key.get(key)
         records.append(dict(
-            date=created_at.astimezone(timezone.utc).date(), created_at=created_at, run_id=run_id,
+            day=created_at.astimezone(timezone.utc).date(), created_at=created_at, run_id=run_id,
             transcripts_run_id=f.transcripts_run_id if f else None, dataset=key[0], decoding=key[1],
             normalizer=g["normalizer"], model_id=g["model_id"], model_uri=f.model_uri if f else None,
             model_sha256=g["model_sha256"], git_revision=git_rev,
@@ -261,18 +267,13 @@ def history_rows(
 
 
 def append_history(history: str, rows: pa.Table) -> str:
-    """Write a run's history rows as one Parquet file (atomically); returns its URI. A file
-    already holding this run id (a re-run) is replaced in place."""
+    """Write a run's history rows as its partition of the history table (atomically); returns the
+    file's URI. A re-run of the same run id replaces its own file."""
     run_ids = set(rows.column("run_id").to_pylist())
     if len(run_ids) != 1:
         raise ValueError(f"history rows must come from exactly one run, got {sorted(run_ids)}")
-    run_id = run_ids.pop()
-    existing = [u for u in _history_files(history) if u.rsplit("/", 1)[-1] == f"{run_id}.parquet"]
-    day = rows.column("date")[0].as_py()
-    uri = existing[0] if existing else history_file(history, run_id, day)
-    sink = io.BytesIO()
-    pq.write_table(rows, sink, compression="zstd")
-    storage.write_bytes_atomic(uri, sink.getvalue())
+    uri = history_part(history, run_ids.pop())
+    storage.write_bytes_atomic(uri, table_to_bytes(rows.drop_columns(["run_id"])))
     return uri
 
 

@@ -87,6 +87,12 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
+def _legend_below(fig: Any, ax: Any, entries: int) -> None:
+    """The legend outside the axes, under the figure: it never covers the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(entries, 2), fontsize=8, frameon=False)
+
+
 def _no_data(ax: Any, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", transform=ax.transAxes, color="#777")
     ax.set_xticks([])
@@ -114,7 +120,8 @@ def plot_duration(report: Report) -> str:
         ax.set_xticks(range(len(buckets)), buckets)
         ax.set_ylabel("WER (%)")
         ax.set_xlabel("cut duration (s)")
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, max([1.0] + [100 * g["wer"] for g in groups]) * 1.2)  # room for the n= labels above the bars
+        _legend_below(fig, ax, len(sets))
         ax.grid(axis="y", alpha=0.3)
     ax.set_title("WER by duration bucket")
     return _svg(fig, "duration")
@@ -168,7 +175,7 @@ def plot_history(history: Any) -> str:
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.set_ylabel("WER (%)")
         ax.set_xlabel("run time (UTC); red ring = gate failed")
-        ax.legend(fontsize=8)
+        _legend_below(fig, ax, len(sets))
         ax.grid(alpha=0.3)
     ax.set_title("WER over time")
     return _svg(fig, "history")
@@ -236,11 +243,18 @@ def _render_html(report: Report, top_errors: int) -> str:
                 + "; ".join(f"model {_e(m)} (sha256 {_e((s or '-')[:12])})" for m, s in models) + "</p>")
 
     body.append('<div class="cards" id="headline">')
+    headline = report.headline()
     for g in report.overall():
+        mine = [d for d in headline if d["decoding"] == g["decoding"]]
+        # one dataset: its card (with its verdict, when gated) or the "all" card, never both saying the same
+        if len(mine) == 1 and verdicts.get((mine[0]["group_value"], g["decoding"])) is not None:
+            continue
         body.append(f'<div class="card"><div class="label">all [{_e(g["decoding"])}]</div><div class="wer">{pct(g["wer"])}</div>'
                     f'<div class="sub">{g["scored"]} scored, {g["ref_words"]} words, {g["failed"]} failed</div></div>')
-    for g in report.headline():
+    for g in headline:
         v = verdicts.get((g["group_value"], g["decoding"]))
+        if v is None and sum(d["decoding"] == g["decoding"] for d in headline) == 1:
+            continue  # the "all" card above is this dataset's
         cls = v.status if v else ""
         status = f'<div class="sub status-{_e(cls)}">{_e(v.status)}</div>' if v else ""
         body.append(f'<div class="card {_e(cls)}"><div class="label">{_e(dataset_label(g["dataset"], g["decoding"]))}</div>'

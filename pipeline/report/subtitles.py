@@ -193,9 +193,9 @@ def export_run(output: str, run_id: str, fmt: str, out_dir: str, *, decoding: Op
                 raise ValueError(f"run {run_id!r} has no words (no cut was transcribed to text)")
             chosen = _choose_decoding(available, decoding)
             reader = con.sql(
-                "SELECT coalesce(recording_id, cut_id) AS recording, channel, cut_id, word_index, word, start, \"end\", "
-                "confidence FROM words WHERE decoding = $d ORDER BY recording, channel NULLS FIRST, start, cut_id, "
-                "word_index", params={"d": chosen}).to_arrow_reader(batch_size=65536)
+                "SELECT coalesce(recording_id, cut_id) AS recording, channel, cut_id, word_index, word, start_s AS start, "
+                "end_s AS \"end\", confidence FROM words WHERE decoding = $d ORDER BY recording, channel NULLS FIRST, "
+                "start_s, cut_id, word_index", params={"d": chosen}).to_arrow_reader(batch_size=65536)
             for (recording, channel), words in _recordings(reader):
                 cues = make_cues(words, rules)
                 meta = {"recording_id": recording, "channel": channel, "run_id": run_id, "decoding": chosen}

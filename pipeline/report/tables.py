@@ -11,9 +11,10 @@ Arrow table of rows in memory (rows without stored alignments are scored first,
 :func:`complete_rows`). Both return a :class:`Report`. The renderers (:mod:`pipeline.report.markdown`, :mod:`pipeline.report.html`)
 turn a report into text; :mod:`pipeline.report.files` reads rows and writes the files.
 
-Files of a report, under ``<output>/wer/run_id=<run_id>/``:
+Tables of a report, each the run's partition of a table of its own (the run id is the folder,
+``run_id=<id>``, not a column):
 
-``report.parquet`` (:data:`REPORT_SCHEMA`), one row per group:
+``wer_groups/run_id=<id>/part-00000.parquet`` (:data:`REPORT_SCHEMA`), one row per group:
 
 * ``group_by='all'``: every row of the run with that ``decoding`` (``dataset`` is null);
 * ``group_by='dataset'``: one dataset (``group_value`` = its name, ``(none)`` when the rows
@@ -32,7 +33,7 @@ whose normalised reference is empty (their hypothesis words are insertions). ``w
 ``(S + D + I) / ref_words``, a fraction (0.125 = 12.5 %), null when ``ref_words`` is 0.
 ``audio_seconds`` sums the durations of the group's ``status='ok'`` rows.
 
-``errors.parquet`` (:data:`ERRORS_SCHEMA`), icefall's ``errs-*`` file as a table, per
+``wer_errors/run_id=<id>/part-00000.parquet`` (:data:`ERRORS_SCHEMA`), icefall's ``errs-*`` file as a table, per
 dataset and decoding: ``kind='substitution'`` rows (``ref_word -> hyp_word``, ``count``),
 ``'deletion'`` (``ref_word``), ``'insertion'`` (``hyp_word``), and ``'word'`` rows with
 per-word statistics (``ref_word`` is the word; ``correct``, ``ref_count``, ``hyp_count``,
@@ -40,10 +41,9 @@ per-word statistics (``ref_word`` is the word; ``correct``, ``ref_count``, ``hyp
 replaced another reference word, ``deleted``, ``inserted``; ``count`` = the sum of the four
 error columns, icefall's ``tot_errs``).
 
-``summary.md``: headline WER, verdicts of an evaluation, group tables, the most frequent
-errors and the worst utterances with an icefall-style alignment (``(ref->hyp)``).
-
-``report.html``: the same for a browser, self-contained (inline CSS and SVG plots drawn with
+Documents, under ``reports/run_id=<id>/`` (not a table): ``summary.md``: headline WER, verdicts
+of an evaluation, group tables, the most frequent errors and the worst utterances with an
+icefall-style alignment (``(ref->hyp)``); ``report.html``: the same for a browser, self-contained (inline CSS and SVG plots drawn with
 matplotlib), see :mod:`pipeline.report.html`.
 """
 
@@ -113,7 +113,7 @@ def duration_bucket(seconds: Optional[float]) -> str:
 
 #: transcript columns a report reads (the rest, e.g. token ids, is never loaded)
 ROW_COLUMNS: tuple[str, ...] = (
-    "run_id", "cut_id", "duration", "text", "reference", "ref_words", "substitutions", "deletions",
+    "cut_id", "duration", "text", "reference", "ref_words", "substitutions", "deletions",
     "insertions", "ref_norm", "hyp_norm", "speaker", "dataset", "status", "error", "model_id",
     "model_sha256", "decoding", "word_edits",
 )
@@ -123,7 +123,6 @@ _COUNTS = ("utterances", "scored", "failed", "no_reference", "empty_reference", 
 
 REPORT_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
         pa.field("dataset", pa.string()),
         pa.field("decoding", pa.string()),
         pa.field("group_by", pa.string(), nullable=False),
@@ -141,7 +140,6 @@ REPORT_SCHEMA = pa.schema(
 
 ERRORS_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
         pa.field("dataset", pa.string()),
         pa.field("decoding", pa.string()),
         pa.field("kind", pa.string(), nullable=False),
@@ -392,7 +390,7 @@ WITH edits AS (
            ref_count - substituted - deleted, ref_count, hyp_count, substituted, substituted_in, deleted, inserted
     FROM word_rows
 )
-SELECT ? AS run_id, dataset, decoding, kind, ref_word, hyp_word, count, correct, ref_count, hyp_count, substituted,
+SELECT dataset, decoding, kind, ref_word, hyp_word, count, correct, ref_count, hyp_count, substituted,
        substituted_in, deleted, inserted
 FROM all_rows
 ORDER BY coalesce(decoding, ''), coalesce(dataset, ''), kind_order, count DESC, ref_word NULLS FIRST,
@@ -426,15 +424,15 @@ def _join(values: Optional[Iterable[str]]) -> Optional[str]:
     return ",".join(present) if present else None
 
 
-def group_table(con: duckdb.DuckDBPyConnection, run_id: str, normalizer: str, created_at: datetime) -> pa.Table:
-    """The ``report.parquet`` table (:data:`REPORT_SCHEMA`) of the rows in ``report_rows``."""
+def group_table(con: duckdb.DuckDBPyConnection, normalizer: str, created_at: datetime) -> pa.Table:
+    """The group rows (:data:`REPORT_SCHEMA`) of the rows in ``report_rows``."""
     groups = con.sql(_GROUPS_SQL).to_arrow_table().to_pylist()  # one row per group: small
     groups.sort(key=lambda g: _sort_key((g["group_by"], g["dataset"], g["decoding"], g["group_value"])))
     columns: dict[str, list[Any]] = {name: [] for name in REPORT_SCHEMA.names}
     for g in groups:
         errors = g["substitutions"] + g["deletions"] + g["insertions"]
         values: dict[str, Any] = dict(
-            g, run_id=run_id, errors=errors, wer=errors / g["ref_words"] if g["ref_words"] else None,
+            g, errors=errors, wer=errors / g["ref_words"] if g["ref_words"] else None,
             audio_seconds=round(g["audio_seconds"], 6), model_id=_join(g["model_ids"]),
             model_sha256=_join(g["model_sha256s"]), normalizer=normalizer, created_at=created_at,
         )
@@ -443,9 +441,9 @@ def group_table(con: duckdb.DuckDBPyConnection, run_id: str, normalizer: str, cr
     return pa.Table.from_pydict(columns, schema=REPORT_SCHEMA)
 
 
-def error_table(con: duckdb.DuckDBPyConnection, run_id: str) -> pa.Table:
-    """The ``errors.parquet`` table (:data:`ERRORS_SCHEMA`) of the rows in ``report_rows``."""
-    return con.sql(_ERRORS_SQL, params=[run_id]).to_arrow_table().cast(ERRORS_SCHEMA)
+def error_table(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The word-error rows (:data:`ERRORS_SCHEMA`) of the rows in ``report_rows``."""
+    return con.sql(_ERRORS_SQL).to_arrow_table().cast(ERRORS_SCHEMA)
 
 
 def worst_utterances(con: duckdb.DuckDBPyConnection, n: int) -> list[WorstUtterance]:
@@ -471,8 +469,8 @@ def build_report_sql(con: duckdb.DuckDBPyConnection, source: str, *, run_id: str
     con.execute(_ROWS_VIEW.format(source=source))
     return Report(
         run_id=run_id, created_at=created, normalizer=normalizer,
-        table=group_table(con, run_id, normalizer, created),
-        errors=error_table(con, run_id),
+        table=group_table(con, normalizer, created),
+        errors=error_table(con),
         worst=worst_utterances(con, worst_n),
         history=history, verdicts=list(verdicts),
     )

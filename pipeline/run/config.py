@@ -63,9 +63,10 @@ def decoding_list(decoding: dict[str, Any], extra_methods: Sequence[str] = ()) -
     return [dict(decoding)] + [{**decoding, "method": method} for method in extra_methods]
 
 
-def new_run_id() -> str:
-    """A fresh run id: the UTC time and a random suffix (``20261201T120000Z-1a2b3c``)."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+def new_run_id(prefix: str = "run") -> str:
+    """A fresh run id: ``prefix``, the UTC time and a random suffix (``run-20261201T120000Z-1a2b3c``;
+    run ids start with a letter)."""
+    return f"{prefix}-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def long_audio_label(cfg: TranscribeConfig) -> str:

@@ -178,7 +178,7 @@ class Transcriber:
         window = item.is_window
         row = (WindowRow if window else TranscriptRow)(
             run_id=self.config.run_id, cut_id=item.cut_id, status=STATUS_OK if error is None else STATUS_ERROR,
-            recording_id=item.recording_id, source=item.source, channel=channel_of(item), start=item.start,
+            recording_id=item.recording_id, source=item.source, channel=channel_of(item), start_s=item.start,
             duration=item.duration, reference=item.reference, speaker=item.speaker, language=item.language,
             dataset=item.dataset, error=error, model_id=info.name, model_sha256=info.sha256,
             decoding=decoding, shard_id=shard_id, worker=self.worker,
