@@ -38,6 +38,7 @@ from pipeline.inputs.sources import expand_inputs
 from pipeline.io import storage
 from pipeline.io.model_store import local_model_dir
 from pipeline.longform.stitching import StitchSummary, stitch_group, stitch_groups
+from pipeline.output.compact import compacted_record
 from pipeline.output.paths import RunPaths
 from pipeline.output.records import SCHEMA_VERSION
 from pipeline.plan.frozen import (Plan, PlanOptions, changed_inputs, iter_plan_shards, read_index, read_long_cuts,
@@ -307,11 +308,21 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     paths = RunPaths(cfg.output, run_id)
     facts = validate_inputs(cfg)
     with RunLock(paths) as lock:
+        _refuse_compacted(paths)
         summary = _run_locked(cfg, paths, facts, model_stage)
         if lock.lost:
             log.error("run %s: %s; its parts are complete and fingerprinted, but check the other run", run_id,
                       lock.lost)
         return summary
+
+
+def _refuse_compacted(paths: RunPaths) -> None:
+    """A compacted run (``jobs/compact.py``) is sealed: its shard parts were merged, so resuming it
+    would write its cuts again."""
+    record = compacted_record(paths)
+    if storage.exists(record):
+        raise ValueError(f"run {paths.run_id!r} was compacted ({record}): its shard parts are merged into large "
+                         "files and it cannot be resumed; use a new --run-id")
 
 
 def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model_stage: type) -> RunSummary:
@@ -450,6 +461,7 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
     paths = RunPaths(cfg.output, check_run_id(run_id))
     facts = validate_inputs(cfg)
     with RunLock(paths):
+        _refuse_compacted(paths)
         plan, _, _ = prepare_plan(cfg, paths)
         settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
                                  resume=False, max_audio_seconds=cfg.max_recording_hours * 3600)
