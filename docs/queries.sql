@@ -8,19 +8,24 @@
 --   SET VARIABLE phrase = ['quick', 'brown'];  -- the words of a phrase for phrase_search
 -- Local paths or local copies of S3 objects (DuckDB's httpfs reads s3:// directly where it is installed).
 -- Each query starts with a "-- name: <name>" line.
+--
+-- Every table is a folder of run_id=<id>/ partitions (the run id is in the path, not in the files):
+-- read it with hive_partitioning = 1 and hive_types_autocast = 0 (run ids stay strings), and
+-- union_by_name = true (files of older schema versions lack the columns added since: null).
+-- Spark SQL and Athena / Trino versions of these queries: docs/queries_spark.sql, docs/athena.sql.
 
 -- name: wer_per_dataset_over_time
 -- WER per dataset and decoding for every nightly evaluation, oldest first, with the gate's verdict.
-SELECT date, created_at, run_id, dataset, decoding,
+SELECT day, created_at, run_id, dataset, decoding,
        round(100 * wer, 2) AS wer_pct, ref_words, failed, gate, delta_points,
        model_id, left(model_sha256, 12) AS model, git_revision, round(rtfx, 1) AS rtfx
-FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1)
+FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 ORDER BY dataset, decoding, created_at;
 
 -- name: latest_regressions
 -- Datasets whose latest evaluation failed the regression gate.
 SELECT dataset, decoding, run_id, round(100 * wer, 2) AS wer_pct, delta_points, baseline_run_id
-FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1)
+FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 QUALIFY row_number() OVER (PARTITION BY dataset, decoding ORDER BY created_at DESC) = 1 AND gate = 'fail'
 ORDER BY dataset, decoding;
 
@@ -28,7 +33,7 @@ ORDER BY dataset, decoding;
 -- The speakers with the highest WER in one run (at least 1 scored utterance), from the WER report.
 SELECT dataset, decoding, group_value AS speaker, scored AS utterances, ref_words,
        substitutions, deletions, insertions, round(100 * wer, 2) AS wer_pct
-FROM read_parquet(getvariable('output') || '/wer/**/report.parquet', hive_partitioning = 1)
+FROM read_parquet(getvariable('output') || '/wer_groups/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 WHERE run_id = getvariable('run_id') AND group_by = 'speaker' AND scored > 0 AND wer IS NOT NULL
 ORDER BY wer DESC, ref_words DESC, speaker
 LIMIT 20;
@@ -36,21 +41,21 @@ LIMIT 20;
 -- name: wer_by_duration
 -- WER per duration bucket (edges 2, 5, 10, 20 s) of one run.
 SELECT dataset, decoding, group_value AS duration_bucket, scored, ref_words, round(100 * wer, 2) AS wer_pct
-FROM read_parquet(getvariable('output') || '/wer/**/report.parquet', hive_partitioning = 1)
+FROM read_parquet(getvariable('output') || '/wer_groups/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 WHERE run_id = getvariable('run_id') AND group_by = 'duration_bucket'
 ORDER BY dataset, decoding, group_value;
 
 -- name: transcripts_search
 -- Cuts whose transcript or reference matches a pattern, with what was compared and the errors.
 SELECT run_id, dataset, cut_id, speaker, reference, text, ref_norm, hyp_norm, ref_words, errors
-FROM read_parquet(getvariable('output') || '/transcripts/**/*.parquet', hive_partitioning = 1)
+FROM read_parquet(getvariable('output') || '/transcripts/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 WHERE text ILIKE getvariable('pattern') OR reference ILIKE getvariable('pattern')
 ORDER BY run_id, dataset, cut_id;
 
 -- name: most_frequent_substitutions
 -- icefall-style top substitutions (ref -> hyp) of one run, per dataset.
 SELECT dataset, decoding, ref_word, hyp_word, count
-FROM read_parquet(getvariable('output') || '/wer/**/errors.parquet', hive_partitioning = 1)
+FROM read_parquet(getvariable('output') || '/wer_errors/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 WHERE run_id = getvariable('run_id') AND kind = 'substitution'
 ORDER BY dataset, decoding, count DESC, ref_word, hyp_word
 LIMIT 50;
@@ -61,29 +66,29 @@ LIMIT 50;
 -- spell the phrase, with the times in the recording. Set the phrase as a list of words first:
 --   SET VARIABLE phrase = ['quick', 'brown', 'fox'];
 WITH w AS (
-    SELECT run_id, decoding, recording_id, cut_id, word_index, start, "end",
+    SELECT run_id, decoding, recording_id, cut_id, word_index, start_s, end_s,
            list(lower(word)) OVER (PARTITION BY run_id, decoding, cut_id ORDER BY word_index
                                    ROWS BETWEEN CURRENT ROW AND len(getvariable('phrase')) - 1 FOLLOWING) AS next_words,
-           max("end") OVER (PARTITION BY run_id, decoding, cut_id ORDER BY word_index
+           max(end_s) OVER (PARTITION BY run_id, decoding, cut_id ORDER BY word_index
                             ROWS BETWEEN CURRENT ROW AND len(getvariable('phrase')) - 1 FOLLOWING) AS phrase_end
-    FROM read_parquet(getvariable('output') || '/words/**/*.parquet', hive_partitioning = 1)
+    FROM read_parquet(getvariable('output') || '/words/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
     WHERE run_id = getvariable('run_id') OR run_id LIKE getvariable('run_id') || '.%'
 )
-SELECT run_id, decoding, recording_id, cut_id, word_index, start, phrase_end AS "end"
+SELECT run_id, decoding, recording_id, cut_id, word_index, start_s, phrase_end AS end_s
 FROM w
 WHERE next_words = getvariable('phrase')
-ORDER BY decoding, recording_id, start;
+ORDER BY decoding, recording_id, start_s;
 
 -- name: words_per_minute_per_speaker
 -- Speaking rate per speaker in one run: words over the seconds from each cut's first word's start
 -- to its last word's end, summed over the speaker's cuts (one decoding: the first in name order).
 WITH w AS (
-    SELECT * FROM read_parquet(getvariable('output') || '/words/**/*.parquet', hive_partitioning = 1)
+    SELECT * FROM read_parquet(getvariable('output') || '/words/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
     WHERE run_id = getvariable('run_id') OR run_id LIKE getvariable('run_id') || '.%'
 ), one AS (
     SELECT min(decoding) AS decoding FROM w
 ), per_cut AS (
-    SELECT speaker, cut_id, count(*) AS words, max("end") - min(start) AS seconds
+    SELECT speaker, cut_id, count(*) AS words, max(end_s) - min(start_s) AS seconds
     FROM w WHERE decoding = (SELECT decoding FROM one) GROUP BY speaker, cut_id
 )
 SELECT coalesce(speaker, '(none)') AS speaker, count(*) AS cuts, sum(words) AS words,
