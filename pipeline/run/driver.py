@@ -47,7 +47,8 @@ from pipeline.plan.windows import plan_windows
 from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_label, new_run_id
 from .progress import Progress
 from .resources import StageResources, alive_nodes, plan_resources, wait_for_resources
-from .model_stage import ShardTranscriber
+from .device_memory import CPU_BATCH_SECONDS
+from .model_stage import CONCURRENCY, ShardTranscriber
 from .stages import RunLedger, load_audio
 from .summary import RunSummary
 from .tasks import StageSettings, shard_task
@@ -244,7 +245,8 @@ def build_dataset(paths: RunPaths, plan: Plan, settings: StageSettings, actor_cf
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
         return ds.map_batches(
             model_stage, fn_constructor_args=(actor_cfg, settings, ledger), batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors,
+                                               max_concurrent_calls_per_actor=CONCURRENCY, enable_true_multi_threading=True),
             num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, runtime_env=model_runtime_env(runtime_env),
             max_restarts=max_attempts, max_task_retries=max_attempts)
 
@@ -301,6 +303,7 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
             if row["status"] == "failed":
                 log.error("shard %s failed: %s", row["shard_id"], row["error"])
                 summary.shards_failed.append(row["shard_id"])
+                summary.shard_errors[row["shard_id"]] = row["error"].splitlines()[0][:500]
                 continue
             done = json.loads(row["summary"])
             summary.shards_done += row["status"] == "done"
@@ -328,6 +331,11 @@ def run(cfg: TranscribeConfig, model_stage: type = ShardTranscriber) -> RunSumma
     summary.actors = report["actors"]
     summary.num_actors = len(report["actors"])
     summary.devices = sorted({a["device"] for a in report["actors"]})
+    summary.device_failures = report["device_failures"]
+    if summary.stopped and summary.device_failures:  # why the actors kept dying
+        last = summary.device_failures[-1]
+        summary.stopped += (f"; model actors ended {len(summary.device_failures)} time(s) after device failures, "
+                            f"the last: {last['worker']}: {last['message']}")
     ray.kill(ledger)
 
     stitched = _stitch(cfg, paths, facts, fingerprints)
@@ -410,5 +418,6 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
 def dry_run(cfg: TranscribeConfig) -> PlanSummary:
     """``--plan-only``: the run's shards, batches and padding from its inputs alone (no Ray, no
     model, nothing written)."""
-    return preview(cfg.manifest, _items(cfg), shard_size=cfg.shard_size, max_batch_seconds=cfg.max_batch_seconds,
+    return preview(cfg.manifest, _items(cfg), shard_size=cfg.shard_size,
+                   max_batch_seconds=cfg.max_batch_seconds or CPU_BATCH_SECONDS,
                    max_batch_size=cfg.max_batch_size)

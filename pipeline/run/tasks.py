@@ -39,7 +39,8 @@ class ShardResult:
     batches: int = 0
     load_seconds: float = 0.0  # fetching and decoding the shard's audio (the audio stage, or process_shard)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the model's time on the shard (decode_shard)
+    write_seconds: float = 0.0  # scoring and writing its parts (write_shard, on the writer thread in a run)
     worker: str = ""
     device: str = ""
     precision: str = ""  # the encoder's, and why (model.precision)
