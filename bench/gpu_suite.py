@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import shutil
 import statistics
@@ -310,7 +311,8 @@ def search_syncs(model_dir: Path, speech: list[np.ndarray], device: torch.device
 
 
 def end_to_end(args: argparse.Namespace, model_dir: Path, audio_dir: Path, device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
+    if device.type == "cuda":  # the earlier sections' models and cached blocks: the job's actor probes the free memory
+        gc.collect()
         torch.cuda.empty_cache()
     job_args = argparse.Namespace(max_batch_seconds=args.e2e_batch_seconds, shard_size=args.shard_size,
                                   max_batch_size=None, decoding="auto", job_timeout=args.job_timeout,
