@@ -31,13 +31,13 @@ from orchestration import StandInModel, corpus, tiny_model  # noqa: E402
 
 
 class SlowModel(StandInModel):
-    """The stand-in model, slower than the audio stage."""
+    """The stand-in model, slower than the audio stage: ``delay`` seconds per shard on its model thread."""
 
     delay = 0.5
 
-    def _one(self, row):
-        time.sleep(self.delay)
-        return super()._one(row)
+    def __init__(self, actor_config, settings, ledger=None):
+        super().__init__(actor_config, settings, ledger)
+        self.transcriber.delay = self.delay
 
 
 def main() -> int:

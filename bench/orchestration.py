@@ -37,35 +37,46 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.output import parquet  # noqa: E402
 from pipeline.output.records import TranscriptRow, rows_to_table  # noqa: E402
-from pipeline.run.model_stage import ShardTranscriber  # noqa: E402
+from pipeline.run.model_stage import OverlappedShards, ShardTranscriber  # noqa: E402
 from pipeline.run.shard_audio import ShardAudio  # noqa: E402
 from pipeline.run.tasks import ShardResult, ShardTask  # noqa: E402
+from pipeline.run.transcriber import DecodedShard  # noqa: E402
 
 
 class StandInTranscriber:
-    """In place of :class:`pipeline.run.transcriber.Transcriber`: every cut an empty transcript,
-    the shard's part written as usual."""
+    """In place of :class:`pipeline.run.transcriber.Transcriber`: every cut an empty transcript
+    (after ``delay`` seconds on the model thread), the shard's part written as usual."""
 
     device = "cpu"
+    delay = 0.0
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.worker = f"stand-in:{os.getpid()}"
 
-    def transcribe_shard(self, task: ShardTask, audio: ShardAudio) -> ShardResult:
+    def plan_shard(self, task: ShardTask, audio: ShardAudio) -> None:
+        return None
+
+    def decode_shard(self, task: ShardTask, audio: ShardAudio, plan: None = None) -> DecodedShard:
+        if self.delay:
+            time.sleep(self.delay)
         items = task.shard.items
         rows = [TranscriptRow(run_id=self.run_id, cut_id=i.cut_id, status="ok", text="", duration=i.duration)
                 for i in items]
         result = ShardResult(shard_id=task.shard.shard_id, part_uri=task.part_uri, cuts_ok=len(rows),
                              audio_seconds=sum(i.duration or 0.0 for i in items), worker=self.worker,
                              device=self.device, load_seconds=audio.load_seconds)
-        parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
-        return result
+        return DecodedShard(task=task, rows=rows, windows=[], result=result)
+
+    def write_shard(self, decoded: DecodedShard) -> ShardResult:
+        task = decoded.task
+        parquet.write_part(task.part_uri, rows_to_table(decoded.rows), task.fingerprint, summary=decoded.result.as_dict())
+        return decoded.result
 
 
 class StandInModel(ShardTranscriber):
     """The model stage without a model: the product's own per-shard path (ledger, items, audio
-    unpacking, result rows) around a :class:`StandInTranscriber`."""
+    unpacking, model and writer threads, result rows) around a :class:`StandInTranscriber`."""
 
     def __init__(self, actor_config, settings, ledger=None):  # noqa: D107 - no model to load
         import ray
@@ -74,6 +85,7 @@ class StandInModel(ShardTranscriber):
         self.node = ray.get_runtime_context().get_node_id()
         self._model_thread = ThreadPoolExecutor(max_workers=1)
         self.transcriber = StandInTranscriber(settings.run_id)
+        self.shards = OverlappedShards(self.transcriber, settings.write_attempts, self._model_thread, self._model_call)
 
 
 def corpus(workdir: Path, shards: int, cuts_per_shard: int, cut_seconds: float) -> Path:

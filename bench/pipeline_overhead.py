@@ -644,7 +644,7 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
     output = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
     cmd = [sys.executable, str(REPO / "jobs" / "transcribe.py"), "--manifest", str(audio_dir), "--model", str(model_dir),
            "--output", str(output), "--run-id", RUN_ID, "--summary-json", "--no-progress", "--no-eta",
-           "--max-batch-seconds", f"{args.max_batch_seconds:g}", "--shard-size", str(args.shard_size),
+           "--shard-size", str(args.shard_size),
            "--gpus-per-actor", f"{getattr(args, 'gpus_per_actor', 0):g}", "--decoding", args.decoding,
            "--backend", getattr(args, "backend", "torch")]
     if getattr(args, "num_actors", None):
@@ -653,6 +653,8 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
         cmd += ["--cpus-per-actor", f"{args.cpus_per_actor:g}"]
     if args.max_batch_size:
         cmd += ["--max-batch-size", str(args.max_batch_size)]
+    if args.max_batch_seconds is not None:  # None: the job's automatic budget
+        cmd += ["--max-batch-seconds", f"{args.max_batch_seconds:g}"]
     # A private Ray temp dir (short: Ray's unix sockets live there): with RAY_ADDRESS unset,
     # ray.init() would otherwise join a cluster that `ray start` recorded in /tmp/ray.
     ray_tmp = tempfile.mkdtemp(prefix="zsbench-ray-", dir="/tmp")

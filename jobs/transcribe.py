@@ -184,6 +184,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {len(summary.shards_failed)} shard(s) not done ({', '.join(summary.shards_failed[:5])}"
               f"{', ...' if len(summary.shards_failed) > 5 else ''}); rerun with the same --output and --run-id to "
               "finish them", file=sys.stderr)
+        reason = summary.stopped or next(iter(summary.shard_errors.values()), "")
+        if reason:
+            print(f"error: {reason}", file=sys.stderr)
         return 3
     if args.fail_on_error and summary.cuts_error:
         print(f"error: {summary.cuts_error} cut(s) failed (--fail-on-error)", file=sys.stderr)

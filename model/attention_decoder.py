@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F

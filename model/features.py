@@ -175,35 +175,33 @@ class FeatureExtractor(nn.Module):
         n = len(wavs)
         lengths = [int(w.numel()) for w in wavs]
         frames = [self.num_frames(k) for k in lengths]
-        feat_lens = torch.tensor(frames, dtype=torch.int64, device=dev)
         t_max = max(frames, default=0)
         if t_max == 0:
             empty = torch.full((n, 0, c.num_mel_bins), c.padding_value, device=dev)
-            return empty, feat_lens
+            return empty, torch.tensor(frames, dtype=torch.int64, device=dev)
 
         with torch.no_grad():
-            flat = _to_device(wavs, dev)
-            extended = self._reflect_extend(flat, lengths, t_max, dev)
+            flat, sizes = _to_device(wavs, lengths + frames, dev)
+            lens, feat_lens = sizes[:n], sizes[n:]
+            extended = self._reflect_extend(flat, lens, t_max)
             feats = self.fbank(extended)  # (N, t_max, bins)
             assert feats.shape[1] == t_max, (feats.shape, t_max)
             valid = torch.arange(t_max, device=dev)[None, :] < feat_lens[:, None]
             feats = feats.masked_fill(~valid[:, :, None], c.padding_value)
         return feats.to(torch.float32), feat_lens
 
-    def _reflect_extend(
-        self, flat: torch.Tensor, lengths: list[int], t_max: int, dev: torch.device
-    ) -> torch.Tensor:
+    def _reflect_extend(self, flat: torch.Tensor, lens: torch.Tensor, t_max: int) -> torch.Tensor:
         """Stack each utterance with Kaldi's ``snip_edges=False`` reflection.
 
-        Row ``i``, column ``j`` holds sample ``j - (window - shift) // 2`` of
-        utterance ``i``, reflected into ``[0, n_i)`` the way Kaldi's
-        ``ExtractWindow`` does (``s < 0 -> -s - 1``, ``s >= n -> 2n - 1 - s``,
-        repeated; this is periodic in ``2n``). Columns past an utterance's
-        own last frame hold reflected samples too and are masked later.
+        ``lens``: each utterance's samples (int64, on ``flat``'s device). Row ``i``, column ``j``
+        holds sample ``j - (window - shift) // 2`` of utterance ``i``, reflected into ``[0, n_i)``
+        the way Kaldi's ``ExtractWindow`` does (``s < 0 -> -s - 1``, ``s >= n -> 2n - 1 - s``,
+        repeated; this is periodic in ``2n``). Columns past an utterance's own last frame hold
+        reflected samples too and are masked later.
         """
+        dev = flat.device
         win, shift = self.config.window_size, self.config.window_shift
         total = (t_max - 1) * shift + win
-        lens = torch.tensor(lengths, dtype=torch.int64, device=dev)
         starts = torch.cumsum(lens, 0) - lens
         safe = lens.clamp(min=1)[:, None]
         pos = torch.arange(total, device=dev)[None, :] - (win - shift) // 2
@@ -213,15 +211,19 @@ class FeatureExtractor(nn.Module):
         return flat[index]
 
 
-def _to_device(wavs: list[torch.Tensor], dev: torch.device) -> torch.Tensor:
-    """The batch's samples, concatenated, on ``dev``: for a GPU one copy from one pinned host
-    buffer (asynchronous: the host goes on while it runs), not one blocking copy per waveform
-    from pageable memory."""
+def _to_device(wavs: list[torch.Tensor], sizes: list[int], dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's samples, concatenated, and ``sizes`` as int64, on ``dev``.
+
+    For a GPU each is one copy from pinned host memory, asynchronous (``non_blocking``): the host
+    goes on while it runs. Everything the features need on the device travels this way: a small
+    ``torch.tensor(..., device=cuda)`` copies from pageable memory, which makes the host wait for
+    the stream's earlier work (the big copy, or the previous batch still running) first."""
     if dev.type == "cuda" and all(w.device.type == "cpu" for w in wavs):
         host = torch.empty(sum(int(w.numel()) for w in wavs), dtype=torch.float32, pin_memory=True)
         torch.cat([w.to(torch.float32) for w in wavs], out=host)
-        return host.to(dev, non_blocking=True)
-    return torch.cat([w.to(dev, torch.float32) for w in wavs])
+        host_sizes = torch.tensor(sizes, dtype=torch.int64).pin_memory()
+        return host.to(dev, non_blocking=True), host_sizes.to(dev, non_blocking=True)
+    return torch.cat([w.to(dev, torch.float32) for w in wavs]), torch.tensor(sizes, dtype=torch.int64, device=dev)
 
 
 def _as_1d_float(w: Waveform, i: int) -> torch.Tensor:

@@ -3,7 +3,10 @@
 ``Recognizer`` holds an ``AsrModel``, its tokenizer and a feature extractor on
 one device and runs, for a batch: fbank -> encoder -> decoding -> text, under
 ``torch.inference_mode()`` (bf16/fp16 autocast for the encoder on CUDA when
-asked). It times each stage so callers can report per-stage seconds.
+asked). It times each stage so callers can report per-stage seconds (CUDA events
+on a GPU: no host-device sync per stage). On CUDA, :meth:`Recognizer.prepare`
+starts a batch's host-to-device copy and features on a side stream, so the
+caller can queue the next batch while the current one runs.
 
 A *model directory* holds a checkpoint (``pretrained.pt``, else the highest
 ``epoch-N.pt``, else the only ``*.pt``: :func:`model.checkpoint.pick_checkpoint`), ``bpe.model`` or ``tokens.txt``, and
@@ -29,7 +32,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -98,7 +101,9 @@ class Transcript:
 
 @dataclass
 class StageTimes:
-    """Wall seconds per stage, accumulated over calls."""
+    """Seconds per stage, accumulated over calls: on CUDA the stream's times between CUDA events
+    (features: on the side stream, overlapping the previous batch, when :meth:`Recognizer.prepare`
+    started them), elsewhere the host's wall time."""
 
     features: float = 0.0
     encoder: float = 0.0
@@ -205,9 +210,50 @@ def _csv(values: Sequence[int]) -> str:
     return ",".join(str(v) for v in values)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _StageClock:
+    """Stage boundaries of one batch. On CUDA each mark records an event on the current stream,
+    read once the batch is done (no host-device sync per stage, and the times are the stream's,
+    not the host's that enqueued work and went on); elsewhere the host's clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def remark(self) -> None:
+        """Move the last mark to now (a stage that was redone)."""
+        self.marks.pop()
+        self.mark()
+
+    def seconds(self) -> list[float]:
+        """Seconds between consecutive marks."""
+        if not self.cuda:
+            return [b - a for a, b in zip(self.marks, self.marks[1:])]
+        self.marks[-1].synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+
+
+@dataclass
+class FeatureBatch:
+    """A batch of waveforms whose features :meth:`Recognizer.prepare` has started: on CUDA they are
+    being computed on the recognizer's side stream (``ready`` is recorded there when they are
+    done); elsewhere ``feats`` stays None and they are computed when the batch runs."""
+
+    waveforms: list[Union[np.ndarray, torch.Tensor]]
+    feats: Optional[torch.Tensor] = None
+    feat_lens: Optional[torch.Tensor] = None
+    started: Optional[Any] = None  # torch.cuda.Event
+    ready: Optional[Any] = None  # torch.cuda.Event
+
+    def __len__(self) -> int:
+        return len(self.waveforms)
 
 
 class Recognizer:
@@ -281,6 +327,7 @@ class Recognizer:
         self.rescoring_dtype = self.rescoring_precision.dtype
         self.fp16_fallbacks = 0  # batches redone in fp32 after fp16 overflowed (then fp32 for good)
         self.features = FeatureExtractor().to(self.device)
+        self._side_stream: Optional[Any] = None  # torch.cuda.Stream of prepare(), made on first use
 
     @property
     def decoding(self) -> DecodingConfig:
@@ -385,36 +432,79 @@ class Recognizer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def transcribe(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]) -> tuple[list[Transcript], StageTimes]:
-        """Transcribe a batch of mono 16 kHz float waveforms (any lengths >= ~0.1 s) with
-        :attr:`decoding`."""
+    def transcribe(self, waveforms: Union[Sequence[Union[np.ndarray, torch.Tensor]], FeatureBatch]
+                   ) -> tuple[list[Transcript], StageTimes]:
+        """Transcribe a batch of mono 16 kHz float waveforms (any lengths >= ~0.1 s), or a batch
+        :meth:`prepare` started, with :attr:`decoding`."""
         results, times = self._run(waveforms, self.decodings[:1])
         return results[0], times
 
-    def transcribe_all(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]
-                       ) -> tuple[list[list[Transcript]], StageTimes]:
-        """Encode a batch once and decode it with each of :attr:`decodings`: one list of
-        transcripts per decoding, in the order of :attr:`decodings`."""
-        return self._run(waveforms, self.decodings)
+    def transcribe_all(self, waveforms: Union[Sequence[Union[np.ndarray, torch.Tensor]], FeatureBatch],
+                       overlap: Optional[Callable[[], None]] = None) -> tuple[list[list[Transcript]], StageTimes]:
+        """Encode a batch (waveforms, or a batch :meth:`prepare` started) once and decode it with
+        each of :attr:`decodings`: one list of transcripts per decoding, in the order of
+        :attr:`decodings`.
 
-    def _run(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]],
-             configs: Sequence[DecodingConfig]) -> tuple[list[list[Transcript]], StageTimes]:
+        ``overlap``: host work to do while the device encodes (called once the encoder's kernels
+        are queued, before decoding starts): typically :meth:`prepare` of the next batch."""
+        return self._run(waveforms, self.decodings, overlap)
+
+    def prepare(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]) -> FeatureBatch:
+        """Start a batch's features. On CUDA the samples are staged in pinned host memory, copied
+        without blocking and turned into features on a side stream: this returns once the work is
+        queued, and the copy and the features run while the default stream is busy (the previous
+        batch's encoder or decoding). Elsewhere nothing is done until the batch runs."""
+        batch = FeatureBatch(list(waveforms))
+        if self.device.type != "cuda" or not batch.waveforms:
+            return batch
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        side = self._side_stream
+        with torch.inference_mode(), torch.cuda.stream(side):
+            batch.started = torch.cuda.Event(enable_timing=True)
+            batch.started.record(side)
+            batch.feats, batch.feat_lens = self.features(batch.waveforms, device=self.device)
+            batch.ready = torch.cuda.Event(enable_timing=True)
+            batch.ready.record(side)
+        return batch
+
+    def _features(self, batch: FeatureBatch) -> tuple[torch.Tensor, torch.Tensor, Optional[float]]:
+        """The batch's features on the current stream, and the seconds the side stream took for
+        them (None: computed here, now)."""
+        if batch.feats is None:
+            feats, feat_lens = self.features(batch.waveforms, device=self.device)
+            return feats, feat_lens, None
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(batch.ready)
+        # made on the side stream, used on this one: the allocator must not hand their memory to
+        # the side stream again before this stream is done with them
+        batch.feats.record_stream(stream)
+        batch.feat_lens.record_stream(stream)
+        batch.ready.synchronize()  # long done by the time this batch's turn comes
+        return batch.feats, batch.feat_lens, batch.started.elapsed_time(batch.ready) / 1000
+
+    def _run(self, waveforms: Union[Sequence[Union[np.ndarray, torch.Tensor]], FeatureBatch],
+             configs: Sequence[DecodingConfig],
+             overlap: Optional[Callable[[], None]] = None) -> tuple[list[list[Transcript]], StageTimes]:
         times = StageTimes()
-        if not waveforms:
+        batch = waveforms if isinstance(waveforms, FeatureBatch) else FeatureBatch(list(waveforms))
+        if not batch.waveforms:
             return [[] for _ in configs], times
+        clock = _StageClock(self.device)
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            feats, feat_lens = self.features(list(waveforms), device=self.device)
-            _sync(self.device)
-            t1 = time.perf_counter()
+            clock.mark()
+            feats, feat_lens, side_seconds = self._features(batch)
+            clock.mark()
             with self._autocast(self.amp_dtype):
                 encoder_out, encoder_out_lens = self.model.forward_encoder(feats, feat_lens)
             encoder_out = encoder_out.float()
+            clock.mark()
+            if overlap is not None:
+                overlap()
             if self.amp_dtype == torch.float16 and not bool(torch.isfinite(encoder_out).all()):
                 self._fall_back_to_fp32("the encoder's output overflowed fp16 (non-finite values)")
                 encoder_out, encoder_out_lens = self.model.forward_encoder(feats, feat_lens)
-            _sync(self.device)
-            t2 = time.perf_counter()
+                clock.remark()
             # the CTC head's log-probs are shared by every CTC-based decoding of the batch
             ctc_log_probs = None
             if any(not c.method.startswith("transducer") for c in configs):
@@ -432,9 +522,9 @@ class Recognizer:
                                   lm_scorer=self.lm_scores if self.lm is not None else None,
                                   search_lm=self.search_lm)
                 results.append([self._to_transcript(h) for h in hyps])
-            _sync(self.device)
-            t3 = time.perf_counter()
-        times.features, times.encoder, times.decoding = t1 - t0, t2 - t1, t3 - t2
+            clock.mark()
+        features, times.encoder, times.decoding = clock.seconds()
+        times.features = features if side_seconds is None else side_seconds
         return results, times
 
     def lm_scores(self, sequences: Sequence[Sequence[int]]) -> list[float]:

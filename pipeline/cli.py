@@ -137,8 +137,10 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
                      help="model actors: N fixed, or MIN:MAX for a pool Ray Data grows while work waits (default: "
                           "as many as the cluster's nodes hold now; with GPUs 1:<GPUs in the cluster>)")
     res.add_argument("--gpus-per-actor", type=float, default=None,
-                     help="GPUs per model actor (default 1 if the cluster has GPUs, else 0). On an autoscaling "
-                          "cluster whose GPU nodes start at zero, set it: the run asks the autoscaler and waits")
+                     help="GPUs per model actor (default 1 if the cluster has GPUs, else 0). Below 1 (0.5: two "
+                          "actors share a GPU) each actor's process is capped at its share of the GPU's memory, less "
+                          "1 GiB for its CUDA context. On an autoscaling cluster whose GPU nodes start at zero, set "
+                          "it: the run asks the autoscaler and waits")
     res.add_argument("--cpus-per-actor", type=float, default=None,
                      help="CPUs per model actor; torch uses that many threads, rounded up (default 1 with GPUs; "
                           "without, a core's share of the largest node less --audio-cpus, one thread each: 0.75 on a "
@@ -151,8 +153,14 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
     res.add_argument("--resource-timeout", type=float, default=_DEFAULTS.resource_timeout, metavar="S",
                      help="how long to wait for a node a model actor fits on (an autoscaler adding GPU nodes) "
                           f"before giving up with exit status 2 (default {_DEFAULTS.resource_timeout:g})")
-    res.add_argument("--max-batch-seconds", type=float, default=_DEFAULTS.max_batch_seconds,
-                     help=f"padded audio seconds per batch (default {_DEFAULTS.max_batch_seconds:g}; ~1000 on a big GPU)")
+    res.add_argument("--max-batch-seconds", type=float, default=None, metavar="S",
+                     help="padded audio seconds per model batch. Default: on a CPU 160; on a GPU each actor measures "
+                          "its model's memory per padded second with a probe batch of the longest cuts at start-up "
+                          "and fills what its process may use less 20 %% (thousands of seconds on an 80 GB GPU; with "
+                          "--gpus-per-actor below 1 each process is capped at its share of the GPU's memory). "
+                          "Given, it is the budget on a CPU and the cap on a GPU. An out-of-memory halves the budget "
+                          "for the rest of the run; a single cut that does not fit fails its shard (a rerun retries "
+                          "it), never as an error row")
     res.add_argument("--max-batch-size", type=int, default=None, help="cap on cuts per batch")
     res.add_argument("--shard-size", type=int, default=_DEFAULTS.shard_size,
                      help="cuts per shard on average = per Parquet part and unit of retry; larger shards sort "
@@ -160,8 +168,11 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
                           f"(default {_DEFAULTS.shard_size})")
     res.add_argument("--max-attempts", type=int, default=_DEFAULTS.max_attempts,
                      help="tries per shard: when its actor dies (Ray restarts an actor at most this many times, "
-                          "then the run stops and reports the shards not done) or its part cannot be written "
-                          f"(default {_DEFAULTS.max_attempts})")
+                          "then the run stops and reports the shards not done), its part cannot be written, or one "
+                          "of its cuts does not fit in the device's memory even alone. A shard whose actors died this "
+                          "many times (a device failure that repeats on it) is not started again but reported as "
+                          "failed with the reason; a model whose warm-up fails on the device makes its actor exit, "
+                          f"so Ray starts a fresh process, this many times at most (default {_DEFAULTS.max_attempts})")
     res.add_argument("--precision", dest="amp_dtype", default="auto", choices=PRECISIONS,
                      help="encoder precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
     res.add_argument("--rescoring-precision", dest="rescoring_dtype", default="auto", choices=PRECISIONS,

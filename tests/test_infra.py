@@ -224,7 +224,7 @@ def load_script(relpath: str):
 def parse_with_real_parser(script: str, argv: list[str]):
     """argparse of the script the command runs; argparse's exit on a bad flag becomes a failure."""
     parser = load_script(script).build_parser()
-    # argparse accepts unambiguous abbreviations (--max-batch-second); a manifest must spell
+    # argparse accepts unambiguous abbreviations (--gpus-per-acto); a manifest must spell
     # every option in full, so a truncated flag fails here too.
     known = set(parser._option_string_actions)
     for token in argv:
@@ -640,7 +640,7 @@ def test_rayjob_entrypoint_is_accepted_by_jobs_transcribe():
 
 def test_a_typo_in_a_flag_fails_the_check():
     (path, job), = docs_of_kind("RayJob")
-    tokens = shlex.split(job["spec"]["entrypoint"].replace("--max-batch-seconds", "--max-batch-second"))
+    tokens = shlex.split(job["spec"]["entrypoint"].replace("--gpus-per-actor", "--gpus-per-acto"))
     script, argv = python_command(tokens)
     with pytest.raises(pytest.fail.Exception, match="rejects the arguments"):
         parse_with_real_parser(script, argv)

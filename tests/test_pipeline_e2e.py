@@ -284,7 +284,10 @@ def finished_job(thread, result):
 def test_killed_actor_shard_is_retried(ray_head, corpus, s3):
     """The only model actor is killed (SIGKILL from outside, its pid from Ray's state API) in the
     middle of a shard: the shard's part upload is held at the proxy, so the actor is inside the
-    shard whatever the machine's speed. Ray restarts the actor and the shard runs again, once."""
+    shard whatever the machine's speed. Ray restarts the actor and the shards it held run again,
+    once each: the one being written and, when the model thread had already started it, the next
+    (an actor holds up to CONCURRENCY shards: pipeline.run.model_stage)."""
+    from pipeline.run.model_stage import CONCURRENCY
     from s3_testing import FaultProxy
 
     args = ["jobs/transcribe.py", "--manifest", corpus["manifest"], "--model", corpus["model"], "--output",
@@ -297,7 +300,7 @@ def test_killed_actor_shard_is_retried(ray_head, corpus, s3):
         ray_head.kill_holder(held[0].client_port)
         proxy.release(forward=False)  # the killed actor's upload never reaches the store
         summary, _ = finished_job(thread, result)
-    assert summary["shard_retries"] == 1 and summary["shards_failed"] == [], summary
+    assert 1 <= summary["shard_retries"] <= CONCURRENCY and summary["shards_failed"] == [], summary
     assert summary["shards_done"] == summary["shards_total"]
     assert len({a["worker"] for a in summary["actors"]}) == 2  # the killed process and its restart
     table = _s3_table("crash")
@@ -634,8 +637,10 @@ def test_long_recording_windows_over_two_actors_one_killed(ray_head, corpus, s3,
     assert cut_id == "long" and status == "ok" and duration == pytest.approx(info.duration)
     assert all(a <= b for a, b in zip(times, times[1:])) and (not times or times[-1] <= duration)
     assert len(shards.split(",")) == summary["shards_total"]
-    # the killed actor held that shard alone: one retry
-    assert summary["shard_retries"] == 1 and worker, (summary, worker)
+    # the killed actor held that shard and at most one more (pipeline.run.model_stage.CONCURRENCY): one retry each
+    from pipeline.run.model_stage import CONCURRENCY
+
+    assert 1 <= summary["shard_retries"] <= CONCURRENCY and worker, (summary, worker)
     n_windows = con.execute(f"SELECT count(*), count(DISTINCT window_index) FROM "
                             f"read_parquet('{out}/windows/run_id=long/*.parquet')").fetchone()
     assert n_windows == (windows, windows)

@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 #: operations that launch no device kernel: views, metadata, allocation, no-op conversions

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa

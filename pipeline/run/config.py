@@ -35,7 +35,9 @@ class TranscribeConfig:
     audio_cpus: Optional[float] = None  # CPUs of one audio-stage task
     device: str = "auto"  # auto | cuda | cpu
     resource_timeout: float = 600.0  # seconds to wait for an autoscaler to add a node an actor fits on
-    max_batch_seconds: float = 160.0
+    #: padded seconds per model batch; None: automatic (on CUDA from the GPU's memory and the model's
+    #: measured cost, else 160: pipeline.run.device_memory); on CUDA a given value caps the automatic one
+    max_batch_seconds: Optional[float] = None
     max_batch_size: Optional[int] = None
     shard_size: int = 1000
     max_attempts: int = 3  # tries per shard (actor deaths, failed writes); restarts per actor

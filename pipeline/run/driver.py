@@ -51,7 +51,8 @@ from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_la
 from .lock import RunLock
 from .progress import Progress
 from .resources import StageResources, alive_nodes, plan_resources, wait_for_resources
-from .model_stage import ShardTranscriber
+from .device_memory import CPU_BATCH_SECONDS
+from .model_stage import CONCURRENCY, ShardTranscriber
 from .stages import RunLedger, load_audio
 from .summary import RunSummary
 from .tasks import StageSettings, shard_task
@@ -103,7 +104,7 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
 def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
     """The settings a shard's part depends on: a change to any of them redoes the shard."""
     return (facts.sha256, facts.decoding, json.dumps(decoding_list(cfg.decoding, cfg.extra_methods), sort_keys=True),
-            f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"backend={cfg.backend}", f"max_batch_seconds={cfg.max_batch_seconds}",
+            f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"backend={cfg.backend}", f"max_batch_seconds={cfg.max_batch_seconds or 'auto'}",
             f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
             long_audio_label(cfg)) + ((f"lm={facts.lm_sha256}",) if facts.lm_sha256 else ())
 
@@ -287,7 +288,8 @@ def build_dataset(rows: list[dict[str, Any]], plan: Plan, settings: StageSetting
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated", category=DeprecationWarning)
         return ds.map_batches(
             model_stage, fn_constructor_args=(actor_cfg, settings, ledger), batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors,
+                                               max_concurrent_calls_per_actor=CONCURRENCY, enable_true_multi_threading=True),
             num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor or None, runtime_env=model_runtime_env(runtime_env),
             max_restarts=max_attempts, max_task_retries=max_attempts)
 
@@ -376,6 +378,7 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
             if row["status"] == "failed":
                 log.error("shard %s failed: %s", row["shard_id"], row["error"])
                 summary.shards_failed.append(row["shard_id"])
+                summary.shard_errors[row["shard_id"]] = row["error"].splitlines()[0][:500]
                 continue
             done = json.loads(row["summary"])
             summary.shards_done += row["status"] == "done"
@@ -401,6 +404,11 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
     summary.actors = report["actors"]
     summary.num_actors = len(report["actors"])
     summary.devices = sorted({a["device"] for a in report["actors"]})
+    summary.device_failures = report["device_failures"]
+    if summary.stopped and summary.device_failures:  # why the actors kept dying
+        last = summary.device_failures[-1]
+        summary.stopped += (f"; model actors ended {len(summary.device_failures)} time(s) after device failures, "
+                            f"the last: {last['worker']}: {last['message']}")
     ray.kill(ledger)
 
     stitched = _stitch(cfg, paths, facts, long_cuts, fingerprints)
@@ -486,5 +494,6 @@ def dry_run(cfg: TranscribeConfig, workers: Optional[int] = None) -> PlanSummary
     """``--plan-only``: the run's shards, batches and padding from its inputs alone (no Ray, no
     model, nothing written); many input files are planned in ``workers`` processes (default: one
     per CPU)."""
-    return preview(plan_options(cfg), max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size,
+    return preview(plan_options(cfg), max_batch_seconds=cfg.max_batch_seconds or CPU_BATCH_SECONDS,
+                   max_batch_size=cfg.max_batch_size,
                    planner=process_planner(workers or os.cpu_count() or 1))

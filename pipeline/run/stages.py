@@ -78,20 +78,31 @@ def load_audio(row: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
 
 
 class RunLedger:
-    """The run's record of shard starts and of the actors that did them (a Ray actor on the
-    driver's node, made by the driver). A shard started more than once was retried."""
+    """The run's record of shard starts, of the actors that did them and of the device failures
+    that ended actors (a Ray actor on the driver's node, made by the driver). A shard started more
+    than once was retried."""
 
     def __init__(self) -> None:
         self.starts: dict[str, int] = {}
         self.actors: dict[str, dict[str, Any]] = {}
+        self.device_failures: list[dict[str, Any]] = []
 
-    def started(self, shard_id: str, worker: str, node: str, device: str) -> None:
+    def started(self, shard_id: str, worker: str, node: str, device: str) -> tuple[int, str]:
+        """Count a start of the shard; returns its starts so far (this one included) and the last
+        device failure that ended an actor while it held this shard ("" when none)."""
         self.starts[shard_id] = self.starts.get(shard_id, 0) + 1
         self.actors.setdefault(worker, {"worker": worker, "node_id": node, "device": device, "shards": 0})
+        mine = [f for f in self.device_failures if f["shard_id"] == shard_id]
+        return self.starts[shard_id], (f"{mine[-1]['worker']}: {mine[-1]['message']}" if mine else "")
+
+    def device_failed(self, shard_id: Optional[str], worker: str, message: str) -> None:
+        """An actor is ending after a device failure on ``shard_id`` (None: while it started)."""
+        self.device_failures.append({"shard_id": shard_id, "worker": worker, "message": message})
 
     def finished(self, worker: str) -> None:
         if worker in self.actors:
             self.actors[worker]["shards"] += 1
 
     def report(self) -> dict[str, Any]:
-        return {"starts": dict(self.starts), "actors": sorted(self.actors.values(), key=lambda a: a["worker"])}
+        return {"starts": dict(self.starts), "actors": sorted(self.actors.values(), key=lambda a: a["worker"]),
+                "device_failures": list(self.device_failures)}

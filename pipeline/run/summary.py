@@ -73,6 +73,10 @@ class RunSummary:
     batch_budget_seconds: float = 0.0
     #: why the execution stopped early ("" when it ran to the end); the shards not done are in shards_failed
     stopped: str = ""
+    #: why each failed shard failed (the first line of its error)
+    shard_errors: dict[str, str] = field(default_factory=dict)
+    #: device failures that ended a model actor (Ray restarted it): shard_id (None: at start-up), worker, message
+    device_failures: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, r: dict[str, Any]) -> None:
         self.cuts_ok += r["cuts_ok"]
@@ -87,6 +91,8 @@ class RunSummary:
         self.audio_bytes_fetched += r.get("bytes_fetched", 0)  # parts of older versions lack these
         self.audio_bytes_needed += r.get("bytes_needed", 0.0)
         self.audio_cpu_seconds += r.get("load_cpu_seconds", 0.0)
+        if "write_seconds" in r:  # parts of older versions lack it
+            self.stage_seconds["write"] = self.stage_seconds.get("write", 0.0) + r["write_seconds"]
         self.oom_splits += r.get("oom_splits", 0)
         if r.get("batch_budget_seconds"):
             budgets = [b for b in (self.batch_budget_seconds, r["batch_budget_seconds"]) if b]
@@ -117,6 +123,9 @@ def format_summary(s: RunSummary) -> str:
            "audio s"] if s.audio_bytes_needed else []),
         f"  shards: {s.shards_done} done, {s.shards_skipped} skipped (resumed), {s.shard_retries} retried, "
         f"{len(s.shards_failed)} failed" + (f" (the run stopped: {s.stopped})" if s.stopped else ""),
+        *[f"    failed {shard}: {error}" for shard, error in list(s.shard_errors.items())[:5]],
+        *([f"  device failures: {len(s.device_failures)} actor(s) ended and were restarted; the last: "
+           f"{s.device_failures[-1]['worker']}: {s.device_failures[-1]['message']}"] if s.device_failures else []),
         *([f"  plan: {s.plan['shards']} shards, {s.plan['cuts']} cuts, {s.plan['audio_hours']:.3f} h; "
            + ("reused" + (f", inputs changed since: {', '.join(s.plan['inputs_changed'])} (--replan takes them in)"
                           if s.plan["inputs_changed"] else "")

@@ -42,7 +42,8 @@ class ShardResult:
     bytes_fetched: int = 0  # bytes of audio objects read from storage for the shard
     bytes_needed: float = 0.0  # bytes the shard's audio takes in its objects (pipeline.io.ranges.ReadStats)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the model's time on the shard (decode_shard)
+    write_seconds: float = 0.0  # scoring and writing its parts (write_shard, on the writer thread in a run)
     worker: str = ""
     device: str = ""
     precision: str = ""  # the encoder's, and why (model.precision)

@@ -1,16 +1,28 @@
 """The transcriber: one resident model, a shard's audio in, one Parquet part out.
 
 ``Transcriber`` is a plain class (testable without Ray). In a run it lives in the model stage's
-actors (:class:`pipeline.run.stages.ShardTranscriber`), which receive each shard with its audio
-already fetched and decoded by the audio stage (:mod:`pipeline.run.shard_audio`). For a shard
-it packs duration-sorted batches, runs the model, turns every cut into a row (an ``error`` row
-when its audio cannot be used) and writes the shard's part atomically with its fingerprint, so
-a retried or duplicated task rewrites the same part. The return value is a small summary; rows
-never travel through the driver.
+actors (:class:`pipeline.run.model_stage.ShardTranscriber`), which receive each shard with its audio
+already fetched and decoded by the audio stage (:mod:`pipeline.run.shard_audio`). A shard is done
+in three steps, so that the model thread does only the model's work, and can start the next
+shard while this one is written:
+
+1. :meth:`Transcriber.plan_shard` (any thread): packs duration-sorted batches, sets silent cuts
+   apart and cuts long ones at their pauses;
+2. :meth:`Transcriber.decode_shard` (the model thread): runs the model on the planned batches (on
+   CUDA the next batch's copy and features are queued on a side stream while the current one
+   runs) and turns every cut into a row (an ``error`` row when its audio cannot be used);
+3. :meth:`Transcriber.write_shard` (any thread: the model stage's writer): scores the rows against
+   their references (WER) and writes the shard's parts atomically with its fingerprint, the
+   transcripts part last (it marks the shard done), so a retried or duplicated task rewrites the
+   same parts.
+
+:meth:`Transcriber.transcribe_shard` does all three. The return value is a small summary; rows never
+travel through the driver.
 
 Device: ``auto`` is CUDA when the actor was given a GPU (and, outside Ray, when one is
 visible); an actor given a GPU by a torch build without CUDA fails at once with
-:class:`DeviceError`, unless ``cpu`` was asked for on purpose.
+:class:`DeviceError`, unless ``cpu`` was asked for on purpose. What happens when the device
+fails is :mod:`pipeline.run.failures`; how large a batch may be, :mod:`pipeline.run.device_memory`.
 """
 
 from __future__ import annotations
@@ -21,12 +33,12 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from model.recognizer import Recognizer, StageTimes, Transcript
+from model.recognizer import FeatureBatch, Recognizer, StageTimes, Transcript
 from model.weights import WeightsSelection
 from pipeline.inputs.items import WorkItem
 from pipeline.io.model_store import local_model_dir
@@ -40,9 +52,16 @@ from pipeline.plan.batching import pack_batches
 from pipeline.report.wer import score_row
 
 from .config import decoding_list
+from .device_memory import (CPU_BATCH_SECONDS, allocator_fraction, batch_budget, cost_per_padded_second,
+                            read_device_memory, room_bytes)
+from .failures import (OUT_OF_MEMORY, POISONED, DeviceError, DeviceFailure, ShardDeviceError, failure_kind,
+                       is_fatal_device_error, is_out_of_memory)
 from .heap import HeapTrimmer, limit_kernel_cache
 from .shard_audio import MIN_SECONDS, SAMPLE_RATE, ShardAudio, channel_of, load_shard_audio
 from .tasks import ShardResult, ShardTask
+
+__all__ = ["ActorConfig", "DecodedShard", "DeviceError", "DeviceFailure", "ShardDeviceError", "ShardPlan", "Transcriber",
+           "is_fatal_device_error", "is_out_of_memory", "pick_device", "release_memory"]
 
 limit_kernel_cache()  # before the model builds its first CPU kernel (pipeline.run.heap)
 
@@ -51,36 +70,6 @@ DEVICES = ("auto", "cuda", "cpu")
 
 
 log = logging.getLogger(__name__)
-
-
-class DeviceError(RuntimeError):
-    """The actor cannot run on the device it was asked for or given."""
-
-
-class DeviceFailure(RuntimeError):
-    """The device failed in a way that poisons the process (a CUDA error other than running out
-    of memory: device-side assert, illegal address, ECC error). The model stage ends the actor's
-    process so Ray restarts it and retries the shard; such failures never become error rows."""
-
-
-# Messages of errors after which a CUDA context cannot be trusted (CUDA errors are sticky).
-_FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "CUDNN_STATUS",
-                  "cuDNN error", "NCCL error", "ECC error", "unspecified launch failure")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A failed allocation (CUDA, or the CPU allocator): the batch may fit when split."""
-    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc) \
-        or "CUDA out of memory" in str(exc)
-
-
-def is_fatal_device_error(exc: BaseException) -> bool:
-    """A device error that is not an OOM and leaves the process unusable (see :class:`DeviceFailure`)."""
-    if is_out_of_memory(exc):
-        return False
-    accelerator_error = getattr(torch, "AcceleratorError", ())
-    return (bool(accelerator_error) and isinstance(exc, accelerator_error)) or \
-        any(marker in str(exc) for marker in _FATAL_MARKERS)
 
 
 def release_memory(device: torch.device) -> None:
@@ -118,7 +107,9 @@ class ActorConfig:
     decoding: dict[str, Any] = field(default_factory=dict)
     extra_methods: tuple[str, ...] = ()  # further methods decoded from each batch's encoder output
     weights: dict[str, Any] = field(default_factory=dict)  # model.weights.WeightsSelection fields
-    max_batch_seconds: float = 160.0
+    #: padded seconds per model batch; None: automatic (pipeline.run.device_memory: on CUDA from the
+    #: device's memory and the model's measured cost, else CPU_BATCH_SECONDS); on CUDA a given value is a cap
+    max_batch_seconds: Optional[float] = None
     max_batch_size: Optional[int] = None
     amp_dtype: str = "auto"
     rescoring_dtype: str = "auto"
@@ -134,15 +125,68 @@ class ActorConfig:
     max_audio_seconds: Optional[float] = 24 * 3600.0  # audio of unknown duration is not decoded past this (in-process runs)
 
 
-class Transcriber:
-    """One resident model; :meth:`transcribe_shard` for a shard whose audio is loaded."""
+@dataclass
+class DecodedShard:
+    """A shard the model is done with (:meth:`Transcriber.decode_shard`): its rows, in manifest
+    order, not yet scored against their references, and its summary; :meth:`Transcriber.write_shard`
+    writes them."""
 
-    def __init__(self, config: ActorConfig, gpu_ids: Optional[Sequence[Any]] = None):
+    task: ShardTask
+    rows: list[TranscriptRow]  # one per cut (of the shard's short cuts) and decoding
+    windows: list[WindowRow]  # one per window of a long cut and decoding
+    result: ShardResult
+    scored: bool = False
+
+
+@dataclass
+class _BatchPlan:
+    """One packed batch of a shard, planned for the model: its silent cuts are done without it, the
+    others go as they are (one model batch) or, cut at their pauses, as pieces in model batches of
+    their own (``pieces``: position among ``good``, offset in samples, samples)."""
+
+    index: list[int]  # the batch's cuts: positions in the shard
+    silent: list[int]
+    good: list[int]
+    pieces: Optional[list[tuple[int, int, np.ndarray]]]  # None: the good cuts as they are
+    groups: list[list[int]]  # the model batches: positions in ``pieces`` (or in ``good``)
+    waves: list[list[np.ndarray]]  # the samples of each model batch
+    seen: float = 0.0  # seconds of audio the model sees
+    padded: float = 0.0  # and with padding
+
+
+@dataclass
+class ShardPlan:
+    """A shard's cuts planned for the model (:meth:`Transcriber.plan_shard`): its duration-sorted
+    packed batches, each with its silent cuts set apart and its long cuts cut at their pauses."""
+
+    batches: list[_BatchPlan]
+
+
+class Transcriber:
+    """One resident model; :meth:`decode_shard` and :meth:`write_shard` (or :meth:`transcribe_shard`)
+    for a shard whose audio is loaded.
+
+    ``gpu_share``: the share of its GPU the actor was given (Ray's ``num_gpus``); below 1 the
+    process's CUDA allocator is capped at it (:func:`pipeline.run.device_memory.allocator_fraction`).
+
+    Raises :class:`DeviceFailure` when the model's warm-up (or the memory probe) fails on the device:
+    the model stage ends the process so that Ray starts a fresh one."""
+
+    def __init__(self, config: ActorConfig, gpu_ids: Optional[Sequence[Any]] = None,
+                 gpu_share: Optional[float] = None):
         self.config = config
         # fewer out-of-memory errors from fragmentation as batch shapes vary (unless the user chose)
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         torch.set_num_threads(max(1, config.num_threads))
         self.device = pick_device(config.device, gpu_ids)
+        #: the cap of this process's CUDA allocator (a share of the GPU), None: the whole GPU
+        self.memory_fraction: Optional[float] = None
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            self.memory_fraction = allocator_fraction(gpu_share, total)
+            if self.memory_fraction is not None:
+                index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+                torch.cuda.set_per_process_memory_fraction(self.memory_fraction, index)
         weights = WeightsSelection.from_dict(config.weights)
         model_dir = local_model_dir(config.model_uri, expected_sha256=config.model_sha256, weights=weights)
         self.recognizer = Recognizer.from_dir(
@@ -151,15 +195,22 @@ class Transcriber:
             checkpoint_sha256=config.model_sha256,  # the driver's: the same weights on every node
             weights=weights, backend=config.backend,
         )
-        self.recognizer.warm_up()
-        #: padded seconds per model batch: the run's --max-batch-seconds, lowered after an out-of-memory
-        self.max_batch_seconds = float(config.max_batch_seconds)
+        #: padded seconds per model batch: the run's --max-batch-seconds (else CPU_BATCH_SECONDS), on CUDA
+        #: set by the memory probe, and lowered after an out-of-memory
+        self.max_batch_seconds = float(config.max_batch_seconds or CPU_BATCH_SECONDS)
         self.oom_splits = 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        if self.device.type == "cuda":
-            self.probe_memory()
         self._ranges: Optional[RangeReader] = None  # for process_shard (the audio stage has its own)
         self._heap = HeapTrimmer()
+        try:
+            self.recognizer.warm_up()
+            if self.device.type == "cuda":
+                self.probe_memory()
+        except Exception as exc:  # noqa: BLE001 - a device's failure ends the process (model stage): Ray restarts it
+            if failure_kind(exc) is None and not isinstance(exc, ShardDeviceError):
+                raise
+            raise DeviceFailure(f"the model's warm-up failed on {self.device}: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:300]}") from exc
 
     def describe(self) -> dict[str, Any]:
         """Model and device facts for the run summary."""
@@ -174,6 +225,7 @@ class Transcriber:
     # -- rows ----------------------------------------------------------------
     def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str],
              decoding: str) -> TranscriptRow:
+        """A cut's row, without its WER columns (:meth:`write_shard` scores it)."""
         info = self.recognizer.info
         window = item.is_window
         row = (WindowRow if window else TranscriptRow)(
@@ -196,41 +248,54 @@ class Transcriber:
             row.window_index, row.window_count = item.window_index, item.window_count
             row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
             row.reference = item.reference if item.window_index == 0 else None
-            return row
-        score_row(row, self.config.normalizer)
         return row
 
-    def _transcribe(self, waves: list[np.ndarray], times: StageTimes) -> list[list[Transcript] | str]:
+    # -- model batches -------------------------------------------------------
+    def _transcribe(self, waves: list[np.ndarray], times: StageTimes, prepared: Optional[FeatureBatch] = None,
+                    overlap: Optional[Callable[[], None]] = None) -> list[list[Transcript] | str]:
         """For each cut of a batch, in order: its transcript by each decoding (one encoder pass),
-        or an error message.
+        or an error message. ``prepared``: the batch's features, started by :meth:`_prepare`;
+        ``overlap``: host work to do while the device encodes (:meth:`Recognizer.transcribe_all`).
+
+        Failures (:func:`pipeline.run.failures.failure_kind`):
 
         * Out of memory: the batch is split in halves (shortest and longest cuts apart) and the
           actor's budget (:attr:`max_batch_seconds`) drops to half the failed batch's padded
-          seconds for the rest of the run; a single cut that does not fit gets an error message.
-        * A device failure (:func:`is_fatal_device_error`) raises :class:`DeviceFailure`: the
+          seconds for the rest of the run.
+        * A device failure that poisons the CUDA context raises :class:`DeviceFailure`: the
           process must end, the shard is retried on a fresh actor.
-        * Any other failure (a bad input): each cut is retried alone, and a cut that still fails
-          gets its error message.
+        * Any other failure: each cut is retried alone. A cut that still fails because of its
+          input gets its error message (an error row); one that fails alone because of the device
+          (out of memory, a device error) raises :class:`ShardDeviceError`: the shard is retried,
+          and never gets an error row that a rerun would keep.
 
         The retries run after the ``except`` block, so the failed batch's tensors (held by the
         traceback) are freed first. A batch larger than the current budget is split before it runs."""
         padded = len(waves) * max(w.size for w in waves) / SAMPLE_RATE
         if len(waves) > 1 and padded > self.max_batch_seconds:
             return self._in_halves(waves, times)
-        failure, oom = "", False
+        failure, kind = "", None
         try:
-            per_decoding, t = self.recognizer.transcribe_all(waves)
+            per_decoding, t = self.recognizer.transcribe_all(prepared if prepared is not None else waves,
+                                                             overlap=overlap)
         except Exception as exc:  # noqa: BLE001 - classified below, after the except block
-            if is_fatal_device_error(exc):
+            kind = failure_kind(exc)
+            if kind == POISONED:
                 raise DeviceFailure(f"{type(exc).__name__}: {exc}") from exc
-            failure, oom = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", is_out_of_memory(exc)
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         else:
             times.add(t)
             return [list(of_cut) for of_cut in zip(*per_decoding)]
         release_memory(self.device)
         if len(waves) == 1:
-            return [f"model failed: {failure}" + (f" ({padded:.1f} s alone does not fit)" if oom else "")]
-        if oom:
+            if kind == OUT_OF_MEMORY:
+                raise ShardDeviceError(
+                    f"a cut of {padded:.1f} s does not fit in {self.device} memory even alone ({failure}): lower "
+                    "--max-cut-seconds (longer cuts are transcribed in windows) or give each actor more of a GPU")
+            if kind is not None:
+                raise ShardDeviceError(f"the device fails on a cut of {padded:.1f} s even alone: {failure}")
+            return [f"model failed: {failure}"]
+        if kind == OUT_OF_MEMORY:
             self.oom_splits += 1
             budget = max(padded / 2, 1.0)
             if budget < self.max_batch_seconds:
@@ -240,23 +305,6 @@ class Transcriber:
             return self._in_halves(waves, times)
         return [self._transcribe([w], times)[0] for w in waves]
 
-    def probe_memory(self) -> list[list[Transcript] | str]:
-        """Run the largest batch this run can produce once (as many cuts of the longest duration,
-        ``max_cut_seconds``, as the budget holds), so that running out of memory happens here,
-        lowering the budget (:meth:`_transcribe`), and not on the first long shard. Called at
-        start-up on CUDA, where memory is the limit; returns the probe's results."""
-        longest = self.config.max_cut_seconds if self.config.max_cut_seconds > 0 else self.max_batch_seconds
-        longest = min(longest, self.max_batch_seconds)
-        count = max(1, int(self.max_batch_seconds // longest))
-        if self.config.max_batch_size:
-            count = min(count, self.config.max_batch_size)
-        rng = np.random.default_rng(0)
-        waves = [(0.01 * rng.standard_normal(int(longest * SAMPLE_RATE))).astype(np.float32) for _ in range(count)]
-        results = self._transcribe(waves, StageTimes())
-        log.info("%s: memory probe with %d x %.1f s: batch budget %.1f padded s", self.worker, count, longest,
-                 self.max_batch_seconds)
-        return results
-
     def _in_halves(self, waves: list[np.ndarray], times: StageTimes) -> list[list[Transcript] | str]:
         order = sorted(range(len(waves)), key=lambda i: waves[i].size)
         out: list[list[Transcript] | str] = [""] * len(waves)
@@ -265,52 +313,161 @@ class Transcriber:
                 out[i] = result
         return out
 
+    def _prepare(self, waves: list[np.ndarray]) -> Optional[FeatureBatch]:
+        """Start the features of a model batch ahead of its turn (CUDA only: elsewhere there is no
+        device to overlap with). None when it will not run as it is (over the budget) or could not
+        be started: it is then computed when its turn comes, where a failure is handled."""
+        if self.device.type != "cuda" or (len(waves) > 1 and
+                                          len(waves) * max(w.size for w in waves) / SAMPLE_RATE > self.max_batch_seconds):
+            return None
+        try:
+            return self.recognizer.prepare(waves)
+        except Exception:  # noqa: BLE001 - the batch is tried again in its turn, where failures are classified
+            log.debug("%s: could not start a batch's features ahead", self.worker, exc_info=True)
+            release_memory(self.device)
+            return None
+
+    def _run_model_batches(self, batches: list[list[np.ndarray]], times: StageTimes) -> list[list[list[Transcript] | str]]:
+        """:meth:`_transcribe` on each model batch in turn; on CUDA the features of the next one are
+        started (:meth:`_prepare`) while the device encodes the current one."""
+        out = []
+        ahead = self._prepare(batches[0]) if batches else None
+        for i, waves in enumerate(batches):
+            current, ahead = ahead, None
+            following = batches[i + 1] if i + 1 < len(batches) else None
+
+            def start_next(following: Optional[list[np.ndarray]] = following) -> None:
+                nonlocal ahead
+                ahead = self._prepare(following) if following is not None else None
+
+            out.append(self._transcribe(waves, times, current, start_next if following is not None else None))
+            self._heap.maybe_trim()  # the batch's tensors are freed: give back what piles up (pipeline.run.heap)
+        return out
+
+    def probe_memory(self) -> list[list[Transcript] | str]:
+        """Size the batch budget before any audio: run the largest batch this run can produce (as
+        many cuts of the longest duration, ``max_cut_seconds``, as the budget holds) with a second
+        one's features prepared while it runs (as a shard's next batch is), so that running out of
+        memory happens here, lowering the budget (:meth:`_transcribe`), and not on the first long
+        shard. Returns the last probe's results.
+
+        On CUDA the first probe starts at :data:`~pipeline.run.device_memory.CPU_BATCH_SECONDS`
+        (or a smaller --max-batch-seconds) and, with the torch backend (onnxruntime allocates
+        outside torch's allocator: there the probe only lowers), measures the model's memory per
+        padded second; the
+        budget becomes what the memory this process may use holds
+        (:func:`~pipeline.run.device_memory.batch_budget`, at most --max-batch-seconds when given),
+        higher or lower than the probe's, and a second probe at that size checks it."""
+        cap = self.config.max_batch_seconds
+        self.max_batch_seconds = min(cap, CPU_BATCH_SECONDS) if cap else CPU_BATCH_SECONDS
+        results, cost = self._probe()
+        if cost is None:  # out of memory: the budget is already lowered to what fits
+            return results
+        memory = read_device_memory(self.device)
+        budget = batch_budget(room_bytes(memory, self.memory_fraction), cost, cap=cap)
+        log.info("%s: memory probe: %.1f MiB per padded second of %.1f s cuts, %.2f GiB free of %.2f GiB%s: batch "
+                 "budget %.1f padded s", self.worker, cost / 2**20, self._probe_cut_seconds(), memory.free / 2**30,
+                 memory.total / 2**30, f" (allocator capped at {self.memory_fraction:.3f})" if self.memory_fraction
+                 else "", budget)
+        raised = budget > self.max_batch_seconds
+        self.max_batch_seconds = budget
+        if raised:
+            results, _ = self._probe()
+        return results
+
+    def _probe_cut_seconds(self) -> float:
+        longest = self.config.max_cut_seconds if self.config.max_cut_seconds > 0 else self.max_batch_seconds
+        return min(longest, self.max_batch_seconds)
+
+    def _probe(self) -> tuple[list[list[Transcript] | str], Optional[float]]:
+        """One probe at the current budget: its results, and on CUDA the bytes it took per padded
+        second (None when it ran out of memory, or elsewhere)."""
+        longest = self._probe_cut_seconds()
+        count = max(1, int(self.max_batch_seconds // longest))
+        if self.config.max_batch_size:
+            count = min(count, self.config.max_batch_size)
+        rng = np.random.default_rng(0)
+        waves = [(0.01 * rng.standard_normal(int(longest * SAMPLE_RATE))).astype(np.float32) for _ in range(count)]
+        cuda = self.device.type == "cuda"
+        if cuda:
+            release_memory(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        splits = self.oom_splits
+        ahead: list[Optional[FeatureBatch]] = []  # the next batch's features, prepared while this one runs
+        results = self._transcribe(waves, StageTimes(), self._prepare(waves), lambda: ahead.append(self._prepare(waves)))
+        del ahead
+        log.info("%s: memory probe with %d x %.1f s: batch budget %.1f padded s", self.worker, count, longest,
+                 self.max_batch_seconds)
+        if not cuda or self.oom_splits > splits or self.config.backend != "torch":  # onnxruntime's memory is its own
+            return results, None
+        peak = torch.cuda.max_memory_allocated(self.device)
+        return results, cost_per_padded_second(before, peak, count * longest)
+
+    # -- shards --------------------------------------------------------------
     def _splits_at_pauses(self, item: WorkItem, samples: np.ndarray) -> bool:
         long = samples.size > self.config.max_cut_seconds * SAMPLE_RATE > 0
         return self.config.pause_split is not None and (item.is_window or long)
 
-    def _transcribe_batch(self, items: list[WorkItem], waves: list[np.ndarray],
-                          times: StageTimes) -> tuple[list[list[Transcript] | str], float, float]:
-        """Transcripts by each decoding (or error messages) of a batch's cuts, and the seconds of
-        audio the model saw without and with padding.
+    def _plan(self, items: list[WorkItem], audio: ShardAudio, index: list[int]) -> _BatchPlan:
+        """How a packed batch of the shard goes to the model (see :class:`_BatchPlan`).
 
         Windows of long cuts are cut at their pauses (:mod:`pipeline.longform.pauses`); the pieces of the
         whole batch are packed into duration-sorted model batches of their own and joined back
         into one transcript per window. A batch with nothing to cut goes to the model as packed."""
-        pieces: list[tuple[int, int, np.ndarray]] = []  # (index in batch, offset in samples, samples)
-        for k, (item, wave) in enumerate(zip(items, waves)):
-            spans = speech_pieces(wave, SAMPLE_RATE, self.config.pause_split) if self._splits_at_pauses(item, wave) else [(0, wave.size)]
-            pieces += [(k, a, wave[a:b]) for a, b in spans]
+        silent = [k for k in index if audio.samples[k] is not None
+                  and float(np.abs(audio.samples[k]).max(initial=0.0)) < SILENCE_PEAK]
+        quiet = set(silent)
+        good = [k for k in index if audio.samples[k] is not None and k not in quiet]
+        plan = _BatchPlan(index=index, silent=silent, good=good, pieces=None, groups=[], waves=[])
+        if not good:
+            return plan
+        waves = [audio.samples[k] for k in good]
+        pieces: list[tuple[int, int, np.ndarray]] = []
+        for g, (k, wave) in enumerate(zip(good, waves)):
+            spans = (speech_pieces(wave, SAMPLE_RATE, self.config.pause_split)
+                     if self._splits_at_pauses(items[k], wave) else [(0, wave.size)])
+            pieces += [(g, a, wave[a:b]) for a, b in spans]
+        plan.seen = sum(p[2].size for p in pieces) / SAMPLE_RATE
         if all(p[1] == 0 and p[2].size == waves[p[0]].size for p in pieces):  # nothing cut or trimmed
-            return (self._transcribe(waves, times), sum(w.size for w in waves) / SAMPLE_RATE,
-                    len(waves) * max(w.size for w in waves) / SAMPLE_RATE)
-        padded = 0.0
-        results: list[list[Transcript] | str] = []
+            plan.groups, plan.waves = [list(range(len(good)))], [waves]
+            plan.padded = len(waves) * max(w.size for w in waves) / SAMPLE_RATE
+            return plan
+        plan.pieces = pieces
         min_size = int(MIN_SECONDS * SAMPLE_RATE)
-        order = pack_batches(list(range(len(pieces))), [p[2].size / SAMPLE_RATE for p in pieces],
-                             self.max_batch_seconds, self.config.max_batch_size)
-        by_piece: dict[int, list[Transcript] | str] = {}
-        for sub in order:
+        for sub in pack_batches(list(range(len(pieces))), [p[2].size / SAMPLE_RATE for p in pieces],
+                                self.max_batch_seconds, self.config.max_batch_size):
             sub_waves = [np.pad(pieces[j][2], (0, max(0, min_size - pieces[j][2].size))) for j in sub.items]
-            by_piece.update(zip(sub.items, self._transcribe(sub_waves, times)))
-            padded += len(sub_waves) * max(w.size for w in sub_waves) / SAMPLE_RATE
-        of_cut: list[list[int]] = [[] for _ in waves]
-        for j, (k, _, _) in enumerate(pieces):
-            of_cut[k].append(j)
+            plan.groups.append(list(sub.items))
+            plan.waves.append(sub_waves)
+            plan.padded += len(sub_waves) * max(w.size for w in sub_waves) / SAMPLE_RATE
+        return plan
+
+    def _assemble(self, plan: _BatchPlan, outputs: list[list[list[Transcript] | str]]) -> list[list[Transcript] | str]:
+        """Each good cut's result from its plan's model-batch ``outputs`` (pieces joined back)."""
+        by_position: dict[int, list[Transcript] | str] = {}
+        for group, results in zip(plan.groups, outputs):
+            by_position.update(zip(group, results))
+        if plan.pieces is None:
+            return [by_position[g] for g in range(len(plan.good))]
+        pieces = plan.pieces
+        of_cut: list[list[int]] = [[] for _ in plan.good]
+        for j, (g, _, _) in enumerate(pieces):
+            of_cut[g].append(j)
+        tok = self.recognizer.tokenizer
+        results: list[list[Transcript] | str] = []
         for mine in of_cut:
-            failed = [by_piece[j] for j in mine if isinstance(by_piece[j], str)]
+            failed = [by_position[j] for j in mine if isinstance(by_position[j], str)]
             if failed:
                 results.append(f"{failed[0]} (in {len(failed)} of the {len(mine)} pieces cut at pauses)")
                 continue
-            tok = self.recognizer.tokenizer
             results.append([
-                join_transcripts([(pieces[j][1] / SAMPLE_RATE, pieces[j][2].size / SAMPLE_RATE, by_piece[j][d])
+                join_transcripts([(pieces[j][1] / SAMPLE_RATE, pieces[j][2].size / SAMPLE_RATE, by_position[j][d])
                                   for j in mine], tok.decode, lambda i: tok.id_to_piece(i).startswith(WORD_MARK),
                                  tok.piece_to_id(WORD_MARK) if WORD_MARK in tok else None)
                 for d in range(len(self.recognizer.decodings))])
-        return results, sum(p[2].size for p in pieces) / SAMPLE_RATE, padded
+        return results
 
-    # -- shards --------------------------------------------------------------
     def process_shard(self, task: ShardTask) -> ShardResult:
         """Load the shard's audio here, then :meth:`transcribe_shard` (runs without an audio stage)."""
         if self._ranges is None:
@@ -319,45 +476,57 @@ class Transcriber:
                                                             self.config.max_audio_seconds))
 
     def transcribe_shard(self, task: ShardTask, audio: ShardAudio) -> ShardResult:
-        """Transcribe every cut of a shard from its loaded audio and write its part(s); returns
-        the shard summary (also stored in the part's metadata)."""
-        started = time.perf_counter()
-        splits_before = self.oom_splits
+        """Transcribe every cut of a shard from its loaded audio and write its part(s)
+        (:meth:`decode_shard`, then :meth:`write_shard`); returns the shard summary."""
+        return self.write_shard(self.decode_shard(task, audio))
+
+    def plan_shard(self, task: ShardTask, audio: ShardAudio) -> ShardPlan:
+        """The host work before a shard's model batches (packing by duration, silence scans, pause
+        splitting): no model, so it may run on another thread while the model decodes the shard
+        before (the model stage does)."""
         shard = task.shard
         at = {id(item): k for k, item in enumerate(shard.items)}
         batches = pack_batches(shard.items, [i.duration for i in shard.items],
                                self.max_batch_seconds, self.config.max_batch_size)
-        result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(batches),
+        return ShardPlan([self._plan(shard.items, audio, [at[id(item)] for item in batch.items]) for batch in batches])
+
+    def decode_shard(self, task: ShardTask, audio: ShardAudio, plan: Optional[ShardPlan] = None) -> DecodedShard:
+        """Run the model on every cut of a shard from its loaded audio (and its :meth:`plan_shard`,
+        made here when not given): the shard's rows (not yet scored) and summary. All model
+        batches of the shard run in one sequence, so on CUDA each one's features are started while
+        the one before runs.
+
+        Raises :class:`DeviceFailure` (end the process) or :class:`ShardDeviceError` (retry the
+        shard) when the device, not the audio, fails."""
+        started = time.perf_counter()
+        splits_before = self.oom_splits
+        shard = task.shard
+        plans = (plan or self.plan_shard(task, audio)).batches
+        result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(plans),
                              worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds,
                              load_cpu_seconds=audio.cpu_seconds, bytes_fetched=audio.bytes_fetched,
                              bytes_needed=audio.bytes_needed)
         times = StageTimes()
         labels = self.decoding_labels()
-        rows: list[TranscriptRow] = []
+        outputs = self._run_model_batches([waves for plan in plans for waves in plan.waves], times)
         errors = list(audio.errors)
-        for batch in batches:
-            index = [at[id(item)] for item in batch.items]
-            transcripts: dict[int, list[Transcript]] = {}
-            for k in index:
-                samples = audio.samples[k]
-                if samples is not None and float(np.abs(samples).max(initial=0.0)) < SILENCE_PEAK:
-                    transcripts[k] = [Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0)
-                                      for _ in labels]
-                    result.audio_seconds += audio.durations[k]
-            good = [k for k in index if audio.samples[k] is not None and k not in transcripts]
-            if good:
-                done, seen, padded = self._transcribe_batch([shard.items[k] for k in good],
-                                                             [audio.samples[k] for k in good], times)
-                for k, tr in zip(good, done):
-                    if isinstance(tr, str):
-                        errors[k] = tr
-                    else:
-                        transcripts[k] = tr
-                result.audio_seconds += sum(audio.durations[k] for k in good)
-                result.model_input_seconds += seen
-                result.padded_seconds += padded
-            self._heap.maybe_trim()  # the batch's tensors are freed: give back what piles up (pipeline.run.heap)
-            for k in index:
+        rows: list[TranscriptRow] = []
+        used = 0
+        for plan in plans:
+            transcripts: dict[int, list[Transcript]] = {
+                k: [Transcript(text="", token_ids=[], token_times=[], score=0.0, confidence=1.0) for _ in labels]
+                for k in plan.silent}
+            done = self._assemble(plan, outputs[used: used + len(plan.groups)])
+            used += len(plan.groups)
+            for k, tr in zip(plan.good, done):
+                if isinstance(tr, str):
+                    errors[k] = tr
+                else:
+                    transcripts[k] = tr
+            result.audio_seconds += sum(audio.durations[k] for k in plan.silent + plan.good)
+            result.model_input_seconds += plan.seen
+            result.padded_seconds += plan.padded
+            for k in plan.index:
                 for d, label in enumerate(labels):
                     row = self._row(shard.items[k], shard.shard_id, transcripts[k][d] if k in transcripts else None,
                                     errors[k], label)
@@ -382,13 +551,32 @@ class Transcriber:
         p = self.recognizer.precision
         result.precision = f"{p.name} ({p.reason})"
         result.wall_seconds = time.perf_counter() - started
-        if windows:  # written first: a shard counts as done only once its transcripts part exists
-            if task.windows_part_uri is None:
-                raise ValueError(f"shard {shard.shard_id} holds windows of long cuts but no windows part was given")
-            parquet.write_part(task.windows_part_uri, rows_to_table(windows, WINDOW_SCHEMA), task.fingerprint)
+        if windows and task.windows_part_uri is None:
+            raise ValueError(f"shard {shard.shard_id} holds windows of long cuts but no windows part was given")
+        return DecodedShard(task=task, rows=rows, windows=windows, result=result)
+
+    def write_shard(self, decoded: DecodedShard) -> ShardResult:
+        """Score a decoded shard's rows against their references (once) and write its parts: the
+        windows and words parts first, the transcripts part, which marks the shard done, last; each
+        atomically, with the shard's fingerprint. Safe to call again after a
+        :class:`~pipeline.io.storage.StorageError` (the same parts are written again). Does not use
+        the model, so it may run on another thread while the model decodes the next shard.
+
+        Returns the shard summary (also stored in the transcripts part's metadata: there its
+        ``write_seconds`` lacks the transcripts part's own upload)."""
+        started = time.perf_counter()
+        task, rows, result = decoded.task, decoded.rows, decoded.result
+        if not decoded.scored:
+            for row in rows:
+                score_row(row, self.config.normalizer)
+            decoded.scored = True
+        if decoded.windows:  # written first: a shard counts as done only once its transcripts part exists
+            parquet.write_part(task.windows_part_uri, rows_to_table(decoded.windows, WINDOW_SCHEMA), task.fingerprint)
         if task.words_part_uri is not None and rows:  # before the transcripts part, which marks the shard done
             tokenizer = self.recognizer.tokenizer
             words = words_table(rows, tokenizer.id_to_piece, tokenizer.decode, self.recognizer.decoding.frame_shift_s)
             parquet.write_part(task.words_part_uri, words, task.fingerprint)
+        result.write_seconds = time.perf_counter() - started
         parquet.write_part(task.part_uri, rows_to_table(rows), task.fingerprint, summary=result.as_dict())
+        result.write_seconds = time.perf_counter() - started
         return result
