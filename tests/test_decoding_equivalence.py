@@ -109,14 +109,16 @@ def test_fused_prefix_search_is_the_legacy_one(search_lms, block):
         assert_same(old, new, NBEST_FIELDS, (seed, beam, token_beam, scale, bonus))
 
 
-def test_large_batch_on_two_threads_is_the_legacy_one(search_lms):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_batch_on_two_threads_is_the_legacy_one(search_lms, dtype):
     """Beam 32 over 32 utterances: the candidate tensors pass the size at which CPU kernels split
-    their work between threads (and vectorise by chunk); the log-sum-exps must still agree."""
+    their work between threads (and vectorise by chunk), and rows of 32 slots are long enough to
+    be vectorised; the log-sum-exps must still agree, in both of the search's float layouts."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         g = torch.Generator().manual_seed(11)
-        lp = (torch.randn(32, 6, len(PIECES), generator=g) * 2).log_softmax(-1)
+        lp = (torch.randn(32, 6, len(PIECES), generator=g, dtype=dtype) * 2).log_softmax(-1)
         lens = torch.randint(1, 7, (32,), generator=g)
         fz = search_lms[0][0]
         for lm in (None, fz):
