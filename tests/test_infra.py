@@ -662,7 +662,8 @@ def test_every_container_requests_and_limits_ephemeral_storage():
         assert all("sizeLimit" in v["emptyDir"] for v in pod.get("volumes", []) if "emptyDir" in v), f"{where}: bound every emptyDir"
         if role != "other":
             assert on_disk >= 20 * 2**30, f"{where}: the model cache"
-            assert limit >= on_disk + 8 * 2**30, f"{where}: ephemeral-storage limit {limit / 2**30:g}Gi leaves < 8Gi beyond the emptyDirs ({on_disk / 2**30:g}Gi)"
+            assert limit >= on_disk + 8 * 2**30, \
+                f"{where}: ephemeral-storage limit {limit / 2**30:g}Gi leaves < 8Gi beyond the emptyDirs ({on_disk / 2**30:g}Gi)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -704,7 +705,8 @@ def test_raycluster_and_rayjob_share_their_ray_settings():
         return out
 
     assert ray_settings(rc) == ray_settings(rj)
-    assert ray_settings(rc)["gpu"]["env"] == settings["gpu"]["env"] and ray_settings(rc)["head"]["rayStartParams"] == settings["head"]["group"]["rayStartParams"]
+    assert ray_settings(rc)["gpu"]["env"] == settings["gpu"]["env"]
+    assert ray_settings(rc)["head"]["rayStartParams"] == settings["head"]["group"]["rayStartParams"]
     assert {"name": "RAY_num_workers_soft_limit", "value": "24"} in ray_settings(rj)["head"]["env"]
 
 
@@ -802,7 +804,8 @@ def test_build_script_tags_each_build_and_pins_the_manifests(tmp_path):
     # An uncommitted change gets a tag of its own; without --push the tag alone is written.
     (work / "infra" / "k8s" / "ensure_resources.py").write_text("# changed\n")
     log.write_text("")
-    run = subprocess.run(["bash", "infra/docker/build.sh", "--flavor", "cpu"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(["bash", "infra/docker/build.sh", "--flavor", "cpu"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     (build,) = docker_calls(log)
     (tag,) = [w for w in build if w.startswith(repo + ":")]
@@ -965,7 +968,7 @@ def test_image_references_must_name_one_build():
     repo = "ghcr.io/zipscribe/zipscribe"
     for ok, flavor in [(f"{repo}:0.1.0-0123456789ab-gpu", "gpu"), (f"{repo}:0.1.0-0123456789ab-dirty.20261208010203-cpu", "cpu"),
                        (f"{repo}:0.1.0-0123456789ab-gpu@sha256:{'a' * 64}", "gpu"), (f"{repo}@sha256:{'b' * 64}", "cpu"),
-                       (f"localhost:5000/zs:2.0.0-0123456789ab-gpu", "gpu")]:
+                       ("localhost:5000/zs:2.0.0-0123456789ab-gpu", "gpu")]:
         assert problem(ok, flavor) is None, (ok, problem(ok, flavor))
     for bad, flavor in [(f"{repo}:0.1.0-gpu", "gpu"), (f"{repo}:latest", "gpu"), (repo, "gpu"),
                         (f"{repo}:0.1.0-0123456789ab-cpu", "gpu"), (f"{repo}:0.1.0-gpu@sha256:{'a' * 5}", "gpu")]:
@@ -1390,7 +1393,8 @@ def test_local_up_submit_and_down():
     ports = {name: free_port() for name in ("ZS_RAY_PORT", "ZS_DASHBOARD_PORT", "ZS_S3_PORT", "ZS_CLIENT_PORT", "ZS_AGENT_PORT")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update({k: str(v) for k, v in ports.items()})
-    env.update(ZS_STATE_DIR=str(state), ZS_VENV=str(BIN.parent), ZS_NUM_CPUS="2", ZS_BUCKET="zs-local")
+    env.update(ZS_STATE_DIR=str(state), ZS_VENV=str(BIN.parent), ZS_NUM_CPUS="2", ZS_BUCKET="zs-local",
+               ZS_KUBERAY_CHECK="0")   # whatever cluster this machine's kubectl points at
     up, down = INFRA / "local" / "up.sh", INFRA / "local" / "down.sh"
     # A bystander that looks like Ray and an S3 server of another setup: down.sh must spare it.
     other = f"/tmp/zsl-other/ray/session_x raylet --gcs-address=127.0.0.1:{ports['ZS_RAY_PORT'] + 1} moto_server -p {ports['ZS_S3_PORT'] + 1}"
