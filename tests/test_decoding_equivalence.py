@@ -215,6 +215,23 @@ def test_nbest_trie_scores_are_the_legacy_ones():
             assert decoder.score_nbest(enc, lens, nbest) == legacy_score_nbest(decoder, enc, lens, nbest), trial
 
 
+def test_nbest_trie_scores_a_batch_whose_every_hypothesis_is_empty():
+    """An untrained model (the first epochs of jobs/train_demo.py) proposes only empty
+    hypotheses: the trie is the root alone (no token column at all) and each entry scores eos
+    after sos, as the legacy per-hypothesis scoring does."""
+    torch.manual_seed(0)
+    decoder = AsrModel(**dict(TINY_CONFIG, vocab_size=40)).eval().attention_decoder
+    width = decoder.decoder.layers[0].src_attn.linear_k.in_features
+    for nbest in ([[[]]], [[[], []], [[]], [[], [], []]]):
+        enc = torch.randn(len(nbest), 12, width)
+        lens = torch.tensor([12, 7, 3][:len(nbest)])
+        with torch.inference_mode():
+            got = decoder.score_nbest(enc, lens, nbest)
+            assert got == legacy_score_nbest(decoder, enc, lens, nbest), nbest
+        assert [len(row) for row in got] == [len(h) for h in nbest]
+        assert all(score < 0.0 for row in got for score in row)
+
+
 def test_nbest_lm_scores_are_the_per_entry_scores():
     """Rescoring's word-LM scores of a whole n-best at once (one tokenizer call, each (history,
     word) looked up once) are the per-entry ``lm.score(tokenizer.decode(ids))`` of before."""
