@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -96,7 +95,7 @@ def test_a_warm_up_that_fails_on_the_device_restarts_the_actor_then_stops_the_ru
     assert summary.shards_done == 0 and sorted(summary.shards_failed) and summary.stopped
     # the first start and the 2 restarts --max-attempts allows, each at start-up (no shard)
     assert [f["shard_id"] for f in summary.device_failures] == [None, None, None]
-    assert f"model actors ended 3 time(s) after device failures, the last: " in summary.stopped
+    assert "model actors ended 3 time(s) after device failures, the last: " in summary.stopped
     assert f"the model's warm-up failed on cpu: RuntimeError: {stage_fakes.ILLEGAL_ADDRESS}" in summary.stopped
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from hypothesis import strategies as st
 
 from helpers import make_tiny_model_dir
 from s3_testing import FaultProxy, free_port, moto_environment
-from services import BIN, RayHead, list_state, wait_for
+from services import RayHead, list_state, wait_for
 
 from pipeline.io import storage
 from pipeline.io.names import UnsafePathError, relative_key, safe_name, within

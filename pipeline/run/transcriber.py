@@ -396,7 +396,7 @@ class Transcriber:
         splits = self.oom_splits
         ahead: list[Optional[FeatureBatch]] = []  # the next batch's features, prepared while this one runs
         results = self._transcribe(waves, StageTimes(), self._prepare(waves), lambda: ahead.append(self._prepare(waves)))
-        del ahead
+        ahead.clear()  # the probe's prepared batch is not kept
         log.info("%s: memory probe with %d x %.1f s: batch budget %.1f padded s", self.worker, count, longest,
                  self.max_batch_seconds)
         if not cuda or self.oom_splits > splits or self.config.backend != "torch":  # onnxruntime's memory is its own
