@@ -41,12 +41,14 @@ def test_measure_by_node_type_and_holder():
     assert measure([Held("audio task", "gone", 0, H, cpus=1)], {}).by_node_type["unknown"].cpu_core_hours == 1.0
 
 
-def test_a_restarted_actor_counts_each_process_until_the_next():
+def test_actor_processes_end_where_ray_says_else_at_the_next_process_or_now():
     starts = [{"actor_id": "a", "node_id": "n1", "start": 100.0, "cpus": 1, "gpus": 1},
               {"actor_id": "a", "node_id": "n2", "start": 160.0, "cpus": 1, "gpus": 1},  # restarted on another node
-              {"actor_id": "b", "node_id": "n1", "start": 110.0, "cpus": 1, "gpus": 0}]
-    held = sorted(actor_intervals(starts, {"a": 200.0, "b": None}, now=250.0), key=lambda h: (h.start, h.node_id))
-    assert [(h.node_id, h.start, h.end) for h in held] == [("n1", 100, 160), ("n1", 110, 250), ("n2", 160, 200)]
+              {"actor_id": "b", "node_id": "n1", "start": 110.0, "cpus": 1, "gpus": 0},
+              {"actor_id": "c", "node_id": "n1", "start": 120.0, "cpus": 1, "gpus": 0}]
+    held = actor_intervals(starts, [None, 200.0, None, 130.0], now=250.0)
+    assert [(h.node_id, h.start, h.end) for h in held] == [("n1", 100, 160), ("n2", 160, 200), ("n1", 110, 250),
+                                                            ("n1", 120, 130)]
 
 
 def test_node_types():

@@ -8,7 +8,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from .cost import Prices, compute_cost
-from .usage import Held, actor_ends, actor_intervals, measure, node_types
+from .usage import Held, actor_intervals, measure, node_types, process_ends
 
 __all__ = ["account"]
 
@@ -22,14 +22,15 @@ def account(task_holds: Sequence[dict[str, Any]], actor_processes: Sequence[dict
 
     ``task_holds``: the :class:`~pipeline.run.usage.Held` dicts its tasks measured;
     ``actor_processes``: the model actors' process records (``RunLedger.actor_up``), whose ends
-    are read from Ray's control store (waiting a few seconds for the pool to end);
+    are read from Ray's control store (waiting some seconds for the pool's processes to end);
     ``transcribed_seconds``: audio this run transcribed (not shards skipped); ``prices``: none
     means no cost (``cost`` is then empty)."""
     notes = []
-    ends = actor_ends([p["actor_id"] for p in actor_processes])
-    alive = [a for a, end in ends.items() if end is None]
+    ends = process_ends(actor_processes) if actor_processes else []
+    alive = sum(end is None for end in ends)
     if alive:
-        notes.append(f"{len(alive)} model actor(s) still alive when the run ended: counted until then")
+        notes.append(f"{alive} model actor process(es) with no recorded end when the run ended: counted until the "
+                     "next process of the same actor, or until then")
     holds = [Held.from_dict(d) for d in task_holds] + actor_intervals(actor_processes, ends, time.time())
     try:
         types = node_types()

@@ -154,7 +154,7 @@ class ShardTranscriber:
         self.node = context.get_node_id()
         assigned = context.get_assigned_resources()
         if ledger is not None:  # the process holds its resources from its start (pipeline.run.usage)
-            ledger.actor_up.remote({"actor_id": context.get_actor_id(), "node_id": self.node,
+            ledger.actor_up.remote({"actor_id": context.get_actor_id(), "node_id": self.node, "pid": os.getpid(),
                                     "start": process_started_at(), "cpus": assigned.get("CPU", 0.0),
                                     "gpus": assigned.get("GPU", 0.0)})
         self.metrics = recorder(settings.run_id, settings.metrics)

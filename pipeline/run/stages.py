@@ -105,8 +105,8 @@ class RunLedger:
         self.processes: list[dict[str, Any]] = []
 
     def actor_up(self, record: dict[str, Any]) -> None:
-        """A model actor's process started: ``actor_id``, ``node_id``, ``start`` (the process's start,
-        Unix seconds), ``cpus``, ``gpus`` (the run's resources, :mod:`pipeline.run.usage`)."""
+        """A model actor's process started: ``actor_id``, ``node_id``, ``pid``, ``start`` (the process's
+        start, Unix seconds), ``cpus``, ``gpus`` (the run's resources, :mod:`pipeline.run.usage`)."""
         self.processes.append(dict(record))
 
     def started(self, shard_id: str, worker: str, node: str, device: str) -> tuple[int, str]:

@@ -5,9 +5,10 @@ node it ran on, when it started and ended, and the CPUs and GPUs Ray gave it
 (``get_assigned_resources``, so a fractional GPU counts as its fraction):
 
 * **model actors**: from the start of the actor's process (``/proc``: it holds its resources
-  from then on, through the model's loading and warm-up) to its end as Ray's control store
-  (GCS) records it; an actor that Ray restarted counts each process, each up to the start of
-  the next;
+  from then on, through the model's loading and warm-up) to the end of that process as Ray's
+  control store (GCS) records it (the worker's end, which its node's raylet reports when the
+  process is gone and its resources are free again; seconds after the actor was marked dead);
+  an actor that Ray restarted counts each process;
 * **tasks** (audio stage, planning, duration probes, stitching): from the start to the end of the
   task's function, measured in the task; attempts that failed and were retried are not seen.
 
@@ -30,8 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-__all__ = ["Held", "ResourceUsage", "TypeUsage", "actor_ends", "actor_intervals", "held_since", "measure", "node_type",
-           "node_types", "process_started_at", "union_seconds"]
+__all__ = ["Held", "ResourceUsage", "TypeUsage", "actor_intervals", "held_since", "measure", "node_type",
+           "node_types", "process_ends", "process_started_at", "union_seconds"]
 
 #: the node label naming a node's group (KubeRay worker group, autoscaler node type)
 NODE_GROUP_LABEL = "ray.io/node-group"
@@ -63,9 +64,17 @@ class Held:
                    cpus=float(d.get("cpus", 0.0)), gpus=float(d.get("gpus", 0.0)))
 
 
+_first_hold = True  # no task of this process has measured its hold yet
+
+
 def held_since(what: str, start: float) -> Held:
-    """The calling Ray task's (or actor's) hold from ``start`` until now, on its node, with the
-    resources Ray assigned to it (none outside Ray)."""
+    """The calling Ray task's hold from ``start`` until now, on its node, with the resources Ray
+    assigned to it (none outside Ray). The first task a worker process runs holds its resources
+    from the process's start: the process was started for it (and imported what it runs)."""
+    global _first_hold
+    if _first_hold:
+        _first_hold = False
+        start = min(start, process_started_at())
     node, resources = "", {}
     try:
         import ray
@@ -91,44 +100,51 @@ def process_started_at() -> float:
         return time.time()
 
 
-def actor_intervals(starts: Sequence[Mapping[str, Any]], ends: Mapping[str, Optional[float]], now: float,
+def actor_intervals(processes: Sequence[Mapping[str, Any]], ends: Sequence[Optional[float]], now: float,
                     what: str = "model actor") -> list[Held]:
-    """Holds of actors from their processes' starts and their ends.
+    """Holds of actor processes from their starts to their ends.
 
-    ``starts``: one record per actor process, as each reported it (``actor_id``, ``node_id``,
-    ``start``, ``cpus``, ``gpus``); ``ends``: each actor's end as Ray recorded it (Unix seconds;
-    ``None`` while it is alive, then ``now`` is its end). An actor restarted by Ray has several
-    processes: each ends where the next one starts, the last one at the actor's end."""
-    by_actor: dict[str, list[Mapping[str, Any]]] = {}
-    for record in starts:
-        by_actor.setdefault(str(record["actor_id"]), []).append(record)
+    ``processes``: one record per actor process, as each reported it (``actor_id``, ``node_id``,
+    ``start``, ``cpus``, ``gpus``); ``ends``: each one's end as Ray recorded it (Unix seconds), or
+    ``None`` when unknown: then the start of the same actor's next process (Ray restarted it),
+    else ``now`` (still alive)."""
+    next_start: dict[int, float] = {}
+    by_actor: dict[str, list[int]] = {}
+    for i, p in enumerate(processes):
+        by_actor.setdefault(str(p["actor_id"]), []).append(i)
+    for indices in by_actor.values():
+        indices.sort(key=lambda i: float(processes[i]["start"]))
+        for a, b in zip(indices, indices[1:]):
+            next_start[a] = float(processes[b]["start"])
     held = []
-    for actor_id, records in by_actor.items():
-        records = sorted(records, key=lambda r: float(r["start"]))
-        final = ends.get(actor_id)
-        for i, r in enumerate(records):
-            end = float(records[i + 1]["start"]) if i + 1 < len(records) else (final if final is not None else now)
-            held.append(Held(what=what, node_id=str(r["node_id"]), start=float(r["start"]), end=max(float(r["start"]), end),
-                             cpus=float(r.get("cpus", 0.0)), gpus=float(r.get("gpus", 0.0))))
+    for i, p in enumerate(processes):
+        start = float(p["start"])
+        end = ends[i] if ends[i] is not None else next_start.get(i, now)
+        held.append(Held(what=what, node_id=str(p["node_id"]), start=start, end=max(start, end),
+                         cpus=float(p.get("cpus", 0.0)), gpus=float(p.get("gpus", 0.0))))
     return held
 
 
-def actor_ends(actor_ids: Iterable[str], wait: float = 10.0, poll: float = 0.2) -> dict[str, Optional[float]]:
-    """Each actor's end (Unix seconds) as Ray's control store (GCS) records it, read directly (no
-    dashboard needed), waiting up to ``wait`` seconds while some are still alive (Ray Data ends
-    its actor pool as the execution ends); ``None`` for an actor still alive then."""
+def process_ends(processes: Sequence[Mapping[str, Any]], wait: float = 15.0,
+                 poll: float = 0.25) -> list[Optional[float]]:
+    """The end (Unix seconds) of each actor process (``node_id``, ``pid``) as Ray's control store
+    records it, read directly (no dashboard needed): its worker's end, which the node's raylet
+    reports once the process is gone. Waits up to ``wait`` seconds while some are still alive (Ray
+    Data ends its actor pool as the execution ends); ``None`` for one alive then."""
     from ray._private import state
+    from ray.core.generated import gcs_pb2
 
-    wanted = list(dict.fromkeys(actor_ids))
+    wanted = {(str(p["node_id"]), int(p["pid"])) for p in processes}
     deadline = time.monotonic() + wait
     while True:
-        ends: dict[str, Optional[float]] = {}
-        for actor_id in wanted:
-            info = state.actors(actor_id=actor_id) or {}
-            ended = info.get("State") == "DEAD" and float(info.get("EndTime") or 0) > 0
-            ends[actor_id] = float(info["EndTime"]) / 1000 if ended else None
-        if all(v is not None for v in ends.values()) or time.monotonic() >= deadline:
-            return ends
+        ended: dict[tuple[str, int], float] = {}
+        for raw in state.state._connect_and_get_accessor().get_worker_table():
+            w = gcs_pb2.WorkerTableData.FromString(raw)
+            key = (w.worker_address.node_id.hex(), int(w.pid))
+            if key in wanted and not w.is_alive and w.end_time_ms > 0:
+                ended[key] = w.end_time_ms / 1000
+        if len(ended) == len(wanted) or time.monotonic() >= deadline:
+            return [ended.get((str(p["node_id"]), int(p["pid"]))) for p in processes]
         time.sleep(poll)
 
 
