@@ -387,6 +387,17 @@ SCHEMA: dict[str, dict[str, str | None]] = {
     "SecurityContext": S(allowPrivilegeEscalation=None, readOnlyRootFilesystem=None, runAsNonRoot=None, runAsUser=None,
                          runAsGroup=None, capabilities=None, privileged=None, seccompProfile=None),
     "Toleration": S(key=None, operator=None, value=None, effect=None, tolerationSeconds=None),
+    # Prometheus Operator monitoring.coreos.com/v1
+    "ServiceMonitor": S(apiVersion=None, kind=None, metadata="ObjectMeta", spec="ServiceMonitorSpec"),
+    "ServiceMonitorSpec": S(jobLabel=None, selector="LabelSelector", namespaceSelector=None, endpoints="[Endpoint]",
+                            targetLabels=None, podTargetLabels=None),
+    "PodMonitor": S(apiVersion=None, kind=None, metadata="ObjectMeta", spec="PodMonitorSpec"),
+    "PodMonitorSpec": S(jobLabel=None, selector="LabelSelector", namespaceSelector=None,
+                        podMetricsEndpoints="[Endpoint]", podTargetLabels=None),
+    "LabelSelector": S(matchLabels=None, matchExpressions=None),
+    "Endpoint": S(port=None, path=None, interval=None, scrapeTimeout=None, scheme=None, relabelings="[Relabeling]",
+                  metricRelabelings="[Relabeling]", honorLabels=None),
+    "Relabeling": S(sourceLabels=None, targetLabel=None, regex=None, replacement=None, action=None, separator=None),
 }
 
 
@@ -502,6 +513,32 @@ def test_no_inline_credentials():
             text = path.read_text(errors="replace")
             assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), f"{path}: AWS access key id"
             assert not re.search(r"(?i)(secret|token|password)\w*\s*[:=]\s*['\"]?[A-Za-z0-9/+]{32,}", text), f"{path}: inline secret"
+
+
+def test_every_ray_node_exports_metrics_where_the_monitors_and_annotations_look():
+    """Each Ray pod (head and workers, RayCluster and RayJob) starts Ray with the metrics export
+    port that its container names "metrics" and its prometheus.io annotations give; the
+    ServiceMonitor (head Service) and PodMonitor (workers) scrape that port by name, selecting
+    the labels KubeRay puts on head and worker pods; the dashboard's JSON is Grafana's."""
+    for where, spec in ray_cluster_specs():
+        groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+        for name, group in groups:
+            port = group["rayStartParams"].get("metrics-export-port")
+            assert port and port.isdigit(), f"{where}.{name}: rayStartParams metrics-export-port"
+            template = group["template"]
+            (container,) = [c for c in template["spec"]["containers"] if c["name"].startswith("ray-")]
+            named = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert named.get("metrics") == int(port), f"{where}.{name}: container port 'metrics' = {port}"
+            ann = template["metadata"].get("annotations", {})
+            assert (ann.get("prometheus.io/scrape"), ann.get("prometheus.io/port")) == ("true", port), f"{where}.{name}"
+    monitors = {d["kind"]: d for _, d in all_k8s_docs() if d["apiVersion"] == "monitoring.coreos.com/v1"}
+    assert set(monitors) == {"ServiceMonitor", "PodMonitor"}
+    head, workers = monitors["ServiceMonitor"]["spec"], monitors["PodMonitor"]["spec"]
+    assert head["selector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    assert workers["selector"]["matchLabels"] == {"ray.io/node-type": "worker"}
+    assert {e["port"] for e in head["endpoints"] + workers["podMetricsEndpoints"]} == {"metrics"}
+    dashboard = json.loads((INFRA / "grafana" / "zipscribe.json").read_text())
+    assert dashboard["uid"] and dashboard["panels"] and all(t["expr"] for p in dashboard["panels"] for t in p["targets"])
 
 
 def test_nightly_cronjob_targets_the_raycluster_head():
