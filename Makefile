@@ -1,5 +1,6 @@
 # zipscribe: two commands matter.
 #   make install   create .venv, install torch first, then the project under a constraints file
+#                  (with its test and train extras; EXTRAS= for the runtime dependencies only)
 #   make test      install + the whole test suite
 #   make demo      install + transcribe a small synthetic demo set with the shipped model
 #
@@ -14,15 +15,26 @@ TORCH_INDEX  ?=
 APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux wamerican wordnet-base fortunes
 APT_TEST_PACKAGES ?= chromium gettext-base openjdk-17-jre-headless prometheus
 PYTEST_ARGS  ?=
+# pyproject.toml's optional dependencies to install (comma-separated); infra/docker builds with EXTRAS=
+EXTRAS       ?= test,train
 
 BIN          := $(VENV)/bin
 PIP          := $(BIN)/python -m pip
 CONSTRAINTS  := $(VENV)/constraints.txt
-STAMP        := $(VENV)/.installed
+comma        := ,
+EXTRAS_NAME  := $(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
+REQUIREMENTS := $(VENV)/requirements$(EXTRAS_NAME).txt
+DEPS_STAMP   := $(VENV)/.deps$(EXTRAS_NAME)
+STAMP        := $(VENV)/.installed$(EXTRAS_NAME)
 
-.PHONY: install system-deps test-deps test demo bench clean
+.PHONY: install deps system-deps test-deps test demo bench clean
 
 install: system-deps $(STAMP)
+
+# The dependencies alone (torch, then what pyproject.toml lists for the project and its EXTRAS),
+# without the project's code: infra/docker/Dockerfile installs them in a layer that a code change
+# does not rebuild. `make install` runs it first.
+deps: $(DEPS_STAMP)
 
 # Debian tools the tests and the demo use; installed only when one is missing.
 system-deps:
@@ -37,13 +49,22 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml Makefile
+$(DEPS_STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(BIN)/python -c 'import torch; print("torch==" + torch.__version__)' > $(CONSTRAINTS)
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test,train]"
-	touch $(STAMP)
+	$(BIN)/python -c 'import sys, importlib; toml = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "pip._vendor.tomli"); \
+	  p = toml.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(p["dependencies"] + [d for e in sys.argv[1].split(",") if e for d in p["optional-dependencies"][e]]))' \
+	  "$(EXTRAS)" > $(REQUIREMENTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -r $(REQUIREMENTS)
+	touch $@
+
+# The project itself, editable, on top of its dependencies (nothing left to download).
+$(STAMP): $(DEPS_STAMP)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".$(if $(EXTRAS),[$(EXTRAS)])"
+	touch $@
 
 # Debian packages only the test suite needs: chromium renders the HTML WER report headless
 # (tests/test_wer_report.py, tests/test_evaluate.py), envsubst (gettext-base) fills the k8s

@@ -293,7 +293,8 @@ class AttentionDecoderModel(nn.Module):
         x = torch.full((n, m + 1), self.eos_id, dtype=torch.int64, device=device)  # column m: dump
         pos = torch.zeros((n, m + 1), dtype=torch.int64, device=device)
         row = torch.where(new, ids, m)
-        prev_tok = torch.cat([torch.full_like(tokens[..., :1], self.sos_id), tokens], dim=2)  # token at depth d
+        # (n, k, 1) spelled out: tokens[..., :1] has no column when every hypothesis is empty (L = 0)
+        prev_tok = torch.cat([tokens.new_full((n, k, 1), self.sos_id), tokens], dim=2)  # token at depth d
         x.scatter_(1, row.view(n, -1), prev_tok.view(n, -1))
         x[:, 0] = self.sos_id
         pos.scatter_(1, row.view(n, -1), depth.expand(n, k, width + 1).reshape(n, -1))
@@ -311,7 +312,7 @@ class AttentionDecoderModel(nn.Module):
         )
         log_probs = logits.float().log_softmax(dim=-1)
         # hypothesis k's log-prob: its next token (eos after the last) at each node of its path
-        target = torch.cat([tokens, torch.full_like(tokens[..., :1], self.eos_id)], dim=2)
+        target = torch.cat([tokens, tokens.new_full((n, k, 1), self.eos_id)], dim=2)
         target = torch.where(depth == lens.unsqueeze(2), self.eos_id, target).clamp(min=0)
         picked = log_probs[torch.arange(n, device=device).view(n, 1, 1), node, target]
         picked = torch.where(in_trie, picked, 0.0)

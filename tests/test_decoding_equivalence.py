@@ -109,14 +109,16 @@ def test_fused_prefix_search_is_the_legacy_one(search_lms, block):
         assert_same(old, new, NBEST_FIELDS, (seed, beam, token_beam, scale, bonus))
 
 
-def test_large_batch_on_two_threads_is_the_legacy_one(search_lms):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_batch_on_two_threads_is_the_legacy_one(search_lms, dtype):
     """Beam 32 over 32 utterances: the candidate tensors pass the size at which CPU kernels split
-    their work between threads (and vectorise by chunk); the log-sum-exps must still agree."""
+    their work between threads (and vectorise by chunk), and rows of 32 slots are long enough to
+    be vectorised; the log-sum-exps must still agree, in both of the search's float layouts."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         g = torch.Generator().manual_seed(11)
-        lp = (torch.randn(32, 6, len(PIECES), generator=g) * 2).log_softmax(-1)
+        lp = (torch.randn(32, 6, len(PIECES), generator=g, dtype=dtype) * 2).log_softmax(-1)
         lens = torch.randint(1, 7, (32,), generator=g)
         fz = search_lms[0][0]
         for lm in (None, fz):
@@ -211,6 +213,23 @@ def test_nbest_trie_scores_are_the_legacy_ones():
         lens = torch.randint(1, 13, (len(nbest),))
         with torch.inference_mode():
             assert decoder.score_nbest(enc, lens, nbest) == legacy_score_nbest(decoder, enc, lens, nbest), trial
+
+
+def test_nbest_trie_scores_a_batch_whose_every_hypothesis_is_empty():
+    """An untrained model (the first epochs of jobs/train_demo.py) proposes only empty
+    hypotheses: the trie is the root alone (no token column at all) and each entry scores eos
+    after sos, as the legacy per-hypothesis scoring does."""
+    torch.manual_seed(0)
+    decoder = AsrModel(**dict(TINY_CONFIG, vocab_size=40)).eval().attention_decoder
+    width = decoder.decoder.layers[0].src_attn.linear_k.in_features
+    for nbest in ([[[]]], [[[], []], [[]], [[], [], []]]):
+        enc = torch.randn(len(nbest), 12, width)
+        lens = torch.tensor([12, 7, 3][:len(nbest)])
+        with torch.inference_mode():
+            got = decoder.score_nbest(enc, lens, nbest)
+            assert got == legacy_score_nbest(decoder, enc, lens, nbest), nbest
+        assert [len(row) for row in got] == [len(h) for h in nbest]
+        assert all(score < 0.0 for row in got for score in row)
 
 
 def test_nbest_lm_scores_are_the_per_entry_scores():

@@ -77,6 +77,42 @@ def test_the_tensor_bigram_is_the_arpa_model(lm):
     assert fz.log_prob(torch.tensor(fz.unk), torch.tensor(fz.bos)).item() == pytest.approx((-0.3 - 4.0) * LN10, abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_search_tables_give_the_reference_lookups(lm, dtype):
+    """What the fused search reads (SearchTables: one 64-bit hash per word, default rows between
+    the sorted keys instead of comparisons) against SearchLM's reference lookups, bit for bit:
+    every (previous, word) bigram, listed or backed off, and the LM index, look-ahead and unigram
+    of the word being spelled after every sequence of up to three pieces (words, beginnings of
+    words, non-words, words with an <unk> piece, nothing spelled), hashed as the search hashes."""
+    from model.decoding.lm_fusion import float_view
+
+    fz = search_lm(lm).to(torch.device("cpu"), dtype)
+    tb = search_lm(lm).tables(torch.device("cpu"), dtype)
+    words = torch.arange(tb.num_words)
+    prev, word = torch.meshgrid(words, words, indexing="ij")
+    assert torch.equal(tb.log_prob(word, prev), fz.log_prob(word, prev))
+    keys, rows = tb.lookup(0.5)
+    pieces = range(2, len(PIECES))
+    sequences = [[a] for a in pieces] + [[a, b] for a in pieces for b in pieces]
+    sequences += [[a, b, c] for a in pieces for b in pieces for c in pieces]
+    for seq in sequences:
+        h, chars, unknown = torch.zeros(2, dtype=torch.long), 0, False
+        spelt = torch.zeros((), dtype=torch.long)
+        for p in seq:
+            if fz.starts_word[p]:
+                h, chars, unknown = fz.piece_hash[p], int(fz.piece_len[p]), bool(fz.piece_unknown[p])
+            else:
+                h, chars, unknown = fz.extend_hash(h, torch.tensor(p)), chars + int(fz.piece_len[p]), unknown or bool(fz.piece_unknown[p])
+            spelt = spelt * tb.piece_multiplier[p] + tb.piece_increment[p]
+        row = rows[0, :, torch.searchsorted(keys[0], spelt.view(1), right=True)]
+        expected = fz.lookup(h, torch.tensor(unknown))
+        assert int(row[0]) == int(expected), [PIECES[p] for p in seq]
+        assert torch.equal(float_view(row[2], dtype), fz.unigram[expected].view(1))
+        if chars:  # the search adds the look-ahead only while something is spelled
+            look = 0.5 * fz.look_ahead(h, torch.tensor(chars), torch.tensor(unknown))
+            assert torch.equal(float_view(row[1], dtype), look.view(1)), [PIECES[p] for p in seq]
+
+
 def _hash_of(fz: SearchLM, word: str) -> torch.Tensor:
     h = torch.zeros(2, dtype=torch.long)
     for ch in word:

@@ -16,6 +16,12 @@
 # ZS_RAY_PORT (6379), ZS_DASHBOARD_PORT (8265), ZS_S3_PORT (9000), ZS_S3_CONSOLE_PORT (9001,
 # MinIO only), ZS_CLIENT_PORT (10001), ZS_AGENT_PORT (52365), ZS_NUM_CPUS (all), ZS_BUCKET
 # (zipscribe), ZS_VENV (<repo>/.venv). Progress goes to stderr, the exports to stdout.
+#
+# KubeRay: where kubectl has a current context, up.sh first checks that context's KubeRay operator
+# and CRDs with infra/k8s/check-kuberay.sh (infra/k8s needs KubeRay >= 1.6.0; older ones drop
+# authOptions and leave the job API open) and stops if they are too old, before starting anything.
+# ZS_KUBERAY_CHECK: auto (default; a cluster that cannot be reached is only mentioned), 1 (the
+# check must pass), 0 (skip).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -40,6 +46,18 @@ else
   say "no ray found (run 'make install' first, or set ZS_VENV)"; exit 1
 fi
 PY="$BIN/python"
+
+case "${ZS_KUBERAY_CHECK:-auto}" in
+  0) ;;
+  1) "$REPO/infra/k8s/check-kuberay.sh" || { say "KubeRay check failed (ZS_KUBERAY_CHECK=1)"; exit 1; } ;;
+  auto)
+    if command -v "${KUBECTL:-kubectl}" >/dev/null 2>&1 && "${KUBECTL:-kubectl}" config current-context >/dev/null 2>&1; then
+      rc=0; "$REPO/infra/k8s/check-kuberay.sh" || rc=$?
+      if [ "$rc" = 1 ]; then say "the KubeRay of kubectl's current context is too old for infra/k8s (ZS_KUBERAY_CHECK=0 skips this)"; exit 1; fi
+      if [ "$rc" != 0 ]; then say "could not check KubeRay in kubectl's current context; going on"; fi
+    fi ;;
+  *) say "ZS_KUBERAY_CHECK must be auto, 1 or 0"; exit 1 ;;
+esac
 
 if [ -e "$STATE/ray" ] || [ -e "$STATE/s3.pid" ]; then
   say "$STATE is in use (already up?); run infra/local/down.sh first"; exit 1

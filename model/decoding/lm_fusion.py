@@ -14,14 +14,15 @@ being unfinished. It is replaced by the word's real score when the word is compl
 log-probabilities: rescoring adds the LM (and the attention decoder) on top as before.
 
 How words are followed without strings: each prefix carries the previous word's LM index and a
-polynomial hash (two moduli) of the characters of the word it is spelling. A token whose piece
-starts with U+2581 ("▁") completes that word: its hash is looked up among the LM's words
-(``searchsorted`` over their sorted hashes), and ``log P(word | previous word)`` is read from
-the sorted bigram keys, backing off to ``bow(previous) + log P(word)`` as ARPA does. The hash
-is over characters, not pieces, so every segmentation of a word finds it. A word the LM does
-not list, or one with an ``<unk>`` or byte piece in it, is scored as ``<unk>`` (the text writes
-``<unk>`` as a word of its own, " ⁇ ", so rescoring's LM may count such a hypothesis's words
-differently; the search only uses the score to rank). At the end of
+polynomial hash of the characters of the word it is spelling (the reference methods of
+:class:`SearchLM` use two hashes modulo primes; the search one 64-bit hash, :class:`SearchTables`).
+A token whose piece starts with U+2581 ("▁") completes that word: its hash is looked up among the
+LM's words (``searchsorted`` over their sorted hashes), and ``log P(word | previous word)`` is
+read from the sorted bigram keys, backing off to ``bow(previous) + log P(word)`` as ARPA does.
+The hash is over characters, not pieces, so every segmentation of a word finds it. A word the LM
+does not list, or one with an ``<unk>`` or byte piece in it, is scored as ``<unk>`` (the text
+writes ``<unk>`` as a word of its own, " ⁇ ", so rescoring's LM may count such a hypothesis's
+words differently; the search only uses the score to rank). At the end of
 the utterance the word being spelled is completed and ``</s>`` is scored.
 
 Only the model's unigrams and bigrams are used: exact for a bigram LM, the bigram part of a
@@ -30,11 +31,11 @@ higher-order one (rescoring still uses the whole LM). Everything is batched tens
 every prefix of every LM word (about 100,000 keys for the demo's 25,000 words).
 
 What the search reads per frame is :class:`SearchTables` (:meth:`SearchLM.tables`), built once
-per device and dtype and kept: the word and prefix tables merged into one sorted table whose
-rows give a spelled word's LM index and look-ahead together (one lookup per new candidate; the
-kept prefixes carry theirs), keys and values side by side in one int64 row (floats as their bit
-patterns) so that a lookup is one ``searchsorted`` and one row gather, and per-piece multipliers
-and increments that extend a word's state by one piece in one ``addcmul`` and one ``remainder``.
+per device and dtype and kept: two sorted key rows -- the 64-bit hashes of the words and their
+prefixes, the bigram keys -- searched by one batched ``searchsorted``, whose rows (the spelled
+word's LM index, look-ahead and unigram; a bigram's log-prob or its back-off) are read by one
+gather, with default rows between the keys so that nothing needs comparing afterwards; and
+per-piece multipliers and increments that extend a word's hash by one piece in one multiply-add.
 A :class:`model.recognizer.Recognizer` moves its SearchLM to its device once, at load.
 """
 
@@ -71,6 +72,27 @@ def _char_hash(text: str) -> tuple[int, int, int, int]:
     """(h1, h2, B1^len mod P1, B2^len mod P2) of ``text``'s characters."""
     h1, h2 = _prefix_hashes(text)[-1] if text else (0, 0)
     return h1, h2, pow(_B1, len(text), _P1), pow(_B2, len(text), _P2)
+
+
+#: the search's character hash: ``h -> h * _BW + ord(ch) + 1`` modulo 2**64 (int64 arithmetic
+#: that wraps), one int64 per string, so that extending a word by a piece is one multiply-add
+_BW = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+
+
+def _signed64(x: int) -> int:
+    """``x`` modulo 2**64 as a signed int64 value."""
+    x &= _M64
+    return x - (1 << 64) if x >> 63 else x
+
+
+def _prefix_hashes64(text: str) -> list[int]:
+    """The 64-bit character hash of each of ``text``'s prefixes, shortest first."""
+    h, out = 0, []
+    for ch in text:
+        h = (h * _BW + ord(ch) + 1) & _M64
+        out.append(_signed64(h))
+    return out
 
 
 def _key(h1, h2):
@@ -117,6 +139,16 @@ class SearchLM:
     #: log-prob of a word with that prefix (the look-ahead of a word being spelled); None: off
     prefix_keys: Optional[torch.Tensor] = None
     prefix_best: Optional[torch.Tensor] = None
+    #: the same words and prefixes under one 64-bit character hash (what the search reads,
+    #: :class:`SearchTables`): (S,) sorted distinct hashes of every LM word and (with the
+    #: look-ahead) every prefix of one, (S,) the word index of each (``unk`` for a prefix that is
+    #: no word), (S,) the look-ahead of each (None without the prefix table)
+    spell_keys: Optional[torch.Tensor] = None
+    spell_word: Optional[torch.Tensor] = None
+    spell_best: Optional[torch.Tensor] = None
+    #: (V,) each piece's 64-bit character hash and ``_BW ** characters`` (modulo 2**64)
+    piece_hash64: Optional[torch.Tensor] = None
+    piece_pow64: Optional[torch.Tensor] = None
     #: SearchTables built so far, by (device, dtype) (:meth:`tables`)
     _tables: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -146,15 +178,27 @@ class SearchLM:
                     best[k] = max(best.get(k, -math.inf), uni[index[w]])
         keys.sort()
         prefix = sorted(best.items())
+        spelled: dict[int, list] = {}  # 64-bit hash -> [word index, look-ahead]
+        for w in words:
+            prefixes = _prefix_hashes64(w)
+            spelled.setdefault(prefixes[-1], [unk, None])[0] = index[w]
+            if lookahead and not (w.startswith("<") and w.endswith(">")):
+                for k in prefixes:
+                    entry = spelled.setdefault(k, [unk, None])
+                    entry[1] = uni[index[w]] if entry[1] is None else max(entry[1], uni[index[w]])
+        spell = sorted(spelled.items())
         bigrams = sorted(((index[a] * (n_words + 1) + index[b]), p * _LN10)
                          for (a, b), p in lm.probs.get(2, {}).items() if a in index and b in index)
         special = set(special_ids)
-        hashes, pows, lens, starts, unknown = [], [], [], [], []
+        hashes, pows, lens, starts, unknown, hashes64, pows64 = [], [], [], [], [], [], []
         for i, p in enumerate(pieces):
             start = p.startswith(_SPACE)
             text = p[1:] if start else p
             bad = i in special or (p.startswith("<") and p.endswith(">"))
             h1, h2, q1, q2 = _char_hash("" if bad else text)
+            spelt = _prefix_hashes64("" if bad else text)
+            hashes64.append(spelt[-1] if spelt else 0)
+            pows64.append(_signed64(pow(_BW, len(spelt), 1 << 64)))
             hashes.append((h1, h2))
             pows.append((q1, q2))
             lens.append(0 if bad else len(text))
@@ -177,6 +221,12 @@ class SearchLM:
             moduli=torch.tensor([_P1, _P2], dtype=long),
             prefix_keys=torch.tensor([k for k, _ in prefix], dtype=long) if lookahead else None,
             prefix_best=torch.tensor([v for _, v in prefix], dtype=torch.float32) if lookahead else None,
+            spell_keys=torch.tensor([k for k, _ in spell], dtype=long),
+            spell_word=torch.tensor([v[0] for _, v in spell], dtype=long),
+            spell_best=torch.tensor([uni[unk] if v[1] is None else v[1] for _, v in spell], dtype=torch.float32)
+            if lookahead else None,
+            piece_hash64=torch.tensor(hashes64, dtype=long),
+            piece_pow64=torch.tensor(pows64, dtype=long),
         )
 
     @property
@@ -225,67 +275,77 @@ class SearchLM:
         return (h * self.piece_pow[tokens] + self.piece_hash[tokens]) % self.moduli
 
 
-#: keys of SearchTables' lookup table: bigram keys ``previous * num_words + word`` (< 2**61); the
-#: key ``hash1 * P2 + hash2`` of a spelled word (< KEY_OFFSET = P1 * P2) plus KEY_OFFSET, or plus
-#: 2 * KEY_OFFSET for a word with an unknown piece (never listed: the lookup finds nothing); a
-#: sentinel after all of them
-KEY_OFFSET = _P1 * _P2
-_SENTINEL = (1 << 63) - 1
-_BIG = 1 << 62  # the modulus of the state fields that do not wrap (the flags)
+_INT64_MAX = (1 << 63) - 1
+#: the character hash a piece that makes its word unknown (<unk>, bytes, specials) leaves: the
+#: word's hash starts over from it, so such a word is never found among the LM's words (the
+#: lookup gives the default: ``<unk>``, and ``<unk>``'s look-ahead); SearchTables.build makes
+#: sure that no LM word or prefix has it
+_POISON = _signed64(0x5851F42D4C957F2D)
 
 
 def float_bits(values: torch.Tensor) -> torch.Tensor:
     """int64 tensor holding each float's bit pattern in its low bytes, so that floats travel in
-    int64 table rows; read back with :func:`bits_float`."""
+    int64 tables; read back with :func:`float_view`."""
     if sys.byteorder != "little":  # pragma: no cover - every platform torch ships for is little-endian
         raise RuntimeError("float_bits assumes a little-endian machine")
-    per = 8 // values.element_size()
     out = torch.zeros((*values.shape, 1), dtype=torch.int64, device=values.device)
     out.view(values.dtype)[..., 0] = values
     return out[..., 0]
 
 
-def bits_float(rows: torch.Tensor, column: int, dtype: torch.dtype) -> torch.Tensor:
-    """The floats :func:`float_bits` stored in ``rows[..., column]`` (int64 rows whose last
-    dimension is contiguous): a view, no copy."""
+def float_view(ints: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The floats :func:`float_bits` stored in the int64 tensor ``ints`` (whose last dimension
+    is contiguous), as a view: writing to it writes the bits."""
     per = 64 // torch.finfo(dtype).bits
-    return rows.view(dtype)[..., column * per]
+    return ints.view(dtype)[..., ::per]
+
+
+def bool_view(ints: torch.Tensor) -> torch.Tensor:
+    """The int64 tensor ``ints`` (values 0 and 1, last dimension contiguous) as a bool view."""
+    return ints.view(torch.bool)[..., ::8]
 
 
 @dataclass
 class SearchTables:
     """A :class:`SearchLM` as the fused prefix search reads it, on one device, log-probs in one dtype.
 
-    One frame of the search looks up, in one ``searchsorted`` and one row gather over one
-    sorted table (:meth:`lookup`), the bigram of every kept prefix (its word, were it completed
-    now, after the previous word) and the word being spelled by every extension (its LM index
-    and look-ahead). A word's state ``(hash1, hash2, spelled, unknown)`` is extended by a piece
-    in one ``addcmul`` and one ``remainder``: ``(state * multiplier + increment) % modulus``
-    with the piece's multiplier and increment (:attr:`piece_multiplier`).
+    A word being spelled is one 64-bit character hash (:attr:`SearchLM.spell_keys`), extended by a
+    piece with one multiply-add: ``hash * piece_multiplier + piece_increment`` (int64 arithmetic,
+    which wraps: the hash is modulo 2**64). A frame of the search looks up, in one batched
+    ``searchsorted`` over two sorted key rows (:meth:`lookup`) and one gather of their rows, the
+    word every candidate is spelling (its LM index, look-ahead and unigram) and the bigram of
+    every candidate's word after its previous word. Neither lookup compares what it found: every
+    key that is not listed falls on a row that says what the search needs for it:
+
+    * spelled words: after each listed hash ``h`` comes a default row at ``h + 1`` (``<unk>``,
+      its look-ahead and unigram), and one before all, so ``searchsorted(right=True)`` (the last
+      key <= the query) lands on the word's row or on a default;
+    * bigrams, keys ``previous * num_words + word``: a row ``(bow(previous), 1)`` at
+      ``previous * num_words`` for every word and after each listed bigram, ``(log P, 0)`` for a
+      listed one, so ``a + b * unigram(word)`` is the ARPA back-off ``bow + log P(word)`` or the
+      listed log-prob, bit for bit (log-probs must be finite).
+
+    The defaults and the padding of the shorter half cost memory: the lookup table is
+    2 x 4 x max(2 x spelled keys, words + 2 x bigrams) int64 (9.6 MB for the demo's LM, about
+    twice the single table it replaced), per scale.
     """
 
-    #: (num_words, 2) ``[unigram, back-off]`` natural-log, by word index
-    unigram_backoff: torch.Tensor
-    #: (B,) sorted bigram keys and (B,) their log-probs
-    bigram_keys: torch.Tensor
-    bigram: torch.Tensor
-    #: (R,) sorted keys (without offset) of every LM word and every prefix of one; (R,) the word
-    #: index of each (``unk`` for a prefix that is no word); (R,) the look-ahead of each (the best
-    #: unigram of a word with that prefix; ``<unk>``'s for a word that begins no other, e.g.
-    #: ``<s>``) -- None without a prefix table
+    #: (num_words,) natural-log unigram log-probs by word index
+    unigram: torch.Tensor
+    #: the spelled half: sorted keys (listed hashes and their default sentinels), each key's word
+    #: index and look-ahead (None without the prefix table)
     spelled_keys: torch.Tensor
     spelled_word: torch.Tensor
     spelled_best: Optional[torch.Tensor]
-    #: (V, 4) per piece. Hashes: a word-starting piece has multiplier 0 (the word starts afresh).
-    #: ``spelled`` is 0 or the bits of 1.0 in the tables' dtype (some characters are spelled: a
-    #: float flag, so that it multiplies the look-ahead as it is), ``unknown`` is 1 or 2 (2: the
-    #: word has an unknown piece, the KEY_OFFSET multiple of its lookup key); each flag becomes
-    #: ``starts ? f : flag or f`` for the piece's own flag ``f``
+    #: the bigram half: sorted keys and (B, 2) rows ``(a, b)``
+    bigram_keys: torch.Tensor
+    bigram_ab: torch.Tensor
+    #: (V,) per piece: the multiplier and increment of the character hash (multiplier 0 where
+    #: the piece starts a word or makes it unknown), the piece starts a word, it spells characters
     piece_multiplier: torch.Tensor
     piece_increment: torch.Tensor
-    modulus: torch.Tensor
-    #: (V,) the piece starts a word
     starts_word: torch.Tensor
+    spells: torch.Tensor
     num_words: int
     bos: int
     eos: int
@@ -293,62 +353,88 @@ class SearchTables:
     #: lookup tables by scale
     _lookups: dict = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def lookahead(self) -> bool:
+        """The tables have the look-ahead (the LM was built with its prefix table)."""
+        return self.spelled_best is not None
+
     @classmethod
     def build(cls, lm: SearchLM, device: torch.device, dtype: torch.dtype) -> "SearchTables":
-        long = dict(dtype=torch.long, device=device)
         fz = lm.to(device, dtype)
+        if not (torch.isfinite(fz.unigram).all() and torch.isfinite(fz.backoff).all() and torch.isfinite(fz.bigram).all()):
+            raise ValueError("the word LM's log-probs must be finite for the fused search")
+        long = dict(dtype=torch.long, device=device)
+        nw = fz.num_words
         unk_best = fz.unigram[fz.unk]
-        parts = [fz.word_keys] + ([fz.prefix_keys] if fz.prefix_keys is not None else [])
-        keys = torch.unique(torch.cat(parts))  # sorted
-        word = _find(fz.word_keys, fz.word_index, keys, torch.full_like(keys, fz.unk))
-        best = None
-        if fz.prefix_keys is not None:
-            best = _find(fz.prefix_keys, fz.prefix_best, keys, unk_best.expand(keys.shape))
-        starts = fz.starts_word.long()
-        spells, unknown = (fz.piece_len > 0).long(), fz.piece_unknown.long()
-        spell_mul, unknown_mul = (1 - starts) * (1 - spells), (1 - starts) * (1 - unknown)
-        one_bits = float_bits(torch.ones((), dtype=dtype, device=device))
+        # spelled: the listed hashes and a default sentinel after each (where that is no key)
+        keys, word = fz.spell_keys, fz.spell_word
+        best = fz.spell_best
+        after = keys + 1
+        free = ~torch.isin(after, keys) & (keys != _INT64_MAX)
+        s_keys = torch.cat([keys, after[free]])
+        s_word = torch.cat([word, torch.full((int(free.sum()),), fz.unk, **long)])
+        if best is not None:
+            best = torch.cat([best, unk_best.expand(int(free.sum()))])
+        order = torch.sort(s_keys, stable=True).indices
+        s_keys, s_word = s_keys[order], s_word[order]
+        best = best[order] if best is not None else None
+        # bigrams: a back-off row per previous word and after each listed bigram, the listed rows
+        listed = fz.bigram_keys
+        prev_of = listed // nw
+        nxt = listed + 1
+        sentinel = (listed % nw + 1 < nw) & ~torch.isin(nxt, listed)
+        words = torch.arange(nw, **long)
+        b_keys = torch.cat([words * nw, nxt[sentinel], listed])
+        ones = torch.ones((), dtype=dtype, device=device)
+        b_ab = torch.cat([torch.stack([fz.backoff, ones.expand(nw)], 1),
+                          torch.stack([fz.backoff[prev_of[sentinel]], ones.expand(int(sentinel.sum()))], 1),
+                          torch.stack([fz.bigram, torch.zeros_like(fz.bigram)], 1)])
+        order = torch.sort(b_keys, stable=True).indices  # equal keys: the back-off row before the listed one
+        starts, unknown = fz.starts_word, fz.piece_unknown
+        poison = _POISON
+        while bool(torch.isin(torch.tensor([poison], **long), keys)):  # pragma: no cover - 2**-64
+            poison = _signed64(poison * _BW + 1)
         return cls(
-            unigram_backoff=torch.stack([fz.unigram, fz.backoff], 1),
-            bigram_keys=fz.bigram_keys,
-            bigram=fz.bigram,
-            spelled_keys=keys,
-            spelled_word=word,
-            spelled_best=best,
-            piece_multiplier=torch.stack([fz.piece_pow[:, 0] * (1 - starts), fz.piece_pow[:, 1] * (1 - starts),
-                                          spell_mul, unknown_mul], 1),
-            piece_increment=torch.stack([fz.piece_hash[:, 0], fz.piece_hash[:, 1], spells * one_bits,
-                                         (1 - unknown_mul) * (1 + unknown)], 1),
-            modulus=torch.tensor([_P1, _P2, _BIG, _BIG], **long),
-            starts_word=fz.starts_word,
-            num_words=fz.num_words,
-            bos=fz.bos, eos=fz.eos, unk=fz.unk,
+            unigram=fz.unigram,
+            spelled_keys=s_keys, spelled_word=s_word, spelled_best=best,
+            bigram_keys=b_keys[order], bigram_ab=b_ab[order],
+            piece_multiplier=torch.where(starts | unknown, 0, fz.piece_pow64),
+            piece_increment=torch.where(unknown, poison, fz.piece_hash64),
+            starts_word=starts, spells=fz.piece_len > 0,
+            num_words=nw, bos=fz.bos, eos=fz.eos, unk=fz.unk,
         )
 
-    def lookup(self, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The lookup table for ``lm_scale`` ``scale`` (built once per scale): sorted (L,) keys;
-        (L, 3) int64 rows, ``[key, bits of log P(word | previous), 0]`` for a bigram and
-        ``[key, word index, bits of scale * look-ahead]`` for a spelled word; and the
-        ``[word index, bits of scale * look-ahead]`` of a spelled word that is not listed."""
+    def lookup(self, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lookup table for ``lm_scale`` ``scale`` (built once per scale): (2, L) sorted keys,
+        the spelled half then the bigram half (padded with the largest int64), and (2, 3, L + 1)
+        int64 rows, row ``i + 1`` for key ``i`` and row 0 for queries below every key (so that the
+        row of a query is at ``searchsorted(keys, query, right=True)``): ``[word index, bits of
+        scale * look-ahead, bits of the word's unigram]`` for the spelled half (look-ahead 0
+        without the prefix table), ``[bits of a, bits of b, 0]`` for the bigram half."""
         if scale not in self._lookups:
-            dtype = self.unigram_backoff.dtype
-            keys = self.spelled_keys
-            best = self.spelled_best if self.spelled_best is not None else torch.zeros(keys.shape, dtype=dtype, device=keys.device)
-            unk_best = self.unigram_backoff[self.unk, 0] if self.spelled_best is not None else best.new_zeros(())
-            bigrams = torch.stack([self.bigram_keys, float_bits(self.bigram), torch.zeros_like(self.bigram_keys)], 1)
-            spelled = torch.stack([keys + KEY_OFFSET, self.spelled_word, float_bits(scale * best)], 1)
-            sentinel = torch.tensor([[_SENTINEL, 0, 0]], dtype=torch.long, device=keys.device)
-            rows = torch.cat([bigrams, spelled, sentinel])
-            default = torch.stack([torch.tensor(self.unk, device=keys.device), float_bits(scale * unk_best)])
-            self._lookups[scale] = rows[:, 0].contiguous(), rows, default
+            dtype, device = self.unigram.dtype, self.unigram.device
+            zero = torch.zeros((), dtype=dtype, device=device)
+            unk = torch.tensor([self.unk], device=device)
+            best = self.spelled_best if self.lookahead else zero.expand(self.spelled_keys.shape)
+            unk_best = self.unigram[self.unk] if self.lookahead else zero
+            default = torch.stack([unk, float_bits(scale * unk_best.reshape(1)), float_bits(self.unigram[unk])])
+            spelled = torch.stack([self.spelled_word, float_bits(scale * best), float_bits(self.unigram[self.spelled_word])])
+            bigram = torch.stack([float_bits(self.bigram_ab[:, 0]), float_bits(self.bigram_ab[:, 1]),
+                                  torch.zeros_like(self.bigram_keys)])
+            length = max(self.spelled_keys.numel(), self.bigram_keys.numel())
+            halves = []
+            for keys, rows in ((self.spelled_keys, spelled), (self.bigram_keys, bigram)):
+                pad = length - keys.numel()
+                keys = torch.cat([keys, torch.full((pad,), _INT64_MAX, dtype=torch.long, device=device)])
+                rows = torch.cat([default, rows, default.expand(3, pad)], 1)
+                halves.append((keys, rows))
+            self._lookups[scale] = (torch.stack([k for k, _ in halves]), torch.stack([r for _, r in halves]))
         return self._lookups[scale]
 
     def log_prob(self, word: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Natural-log ``P(word | previous)`` (same shapes, contiguous), backing off to the
-        unigram: :meth:`SearchLM.log_prob`'s values."""
-        keys, rows, _ = self.lookup(0.0)
+        """Natural-log ``P(word | previous)`` (same shapes), backing off to the unigram:
+        :meth:`SearchLM.log_prob`'s values."""
         key = torch.add(word, previous, alpha=self.num_words)
-        row = rows[torch.searchsorted(keys, key)]
-        ub = self.unigram_backoff
-        base = ub[previous, 1] + ub[word, 0]
-        return torch.where(row[..., 0] == key, bits_float(row, 1, ub.dtype), base)
+        pos = torch.searchsorted(self.bigram_keys, key.contiguous(), right=True)
+        ab = self.bigram_ab[(pos - 1).clamp(min=0)]
+        return torch.addcmul(ab[..., 0], ab[..., 1], self.unigram[word])
