@@ -13,7 +13,7 @@ VENV         ?= .venv
 TORCH_SPEC   ?= torch==2.13.0
 TORCH_INDEX  ?=
 APT_PACKAGES ?= espeak-ng sox ffmpeg libsndfile1 iproute2 util-linux wamerican wordnet-base fortunes
-APT_TEST_PACKAGES ?= chromium gettext-base openjdk-17-jre-headless
+APT_TEST_PACKAGES ?= chromium gettext-base openjdk-17-jre-headless prometheus
 PYTEST_ARGS  ?=
 # pyproject.toml's optional dependencies to install (comma-separated); infra/docker builds with EXTRAS=
 EXTRAS       ?= test,train
@@ -69,12 +69,13 @@ $(STAMP): $(DEPS_STAMP)
 # Debian packages only the test suite needs: chromium renders the HTML WER report headless
 # (tests/test_wer_report.py, tests/test_evaluate.py), envsubst (gettext-base) fills the k8s
 # manifests' placeholders (tests/test_infra.py), Java 17 runs Spark (tests/test_engines.py, pyspark
-# local). Kept out of system-deps, so runtime images
-# (infra/docker runs `make system-deps`) carry no browser. Tests that need a missing tool are
+# local), Prometheus scrapes a test Ray head's live metrics (tests/test_metrics.py starts it on
+# 127.0.0.1 and stops it; the package's own service is not used). Kept out of system-deps, so
+# runtime images (infra/docker runs `make system-deps`) carry no browser. Tests that need a missing tool are
 # skipped, saying which, except under CI=true, where they fail.
 test-deps:
 	@missing=""; \
-	for tool in chromium envsubst java; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	for tool in chromium envsubst java prometheus; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for the tests (missing:$$missing)"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \

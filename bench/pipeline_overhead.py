@@ -79,6 +79,15 @@ same batches; target <= 10 %. ``steady_breakdown_seconds`` splits the
 actors' windows into their own model time and the rest. ``first_part_written``: seconds from the job's start to
 its first Parquet part.
 
+Metrics on vs off (``--metrics-ab``)
+
+Instead of the passes above, ``--repeats`` pairs of end-to-end jobs, one with the run's live
+metrics (``--metrics on``: the job's private Ray collects and exports them, and this benchmark
+scrapes its metrics port every ``--scrape-interval`` seconds, as a Prometheus would) and one
+without (``--metrics off``), the order alternating pair by pair (on/off, off/on, ...). Reported
+per arm: every run's steady and with-startup RTFx, their median, min, max and spread; the
+difference of the medians and each pair's difference (the noise of this machine shows in them).
+
 Output: one JSON object on stdout; progress and a one-line verdict on stderr
 (the verdict is also the JSON's ``verdict``). The job's stdout/stderr are kept
 in ``<workdir>/last-job.log``.
@@ -655,6 +664,9 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
         cmd += ["--max-batch-size", str(args.max_batch_size)]
     if args.max_batch_seconds is not None:  # None: the job's automatic budget
         cmd += ["--max-batch-seconds", f"{args.max_batch_seconds:g}"]
+    metrics = getattr(args, "job_metrics", None)
+    if metrics:
+        cmd += ["--metrics", metrics]
     # A private Ray temp dir (short: Ray's unix sockets live there): with RAY_ADDRESS unset,
     # ray.init() would otherwise join a cluster that `ray start` recorded in /tmp/ray.
     ray_tmp = tempfile.mkdtemp(prefix="zsbench-ray-", dir="/tmp")
@@ -664,7 +676,7 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
     started = time.time()
     try:
         with ForeignCpuMonitor() as monitor:
-            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.job_timeout)
+            proc, scrapes = run_scraped(cmd, env, args.job_timeout, getattr(args, "scrape_interval", 15.0))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     finished = time.time()
@@ -709,7 +721,90 @@ def end_to_end(args: argparse.Namespace, audio_dir: Path, model_dir: Path, workd
             "startup_seconds": first_start - started, "first_part_seconds": first_write - started,
             "window_seconds": last_write - first_start, "rtfx_window": audio / (last_write - first_start),
             "teardown_seconds": finished - last_write, "rtfx_steady": sum(w["rtfx"] for w in windows),
-            "cpu": monitor.report()}
+            "cpu": monitor.report(), "scrapes": scrapes}
+
+
+def run_scraped(cmd: list[str], env: dict[str, str], timeout: float,
+                interval: float) -> tuple[subprocess.CompletedProcess, int]:
+    """Run the job; when it logs the metrics port of its private Ray (``--metrics on``), GET that
+    endpoint every ``interval`` seconds while it runs, as a Prometheus would. Returns the finished
+    process and how many scrapes answered."""
+    import re
+    import urllib.request
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    done = threading.Event()
+    scrapes = [0]
+
+    def scrape(url: str) -> None:
+        while not done.wait(interval):
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    r.read()
+                scrapes[0] += 1
+            except OSError:
+                pass
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            err.append(line)
+            m = re.search(r"metrics of this private Ray: (http://\S+/metrics)", line)
+            if m:
+                threading.Thread(target=scrape, args=(m.group(1),), daemon=True).start()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        out = proc.stdout.read()
+        proc.wait(timeout=timeout)
+    finally:
+        done.set()
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=30)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "".join(err)), scrapes[0]
+
+
+def metrics_ab(args: argparse.Namespace, audio_dir: Path, model_dir: Path) -> dict[str, Any]:
+    """``--metrics-ab``: pairs of jobs with metrics on and off, alternating (see the module docstring)."""
+    import statistics
+
+    runs: list[dict[str, Any]] = []
+    for pair in range(args.repeats):
+        for arm in (("on", "off") if pair % 2 == 0 else ("off", "on")):
+            if args.quiet_wait > 0:
+                wait_for_quiet(args.quiet_wait)
+            job = end_to_end(argparse.Namespace(**{**vars(args), "job_metrics": arm}), audio_dir, model_dir,
+                             args.workdir)
+            runs.append({"pair": pair, "metrics": arm, "rtfx_steady": round(job["rtfx_steady"], 3),
+                         "rtfx_with_startup": round(job["summary"]["rtfx"], 3),
+                         "wall_seconds": job["summary"]["wall_seconds"], "scrapes": job["scrapes"],
+                         "foreign_cores": job["cpu"].get("foreign_cores")})
+            log(f"pair {pair} metrics {arm}: RTFx {runs[-1]['rtfx_steady']:.2f} steady, "
+                f"{runs[-1]['rtfx_with_startup']:.2f} with startup ({job['scrapes']} scrapes)")
+
+    def stats(values: list[float]) -> dict[str, float]:
+        med = statistics.median(values)
+        return {"median": round(med, 3), "min": round(min(values), 3), "max": round(max(values), 3),
+                "spread_pct": round(100 * (max(values) - min(values)) / med, 1)}
+
+    result: dict[str, Any] = {"runs": runs}
+    for key in ("rtfx_steady", "rtfx_with_startup"):
+        on = [r[key] for r in runs if r["metrics"] == "on"]
+        off = [r[key] for r in runs if r["metrics"] == "off"]
+        paired = [100 * (a[key] / b[key] - 1) for a, b in
+                  zip(sorted((r for r in runs if r["metrics"] == "on"), key=lambda r: r["pair"]),
+                      sorted((r for r in runs if r["metrics"] == "off"), key=lambda r: r["pair"]))]
+        result[key] = {"on": stats(on), "off": stats(off),
+                       "median_change_pct": round(100 * (statistics.median(on) / statistics.median(off) - 1), 1),
+                       "paired_change_pct": [round(x, 1) for x in paired]}
+    s = result["rtfx_steady"]
+    result["verdict"] = (f"metrics on vs off, {args.repeats} pairs: steady RTFx median {s['on']['median']:.2f} vs "
+                         f"{s['off']['median']:.2f} ({s['median_change_pct']:+.1f} %; spread of the runs "
+                         f"{s['on']['spread_pct']:.0f} % / {s['off']['spread_pct']:.0f} %; pairs "
+                         f"{', '.join(f'{x:+.1f}' for x in s['paired_change_pct'])} %)")
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -754,6 +849,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for texts, voices and weights (default 0)")
     p.add_argument("--keep-output", action="store_true", help="keep the job's Parquet output under --workdir")
     p.add_argument("--job-timeout", type=float, default=1800.0, help="seconds before the job subprocess is killed (default 1800)")
+    p.add_argument("--metrics-ab", action="store_true",
+                   help="instead of the overhead passes: --repeats pairs of jobs with live metrics on and off, "
+                        "alternating (module docstring); medians, spreads and each pair's difference")
+    p.add_argument("--scrape-interval", type=float, default=15.0,
+                   help="with metrics on: seconds between GETs of the job's metrics endpoint (default 15, a common "
+                        "Prometheus scrape interval)")
     return p
 
 
@@ -771,6 +872,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          [u.text for u in utterances], calibration)
 
     audio_dir = ensure_encoded(audio_dir, utterances, args.format, args.sample_rate, jobs=args.threads)
+    if args.metrics_ab:
+        result = {**metrics_ab(args, audio_dir, model_dir), "shape": args.shape, "model": model_info,
+                  "cpu_count": os.cpu_count(), "bench_wall_seconds": round(time.perf_counter() - wall_start, 1)}
+        print(json.dumps(result, indent=1))
+        log(result["verdict"])
+        return 0
     batches = plan_batches(audio_dir, args.shard_size, args.max_batch_seconds, args.max_batch_size)
     decoding = DecodingConfig(method=args.decoding)
     log(f"model-only: {len(batches)} batches; layouts 1x{args.threads} threads"

@@ -170,7 +170,13 @@ CREATE EXTERNAL TABLE zipscribe.wer_history (
   rtfx double,
   gate string,
   baseline_run_id string,
-  delta_points double
+  delta_points double,
+  gpu_hours double,
+  node_hours double,
+  cpu_core_hours double,
+  cost_usd double,
+  cost_per_audio_hour_usd double,
+  rtfx_delta_pct double
 )
 PARTITIONED BY (run_id string)
 STORED AS PARQUET
@@ -181,7 +187,8 @@ LOCATION 's3://BUCKET/HISTORY/wer_history/';
 
 -- name: wer_per_dataset_over_time
 SELECT day, created_at, run_id, dataset, decoding, round(100 * wer, 2) AS wer_pct, ref_words, failed, gate,
-       delta_points, model_id, substr(model_sha256, 1, 12) AS model, git_revision, round(rtfx, 1) AS rtfx
+       delta_points, model_id, substr(model_sha256, 1, 12) AS model, git_revision, round(rtfx, 1) AS rtfx,
+       round(gpu_hours, 4) AS gpu_hours, round(cost_per_audio_hour_usd, 4) AS usd_per_audio_hour
 FROM zipscribe.wer_history
 ORDER BY dataset, decoding, created_at;
 

@@ -18,7 +18,8 @@
 -- WER per dataset and decoding for every nightly evaluation, oldest first, with the gate's verdict.
 SELECT day, created_at, run_id, dataset, decoding,
        round(100 * wer, 2) AS wer_pct, ref_words, failed, gate, delta_points,
-       model_id, left(model_sha256, 12) AS model, git_revision, round(rtfx, 1) AS rtfx
+       model_id, left(model_sha256, 12) AS model, git_revision, round(rtfx, 1) AS rtfx,
+       round(gpu_hours, 4) AS gpu_hours, round(cost_per_audio_hour_usd, 4) AS usd_per_audio_hour
 FROM read_parquet(getvariable('history') || '/wer_history/**/*.parquet', hive_partitioning = 1, hive_types_autocast = 0, union_by_name = true)
 ORDER BY dataset, decoding, created_at;
 

@@ -22,8 +22,9 @@ What it does:
   2. appends one row per (dataset, decoding) to the history table,
      <history>/wer_history/run_id=<run-id>/part-00000.parquet, with the counts, WER, model
      checksum, git revision of the code (when known; set $ZIPSCRIBE_GIT_REVISION where the code
-     has no .git, e.g. under ray job submit), wall time and RTFx: written first, so the record of
-     the night stands whatever happens to the report;
+     has no .git, e.g. under ray job submit), wall time, RTFx, the GPU-, node- and CPU core-hours
+     the set's run held and their cost (--price / --prices; README: Operating a run): written
+     first, so the record of the night stands whatever happens to the report;
   3. writes the report of the whole evaluation, computed by DuckDB queries over the transcripts
      parts: the tables <output>/wer_groups/run_id=<run-id>/ (WER per dataset, speaker and
      duration bucket) and <output>/wer_errors/run_id=<run-id>/ (most frequent substitutions,
@@ -36,7 +37,8 @@ What it does:
         FIRST         no earlier run: passes, and says so
         PASS          WER rose by at most --max-regression absolute points (or fell)
         REGRESSION    WER rose by more, or more cuts failed than in the baseline
-                      (beyond --max-new-failures)
+                      (beyond --max-new-failures), or RTFx fell by more than
+                      --max-rtfx-drop percent (when given)
         NO-REFERENCE  nothing to score (the set has no reference words)
         ACCEPTED      a regression recorded as the new baseline because of --accept
      A failed night stays failed: the next night compares with the last good run again,
@@ -80,6 +82,7 @@ from pipeline.cli import (  # noqa: E402
     add_backend_option,
     add_model_options,
     add_longform_options,
+    add_operating_options,
     add_plan_options,
     add_resource_options,
     add_s3_options,
@@ -131,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                            f"(0.5 = 10.0%% -> 10.5%% still passes; default {DEFAULT_MAX_REGRESSION})")
     gate.add_argument("--max-new-failures", type=int, default=0, metavar="N",
                       help="tolerated increase in cuts with status='error' over the baseline (default 0; -1 = not gated)")
+    gate.add_argument("--max-rtfx-drop", type=float, default=None, metavar="PCT",
+                      help="also fail when the set's end-to-end RTFx fell more than PCT percent below the baseline's "
+                           "(20: 100x -> 79x fails); RTFx depends on the cluster and its load, so leave a margin above "
+                           "the nightly cluster's run-to-run noise (default: speed is not gated)")
     gate.add_argument("--accept", action="store_true",
                       help="record this run as the new baseline even where it regressed (verdict ACCEPTED, exit 0)")
 
@@ -146,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_option(p)
     add_resource_options(p, "resources and batching (as jobs/transcribe.py)")
     add_longform_options(p)
+    add_operating_options(p)
     add_s3_options(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
@@ -175,10 +183,8 @@ def evaluate(args: argparse.Namespace) -> int:
         summary = run(eval_set_config(args, run_id, name, uri, methods))
         print(format_summary(summary), flush=True)
         summaries.append(summary)
-        for label in summary.decodings:  # wall time and RTFx are the set's, shared by its decodings
-            facts[(name, label)] = hist.RunFacts(
-                transcripts_run_id=summary.run_id, model_uri=args.model, wall_seconds=summary.wall_seconds,
-                rtfx=summary.rtfx)
+        for label in summary.decodings:  # wall time, RTFx, resources and cost are the set's, shared by its decodings
+            facts[(name, label)] = hist.RunFacts.from_summary(summary, args.model)
 
     started = time.perf_counter()
     created_at = datetime.now(timezone.utc)
@@ -191,7 +197,7 @@ def evaluate(args: argparse.Namespace) -> int:
     current = hist.history_rows(report.table, facts, run_id=run_id, created_at=created_at, git_rev=git_rev)
     max_new_failures = None if args.max_new_failures < 0 else args.max_new_failures
     verdicts = hist.compare(current, history, max_regression=args.max_regression, max_new_failures=max_new_failures,
-                            accept=args.accept)
+                            accept=args.accept, max_rtfx_drop=args.max_rtfx_drop)
     current = hist.history_rows(report.table, facts, run_id=run_id, created_at=created_at, git_rev=git_rev,
                                 verdicts=verdicts)
     keys = set(facts)

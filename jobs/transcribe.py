@@ -83,6 +83,7 @@ from pipeline.cli import (  # noqa: E402
     add_backend_option,
     add_model_options,
     add_longform_options,
+    add_operating_options,
     add_plan_options,
     add_resource_options,
     add_s3_options,
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_option(p)
     add_resource_options(p)
     add_longform_options(p)
+    add_operating_options(p)
     add_s3_options(p)
 
     out = p.add_argument_group("reporting")

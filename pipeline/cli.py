@@ -18,7 +18,8 @@ from pipeline.inputs.items import SEGMENT_MODES, ManifestError
 from pipeline.io.storage import StorageError
 from pipeline.longform.pauses import PauseSplit
 from pipeline.report.normalize import DEFAULT_NORMALIZER, NORMALIZER_CHOICES, parse_normalizer
-from pipeline.run.config import TranscribeConfig
+from pipeline.run.config import METRICS_MODES, TranscribeConfig
+from pipeline.run.cost import parse_price, resolve_prices
 from pipeline.run.lock import RunLockedError
 from pipeline.run.resources import ResourceTimeoutError
 from pipeline.run.transcriber import DeviceError
@@ -184,6 +185,30 @@ def add_resource_options(parser: argparse.ArgumentParser, title: str = "resource
                           "one with this job's tuned settings); 'local': always a new private one")
 
 
+def add_operating_options(parser: argparse.ArgumentParser) -> None:
+    """Cost and live metrics (README: Operating a run)."""
+    g = parser.add_argument_group(
+        "cost and live metrics",
+        "The summary reports the node-, GPU- and CPU core-hours the run held, measured from its actors' and tasks' "
+        "lifetimes per node type, and their cost per audio hour: GPU-hours x the gpu price (a GPU's price covers its "
+        "node's CPUs), core-hours on nodes without GPUs x the cpu price, or node-hours x a node type's own price. "
+        "Prices come from --price over --prices, else over infra/prices.yaml (dated examples, not a quote).")
+    g.add_argument("--price", action="append", default=[], type=parse_price, metavar="KIND=USD_PER_HOUR",
+                   help="a price, repeatable: gpu=USD per GPU-hour, cpu=USD per CPU core-hour, or NODE_TYPE=USD per "
+                        "node-hour of that node type (its ray.io/node-group label, e.g. KubeRay's worker group "
+                        "'gpu'; the summary names the types); overrides the prices file's")
+    g.add_argument("--prices", default=None, metavar="FILE",
+                   help="prices file (YAML, local or s3://: 'as_of: DATE' and 'prices: {KIND: USD_PER_HOUR}'; default "
+                        "infra/prices.yaml, example on-demand prices with their date)")
+    g.add_argument("--metrics", default="auto", choices=METRICS_MODES,
+                   help="live metrics through Ray's metrics system (ray.util.metrics; Prometheus scrapes each node's "
+                        "metrics export port): audio hours done and planned, shards and cuts by status, queue depths "
+                        "between stages, model RTFx, padding, OOM splits, per node type (dashboard: "
+                        "infra/grafana/zipscribe.json). auto (default): on when the run joins a cluster, off in a "
+                        "private local Ray, which then collects no metrics; on: also in a private local Ray (its "
+                        "export port is logged)")
+
+
 def add_s3_options(parser: argparse.ArgumentParser) -> None:
     s3 = parser.add_argument_group("S3 (optional; default: standard AWS chain)")
     s3.add_argument("--s3-endpoint-url", default=None, help="e.g. http://127.0.0.1:9000 for MinIO (sets AWS_ENDPOINT_URL)")
@@ -276,5 +301,6 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
         segments=args.segments, resume=args.resume, replan=args.replan, max_recording_hours=args.max_recording_hours,
         pause_split=PauseSplit(min_pause_seconds=args.min_pause_seconds, threshold_db=args.pause_threshold_db)
         if args.pause_split else None,
+        metrics=args.metrics, prices=resolve_prices(args.price, args.prices),
         **fields,
     )

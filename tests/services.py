@@ -159,16 +159,17 @@ class FakeAutoscalingCluster:
         stop_processes(self.temp_dir, self.port)
 
 
-def own_ports() -> list[str]:
+def own_ports(metrics_port: Optional[int] = None) -> list[str]:
     """``ray start`` flags giving a head's agents free ports of their own: their defaults (52365 for
     the dashboard agent, 10001 for the client server, ...) are one per machine, so a second Ray on
     the machine (another suite, a developer's) would leave this head without a job agent ("No
-    available agent to submit job")."""
+    available agent to submit job"). ``metrics_port``: the Prometheus export port to use (default:
+    any free one)."""
     flags = []
     for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-                 "--ray-client-server-port", "--metrics-export-port"):
+                 "--ray-client-server-port"):
         flags += [flag, str(free_port())]
-    return flags
+    return flags + ["--metrics-export-port", str(metrics_port or free_port())]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
@@ -193,6 +194,7 @@ class RayHead:
         self.findable = findable
         self.port = free_port()
         self.dashboard_port = free_port()
+        self.metrics_port = free_port()  # the node's Prometheus endpoint: http://127.0.0.1:<metrics_port>/metrics
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.token = secrets.token_hex(16)
         self.env = dict(os.environ)
@@ -213,7 +215,8 @@ class RayHead:
         cmd = [
             str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
-            "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--disable-usage-stats", *own_ports(),
+            "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--disable-usage-stats",
+            *own_ports(self.metrics_port),
             *([] if self.findable else ["--temp-dir", self.temp_dir]),
         ]
         subprocess.run(cmd, env=self.env, check=True, capture_output=True, timeout=120)
@@ -280,3 +283,71 @@ class RayHead:
 
     def stop(self) -> None:
         stop_processes(self.temp_dir, self.port)
+
+
+class Prometheus:
+    """Debian's ``prometheus`` on 127.0.0.1 (a free port, its own temp storage), scraping
+    ``targets`` (``host:port`` of Ray nodes' metrics export ports) every ``interval`` seconds;
+    stopped by its pid. :meth:`query` and :meth:`query_range` ask its HTTP API."""
+
+    def __init__(self, targets: list[str], interval: float = 1.0):
+        self.dir = Path(tempfile.mkdtemp(prefix="zsprom"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {"global": {"scrape_interval": f"{interval:g}s", "scrape_timeout": f"{interval:g}s"},
+                  "scrape_configs": [{"job_name": "ray", "static_configs": [{"targets": targets}]}]}
+        (self.dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "Prometheus":
+        log = open(self.dir / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={self.dir / 'prometheus.yml'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             f"--storage.tsdb.path={self.dir / 'data'}", "--storage.tsdb.retention.time=1h"],
+            stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self._ready(), 60, "prometheus to be ready", interval=0.2)
+        return self
+
+    def _ready(self) -> bool:
+        import urllib.request
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited: {(self.dir / 'prometheus.log').read_text()[-2000:]}")
+        try:
+            return urllib.request.urlopen(f"{self.url}/-/ready", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def api(self, path: str, **params: str) -> dict:
+        import urllib.parse
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=10) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> dict[tuple, float]:
+        """An instant query: ``{((label, value), ...): value}`` of each series."""
+        return {tuple(sorted(s["metric"].items())): float(s["value"][1])
+                for s in self.api("query", query=expr)["result"]}
+
+    def value(self, expr: str) -> Optional[float]:
+        """The single value of an instant query that gives one series (None: none yet)."""
+        got = list(self.query(expr).values())
+        assert len(got) <= 1, got
+        return got[0] if got else None
+
+    def names(self) -> set[str]:
+        """Every metric name Prometheus has samples of."""
+        return set(self.api("label/__name__/values"))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -61,12 +61,15 @@ def output(tmp_path_factory) -> dict:
     model = make_tiny_model_dir(root / "model")
     manifests = [corpus(root / "data", "clean", 7, 0), corpus(root / "data", "noisy", 5, 1)]
     out, history = root / "out", root / "history"
-    for run_id in RUNS:
+    for i, run_id in enumerate(RUNS):
         cfg = TranscribeConfig(manifest=[str(m) for m in manifests], model=str(model), output=str(out), shard_size=2,
                                decoding={"method": "ctc-greedy"})
         run_in_process(cfg, run_id)
         report, _ = write_run_report(str(out / "transcripts" / f"run_id={run_id}"), str(out), run_id, "english")
-        hist.append_history(str(history), hist.history_rows(report.table, {}, run_id=run_id,
+        facts = {(g["group_value"], g["decoding"]): hist.RunFacts(
+            run_id, str(model), 10.0, 50.0, gpu_hours=0.25 * (i + 1), node_hours=0.5, cpu_core_hours=2.0, cost_usd=0.3,
+            cost_per_audio_hour_usd=1.5 + i) for g in report.table.to_pylist() if g["group_by"] == "dataset"}
+        hist.append_history(str(history), hist.history_rows(report.table, facts, run_id=run_id,
                                                              created_at=report.created_at, git_rev=None))
     parts_before = len(list((out / "transcripts" / f"run_id={RUNS[1]}").iterdir()))
     compact_run(RunPaths(str(out), RUNS[1]))
@@ -89,7 +92,8 @@ AGGREGATES = {
     "groups": "SELECT run_id, group_by, count(*) AS n, sum(ref_words) AS w, sum(errors) AS e FROM wer_groups "
               "GROUP BY run_id, group_by",
     "errors": "SELECT run_id, kind, count(*) AS n, sum(count) AS c FROM wer_errors GROUP BY run_id, kind",
-    "history": "SELECT run_id, count(*) AS n, sum(ref_words) AS w FROM wer_history GROUP BY run_id",
+    "history": "SELECT run_id, count(*) AS n, sum(ref_words) AS w, round(sum(gpu_hours), 6) AS g, "
+               "round(sum(cost_per_audio_hour_usd), 6) AS c FROM wer_history GROUP BY run_id",
     "datasets": "SELECT DISTINCT run_id, dataset FROM transcripts",
 }
 
@@ -216,6 +220,9 @@ def test_every_engine_reads_every_table_and_the_numbers_agree(output, spark):
     ref = results["duckdb"]
     assert {r[0] for r in ref["status"]} == set(RUNS) and sum(r[2] for r in ref["status"]) == 2 * 12
     assert {r[0] for r in ref["history"]} == set(RUNS)
+    # the speed and cost columns (two datasets per run): every engine reads them as written
+    assert sorted((r[0], r[3], r[4]) for r in ref["history"]) == sorted(
+        (run, 0.5 * (i + 1), 2 * (1.5 + i)) for i, run in enumerate(RUNS))
     assert sorted(ref["datasets"]) == sorted((run, d) for run in RUNS for d in ("clean", "noisy"))  # the inputs' names
 
 

@@ -151,7 +151,8 @@ def test_help_and_bad_input_fail_fast(world):
     helptext = subprocess.run([sys.executable, "jobs/evaluate.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert helptext.returncode == 0
     for words in ("--eval-set NAME=URI", "--max-regression", "wer_history/run_id=<run-id>", "REGRESSION", "Exit status",
-                  "english+numbers", "ZIPSCRIBE_GIT_REVISION", "--accept"):
+                  "english+numbers", "ZIPSCRIBE_GIT_REVISION", "--accept", "--max-rtfx-drop PCT", "--price KIND=USD_PER_HOUR",
+                  "--prices FILE", "--metrics {auto,on,off}"):
         assert words in helptext.stdout, words
     bad = run_local(world, evaluate_args(world, {"clean": world["root"] / "missing.jsonl"}, world["model_a"], "bad"))
     assert bad.returncode == 2 and "missing.jsonl" in bad.stderr and "Traceback" not in bad.stderr
@@ -188,8 +189,8 @@ def nightly(world):
         head.stop()
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
 
-    # night 3: the perturbed model is worse by more than --max-regression 1.0
-    third = run_local(world, evaluate_args(world, relabelled, world["model_b"], "night-3"))
+    # night 3: the perturbed model is worse by more than --max-regression 1.0 (its speed is gated too, loosely)
+    third = run_local(world, evaluate_args(world, relabelled, world["model_b"], "night-3") + ["--max-rtfx-drop", "99"])
     return dict(first=first, second=second, third=third, wer1=wer1)
 
 
@@ -232,23 +233,39 @@ def test_nightly_sequence_creates_history_passes_then_trips_the_gate(world, nigh
     assert all(r[7] > 0 and r[8] > 0 for r in hist_rows) and all(r[10] == "DATE" for r in hist_rows)
     assert hist_rows[4][9] == "night-2"
 
+    # speed and cost: the runs' resources held (no GPU here: CPU core-hours) at the example prices
+    from pipeline.run.cost import resolve_prices
+
+    cpu_price = resolve_prices().rates["cpu"]
+    ops = con.execute(
+        f"SELECT run_id, dataset, rtfx, gpu_hours, node_hours, cpu_core_hours, cost_usd, cost_per_audio_hour_usd, "
+        f"rtfx_delta_pct FROM read_parquet('{world['hist']}/wer_history/**/*.parquet', hive_partitioning = 1, "
+        "hive_types_autocast = 0) ORDER BY created_at, dataset").fetchall()
+    for run_id, dataset, rtfx, gpu_h, node_h, core_h, usd, per_hour, _ in ops:
+        assert gpu_h == 0 and node_h > 0 and core_h > 0, (run_id, dataset)
+        assert usd == pytest.approx(core_h * cpu_price, rel=1e-9) and per_hour > 0
+    night2, night3 = {r[1]: r for r in ops if r[0] == "night-2"}, {r[1]: r for r in ops if r[0] == "night-3"}
+    for name in ("clean", "other"):  # night 3's RTFx change against its baseline, night 2
+        assert night3[name][8] == pytest.approx(100 * (night3[name][2] / night2[name][2] - 1), rel=1e-6)
+
     # summary.md and the HTML page of night 3
     report_dir = world["out"] / "reports" / "run_id=night-3"
     md = (report_dir / "summary.md").read_text()
     assert "## Regression check" in md and lines["clean"] in md and "## Worst utterances" in md
     assert pq.read_table(world["out"] / "wer_errors" / "run_id=night-3" / "part-00000.parquet").num_rows > 0
     html = (report_dir / "report.html").read_text()
-    assert html.count("<svg") == 3 and "WER over time" in html and "REGRESSION" in html
+    assert html.count("<svg") == 4 and "WER over time" in html and "REGRESSION" in html
+    assert "Speed and cost over time" in html and "RTFx change" in html
 
 
 @pytest.mark.needs_tools("chromium")
 def test_nightly_html_report_renders_in_chromium(world, nightly):
-    """Night 3's page in a real headless Chromium: three plots laid out, no script errors, not blank."""
+    """Night 3's page in a real headless Chromium: four plots laid out, no script errors, not blank."""
     page = world["out"] / "reports" / "run_id=night-3" / "report.html"
     proc, dom = render_check(page)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = json.loads(re.search(rf'<div id="{CHECK_ID}">(.*?)</div>', dom).group(1).replace("&quot;", '"'))
-    assert check["errors"] == [] and len(check["svgs"]) == 3
+    assert check["errors"] == [] and len(check["svgs"]) == 4
     png = world["root"] / "night-3.png"
     assert screenshot(page, png).returncode == 0
     img = pixels(png)

@@ -377,7 +377,11 @@ OBJECT_META = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimach
 CRD_FILES = {"RayCluster": "rayclusters.yaml", "RayJob": "rayjobs.yaml"}
 # Kinds this test has no schema for, each with the reason (e.g. a third-party CRD not at hand);
 # any other kind without a schema fails the test.
-NO_SCHEMA_HERE: dict[str, str] = {}
+NO_SCHEMA_HERE: dict[str, str] = {
+    "ServiceMonitor": "Prometheus Operator CRD (monitoring.coreos.com/v1), not at hand: its fields are "
+                      "checked by test_every_ray_node_exports_metrics_where_the_monitors_and_annotations_look",
+    "PodMonitor": "Prometheus Operator CRD (monitoring.coreos.com/v1), as ServiceMonitor",
+}
 
 
 @lru_cache(maxsize=None)
@@ -793,7 +797,7 @@ def test_build_script_tags_each_build_and_pins_the_manifests(tmp_path):
     for path in (work / "infra" / "k8s").glob("*.yaml"):
         text = path.read_text()
         images = re.findall(r"image: (\S+)", text)
-        assert set(images) <= set(refs.values()) and (images or path.name == "serviceaccount.yaml"), (path.name, images)
+        assert set(images) <= set(refs.values()) and (images or path.name in ("serviceaccount.yaml", "monitoring.yaml")), (path.name, images)
         old_lines, new_lines = before[path.name].splitlines(), text.splitlines()
         changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
         assert len(old_lines) == len(new_lines) and all("image:" in a and "# shared: images." in b for a, b in changed), path.name
@@ -901,6 +905,50 @@ def test_no_inline_credentials():
             text = path.read_text(errors="replace")
             assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), f"{path}: AWS access key id"
             assert not re.search(r"(?i)(secret|token|password)\w*\s*[:=]\s*['\"]?[A-Za-z0-9/+]{32,}", text), f"{path}: inline secret"
+
+
+def test_every_ray_node_exports_metrics_where_the_monitors_and_annotations_look():
+    """Each Ray pod (head and workers, RayCluster and RayJob) starts Ray with the metrics export
+    port that its container names "metrics" and its prometheus.io annotations give; the
+    ServiceMonitor (head Service) and PodMonitor (workers) scrape that port by name, selecting
+    the labels KubeRay puts on head and worker pods, with only the fields of the Prometheus
+    Operator's monitoring.coreos.com/v1 that this table knows (a typo fails); the dashboard's
+    JSON is Grafana's."""
+    for where, spec in ray_cluster_specs():
+        groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+        for name, group in groups:
+            port = group["rayStartParams"].get("metrics-export-port")
+            assert port and port.isdigit(), f"{where}.{name}: rayStartParams metrics-export-port"
+            template = group["template"]
+            (container,) = [c for c in template["spec"]["containers"] if c["name"].startswith("ray-")]
+            named = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert named.get("metrics") == int(port), f"{where}.{name}: container port 'metrics' = {port}"
+            ann = template["metadata"].get("annotations", {})
+            assert (ann.get("prometheus.io/scrape"), ann.get("prometheus.io/port")) == ("true", port), f"{where}.{name}"
+    monitors = {d["kind"]: d for _, d in all_k8s_docs() if d["apiVersion"] == "monitoring.coreos.com/v1"}
+    assert set(monitors) == {"ServiceMonitor", "PodMonitor"}
+    known = {
+        "": {"apiVersion", "kind", "metadata", "spec"},
+        "metadata": {"name", "namespace", "labels", "annotations"},
+        "spec": {"jobLabel", "selector", "namespaceSelector", "endpoints", "podMetricsEndpoints", "targetLabels",
+                 "podTargetLabels"},
+        "selector": {"matchLabels", "matchExpressions"},
+        "endpoint": {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings",
+                     "honorLabels"},
+        "relabeling": {"sourceLabels", "targetLabel", "regex", "replacement", "action", "separator"},
+    }
+    for kind, doc in monitors.items():
+        spec = doc["spec"]
+        endpoints = spec.get("endpoints", []) + spec.get("podMetricsEndpoints", [])
+        for part, node in [("", doc), ("metadata", doc["metadata"]), ("spec", spec), ("selector", spec["selector"])] + \
+                [("endpoint", e) for e in endpoints] + [("relabeling", r) for e in endpoints for r in e.get("relabelings", [])]:
+            assert set(node) <= known[part], f"{kind}.{part or '<root>'}: unknown fields {set(node) - known[part]}"
+    head, workers = monitors["ServiceMonitor"]["spec"], monitors["PodMonitor"]["spec"]
+    assert head["selector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    assert workers["selector"]["matchLabels"] == {"ray.io/node-type": "worker"}
+    assert {e["port"] for e in head["endpoints"] + workers["podMetricsEndpoints"]} == {"metrics"}
+    dashboard = json.loads((INFRA / "grafana" / "zipscribe.json").read_text())
+    assert dashboard["uid"] and dashboard["panels"] and all(t["expr"] for p in dashboard["panels"] for t in p["targets"])
 
 
 def test_nightly_cronjob_targets_the_raycluster_head():

@@ -193,10 +193,11 @@ def test_write_report_and_read_rows_back(tmp_path):
 
 
 def hrow(run_id: str, dataset: str, wer: Optional[float], when: datetime, gate: Optional[str] = "pass", *,
-         decoding: str = "ctc-greedy", failed: int = 0, normalizer: str = "english") -> dict:
+         decoding: str = "ctc-greedy", failed: int = 0, normalizer: str = "english", rtfx: Optional[float] = None,
+         gpu_hours: Optional[float] = None, cost: Optional[float] = None) -> dict:
     return dict(day=when.date(), created_at=when, run_id=run_id, dataset=dataset, decoding=decoding,
                 normalizer=normalizer, wer=wer, failed=failed, scored=10, ref_words=100 if wer is not None else 0,
-                gate=gate)
+                gate=gate, rtfx=rtfx, gpu_hours=gpu_hours, cost_per_audio_hour_usd=cost)
 
 
 def htable(*rows: dict) -> pa.Table:
@@ -261,6 +262,28 @@ def test_gate_failures_and_unscorable_sets():
         "evaluation passed: 1 of 1 checks passed"
 
 
+def test_gate_on_rtfx_drop():
+    """--max-rtfx-drop: RTFx more than that many percent below the baseline's fails; without the
+    option, or without RTFx on either side, speed is not gated (but the change is reported)."""
+    base = hrow("n1", "clean", 0.10, T0, rtfx=100.0)
+    now = T0 + timedelta(days=1)
+    slow = verdict(hrow("n2", "clean", 0.10, now, rtfx=79.0), base, max_rtfx_drop=20)
+    assert slow.status == "REGRESSION" and slow.rtfx_delta_pct == pytest.approx(-21.0)
+    assert "RTFx 79.0 is 21.0% below the baseline's 100.0 > 20% allowed" in slow.reason
+    assert verdict(hrow("n2", "clean", 0.10, now, rtfx=80.0), base, max_rtfx_drop=20).status == "PASS"  # at the limit
+    ungated = verdict(hrow("n2", "clean", 0.10, now, rtfx=10.0), base)
+    assert ungated.status == "PASS" and ungated.rtfx_delta_pct == pytest.approx(-90.0)
+    unknown = verdict(hrow("n2", "clean", 0.10, now), base, max_rtfx_drop=20)
+    assert unknown.status == "PASS" and unknown.rtfx_delta_pct is None
+    rows = hist.history_rows(build_report(rows_to_table(mixed_rows()), run_id="n2", created_at=now).table,
+                             {("clean", "ctc-greedy"): hist.RunFacts("n2.clean", "/m", 10.0, 79.0, gpu_hours=0.5,
+                                                                     cost_usd=0.6, cost_per_audio_hour_usd=0.01)},
+                             run_id="n2", created_at=now, git_rev=None, verdicts=[slow])
+    clean = next(r for r in rows.to_pylist() if r["dataset"] == "clean")
+    assert (clean["rtfx"], clean["gpu_hours"], clean["cost_per_audio_hour_usd"], clean["rtfx_delta_pct"],
+            clean["gate"]) == (79.0, 0.5, 0.01, pytest.approx(-21.0), "fail")
+
+
 def test_history_append_read_and_duckdb(tmp_path):
     root = str(tmp_path / "hist")
     assert hist.read_history(root).num_rows == 0  # no history yet
@@ -302,7 +325,8 @@ def html_report(tmp_path: Path) -> Path:
         rows.append(row(f"r{i:02d}", ref, hyp, speaker=f"spk{i % 7}", duration=rng.uniform(0.5, 30),
                         dataset=rng.choice(["clean", "other"])))
     history = htable(*[hrow(f"n{d}", ds, 0.1 + 0.01 * d + (0.05 if ds == "other" else 0), T0 + timedelta(days=d),
-                            "fail" if d == 3 else "pass") for d in range(4) for ds in ("clean", "other")])
+                            "fail" if d == 3 else "pass", rtfx=200.0 - 10 * d + (50 if ds == "other" else 0),
+                            gpu_hours=0.4 + 0.01 * d, cost=0.002 + 0.0001 * d) for d in range(4) for ds in ("clean", "other")])
     now = T0 + timedelta(days=4)
     current = htable(hrow("n4", "clean", 0.15, now), hrow("n4", "other", 0.16, now))
     verdicts = hist.compare(current, history, max_regression=0.5)
@@ -314,11 +338,12 @@ def html_report(tmp_path: Path) -> Path:
 
 def test_html_is_self_contained_and_escaped(tmp_path):
     text = html_report(tmp_path).read_text()
-    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") == 3
+    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") == 4
     assert not re.search(r"<(script|link|img|iframe)\b", text)  # nothing to run, nothing fetched
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "REGRESSION" in text and "WER over time" in text and "WER by speaker" in text
+    assert "Speed and cost over time" in text and "USD per audio hour" in text and "GPU-hours" in text
 
 
 def check_geometry(check: dict) -> None:
@@ -370,7 +395,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
     check = json.loads(m.group(1).replace("&quot;", '"'))
     assert check["errors"] == [] and check["title"] == "WER report n4"
     sizes = [tuple(int(x) for x in s.split("x")) for s in check["svgs"]]
-    assert len(sizes) == 3 and all(w > 200 and h > 100 for w, h in sizes), sizes  # every plot laid out
+    assert len(sizes) == 4 and all(w > 200 and h > 100 for w, h in sizes), sizes  # every plot laid out
 
     check_geometry(check)
     assert len(check["plots"][0]["bars"]) > 5 and check["plots"][0]["legends"]  # the duration plot: bars and a legend

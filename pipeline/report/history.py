@@ -19,7 +19,8 @@ becoming the new baseline after one red night. Verdicts:
 * ``FIRST``: no baseline (first run of this dataset and decoding): passes, and says so;
 * ``PASS``: WER rose by at most ``max_regression`` absolute points (or fell);
 * ``REGRESSION``: WER rose by more than ``max_regression`` points, or more cuts failed than
-  in the baseline (by more than ``max_new_failures``): fails;
+  in the baseline (by more than ``max_new_failures``), or (with ``max_rtfx_drop``) RTFx fell by more
+  than that many percent below the baseline's: fails;
 * ``NO-REFERENCE``: nothing could be scored (no reference words): fails;
 * ``ACCEPTED``: would have been a regression, but the run was told to accept its result.
 """
@@ -83,6 +84,14 @@ HISTORY_SCHEMA = pa.schema(
         pa.field("gate", pa.string()),
         pa.field("baseline_run_id", pa.string()),
         pa.field("delta_points", pa.float64()),
+        # speed and cost of the set's transcription run (its summary: resources held, measured from
+        # the actors' and tasks' lifetimes, and their cost at the run's prices; null when unknown)
+        pa.field("gpu_hours", pa.float64()),
+        pa.field("node_hours", pa.float64()),
+        pa.field("cpu_core_hours", pa.float64()),
+        pa.field("cost_usd", pa.float64()),
+        pa.field("cost_per_audio_hour_usd", pa.float64()),
+        pa.field("rtfx_delta_pct", pa.float64()),  # RTFx change against the baseline's, in percent
     ]
 )
 
@@ -124,6 +133,21 @@ class RunFacts:
     model_uri: str
     wall_seconds: float
     rtfx: float
+    gpu_hours: Optional[float] = None
+    node_hours: Optional[float] = None
+    cpu_core_hours: Optional[float] = None
+    cost_usd: Optional[float] = None
+    cost_per_audio_hour_usd: Optional[float] = None
+
+    @classmethod
+    def from_summary(cls, summary: Any, model_uri: str) -> "RunFacts":
+        """The facts of a :class:`pipeline.run.summary.RunSummary` (its ``resources`` and ``cost``
+        when measured)."""
+        r, c = summary.resources or {}, summary.cost or {}
+        return cls(transcripts_run_id=summary.run_id, model_uri=model_uri, wall_seconds=summary.wall_seconds,
+                   rtfx=summary.rtfx, gpu_hours=r.get("gpu_hours"), node_hours=r.get("node_hours"),
+                   cpu_core_hours=r.get("cpu_core_hours"), cost_usd=c.get("total_usd"),
+                   cost_per_audio_hour_usd=c.get("per_audio_hour_usd"))
 
 
 @dataclass
@@ -140,6 +164,9 @@ class Verdict:
     baseline_run_id: Optional[str] = None
     baseline_date: Optional[date] = None
     delta_points: Optional[float] = None
+    rtfx: Optional[float] = None
+    baseline_rtfx: Optional[float] = None
+    rtfx_delta_pct: Optional[float] = None
     reason: str = ""
 
     @property
@@ -178,17 +205,20 @@ def compare(
     max_regression: float,
     max_new_failures: Optional[int] = 0,
     accept: bool = False,
+    max_rtfx_drop: Optional[float] = None,
 ) -> list[Verdict]:
     """Verdicts of the current run's history rows against the history (see the module doc).
 
     ``max_regression`` is in absolute WER percentage points (0.5 = 10.0 % -> 10.5 % is still a
     pass); ``max_new_failures`` is how many more failed cuts than the baseline are tolerated
-    (``None``: failures are not gated)."""
+    (``None``: failures are not gated); ``max_rtfx_drop`` is the largest tolerated fall of RTFx
+    below the baseline's, in percent (``None``: speed is not gated; a row without RTFx on either
+    side is not gated on it)."""
     verdicts = []
     for row in current.to_pylist():
         base = _latest_baseline(history, row["dataset"], row["decoding"], row["normalizer"], row["run_id"])
         v = Verdict(dataset=row["dataset"], decoding=row["decoding"], status=PASS, wer=row["wer"],
-                    failed=row["failed"] or 0)
+                    failed=row["failed"] or 0, rtfx=row["rtfx"])
         if row["wer"] is None:
             v.status = NO_REFERENCE
             v.reason = f"nothing to score: {row['scored']} utterances with references, {row['ref_words']} reference words"
@@ -209,6 +239,12 @@ def compare(
         new_failures = v.failed - v.baseline_failed
         if max_new_failures is not None and new_failures > max_new_failures:
             problems.append(f"{v.failed} failed cuts, {new_failures} more than the baseline")
+        v.baseline_rtfx = base["rtfx"]
+        if v.rtfx and v.baseline_rtfx:
+            v.rtfx_delta_pct = round(100 * (v.rtfx / v.baseline_rtfx - 1), 6)
+            if max_rtfx_drop is not None and -v.rtfx_delta_pct > max_rtfx_drop + 1e-9:
+                problems.append(f"RTFx {v.rtfx:.1f} is {-v.rtfx_delta_pct:.1f}% below the baseline's "
+                                f"{v.baseline_rtfx:.1f} > {max_rtfx_drop:g}% allowed")
         delta = "-" if v.delta_points is None else f"{v.delta_points:+.2f} points"
         was = "-" if base["wer"] is None else f"{100 * base['wer']:.2f}%"
         context = f"(baseline {was} in run {base['run_id']} of {base['day']}, {delta})"
@@ -262,6 +298,9 @@ def history_rows(
             wall_seconds=f.wall_seconds if f else None, rtfx=f.rtfx if f else None,
             gate=v.gate if v else None, baseline_run_id=v.baseline_run_id if v else None,
             delta_points=v.delta_points if v else None,
+            **{k: getattr(f, k) if f else None for k in ("gpu_hours", "node_hours", "cpu_core_hours", "cost_usd",
+                                                         "cost_per_audio_hour_usd")},
+            rtfx_delta_pct=v.rtfx_delta_pct if v else None,
         ))
     return pa.Table.from_pylist(records, schema=HISTORY_SCHEMA)
 

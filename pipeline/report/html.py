@@ -2,7 +2,8 @@
 
 Contents: the run's headline WER per dataset and decoding, the regression verdicts of an
 evaluation, plots (WER by duration bucket, WER by speaker, and -- when history is given --
-WER over time per dataset and decoding), the table of groups, the most frequent errors, and
+WER over time per dataset and decoding, and beside it the sets' RTFx, GPU-hours and cost per
+audio hour over time), the table of groups, the most frequent errors, and
 the worst utterances with a word alignment view (substitutions, deletions and insertions
 coloured). Plots are drawn with matplotlib (object API, no pyplot state) and embedded as inline
 SVG; CSS is inline; there is no script and nothing is fetched, so the file works offline and
@@ -181,6 +182,43 @@ def plot_history(history: Any) -> str:
     return _svg(fig, "history")
 
 
+def has_speed_history(history: Any) -> bool:
+    """Whether history rows carry speed or cost (rows of older runs have neither)."""
+    return any(r.get(k) is not None for r in history.to_pylist() for k in ("rtfx", "gpu_hours", "cost_per_audio_hour_usd"))
+
+
+def plot_history_speed(history: Any) -> str:
+    """Three panels over time, one line per dataset (a set's decodings share its run): end-to-end
+    RTFx, the GPU-hours its run held (CPU core-hours when no run held a GPU), and the cost per
+    audio hour."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in history.to_pylist():
+        rows.setdefault((r["run_id"], r["dataset"]), r)  # one per run and set: its decodings repeat the values
+    sets = sorted({r["dataset"] for r in rows.values()}, key=lambda d: d or "")
+    gpu = any((r.get("gpu_hours") or 0) > 0 for r in rows.values())
+    panels = (("rtfx", "RTFx"), ("gpu_hours", "GPU-hours") if gpu else ("cpu_core_hours", "CPU core-hours"),
+              ("cost_per_audio_hour_usd", "USD per audio hour"))
+    fig = _figure(5.6, 5.4)
+    axes = fig.subplots(3, 1, sharex=True)
+    import matplotlib.dates as mdates
+
+    for ax, (column, label) in zip(axes, panels):
+        for k, dataset in enumerate(sets):
+            mine = sorted((r for r in rows.values() if r["dataset"] == dataset and r.get(column) is not None),
+                          key=lambda r: r["created_at"])
+            ax.plot([r["created_at"].replace(tzinfo=None) for r in mine], [r[column] for r in mine], marker="o",
+                    color=PALETTE[k % len(PALETTE)], label=dataset or "-")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    locator = mdates.AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes[-1].set_xlabel("run time (UTC)")
+    _legend_below(fig, axes[0], len(sets))
+    axes[0].set_title("Speed and cost over time")
+    return _svg(fig, "history-speed")
+
+
 # -- HTML pieces -----------------------------------------------------------------------
 
 
@@ -266,17 +304,20 @@ def _render_html(report: Report, top_errors: int) -> str:
     if report.verdicts:
         body.append('<h2 id="verdicts">Regression check</h2>')
         rows = [[v.dataset, v.decoding, v.status, pct(v.wer), pct(v.baseline_wer),
-                 "-" if v.delta_points is None else f"{v.delta_points:+.2f}", v.baseline_run_id, v.reason]
+                 "-" if v.delta_points is None else f"{v.delta_points:+.2f}",
+                 "-" if v.rtfx_delta_pct is None else f"{v.rtfx_delta_pct:+.1f}%", v.baseline_run_id, v.reason]
                 for v in report.verdicts]
-        body.append(_table(("dataset", "decoding", "verdict", "WER", "baseline WER", "delta (points)", "baseline run",
-                            "details"), rows, left=3, row_classes=[v.status for v in report.verdicts],
-                           also_left=(6, 7)))
+        body.append(_table(("dataset", "decoding", "verdict", "WER", "baseline WER", "delta (points)", "RTFx change",
+                            "baseline run", "details"), rows, left=3, row_classes=[v.status for v in report.verdicts],
+                           also_left=(7, 8)))
 
     body.append('<h2 id="plots">Plots</h2><div class="plots">')
     body.append(f'<div class="plot">{plot_duration(report)}</div>')
     body.append(f'<div class="plot">{plot_speakers(report)}</div>')
     if report.history is not None and report.history.num_rows:
         body.append(f'<div class="plot">{plot_history(report.history)}</div>')
+        if has_speed_history(report.history):
+            body.append(f'<div class="plot">{plot_history_speed(report.history)}</div>')
     body.append("</div>")
 
     body.append('<h2 id="groups">Groups</h2>')

@@ -10,6 +10,8 @@ from typing import Any, Optional, Sequence
 from pipeline.longform.pauses import PauseSplit
 from pipeline.output.paths import check_run_id
 
+from .cost import Prices
+
 __all__ = ["TranscribeConfig", "check_run_id", "decoding_list", "long_audio_label", "new_run_id"]
 
 
@@ -58,6 +60,18 @@ class TranscribeConfig:
     max_recording_hours: float = 24.0
     #: windows of long cuts are transcribed as the speech between their pauses; None: whole
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
+    #: live metrics through Ray (pipeline.run.metrics): on, off, or auto (on when the run joins a
+    #: cluster, whose nodes export them; off in a private local Ray)
+    metrics: str = "auto"
+    #: prices of the run's cost (pipeline.run.cost); None: no cost in the summary
+    prices: Optional[Prices] = None
+
+    def __post_init__(self) -> None:
+        if self.metrics not in METRICS_MODES:
+            raise ValueError(f"metrics must be one of {', '.join(METRICS_MODES)}, got {self.metrics!r}")
+
+
+METRICS_MODES = ("auto", "on", "off")
 
 
 def decoding_list(decoding: dict[str, Any], extra_methods: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -14,7 +14,10 @@
    each with ``--gpus-per-actor`` / ``--cpus-per-actor``), streaming with backpressure. Ray
    restarts dead actors (at most ``--max-attempts`` times each) and retries their shards; the
    run's ledger counts every start. A cluster that cannot host an actor yet is waited for.
-4. **Stitch** long recordings in Ray tasks, then write ``runs/<run_id>/summary.json``.
+4. **Stitch** long recordings in Ray tasks, then write ``runs/<run_id>/summary.json``, with the
+   resources the run held, measured from its actors' and tasks' lifetimes, and their cost
+   (:mod:`pipeline.run.accounting`). While it runs, the run's live metrics go to Ray's metrics
+   system (:mod:`pipeline.run.metrics`).
 
 The driver never holds the inputs or the audio: it reads small result rows as shards finish.
 """
@@ -47,16 +50,19 @@ from pipeline.plan.preview import PlanSummary, preview
 from pipeline.plan.units import Planner, process_planner, serial_planner
 from pipeline.plan.windows import plan_windows
 
+from .accounting import account
 from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_label, new_run_id
 from .lock import RunLock
 from .progress import Progress
 from .resources import StageResources, alive_nodes, plan_resources, wait_for_resources
 from .device_memory import CPU_BATCH_SECONDS
+from .metrics import NoMetrics, recorder
 from .model_stage import CONCURRENCY, ShardTranscriber
 from .stages import RunLedger, load_audio
 from .summary import RunSummary
 from .tasks import StageSettings, shard_task
 from .transcriber import ActorConfig, DeviceError, Transcriber
+from .usage import held_since
 
 __all__ = ["ModelFacts", "dry_run", "run", "run_in_process", "validate_inputs"]
 
@@ -181,17 +187,23 @@ def ray_target(cfg: TranscribeConfig) -> Optional[str]:
         return None
 
 
-def _init_ray(cfg: TranscribeConfig) -> None:
+def _init_ray(cfg: TranscribeConfig) -> bool:
     """Join the run's Ray cluster (:func:`ray_target`), or start a private local one with the tuned
-    settings of :func:`local_system_config`; never both (Ray refuses settings for a cluster it joins)."""
+    settings of :func:`local_system_config`; never both (Ray refuses settings for a cluster it joins).
+    Returns whether it joined a cluster (False: a private one, or Ray was connected already)."""
     import ray
 
+    joined = False
     if not ray.is_initialized():
         address = ray_target(cfg)
         if address is None:
             ray.init(address="local", ignore_reinit_error=True, logging_level=logging.WARNING, log_to_driver=True,
-                     include_dashboard=False, _system_config=local_system_config())
+                     include_dashboard=False, _system_config=local_system_config(metrics=cfg.metrics == "on"))
+            if cfg.metrics == "on":
+                port = next((n.get("MetricsExportPort") for n in ray.nodes() if n.get("Alive")), None)
+                log.info("metrics of this private Ray: http://127.0.0.1:%s/metrics", port)
         else:
+            joined = True
             if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
                 log.info("using the Ray cluster already running on this machine (%s); --ray-address local starts a "
                          "private one", address)
@@ -200,9 +212,17 @@ def _init_ray(cfg: TranscribeConfig) -> None:
     ctx.enable_progress_bars = False  # the job shows its own bar, in audio hours
     ctx.print_on_execution_start = False
     ctx.execution_options.verbose_progress = False
+    return joined
 
 
-def local_system_config(cpus: Optional[int] = None) -> Optional[dict[str, Any]]:
+def metrics_enabled(cfg: TranscribeConfig, joined: bool) -> bool:
+    """``--metrics``: on, off, or auto: on when the run joined a cluster (a ``ray start`` cluster,
+    KubeRay), whose nodes' agents export them to Prometheus; off in a private local Ray, which
+    collects none (:func:`local_system_config`)."""
+    return cfg.metrics == "on" or (cfg.metrics == "auto" and joined)
+
+
+def local_system_config(cpus: Optional[int] = None, metrics: bool = False) -> Optional[dict[str, Any]]:
     """Ray settings for the local cluster a run starts itself (none when the environment sets them).
 
     Ray ends idle worker processes a second after they idle once a node has more workers than
@@ -211,13 +231,13 @@ def local_system_config(cpus: Optional[int] = None) -> Optional[dict[str, Any]]:
     Python process started for the next one, about a CPU-second each; on 2 cores the pipeline's
     steady RTFx went from 65.7 to 78.1 with the limit raised (``bench/pipeline_overhead.py``).
     Clusters started with ``ray start`` take the same setting as the ``RAY_num_workers_soft_limit``
-    environment variable (``infra/``). A local cluster also collects no metrics: it runs no
-    dashboard to show them."""
+    environment variable (``infra/``). A local cluster also collects no metrics unless ``metrics``
+    (``--metrics on``): it runs no dashboard to show them."""
     config: dict[str, Any] = {}
     if "RAY_num_workers_soft_limit" not in os.environ:
         config["num_workers_soft_limit"] = 4 * (cpus if cpus is not None else (os.cpu_count() or 1)) + 8
     if "RAY_enable_metrics_collection" not in os.environ:
-        config["enable_metrics_collection"] = False  # no dashboard runs to read them: 1 % of 2 cores
+        config["enable_metrics_collection"] = metrics  # off: no dashboard runs to read them, 1 % of 2 cores
     return config or None
 
 
@@ -334,13 +354,17 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
 
     started = time.perf_counter()
     run_id = paths.run_id
-    _init_ray(cfg)
+    joined = _init_ray(cfg)
+    metrics = recorder(run_id, metrics_enabled(cfg, joined))
+    held: list[dict[str, Any]] = []  # the tasks' holds on the nodes' resources (pipeline.run.usage)
     if ray.cluster_resources().get("CPU", 0) >= 1:
-        planner: Planner = ray_planner(runtime_env=worker_runtime_env())
+        planner: Planner = ray_planner(runtime_env=worker_runtime_env(), held=held)
     else:  # an autoscaling cluster whose nodes all start on demand: not one node just to plan
         log.info("the cluster has no CPUs yet (its worker nodes start on demand): planning in the driver")
         planner = serial_planner
     plan, reused, changed = prepare_plan(cfg, paths, planner)
+    metrics.inc("zipscribe_audio_planned_seconds", plan.audio_seconds)
+    metrics.inc("zipscribe_shards_planned", plan.shards)
     # the plan this run made or read, held from here on: nothing of it is read from storage again
     shards = list(read_index(paths, plan, ["shard_id", "index", "windows"]))
     long_cuts = read_long_cuts(paths)
@@ -349,7 +373,7 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
     waited, node_request = wait_for_resources(res.actor_bundle(), res.min_actors, res.max_actors, cfg.resource_timeout)
     settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=fingerprint_parts(cfg, facts),
                              resume=cfg.resume, write_attempts=cfg.max_attempts,
-                             max_audio_seconds=cfg.max_recording_hours * 3600)
+                             max_audio_seconds=cfg.max_recording_hours * 3600, metrics=metrics.enabled)
     summary = RunSummary(
         run_id=run_id, manifest=list(cfg.manifest), output=cfg.output, model_id=facts.model_id,
         model_sha256=facts.sha256, model_weights=facts.weights, model_notes=list(facts.notes),
@@ -372,15 +396,20 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
     progress = Progress(plan.audio_seconds if cfg.eta else None, cfg.progress)
     fingerprints: dict[str, str] = {}
     seen: set[str] = set()
+    transcribed = 0.0  # audio seconds of the shards done now (not skipped): what the run's cost is for
     try:
         for row in ds.iter_rows():
             seen.add(row["shard_id"])
+            if row["held"]:
+                held.append(json.loads(row["held"]))
+            _record_shard(metrics, row)
             if row["status"] == "failed":
                 log.error("shard %s failed: %s", row["shard_id"], row["error"])
                 summary.shards_failed.append(row["shard_id"])
                 summary.shard_errors[row["shard_id"]] = row["error"].splitlines()[0][:500]
                 continue
             done = json.loads(row["summary"])
+            transcribed += done["audio_seconds"] if row["status"] == "done" else 0.0
             summary.shards_done += row["status"] == "done"
             summary.shards_skipped += row["status"] == "skipped"
             if row["windows"]:
@@ -411,8 +440,12 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
                             f"the last: {last['worker']}: {last['message']}")
     ray.kill(ledger)
 
-    stitched = _stitch(cfg, paths, facts, long_cuts, fingerprints)
+    stitch_started = time.perf_counter()
+    stitched = _stitch(cfg, paths, facts, long_cuts, fingerprints, held)
+    stitch_seconds = time.perf_counter() - stitch_started
     if stitched is not None:
+        metrics.inc("zipscribe_cuts", stitched.cuts_ok, status="ok", node_type="stitched")
+        metrics.inc("zipscribe_cuts", stitched.cuts_error, status="error", node_type="stitched")
         summary.cuts_ok += stitched.cuts_ok
         summary.cuts_error += stitched.cuts_error
         summary.long_cuts = stitched.cuts_ok + stitched.cuts_error
@@ -421,27 +454,52 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
         if stitched.incomplete:
             log.error("%d long cut(s) have windows in failed shards and got no row: %s", stitched.cuts_incomplete,
                       ", ".join(stitched.incomplete[:10]))
+    summary.resources, summary.cost = account(
+        held, report["processes"], waiting_seconds=waited, stitch_seconds=stitch_seconds,
+        transcribed_seconds=transcribed, prices=cfg.prices)
     summary.finish(time.perf_counter() - started)
     storage.write_text_atomic(paths.summary, json.dumps(asdict(summary), indent=2))
     return summary
 
 
+def _record_shard(metrics: NoMetrics, row: dict[str, Any]) -> None:
+    """The driver's metrics of a shard's result row: as :meth:`RunSummary.add` counts it."""
+    if not metrics.enabled:
+        return
+    node_type = metrics.node_type(row["node"])
+    metrics.inc("zipscribe_shards", status=row["status"], node_type=node_type)
+    if row["status"] == "failed":
+        return
+    done = json.loads(row["summary"])
+    metrics.inc("zipscribe_audio_done_seconds", done["audio_seconds"], node_type=node_type)
+    metrics.inc("zipscribe_cuts", done["cuts_ok"], status="ok", node_type=node_type)
+    metrics.inc("zipscribe_cuts", done["cuts_error"], status="error", node_type=node_type)
+
+
 def _stitch(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, long_cuts: dict[str, dict[str, Any]],
-            fingerprints: dict[str, str]) -> Optional[StitchSummary]:
+            fingerprints: dict[str, str], held: Optional[list[dict[str, Any]]] = None) -> Optional[StitchSummary]:
     """Stitch the run's long cuts (the plan's, as the run holds it) in Ray tasks (``None`` when
-    the plan has none)."""
+    the plan has none); the tasks' holds are appended to ``held``."""
     import ray
 
     if not long_cuts:
         return None
-    task = ray.remote(num_cpus=0.5, max_retries=cfg.max_attempts, runtime_env=worker_runtime_env())(_stitch_task)
+    task = ray.remote(num_cpus=0.5, max_retries=cfg.max_attempts, runtime_env=worker_runtime_env())(_stitch_task_held)
     refs = [task.remote(group, cfg.output, paths.run_id, cfg.model, facts.sha256, facts.tokenizer, cfg.weights,
                         _stitch_options(cfg))
             for group in stitch_groups(long_cuts, fingerprints, cfg.output, paths.run_id)]
     total = StitchSummary()
-    for part in ray.get(refs):
+    for part, hold in ray.get(refs):
         total.add(part)
+        if held is not None:
+            held.append(hold)
     return total
+
+
+def _stitch_task_held(*args: Any) -> tuple[StitchSummary, dict[str, Any]]:
+    """:func:`_stitch_task`, and its hold on its node's resources."""
+    started = time.time()
+    return _stitch_task(*args), held_since("stitch task", started).to_dict()
 
 
 def _stitch_options(cfg: TranscribeConfig) -> dict[str, Any]:

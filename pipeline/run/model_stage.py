@@ -43,10 +43,12 @@ import numpy as np
 from pipeline.io import storage
 
 from .failures import DeviceFailure, ShardDeviceError
+from .metrics import recorder
 from .shard_audio import ShardAudio
 from .stages import read_row_shard
 from .tasks import ShardResult, ShardTask, StageSettings, shard_task
 from .transcriber import ActorConfig, DecodedShard, Transcriber, release_memory
+from .usage import process_started_at
 
 __all__ = ["CONCURRENCY", "RESULT_FIELDS", "OverlappedShards", "ShardTranscriber", "result_row"]
 
@@ -54,7 +56,7 @@ log = logging.getLogger(__name__)
 
 #: the columns of a model-stage result row (one per shard)
 RESULT_FIELDS = ("shard_id", "index", "status", "fingerprint", "windows", "summary", "error", "worker", "node",
-                 "device")  # worker: host:pid of the actor; node: its Ray node id
+                 "device", "held")  # worker: host:pid of the actor; node: its Ray node id; held: the audio task's hold
 
 #: shards a model actor holds at once (Ray Data's ``max_concurrent_calls_per_actor``): one on the
 #: model thread, one being written
@@ -65,7 +67,7 @@ def result_row(row: dict[str, Any], **values: Any) -> dict[str, Any]:
     """A result row (:data:`RESULT_FIELDS`) for the shard of stage row ``row``."""
     out = {"shard_id": row["shard_id"], "index": int(row["index"]), "fingerprint": row.get("fingerprint", ""),
            "windows": int(row.get("windows", 0)), "status": "", "summary": "", "error": "", "worker": "", "node": "",
-           "device": ""}
+           "device": "", "held": str(row.get("held", ""))}
     out.update(values)
     return out
 
@@ -148,10 +150,20 @@ class ShardTranscriber:
 
         self.settings = settings
         self.ledger = ledger
-        self.node = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        self.node = context.get_node_id()
+        assigned = context.get_assigned_resources()
+        if ledger is not None:  # the process holds its resources from its start (pipeline.run.usage)
+            ledger.actor_up.remote({"actor_id": context.get_actor_id(), "node_id": self.node, "pid": os.getpid(),
+                                    "start": process_started_at(), "cpus": assigned.get("CPU", 0.0),
+                                    "gpus": assigned.get("GPU", 0.0)})
+        self.metrics = recorder(settings.run_id, settings.metrics)
+        self.node_type = self.metrics.node_type(self.node)
+        for name in ("zipscribe_shards_retried", "zipscribe_oom_splits"):  # rare events: shown as 0, not missing
+            self.metrics.zero(name, node_type=self.node_type)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         gpu_ids = ray.get_gpu_ids()
-        gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+        gpu_share = assigned.get("GPU")
         self.transcriber = self._model_thread.submit(self._model_call, None, Transcriber, actor_config, gpu_ids,
                                                      gpu_share).result()
         self.shards = OverlappedShards(self.transcriber, settings.write_attempts, self._model_thread, self._model_call)
@@ -178,6 +190,12 @@ class ShardTranscriber:
                 log.exception("could not record the device failure in the run's ledger")
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        self.metrics.inc("zipscribe_stage_shards", stage="model_started", node_type=self.node_type)
+        out = self._shard(row)
+        self.metrics.inc("zipscribe_stage_shards", stage="model_finished", node_type=self.node_type)
+        return out
+
+    def _shard(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["done"]:
             return result_row(row, status="skipped", summary=row["done"])
         worker, device = self.transcriber.worker, str(self.transcriber.device)
@@ -186,6 +204,8 @@ class ShardTranscriber:
             import ray
 
             starts, failure = ray.get(self.ledger.started.remote(row["shard_id"], worker, self.node, device))
+            if starts > 1:
+                self.metrics.inc("zipscribe_shards_retried", node_type=self.node_type)
             if failure and starts > self.settings.write_attempts:  # it ended its actors: a deterministic failure
                 return result_row(row, status="failed", **where, error=(
                     f"not started again after {starts - 1} starts: a device failure on it ended its actor, the last: "
@@ -197,7 +217,23 @@ class ShardTranscriber:
             return result_row(row, status="failed", error=error, **where)
         if self.ledger is not None:
             self.ledger.finished.remote(worker)
+        self._record(result)
         return result_row(row, status="done", summary=json.dumps(result.as_dict()), **where)
+
+    def _record(self, result: ShardResult) -> None:
+        """The model stage's metrics of a shard done (pipeline.run.metrics)."""
+        if not self.metrics.enabled:
+            return
+        tags = {"node_type": self.node_type}
+        busy = sum(result.stage_seconds.get(k, 0.0) for k in ("features", "encoder", "decoding"))
+        self.metrics.inc("zipscribe_model_audio_seconds", result.audio_seconds, **tags)
+        self.metrics.inc("zipscribe_model_busy_seconds", busy, **tags)
+        self.metrics.inc("zipscribe_model_input_seconds", result.model_input_seconds, **tags)
+        self.metrics.inc("zipscribe_model_padded_seconds", result.padded_seconds, **tags)
+        self.metrics.inc("zipscribe_oom_splits", result.oom_splits, **tags)
+        self.metrics.observe("zipscribe_shard_model_seconds", busy, **tags)
+        if busy > 0:
+            self.metrics.set("zipscribe_model_rtfx", result.audio_seconds / busy, **tags)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["shard_id"]))]

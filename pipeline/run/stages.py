@@ -23,6 +23,7 @@ retry budgets). Every start of a shard is counted by the run's :class:`RunLedger
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Optional
 
 from pipeline.inputs.items import WorkItem
@@ -33,8 +34,10 @@ from pipeline.output.paths import RunPaths
 from pipeline.plan.frozen import read_shard
 from pipeline.plan.shards import Shard
 
+from .metrics import NoMetrics, recorder
 from .shard_audio import ShardAudio, load_shard_audio
 from .tasks import StageSettings, shard_task
+from .usage import held_since
 
 __all__ = ["RunLedger", "load_audio", "read_row_shard"]
 
@@ -53,12 +56,25 @@ def shard_items_json(shard: Shard) -> str:
 
 
 _ranges: Optional[RangeReader] = None  # one per audio worker process: the copies of long files are reused
+_metrics: dict[str, NoMetrics] = {}  # per run id, one per audio worker process
 
 
 def load_audio(row: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
     """The audio stage's task for one shard: its fingerprint; when its part already exists with
     that fingerprint, its stored summary (resume) and no audio; else the audio of every item
-    (flat arrays: :meth:`ShardAudio.pack`)."""
+    (flat arrays: :meth:`ShardAudio.pack`). ``held``: the task's hold on its node
+    (:mod:`pipeline.run.usage`), as JSON."""
+    started = time.time()
+    out = _load_audio(row, settings)
+    held = held_since("audio task", started)
+    metrics = _metrics.get(settings.run_id)
+    if metrics is None:
+        metrics = _metrics[settings.run_id] = recorder(settings.run_id, settings.metrics)
+    metrics.inc("zipscribe_stage_shards", stage="audio_loaded", node_type=metrics.node_type(held.node_id))
+    return {**out, "held": json.dumps(held.to_dict())}
+
+
+def _load_audio(row: dict[str, Any], settings: StageSettings) -> dict[str, Any]:
     global _ranges
     shard = read_row_shard(row, settings)
     task = shard_task(shard, settings)
@@ -86,6 +102,12 @@ class RunLedger:
         self.starts: dict[str, int] = {}
         self.actors: dict[str, dict[str, Any]] = {}
         self.device_failures: list[dict[str, Any]] = []
+        self.processes: list[dict[str, Any]] = []
+
+    def actor_up(self, record: dict[str, Any]) -> None:
+        """A model actor's process started: ``actor_id``, ``node_id``, ``pid``, ``start`` (the process's
+        start, Unix seconds), ``cpus``, ``gpus`` (the run's resources, :mod:`pipeline.run.usage`)."""
+        self.processes.append(dict(record))
 
     def started(self, shard_id: str, worker: str, node: str, device: str) -> tuple[int, str]:
         """Count a start of the shard; returns its starts so far (this one included) and the last
@@ -105,4 +127,4 @@ class RunLedger:
 
     def report(self) -> dict[str, Any]:
         return {"starts": dict(self.starts), "actors": sorted(self.actors.values(), key=lambda a: a["worker"]),
-                "device_failures": list(self.device_failures)}
+                "device_failures": list(self.device_failures), "processes": list(self.processes)}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["RunSummary", "format_summary"]
+__all__ = ["RunSummary", "format_summary", "resource_lines"]
 
 
 @dataclass
@@ -77,6 +77,12 @@ class RunSummary:
     shard_errors: dict[str, str] = field(default_factory=dict)
     #: device failures that ended a model actor (Ray restarted it): shard_id (None: at start-up), worker, message
     device_failures: list[dict[str, Any]] = field(default_factory=list)
+    #: the resources the run held, measured from its actors' and tasks' lifetimes: node_hours, gpu_hours,
+    #: cpu_core_hours, by_node_type, by_holder, waiting_seconds, stitch_seconds (pipeline.run.usage)
+    resources: dict[str, Any] = field(default_factory=dict)
+    #: what they cost: total_usd, per_audio_hour_usd, audio_hours, by_node_type, unpriced, prices
+    #: (pipeline.run.cost); empty without prices
+    cost: dict[str, Any] = field(default_factory=dict)
 
     def add(self, r: dict[str, Any]) -> None:
         self.cuts_ok += r["cuts_ok"]
@@ -142,8 +148,31 @@ def format_summary(s: RunSummary) -> str:
            f"{s.batch_budget_seconds:.1f} padded s"] if s.oom_splits else []),
         *[f"    note: {n}" for n in s.model_notes],
         *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
+        *resource_lines(s),
         f"  transcripts: {s.transcripts_uri}",
     ]
     if s.cuts_ok + s.cuts_error == 0:
         lines.append("  (the manifest held no cuts)")
     return "\n".join(lines)
+
+
+def resource_lines(s: RunSummary) -> list[str]:
+    """The summary's lines on the resources the run held and their cost (none when not measured)."""
+    r, c = s.resources, s.cost
+    if not r:
+        return []
+    lines = [f"  resources held: {r['node_hours']:.4f} node-h, {r['gpu_hours']:.4f} GPU-h, {r['cpu_core_hours']:.4f} "
+             f"core-h (actors' and tasks' lifetimes); idle waiting for nodes {r['waiting_seconds']:.1f} s, "
+             f"stitching {r['stitch_seconds']:.1f} s"]
+    lines += [f"    {name}: {t['nodes']} node(s), {t['node_hours']:.4f} node-h, {t['gpu_hours']:.4f} GPU-h, "
+              f"{t['cpu_core_hours']:.4f} core-h" for name, t in r["by_node_type"].items()]
+    lines += [f"    note: {n}" for n in r.get("notes", ())]
+    if c:
+        if c["total_usd"] is None:
+            lines.append(f"  cost: unknown, no price for node type(s) {', '.join(c['unpriced'])} (--price)")
+        else:
+            per = "-" if c["per_audio_hour_usd"] is None else f"${c['per_audio_hour_usd']:.4g}"
+            lines.append(f"  cost: ${c['total_usd']:.4g} for {c['audio_hours']:.4f} h of audio transcribed = {per} per "
+                         f"audio hour")
+        lines.append(f"    prices: {c['prices']}")
+    return lines

@@ -65,6 +65,7 @@ class StageSettings:
     audio_threads: int = 4
     write_attempts: int = 3
     max_audio_seconds: Optional[float] = 24 * 3600.0  # audio of unknown duration is not decoded past this
+    metrics: bool = False  # record the run's live metrics (pipeline.run.metrics) in the stages' workers
 
 
 def shard_task(shard: Shard, settings: StageSettings, fingerprint: Optional[str] = None) -> ShardTask:
