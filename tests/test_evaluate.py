@@ -368,3 +368,24 @@ def test_several_decodings_are_one_transcription_per_set(world, nightly):
     assert [(d, dec) for d, dec, _ in history] == [(d, dec) for d in ("clean", "other") for dec in labels]
     assert all(gate == "first" for _, _, gate in history)
     assert len(re.findall(r"^(clean|other) \[[^\]]+\]: FIRST ", proc.stdout, re.M)) == 6
+
+
+def test_a_report_that_cannot_be_written_leaves_the_history_row_and_the_exit_status(world, tmp_path):
+    """The night's record stands whatever happens to its report: where the report's first table
+    goes, a plain file stands (a folder that cannot be made, from outside the job); the job logs
+    why the report is missing, appends its history rows and exits with its transcripts' status
+    (0: a first run passes), not a traceback."""
+    out, history = tmp_path / "out", tmp_path / "hist"
+    out.mkdir()
+    (out / "wer_groups").write_text("not a folder\n")
+    manifest = write_manifest(tmp_path / "clean.jsonl", world["cuts"]["clean"])
+    args = ["jobs/evaluate.py", "--model", str(world["model_a"]), "--output", str(out), "--history", str(history),
+            "--run-id", "blocked-report", "--no-progress", "--eval-set", f"clean={manifest}"]
+    proc = run_local(world, args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "the WER report of blocked-report could not be written" in proc.stderr
+    assert (out / "wer_groups").read_text() == "not a folder\n"
+    rows = pq.read_table(history / "wer_history" / "run_id=blocked-report").to_pylist()
+    assert [(r["dataset"], r["gate"], r["scored"]) for r in rows] == [("clean", "first", 3)]
+    assert len(transcripts(dict(world, out=out), "blocked-report")) == 3
