@@ -276,6 +276,16 @@ class HotwordBatch:
             graphs=distinct,
         )
 
+    def to(self, device: torch.device, dtype: torch.dtype) -> HotwordBatch:
+        """These tables on ``device`` with bonuses in ``dtype`` (itself when they already are)."""
+        device = torch.device(device)
+        if self.acc.device == device and self.acc.dtype == dtype:
+            return self
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) and k != "phrase" else v
+                 for k, v in self.__dict__.items()}
+        moved["acc"], moved["out"] = self.acc.to(device=device, dtype=dtype), self.out.to(device=device, dtype=dtype)
+        return HotwordBatch(**moved)
+
     def advance(self, state: torch.Tensor, tokens: torch.Tensor, lists: torch.Tensor) -> torch.Tensor:
         """The global states after ``tokens`` from global states ``state`` (broadcast together);
         ``lists``: each element's list index (:attr:`list_of` of its utterance, broadcastable)."""
