@@ -32,6 +32,8 @@ CREATE EXTERNAL TABLE zipscribe.transcripts (
   ctc_score double,
   attention_score double,
   lm_score double,
+  hotword_score double,
+  hotwords_matched array<string>,
   confidence double,
   reference string,
   ref_words int,

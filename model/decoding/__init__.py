@@ -103,6 +103,7 @@ from .types import (
 )
 
 __all__ = [
+    "BIASING_METHODS",
     "METHODS",
     "LmScorer",
     "AlignmentResult",
@@ -132,6 +133,8 @@ __all__ = [
 #: LM log-probabilities of token-id sequences, one per sequence (``decode``'s ``lm_scorer``)
 LmScorer = Callable[[Sequence[Sequence[int]]], Sequence[float]]
 
+#: the methods that can bias towards hotwords (``decode``'s ``hotwords``)
+BIASING_METHODS = ("ctc-beam", "attention-rescoring")
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring", "transducer-greedy", "transducer-beam")
 _ALIASES = {
     "ctc-prefix-beam": "ctc-beam",
@@ -280,7 +283,7 @@ def decode(
         raise ValueError(f"{len(hotwords)} hotword lists for a batch of {n} utterances")
     if hotwords is not None and all(g is None for g in hotwords):
         hotwords = None
-    if hotwords is not None and method not in ("ctc-beam", "attention-rescoring"):
+    if hotwords is not None and method not in BIASING_METHODS:
         raise ValueError(f"{method} cannot bias towards hotwords: use ctc-beam or attention-rescoring")
     shift = cfg.frame_shift_s
     num_frames = lens.tolist()

@@ -17,6 +17,12 @@ WER columns (filled when the cut has a reference by :func:`pipeline.report.wer.s
 A cut whose audio failed (``status='error'``) keeps its ``reference`` and ``ref_norm`` but has
 no counts.
 
+Hotwords (contextual biasing, :mod:`pipeline.inputs.hotwords`): ``hotword_score`` is the bonus of
+the completed hotword phrases that took part in choosing the text (null when the cut had no
+hotword list, or for a decoding that cannot bias: greedy and transducer methods);
+``hotwords_matched`` the phrases of the cut's list that the normalised text contains as whole
+words (null without a list).
+
 ``token_confidences``: per token, the probability the model gave it where it was emitted
 (same order as ``token_ids``); word confidences (:mod:`pipeline.output.words`) come from them.
 """
@@ -47,6 +53,8 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("ctc_score", pa.float64()),
         pa.field("attention_score", pa.float64()),
         pa.field("lm_score", pa.float64()),
+        pa.field("hotword_score", pa.float64()),
+        pa.field("hotwords_matched", pa.list_(pa.string())),
         pa.field("confidence", pa.float64()),
         pa.field("reference", pa.string()),
         pa.field("ref_words", pa.int32()),
@@ -87,7 +95,8 @@ WINDOW_SCHEMA = pa.schema(
 
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
 #: run never mixes parts of two schemas; written into every file's metadata (SCHEMA_VERSION_KEY)
-SCHEMA_VERSION = 5  # 4: lm_score; 5: run_id only in the path, start -> start_s, float64 token times
+SCHEMA_VERSION = 6  # 4: lm_score; 5: run_id only in the path, start -> start_s, float64 token times;
+# 6: hotword_score, hotwords_matched
 SCHEMA_VERSION_KEY = b"zipscribe.schema_version"
 
 STATUS_OK = "ok"
@@ -118,6 +127,8 @@ class TranscriptRow:
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
     lm_score: Optional[float] = None
+    hotword_score: Optional[float] = None
+    hotwords_matched: Optional[list[str]] = None
     confidence: Optional[float] = None
     reference: Optional[str] = None
     ref_words: Optional[int] = None

@@ -58,6 +58,11 @@ class TranscribeConfig:
     max_recording_hours: float = 24.0
     #: windows of long cuts are transcribed as the speech between their pauses; None: whole
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
+    #: contextual biasing: the run-level hotword list (a file or s3:// object, one phrase a line,
+    #: optionally ``phrase :score``; :mod:`pipeline.inputs.hotwords`), merged with each cut's own
+    hotwords: Optional[str] = None
+    #: the bonus per matched token of phrases that do not give their own score
+    hotwords_score: float = 1.5
 
 
 def decoding_list(decoding: dict[str, Any], extra_methods: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -42,6 +42,9 @@ class RunSummary:
     rtfx: float = 0.0
     model_rtfx: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: contextual biasing (pipeline.run.driver.hotwords_summary): the run list, its size and scores,
+    #: where per-cut lists come from, which decodings bias and which cannot
+    hotwords: dict[str, Any] = field(default_factory=dict)
     #: the audio stage: bytes read from storage, bytes the cuts' audio takes in its objects (a
     #: recording's segments read once: about equal; segments of one recording in many shards: more
     #: fetched), and its CPU seconds (decoding, resampling) per second of audio

@@ -1,0 +1,164 @@
+"""Hotwords in the pipeline (issue 35): the list formats, per-cut lists from manifests, the
+recognizer's per-list automaton cache, and a run (in one process) with --hotwords and per-cut
+lists: the new columns, error rows for malformed lists, and the run without lists unchanged."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.inputs.hotwords import (
+    HotwordError,
+    merge_hotwords,
+    parse_hotword_entries,
+    parse_hotword_line,
+    read_hotwords_file,
+)
+from pipeline.report.normalize import get_normalizer
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "model" / "assets" / "demo"
+NORM = get_normalizer("english")
+
+
+def test_lines_scores_comments_and_normalisation():
+    assert parse_hotword_line("Dr. Zyprexa :2.5", 1.5, NORM) == ("dr zyprexa", 2.5)
+    assert parse_hotword_line("  new York  ", 1.5, NORM) == ("new york", 1.5)
+    assert parse_hotword_line("", 1.5, NORM) is None and parse_hotword_line("# a comment", 1.5, NORM) is None
+    for bad, why in (("word :x", "not a number"), ("word :-1", "positive finite"), ("word :nan", "positive finite"),
+                     ("?! :2", "empty once normalised"), ("word :", "malformed"), ("x" * 300, "longer than")):
+        with pytest.raises(HotwordError, match=why):
+            parse_hotword_line(bad, 1.5, NORM, "f.txt:3")
+
+
+def test_a_file_names_its_bad_line_and_merging_keeps_the_best_score(tmp_path):
+    good = tmp_path / "hw.txt"
+    good.write_text("# names\nZyprexa :3\nnew york\n\nzyprexa\n")
+    assert read_hotwords_file(str(good), 1.5, NORM) == (("new york", 1.5), ("zyprexa", 3.0))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("fine\nbroken :zz\n")
+    with pytest.raises(HotwordError, match=r"bad.txt:2: the score"):
+        read_hotwords_file(str(bad), 1.5, NORM)
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(HotwordError, match="holds no phrase"):
+        read_hotwords_file(str(tmp_path / "empty.txt"), 1.5, NORM)
+    with pytest.raises(HotwordError, match="does not exist"):
+        read_hotwords_file(str(tmp_path / "missing.txt"), 1.5, NORM)
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(HotwordError, match="not UTF-8"):
+        read_hotwords_file(str(tmp_path / "bin.txt"), 1.5, NORM)
+    assert merge_hotwords((("a", 1.0),), None, (("a", 2.0), ("b", 1.0))) == (("a", 2.0), ("b", 1.0))
+    assert merge_hotwords(None, ()) is None
+
+
+def test_per_cut_entries_must_be_a_list_of_phrases():
+    assert parse_hotword_entries(["Zyprexa :2", "Paris"], 1.5, NORM, "cut c") == (("paris", 1.5), ("zyprexa", 2.0))
+    for bad in ("zyprexa", [1, 2], {"a": 1}, [""], ["ok", "  "]):
+        with pytest.raises(HotwordError, match="cut c"):
+            parse_hotword_entries(bad, 1.5, NORM, "cut c")
+
+
+def _cut(cut_id: str, source: str, duration: float, text: str, hotwords=None, sup_hotwords=None) -> dict:
+    rec = {"id": f"rec-{cut_id}", "sources": [{"type": "file", "channels": [0], "source": source}],
+           "sampling_rate": 16000, "num_samples": int(duration * 16000), "duration": duration, "channel_ids": [0]}
+    sup = {"id": f"{cut_id}-sup", "recording_id": rec["id"], "start": 0.0, "duration": duration, "channel": 0,
+           "text": text}
+    if sup_hotwords is not None:
+        sup["custom"] = {"hotwords": sup_hotwords}
+    cut = {"id": cut_id, "start": 0.0, "duration": duration, "channel": 0, "type": "MonoCut",
+           "supervisions": [sup], "recording": rec}
+    if hotwords is not None:
+        cut["custom"] = {"hotwords": hotwords}
+    return cut
+
+
+def _write_cuts(path: Path, cuts: list[dict]) -> Path:
+    with gzip.open(path, "wt") as f:
+        for c in cuts:
+            f.write(json.dumps(c) + "\n")
+    return path
+
+
+def test_manifest_cuts_and_supervisions_carry_their_lists(tmp_path):
+    from pipeline.inputs.manifests import iter_work_items
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")  # not read: no durations probed
+    manifest = _write_cuts(tmp_path / "cuts.jsonl.gz", [
+        _cut("a", str(wav), 2.0, "x", hotwords=["Zyprexa :2"], sup_hotwords=["paris", "Zyprexa :2"]),
+        _cut("b", str(wav), 2.0, "x"),
+        _cut("c", str(wav), 2.0, "x", hotwords="zyprexa"),
+    ])
+    items = {i.cut_id: i for i in iter_work_items(str(manifest), probe_durations=False)}
+    assert items["a"].hotwords == ["Zyprexa :2", "paris"] and items["a"].error is None
+    assert items["b"].hotwords is None
+    assert items["c"].error and "custom['hotwords'] must be a list" in items["c"].error
+    assert items["a"].to_dict()["hotwords"] == ["Zyprexa :2", "paris"]
+
+
+def test_the_recognizer_builds_each_distinct_list_once_and_says_what_it_ignored():
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.from_dir(DEMO)
+    g, ignored = rec.hotword_graph([("zyprexa", 1.5), ("ZYPREXA", 2.0)])  # the demo's pieces are lower case
+    assert g is not None and g.num_states == len(rec.tokenizer.encode("zyprexa")) + 1
+    assert ignored == ("hotword 'ZYPREXA' ignored: the model's tokenizer cannot spell it",)
+    assert rec.hotword_graph([("ZYPREXA", 2.0), ("zyprexa", 1.5)])[0] is g  # the same content, in any order
+    assert rec.hotword_graph([("ZYPREXA", 2.0)]) == (None, ignored)
+    assert rec.hotword_graph(None) == (None, ())
+
+
+def _espeak(path: Path, text: str) -> Path:
+    raw = path.with_suffix(".22k.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path)], check=True)
+    return path
+
+
+def test_a_run_with_hotwords_writes_the_columns_and_error_rows(tmp_path):
+    """In one process (pipeline.run.driver.run_in_process): --hotwords + per-cut lists; the rows
+    carry hotword_score and hotwords_matched (exactly the listed phrases the normalised text
+    holds); a malformed per-cut list is that cut's error row; a cut without any list has null
+    columns."""
+    import soundfile as sf
+
+    from pipeline.run.config import TranscribeConfig
+    from pipeline.run.driver import run_in_process
+
+    texts = {"a": "the nurse gave him zyprexa today", "b": "we flew to paris in the morning",
+             "c": "good morning to you"}
+    cuts = []
+    for cut_id, text in texts.items():
+        wav = _espeak(tmp_path / f"{cut_id}.wav", text)
+        duration = sf.info(str(wav)).duration
+        own = {"a": ["Zyprexa :2"], "b": None, "c": ["bad :score"]}[cut_id]
+        cuts.append(_cut(cut_id, str(wav), duration, text, hotwords=own))
+    manifest = _write_cuts(tmp_path / "cuts.jsonl.gz", cuts)
+    run_list = tmp_path / "hotwords.txt"
+    run_list.write_text("Paris\nmorning :0.5\n")
+
+    def run(run_id: str, **kw):
+        cfg = TranscribeConfig(manifest=[str(manifest)], model=str(DEMO), output=str(tmp_path / "out"), **kw)
+        done = run_in_process(cfg, run_id, num_threads=1)
+        table = pq.read_table(tmp_path / "out" / "transcripts" / f"run_id={run_id}")
+        return done, {r["cut_id"]: r for r in table.to_pylist()}
+
+    _, plain = run("plain")  # no run list: only cut a has a list (its own)
+    assert plain["b"]["status"] == "ok" and plain["b"]["hotword_score"] is None and plain["b"]["hotwords_matched"] is None
+    assert plain["a"]["hotword_score"] is not None
+    assert plain["a"]["hotwords_matched"] == (["zyprexa"] if "zyprexa" in plain["a"]["hyp_norm"].split() else [])
+    assert plain["c"]["status"] == "error" and "hotwords:" in plain["c"]["error"]
+    _, biased = run("biased", hotwords=str(run_list), hotwords_score=1.5)
+    assert biased["c"]["status"] == "error" and "cut c" in biased["c"]["error"] and "score" in biased["c"]["error"]
+    lists = {"a": ["morning", "paris", "zyprexa"], "b": ["morning", "paris"]}
+    for cut_id, phrases in lists.items():
+        row = biased[cut_id]
+        assert row["status"] == "ok" and row["hotword_score"] is not None and row["hotword_score"] >= 0
+        padded = f" {row['hyp_norm']} "
+        assert row["hotwords_matched"] == [p for p in phrases if f" {p} " in padded]
+    assert "paris" in biased["b"]["hotwords_matched"] or "paris" not in plain["b"]["hyp_norm"].split()
