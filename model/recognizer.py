@@ -500,7 +500,7 @@ class Recognizer:
         :attr:`decodings`.
 
         ``hotwords``: one hotword list (or None) per waveform (contextual biasing,
-        :meth:`hotword_graph`); decodings that cannot bias (greedy and transducer methods,
+        :meth:`hotword_graph`); decodings that cannot bias (the greedy methods,
         not in :data:`model.decoding.BIASING_METHODS`) decode without them (their transcripts'
         ``hotword_score`` stays None).
 

@@ -94,8 +94,8 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
                        help="contextual biasing: a file or s3:// object of hotwords, one phrase a line, optionally "
                             "followed by ' :SCORE' (bonus per token for that phrase, as sherpa-onnx writes them); "
                             "merged with each cut's own list (a manifest cut's or supervision's "
-                            "custom['hotwords']). Phrases are normalised like references. Only ctc-beam and "
-                            "attention-rescoring bias; other decodings of the run ignore the lists (the summary "
+                            "custom['hotwords']). Phrases are normalised like references. Only ctc-beam, "
+                            "attention-rescoring and transducer-beam bias; other decodings of the run ignore the lists (the summary "
                             "says which)")
     group.add_argument("--hotwords-score", type=positive_float, default=DEFAULT_HOTWORDS_SCORE, metavar="B",
                        help="bonus per matched token of hotwords without a score of their own "

@@ -141,3 +141,34 @@ def test_decode_keeps_the_bonus_in_the_rescoring_and_refuses_greedy(tmp_path):
         decode(rec.model, enc, enc_lens, DecodingConfig(method="ctc-greedy"), hotwords=[every, None])
     with pytest.raises(ValueError, match="2 utterances"):
         decode(rec.model, enc, enc_lens, cfg, hotwords=[every])
+
+
+def test_transducer_beam_search_with_hotwords(tmp_path):
+    """The transducer's modified beam search ranks every (slot, token) with the automaton's gain: a
+    list whose bonus (1e-30) is below the rounding of every score leaves it bit for bit as without
+    (the hotword code path with no effect);
+    a list of every token makes the kept bonus 1.0 per output token; a batch with and without a
+    list keeps the listless utterance as it was."""
+    from model.decoding import transducer_modified_beam_search
+    from model.recognizer import Recognizer
+
+    rec = Recognizer.from_dir(make_tiny_model_dir(tmp_path / "m"), decoding={"lm_scale": 0.0})
+    g = torch.Generator().manual_seed(5)
+    feats, lens = rec.features([0.1 * torch.randn(24000, generator=g), 0.1 * torch.randn(16000, generator=g)])
+    enc, enc_lens = rec.model.forward_encoder(feats, lens)
+    vocab = rec.tokenizer.vocab_size
+    plain = transducer_modified_beam_search(rec.model, enc, enc_lens, beam=4)
+    tiny = HotwordGraph.build(HotwordList(tuple((t,) for t in range(2, vocab)), (1e-30,) * (vocab - 2)), vocab)
+    same = transducer_modified_beam_search(rec.model, enc, enc_lens, beam=4,
+                                           hotwords=HotwordBatch.build([tiny, tiny], torch.device("cpu")))
+    assert torch.equal(same.tokens, plain.tokens) and torch.equal(same.lens, plain.lens)
+    assert torch.equal(same.scores, plain.scores)
+    assert same.hotword_scores.abs().max().item() < 1e-25
+    every = HotwordGraph.build(HotwordList(tuple((t,) for t in range(2, vocab)), (1.0,) * (vocab - 2)), vocab)
+    hyps = decode(rec.model, enc, enc_lens, DecodingConfig(method="transducer-beam"), hotwords=[every, None])
+    assert hyps[0].hotword_score == pytest.approx(float(len(hyps[0].token_ids)))
+    assert hyps[1].hotword_score is None
+    alone = decode(rec.model, enc[1:], enc_lens[1:], DecodingConfig(method="transducer-beam"))
+    assert hyps[1].token_ids == alone[0].token_ids
+    with pytest.raises(ValueError, match="cannot bias"):
+        decode(rec.model, enc, enc_lens, DecodingConfig(method="transducer-greedy"), hotwords=[every, None])

@@ -56,7 +56,8 @@ each utterance a :class:`HotwordGraph` (or None); ``ctc-beam`` and ``attention-r
 automata inside the prefix search (a bonus per matched token, given back when the match fails,
 kept when the phrase completes), and the attention rescoring adds each entry's completed-phrase
 bonus to its total (``Hypothesis.hotword_score``), so that rescoring does not undo the search's
-choice. Greedy methods cannot bias: ``decode`` refuses lists for them.
+choice. ``transducer-beam`` ranks its candidates with the automata's gains too (icefall's way).
+Greedy methods cannot bias: ``decode`` refuses lists for them.
 
 Token times: ``token_frames`` are encoder frames (after subsampling); CTC
 methods use the first frame of each token in the best alignment of the chosen
@@ -134,7 +135,7 @@ __all__ = [
 LmScorer = Callable[[Sequence[Sequence[int]]], Sequence[float]]
 
 #: the methods that can bias towards hotwords (``decode``'s ``hotwords``)
-BIASING_METHODS = ("ctc-beam", "attention-rescoring")
+BIASING_METHODS = ("ctc-beam", "attention-rescoring", "transducer-beam")
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring", "transducer-greedy", "transducer-beam")
 _ALIASES = {
     "ctc-prefix-beam": "ctc-beam",
@@ -269,7 +270,7 @@ def decode(
       search_lm: the same word LM as a :class:`SearchLM` over the tokenizer's pieces; needed when
         ``config.search_lm_scale`` > 0 and the method is attention rescoring.
       hotwords: one :class:`HotwordGraph` (or None: no list) per utterance, for contextual
-        biasing (ctc-beam, attention-rescoring); None or all None: no biasing, exactly the
+        biasing (ctc-beam, attention-rescoring, transducer-beam); None or all None: no biasing, exactly the
         decoding without lists. Greedy methods raise ValueError when a list is given.
     """
     cfg = config or DecodingConfig()
@@ -284,7 +285,7 @@ def decode(
     if hotwords is not None and all(g is None for g in hotwords):
         hotwords = None
     if hotwords is not None and method not in BIASING_METHODS:
-        raise ValueError(f"{method} cannot bias towards hotwords: use ctc-beam or attention-rescoring")
+        raise ValueError(f"{method} cannot bias towards hotwords: use one of {', '.join(BIASING_METHODS)}")
     shift = cfg.frame_shift_s
     num_frames = lens.tolist()
     if n == 0:
@@ -294,7 +295,9 @@ def decode(
         if method == "transducer-greedy":
             res = transducer_greedy_search(model, encoder_out, lens, blank_id=cfg.blank_id)
         else:
-            res = transducer_modified_beam_search(model, encoder_out, lens, beam=cfg.transducer_beam, blank_id=cfg.blank_id)
+            batch_hw = HotwordBatch.build(hotwords, encoder_out.device) if hotwords is not None else None
+            res = transducer_modified_beam_search(model, encoder_out, lens, beam=cfg.transducer_beam, blank_id=cfg.blank_id,
+                                                  hotwords=batch_hw)
         empty_conf = torch.where(
             lens > 0,
             res.blank_prob_sum / lens.clamp(min=1).to(res.blank_prob_sum.dtype),
@@ -304,6 +307,7 @@ def decode(
         toks, flens, frames = res.tokens.tolist(), res.lens.tolist(), res.frames.tolist()
         tok_conf = res.token_log_probs.exp().tolist()
         scores, confs = res.scores.tolist(), conf.tolist()
+        hw_l = res.hotword_scores.tolist() if res.hotword_scores is not None else None
         out = []
         for i in range(n):
             k = flens[i]
@@ -315,6 +319,7 @@ def decode(
                     score=scores[i],
                     confidence=confs[i],
                     token_confidences=tok_conf[i][:k],
+                    hotword_score=hw_l[i] if hw_l is not None and hotwords[i] is not None else None,
                     num_frames=num_frames[i],
                     duration=num_frames[i] * shift,
                     method=method,

@@ -144,5 +144,7 @@ class TransducerResult:
     #: (N,) sum over blank decisions of P(blank) along the path (for confidence
     #: of empty results), and the number of such frames
     blank_prob_sum: torch.Tensor
+    #: (N,) transducer-beam with hotwords: the completed phrases' bonus of the result; else None
+    hotword_scores: Optional[torch.Tensor] = None
     #: (N, L) raw joiner logit of each emitted token (greedy only; else None)
     token_logits: Optional[torch.Tensor] = None

@@ -19,7 +19,7 @@ no counts.
 
 Hotwords (contextual biasing, :mod:`pipeline.inputs.hotwords`): ``hotword_score`` is the bonus of
 the completed hotword phrases that took part in choosing the text (null when the cut had no
-hotword list, or for a decoding that cannot bias: greedy and transducer methods);
+hotword list, or for a decoding that cannot bias: the greedy methods);
 ``hotwords_matched`` the phrases of the cut's list that the normalised text contains as whole
 words (null without a list).
 
