@@ -162,3 +162,56 @@ def test_a_run_with_hotwords_writes_the_columns_and_error_rows(tmp_path):
         padded = f" {row['hyp_norm']} "
         assert row["hotwords_matched"] == [p for p in phrases if f" {p} " in padded]
     assert "paris" in biased["b"]["hotwords_matched"] or "paris" not in plain["b"]["hyp_norm"].split()
+
+
+def test_bias_split_counts_as_le_et_al():
+    """Reference "give him zyprexa and lithium now", list words {zyprexa, lithium, clozapine}:
+    zyprexa substituted (B), lithium right (B), "and" deleted (U), clozapine inserted (B, by the
+    inserted word), "now" -> "clozapine" substituted (U, by the reference word)."""
+    from pipeline.output.records import TranscriptRow
+    from pipeline.report.wer import bias_counts, score_row
+
+    row = TranscriptRow(run_id="r", cut_id="c", status="ok", reference="Give him Zyprexa and lithium now.",
+                        text="give him zyprexia lithium clozapine", hotword_words=["clozapine", "lithium", "zyprexa"])
+    score_row(row, "english")
+    assert row.errors == 3  # S zyprexa, D and, S now->clozapine (jiwer's alignment)
+    assert (row.biased_ref_words, row.biased_errors, row.unbiased_ref_words, row.unbiased_errors) == (2, 1, 4, 2)
+    edits = [{"op": "I", "ref": None, "hyp": "lithium"}, {"op": "S", "ref": "a", "hyp": "lithium"}]
+    assert bias_counts("a b", edits, {"lithium"}) == (0, 1, 2, 1)
+    plain = TranscriptRow(run_id="r", cut_id="d", status="ok", reference="a b", text="a")
+    score_row(plain, "english")
+    assert plain.biased_ref_words is None and plain.unbiased_errors is None
+
+
+def test_reports_and_history_carry_b_wer_and_u_wer():
+    from datetime import datetime, timezone
+
+    from pipeline.output.records import TranscriptRow, rows_to_table
+    from pipeline.report.history import history_rows
+    from pipeline.report.html import render_html
+    from pipeline.report.markdown import render_markdown
+    from pipeline.report.tables import build_report
+    from pipeline.report.wer import score_row
+
+    rows = [
+        TranscriptRow(run_id="r", cut_id="a", status="ok", dataset="med", reference="zyprexa today please",
+                      text="zyprexia today please", hotword_words=["zyprexa"]),
+        TranscriptRow(run_id="r", cut_id="b", status="ok", dataset="med", reference="lithium is fine",
+                      text="lithium is fine fine", hotword_words=["lithium", "clozapine"]),
+        TranscriptRow(run_id="r", cut_id="c", status="ok", dataset="plain", reference="good morning", text="good"),
+    ]
+    for r in rows:
+        score_row(r, "english")
+    report = build_report(rows_to_table(rows), run_id="r", created_at=datetime(2026, 12, 8, tzinfo=timezone.utc))
+    by = {g["group_value"]: g for g in report.groups("dataset", any_dataset=True)}
+    med, plain = by["med"], by["plain"]
+    # biased words: zyprexa (substituted), lithium (right): 1 / 2; others: today, please, is, fine + "fine" inserted: 1 / 4
+    assert (med["biased_ref_words"], med["biased_errors"], med["b_wer"]) == (2, 1, 0.5)
+    assert (med["unbiased_ref_words"], med["unbiased_errors"], med["u_wer"]) == (4, 1, 0.25)
+    assert plain["b_wer"] is None and plain["biased_ref_words"] is None
+    md = render_markdown(report)
+    section = md.split("## Hotwords: B-WER / U-WER")[1].split("##")[0]
+    assert "50.00%" in section and "25.00%" in section and "plain" not in section
+    assert "B-WER / U-WER" in render_html(report)
+    hist = history_rows(report.table, {}, run_id="r", created_at=report.created_at, git_rev=None).to_pylist()
+    assert {h["dataset"]: h["b_wer"] for h in hist} == {"med": 0.5, "plain": None}

@@ -21,7 +21,11 @@ Hotwords (contextual biasing, :mod:`pipeline.inputs.hotwords`): ``hotword_score`
 the completed hotword phrases that took part in choosing the text (null when the cut had no
 hotword list, or for a decoding that cannot bias: the greedy methods);
 ``hotwords_matched`` the phrases of the cut's list that the normalised text contains as whole
-words (null without a list).
+words (null without a list). With a list and a reference, the WER split of the contextual-biasing
+literature (Le et al. 2021): ``biased_ref_words`` / ``unbiased_ref_words`` are the reference words
+that are / are not words of the cut's list, ``biased_errors`` / ``unbiased_errors`` the errors on
+them (a substitution or deletion counts by its reference word, an insertion by the inserted word);
+B-WER and U-WER are their ratios (:mod:`pipeline.report.tables`).
 
 ``token_confidences``: per token, the probability the model gave it where it was emitted
 (same order as ``token_ids``); word confidences (:mod:`pipeline.output.words`) come from them.
@@ -55,6 +59,10 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("lm_score", pa.float64()),
         pa.field("hotword_score", pa.float64()),
         pa.field("hotwords_matched", pa.list_(pa.string())),
+        pa.field("biased_ref_words", pa.int32()),
+        pa.field("biased_errors", pa.int32()),
+        pa.field("unbiased_ref_words", pa.int32()),
+        pa.field("unbiased_errors", pa.int32()),
         pa.field("confidence", pa.float64()),
         pa.field("reference", pa.string()),
         pa.field("ref_words", pa.int32()),
@@ -96,7 +104,7 @@ WINDOW_SCHEMA = pa.schema(
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
 #: run never mixes parts of two schemas; written into every file's metadata (SCHEMA_VERSION_KEY)
 SCHEMA_VERSION = 6  # 4: lm_score; 5: run_id only in the path, start -> start_s, float64 token times;
-# 6: hotword_score, hotwords_matched
+# 6: hotword_score, hotwords_matched, biased_* / unbiased_*
 SCHEMA_VERSION_KEY = b"zipscribe.schema_version"
 
 STATUS_OK = "ok"
@@ -129,6 +137,10 @@ class TranscriptRow:
     lm_score: Optional[float] = None
     hotword_score: Optional[float] = None
     hotwords_matched: Optional[list[str]] = None
+    biased_ref_words: Optional[int] = None
+    biased_errors: Optional[int] = None
+    unbiased_ref_words: Optional[int] = None
+    unbiased_errors: Optional[int] = None
     confidence: Optional[float] = None
     reference: Optional[str] = None
     ref_words: Optional[int] = None
@@ -149,6 +161,9 @@ class TranscriptRow:
     shard_id: Optional[str] = None
     worker: Optional[str] = None
     processed_at: datetime = field(default_factory=utc_now)
+    #: the words of the cut's hotword list (for the B-WER / U-WER split when the row is scored);
+    #: not a column
+    hotword_words: Optional[list[str]] = None
 
 
 @dataclass

@@ -264,6 +264,8 @@ class Transcriber:
             row.hotword_score = transcript.hotword_score
             if hotwords:
                 row.hotwords_matched = matched_hotwords(self._normalize(transcript.text), hotwords)
+        if hotwords:
+            row.hotword_words = sorted({w for phrase, _ in hotwords for w in phrase.split()})
         if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
             row.window_index, row.window_count = item.window_index, item.window_count
             row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
