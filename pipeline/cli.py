@@ -97,10 +97,11 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
                             "custom['hotwords']). Phrases are normalised like references. Only ctc-beam, "
                             "attention-rescoring and transducer-beam bias; other decodings of the run ignore the lists (the summary "
                             "says which)")
-    group.add_argument("--hotwords-score", type=positive_float, default=DEFAULT_HOTWORDS_SCORE, metavar="B",
-                       help="bonus per matched token of hotwords without a score of their own "
-                            f"(default {DEFAULT_HOTWORDS_SCORE:g}); a partial match gives it back, a completed "
-                            "phrase keeps it")
+    group.add_argument("--hotwords-score", type=positive_float, default=None, metavar="B",
+                       help="bonus per matched token of hotwords without a score of their own (default: the "
+                            "model's config.json 'decoding' section, chosen on dev for the demo model by "
+                            f"bench/biasing.py, else {DEFAULT_HOTWORDS_SCORE:g}); a partial match gives it back, a "
+                            "completed phrase keeps it")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

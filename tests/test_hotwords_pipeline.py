@@ -215,3 +215,31 @@ def test_reports_and_history_carry_b_wer_and_u_wer():
     assert "B-WER / U-WER" in render_html(report)
     hist = history_rows(report.table, {}, run_id="r", created_at=report.created_at, git_rev=None).to_pylist()
     assert {h["dataset"]: h["b_wer"] for h in hist} == {"med": 0.5, "plain": None}
+
+
+def test_the_default_bonus_is_the_models_and_a_bad_list_stops_the_run_first(tmp_path):
+    """--hotwords-score unset: the model's config.json decoding.hotwords_score (else 1.5) scores the
+    run list's phrases; set: that value. A malformed run list fails validate_inputs, naming its line."""
+    import soundfile as sf
+
+    from pipeline.run.config import TranscribeConfig
+    from pipeline.run.driver import fingerprint_parts, validate_inputs
+
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), [0.0] * 16000, 16000)
+    listing = tmp_path / "in.txt"
+    listing.write_text(f"{wav}\n")
+    hw = tmp_path / "hw.txt"
+    hw.write_text("Zyprexa\nParis :0.25\n")
+    model_default = json.loads((DEMO / "config.json").read_text())["decoding"].get("hotwords_score", 1.5)
+    cfg = TranscribeConfig(manifest=[str(listing)], model=str(DEMO), output=str(tmp_path / "out"), hotwords=str(hw))
+    facts = validate_inputs(cfg)
+    assert facts.hotwords_score == model_default
+    assert facts.hotwords == (("paris", 0.25), ("zyprexa", model_default))
+    cfg.hotwords_score = 0.7
+    other = validate_inputs(cfg)
+    assert other.hotwords == (("paris", 0.25), ("zyprexa", 0.7))
+    assert fingerprint_parts(cfg, other) != fingerprint_parts(cfg, facts)  # a new list or bonus redoes the parts
+    hw.write_text("fine\nbroken :x\n")
+    with pytest.raises(HotwordError, match="hw.txt:2"):
+        validate_inputs(cfg)

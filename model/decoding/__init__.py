@@ -172,6 +172,10 @@ class DecodingConfig:
     search_lm_scale: float = 0.0
     #: added per completed word in the fused search (offsets the LM's pull towards fewer words)
     word_bonus: float = 0.0
+    #: contextual biasing: the bonus per matched token of hotwords that give no score of their own
+    #: (``decode`` takes the scores inside its :class:`HotwordGraph`; the pipeline's --hotwords-score
+    #: defaults to this; the demo model's was chosen on dev by bench/biasing.py)
+    hotwords_score: float = 1.5
     #: modified beam search beam (icefall default 4)
     transducer_beam: int = 4
     #: seconds per encoder frame: 10 ms features x subsampling 4

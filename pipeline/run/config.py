@@ -61,8 +61,9 @@ class TranscribeConfig:
     #: contextual biasing: the run-level hotword list (a file or s3:// object, one phrase a line,
     #: optionally ``phrase :score``; :mod:`pipeline.inputs.hotwords`), merged with each cut's own
     hotwords: Optional[str] = None
-    #: the bonus per matched token of phrases that do not give their own score
-    hotwords_score: float = 1.5
+    #: the bonus per matched token of phrases that do not give their own score; None: the model's
+    #: (its config.json ``decoding.hotwords_score``, else 1.5)
+    hotwords_score: Optional[float] = None
 
 
 def decoding_list(decoding: dict[str, Any], extra_methods: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -82,6 +82,7 @@ class ModelFacts:
     decodings: tuple[str, ...] = ()  # each decoding's label, in order: rows carry one of them
     lm_sha256: str = ""  # the word LM's, when the model directory has one
     hotwords: Hotwords = ()  # the run-level hotword list (--hotwords), parsed and normalised
+    hotwords_score: float = DEFAULT_HOTWORDS_SCORE  # --hotwords-score, else the model's
     #: the decodings that can bias towards hotwords, and those that cannot (greedy, transducer)
     biased: tuple[str, ...] = ()
     not_biased: tuple[str, ...] = ()
@@ -98,21 +99,21 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
     for unit in firsts.values():  # the first file of each input is readable (the rest: while planning)
         next(iter(iter_work_items(unit.uri, kind=unit.kind, dataset=cfg.dataset, probe_durations=False,
                                   shar_tar=unit.tar)), None)
-    # HotwordError (a ValueError) names the file and line
-    hotwords = read_hotwords_file(cfg.hotwords, cfg.hotwords_score, get_normalizer(cfg.normalizer)) \
-        if cfg.hotwords else ()
     weights = WeightsSelection.from_dict(cfg.weights)
     model_dir = local_model_dir(cfg.model, weights=weights)
     recognizer = Recognizer.from_dir(model_dir, decoding=decoding_list(cfg.decoding, cfg.extra_methods),
                                      weights=weights)
     info = recognizer.info
     labels = tuple(d.label() for d in recognizer.decodings)
+    score = cfg.hotwords_score if cfg.hotwords_score is not None else recognizer.decoding.hotwords_score
+    # HotwordError (a ValueError) names the file and line
+    hotwords = read_hotwords_file(cfg.hotwords, score, get_normalizer(cfg.normalizer)) if cfg.hotwords else ()
     biased = tuple(d.label() for d in recognizer.decodings if d.method in BIASING_METHODS)
     if hotwords:
         recognizer.hotword_graph(hotwords)  # ValueError: a list too large for an automaton
     return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding="; ".join(labels),
                       decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes,
-                      lm_sha256=info.lm_sha256, hotwords=hotwords, biased=biased,
+                      lm_sha256=info.lm_sha256, hotwords=hotwords, hotwords_score=score, biased=biased,
                       not_biased=tuple(label for label in labels if label not in biased))
 
 
@@ -121,7 +122,7 @@ def hotwords_summary(cfg: TranscribeConfig, facts: ModelFacts) -> dict[str, Any]
     where per-cut lists come from, and which decodings bias (greedy and transducer ones cannot)."""
     scores = sorted({s for _, s in facts.hotwords})
     return {"run_list": cfg.hotwords, "run_phrases": len(facts.hotwords), "run_scores": scores,
-            "default_score": cfg.hotwords_score,
+            "default_score": facts.hotwords_score,
             "per_cut_lists": "each cut's custom['hotwords'] (and its supervisions'), merged with the run list",
             "biased_decodings": list(facts.biased), "unbiased_decodings": list(facts.not_biased)}
 
@@ -133,7 +134,7 @@ def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ..
             f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
             long_audio_label(cfg)) + ((f"lm={facts.lm_sha256}",) if facts.lm_sha256 else ()) + \
         ((f"hotwords={hashlib.sha256(repr(facts.hotwords).encode()).hexdigest()}",) if facts.hotwords else ()) + \
-        ((f"hotwords_score={cfg.hotwords_score}",) if cfg.hotwords_score != DEFAULT_HOTWORDS_SCORE else ())
+        ((f"hotwords_score={facts.hotwords_score}",) if facts.hotwords_score != DEFAULT_HOTWORDS_SCORE else ())
 
 
 def plan_options(cfg: TranscribeConfig) -> PlanOptions:
@@ -143,16 +144,17 @@ def plan_options(cfg: TranscribeConfig) -> PlanOptions:
 
 
 def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str, threads: int,
-                 hotwords: Hotwords = ()) -> ActorConfig:
-    """The transcriber's configuration for a run (``hotwords``: the run-level list, read once by
-    :func:`validate_inputs`)."""
+                 facts: Optional[ModelFacts] = None) -> ActorConfig:
+    """The transcriber's configuration for a run (``facts``: :func:`validate_inputs`'s, for the
+    run-level hotword list it read once and the bonus it resolved)."""
     return ActorConfig(
         model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
         extra_methods=tuple(cfg.extra_methods), weights=cfg.weights,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
         rescoring_dtype=cfg.rescoring_dtype, backend=cfg.backend, num_threads=threads, normalizer=cfg.normalizer,
         pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
-        max_audio_seconds=cfg.max_recording_hours * 3600, hotwords=hotwords, hotwords_score=cfg.hotwords_score,
+        max_audio_seconds=cfg.max_recording_hours * 3600, hotwords=facts.hotwords if facts else (),
+        hotwords_score=facts.hotwords_score if facts else DEFAULT_HOTWORDS_SCORE,
     )
 
 
@@ -397,7 +399,7 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
         hotwords=hotwords_summary(cfg, facts),
     )
     ledger = _ledger()
-    actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads, facts.hotwords)
+    actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads, facts)
     ds = build_dataset(shards, plan, settings, actor_cfg, res, cfg.max_attempts, ledger, model_stage)
     progress = Progress(plan.audio_seconds if cfg.eta else None, cfg.progress)
     fingerprints: dict[str, str] = {}
@@ -503,7 +505,7 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
         plan, _, _ = prepare_plan(cfg, paths)
         settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
                                  resume=False, max_audio_seconds=cfg.max_recording_hours * 3600)
-        actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads, facts.hotwords))
+        actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads, facts))
         results, fingerprints = [], {}
         for shard in iter_plan_shards(paths, plan):
             task = shard_task(shard, settings)
