@@ -348,6 +348,7 @@ class Recognizer:
         self.features = FeatureExtractor().to(self.device)
         #: hotword automata by the content hash of their list (:meth:`hotword_graph`)
         self._hotword_graphs: OrderedDict[str, tuple[Optional[HotwordGraph], tuple[str, ...]]] = OrderedDict()
+        self._word_start: Optional[list[bool]] = None  # each piece starts a word (hotword automata)
         self._side_stream: Optional[Any] = None  # torch.cuda.Stream of prepare(), made on first use
 
     @property
@@ -484,8 +485,11 @@ class Recognizer:
             ids.append(tokens)
             scores.append(float(score))
             texts.append(text)
-        graph = (HotwordGraph.build(HotwordList(tuple(ids), tuple(scores), tuple(texts)), self.tokenizer.vocab_size)
-                 if ids else None)
+        if ids and self._word_start is None:
+            self._word_start = [self.tokenizer.id_to_piece(i).startswith("\u2581")
+                                for i in range(self.tokenizer.vocab_size)]
+        graph = (HotwordGraph.build(HotwordList(tuple(ids), tuple(scores), tuple(texts)), self.tokenizer.vocab_size,
+                                    self._word_start) if ids else None)
         self._hotword_graphs[digest] = (graph, tuple(ignored))
         if len(self._hotword_graphs) > HOTWORD_CACHE_SIZE:
             self._hotword_graphs.popitem(last=False)

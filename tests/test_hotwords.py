@@ -153,3 +153,17 @@ def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def test_word_ends_are_phrase_ends_and_word_boundaries_inside_phrases():
+    # tokens 3 and 4 start words; phrases "1 2 | 3" (two words) and "4"
+    word_start = [False, False, False, True, True]
+    graph = HotwordGraph.build(HotwordList(((1, 2, 3), (4,)), (1.0, 1.0)), 5, word_start)
+    s1 = graph.step_reference(0, 1)
+    s12 = graph.step_reference(s1, 2)
+    s123 = graph.step_reference(s12, 3)
+    s4 = graph.step_reference(0, 4)
+    ends = graph.word_end.tolist()
+    assert (ends[0], ends[s1], ends[s12], ends[s123], ends[s4]) == (False, False, True, True, True)
+    plain = HotwordGraph.build(HotwordList(((1, 2, 3), (4,)), (1.0, 1.0)), 5)
+    assert plain.word_end.tolist()[s12] is False and plain.word_end.tolist()[s123] is True

@@ -205,10 +205,13 @@ def ctc_prefix_beam_search(
         ``ZIPSCRIBE_CUDA_GRAPHS=0``, else eagerly). The results are the same.
       hotwords: contextual biasing (:mod:`model.decoding.hotwords`), one automaton per utterance
         side by side: every candidate carries its automaton state and hotword total, which is
-        added to its rank; while a hotword is being matched (its state is not the root), the fused
-        LM does not penalise the word as ``<unk>`` (its completion adds only ``word_bonus``, its
-        look-ahead nothing). The n-best's ``hotword_scores`` are the bonuses of the completed
-        phrases, and the slots are ordered by score + those (+ the LM's). ``None``: the search is
+        added to its rank. The fused LM does not penalise a word of a hotword as ``<unk>``: its
+        completion at a state where a phrase's word ends (:attr:`HotwordGraph.word_end`) adds
+        only ``word_bonus``, and while a phrase is being matched a beginning no LM word has gets
+        no (``<unk>``) look-ahead; beginnings of LM words keep theirs, so that distractors do not
+        switch the LM off for common words. The n-best's ``hotword_scores`` are the bonuses of the
+        completed phrases, and the slots are ordered by score + those (+ the LM's). ``None``: the
+        search is
         exactly the one without hotwords.
 
     Returns a :class:`CtcNBest` with ``K = beam`` slots per utterance, best first.
@@ -455,8 +458,8 @@ class _PrefixSearch:
         floats = float_view(slot, dtype)
         add = torch.addcmul(floats[_BIGA], floats[_BIGB], floats[_UNIW], out=self.lp[..., 0])
         add.mul_(self.scale).add_(self.bonus)
-        if self.hw is not None:  # a hotword being matched is no <unk>: only the word bonus
-            exempt = self.in_match[:, :k] & (slot[_WORD] == tb.unk)
+        if self.hw is not None:  # a word of a hotword is no <unk>: only the word bonus
+            exempt = self.hw.word_end[slot[self.hws]] & (slot[_WORD] == tb.unk)
             add.masked_fill_(exempt, self.bonus)
         # an extension whose token starts a word after a spelled one completes the slot's word: it
         # adds to the LM total and becomes the previous word
@@ -469,8 +472,9 @@ class _PrefixSearch:
         rank += lm_total
         if tb.lookahead and self.hw is None:  # + lm_scale x look-ahead, 0 while nothing is spelled
             rank.addcmul_(float_view(ints[_LOOK], dtype), float_view(ints[_SPELLEDF], dtype))
-        elif tb.lookahead:  # ... and 0 while a hotword is being matched
-            spelled = torch.where(self.in_match, 0.0, float_view(ints[_SPELLEDF], dtype))
+        elif tb.lookahead:  # ... and 0 while a hotword no LM word begins like is being matched
+            unknown = torch.eq(ints[_LOOK], self.lookup_rows[0, 1, 0]).logical_and_(self.in_match)
+            spelled = torch.where(unknown, 0.0, float_view(ints[_SPELLEDF], dtype))
             rank.addcmul_(float_view(ints[_LOOK], dtype), spelled)
 
     def _end_score(self, slots: torch.Tensor) -> torch.Tensor:
@@ -481,7 +485,7 @@ class _PrefixSearch:
         word, prev = slots[_WORD], slots[_PREV]
         end = torch.where(spelled, self.scale * tb.log_prob(word, prev) + self.bonus, 0.0)
         if self.hw is not None:  # a hotword being matched is no <unk> (as in _fuse)
-            exempt = spelled & (word == tb.unk) & (self.hw.acc[slots[self.hws]] > 0)
+            exempt = spelled & (word == tb.unk) & self.hw.word_end[slots[self.hws]]
             end = torch.where(exempt, torch.full_like(end, self.bonus), end)
         last = torch.where(spelled, word, prev)
         return end + self.scale * tb.log_prob(torch.full_like(last, tb.eos), last)

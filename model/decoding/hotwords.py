@@ -89,7 +89,10 @@ class HotwordGraph:
       where the root goes with that token, ``edge_targets`` (E,) their target states;
     * ``root_goto`` (V,) the root's transition by token (0: stay at the root);
     * ``acc`` (S,) the partial bonus of each state, ``out`` (S,) the bonus of the longest phrase
-      ending there (0: none), ``phrase`` (S,) that phrase's index (-1: none).
+      ending there (0: none), ``phrase`` (S,) that phrase's index (-1: none);
+    * ``word_end`` (S,) a word of a phrase ends at the state: a phrase completes there, or (with
+      ``word_start`` given to :meth:`build`) one of its trie children starts a new word. The fused
+      LM spares only such words its ``<unk>`` penalty (not every beginning of a phrase).
     """
 
     vocab_size: int
@@ -99,14 +102,17 @@ class HotwordGraph:
     acc: torch.Tensor
     out: torch.Tensor
     phrase: torch.Tensor
+    word_end: torch.Tensor
 
     @property
     def num_states(self) -> int:
         return int(self.acc.shape[0])
 
     @classmethod
-    def build(cls, hotwords: HotwordList, vocab_size: int) -> HotwordGraph:
-        """The automaton of ``hotwords`` over a vocabulary of ``vocab_size`` tokens.
+    def build(cls, hotwords: HotwordList, vocab_size: int, word_start: Sequence[bool] | None = None) -> HotwordGraph:
+        """The automaton of ``hotwords`` over a vocabulary of ``vocab_size`` tokens;
+        ``word_start[t]``: token ``t`` begins a word (its piece starts with "▁"), for
+        :attr:`word_end` inside multi-word phrases (None: words end only where phrases do).
 
         Raises ValueError for a token id outside the vocabulary or a list of more than
         :data:`MAX_STATES` states."""
@@ -168,6 +174,11 @@ class HotwordGraph:
                 f = inherited.get(t, root.get(t, 0)) if s else 0
                 fail[c] = f if f != c else 0
                 queue.append(c)
+        word_end = [o > 0 for o in out]
+        if word_start is not None:
+            for s in range(n):
+                word_end[s] = word_end[s] or any(word_start[t] for t in children[s])
+        word_end[0] = False
         keys: list[int] = []
         targets: list[int] = []
         for s in range(1, n):  # state order, then token order: sorted keys
@@ -188,6 +199,7 @@ class HotwordGraph:
             acc=torch.tensor(acc, dtype=torch.float64),
             out=torch.tensor(out, dtype=torch.float64),
             phrase=torch.tensor(phrase, dtype=torch.long),
+            word_end=torch.tensor(word_end, dtype=torch.bool),
         )
 
     def step_reference(self, state: int, token: int) -> int:
@@ -222,6 +234,8 @@ class HotwordBatch:
     out: torch.Tensor
     #: (G,) per global state: the list's phrase completed there (-1: none), CPU
     phrase: torch.Tensor
+    #: (G,) per global state: a word of a phrase ends there (:attr:`HotwordGraph.word_end`)
+    word_end: torch.Tensor
     #: the graphs, by list index
     graphs: list = field(default_factory=list, repr=False)
 
@@ -250,7 +264,8 @@ class HotwordBatch:
         empty = HotwordGraph(vocab_size=v, edge_keys=torch.zeros(0, dtype=torch.long),
                              edge_targets=torch.zeros(0, dtype=torch.long),
                              root_goto=torch.zeros(v, dtype=torch.long), acc=torch.zeros(1, dtype=torch.float64),
-                             out=torch.zeros(1, dtype=torch.float64), phrase=torch.full((1,), -1, dtype=torch.long))
+                             out=torch.zeros(1, dtype=torch.float64), phrase=torch.full((1,), -1, dtype=torch.long),
+                             word_end=torch.zeros(1, dtype=torch.bool))
         if -1 in list_of:
             list_of = [len(distinct) if i < 0 else i for i in list_of]
             distinct.append(empty)
@@ -273,6 +288,7 @@ class HotwordBatch:
             acc=torch.cat([g.acc for g in distinct]).to(device=device, dtype=dtype),
             out=torch.cat([g.out for g in distinct]).to(device=device, dtype=dtype),
             phrase=torch.cat([g.phrase for g in distinct]),
+            word_end=torch.cat([g.word_end for g in distinct]).to(device),
             graphs=distinct,
         )
 
