@@ -167,3 +167,29 @@ def test_word_ends_are_phrase_ends_and_word_boundaries_inside_phrases():
     assert (ends[0], ends[s1], ends[s12], ends[s123], ends[s4]) == (False, False, True, True, True)
     plain = HotwordGraph.build(HotwordList(((1, 2, 3), (4,)), (1.0, 1.0)), 5)
     assert plain.word_end.tolist()[s12] is False and plain.word_end.tolist()[s123] is True
+
+
+def test_dense_and_sparse_steps_agree():
+    """A batch small enough for the dense tables steps exactly as the sparse lookup does."""
+    import model.decoding.hotwords as hw_module
+
+    rng = random.Random(11)
+    vocab = 7
+    graphs = [HotwordGraph.build(HotwordList(tuple(p), tuple(s)), vocab)
+              for p, s in (_random_list(rng, vocab, 6), _random_list(rng, vocab, 3))]
+    per_utt = [graphs[0], None, graphs[1]]
+    dense = HotwordBatch.build(per_utt, torch.device("cpu"), torch.float64)
+    limit, hw_module.DENSE_PAIRS = hw_module.DENSE_PAIRS, 0
+    try:
+        sparse = HotwordBatch.build(per_utt, torch.device("cpu"), torch.float64)
+    finally:
+        hw_module.DENSE_PAIRS = limit
+    assert dense.dense_next is not None and sparse.dense_next is None
+    state = dense.root_state.clone()
+    for _ in range(25):
+        tokens = torch.tensor([rng.randrange(vocab) for _ in per_utt])
+        a, ga = dense.step(state, tokens, dense.list_of)
+        b, gb = sparse.step(state, tokens, sparse.list_of)
+        assert torch.equal(a, b)
+        torch.testing.assert_close(ga, gb, rtol=0, atol=1e-12)
+        state = a

@@ -436,11 +436,11 @@ class _PrefixSearch:
         dtype = self.rank.dtype
         state = ints[self.hws]
         slot_state = state[:, :k].unsqueeze(2)  # (N, K, 1)
-        new = hw.advance(slot_state, ids.unsqueeze(1), self.hw_lists)  # (N, K, K')
+        new, gain = hw.step(slot_state, ids.unsqueeze(1), self.hw_lists)  # (N, K, K')
         state[:, k:].view(n, k, kt).copy_(new)
         total = float_view(ints[self.hwt], dtype)
-        torch.add(total[:, :k].unsqueeze(2), hw.gain(slot_state, new), out=total[:, k:].view(n, k, kt))
-        torch.gt(hw.acc[state], 0, out=self.in_match)
+        torch.add(total[:, :k].unsqueeze(2), gain, out=total[:, k:].view(n, k, kt))
+        torch.gt(torch.take(hw.acc, state), 0, out=self.in_match)
 
     def _fuse(self, ints: torch.Tensor, rank: torch.Tensor) -> None:
         """The word LM's part of a frame: looks up every candidate's spelled word and bigram, completes
@@ -459,7 +459,7 @@ class _PrefixSearch:
         add = torch.addcmul(floats[_BIGA], floats[_BIGB], floats[_UNIW], out=self.lp[..., 0])
         add.mul_(self.scale).add_(self.bonus)
         if self.hw is not None:  # a word of a hotword is no <unk>: only the word bonus
-            exempt = self.hw.word_end[slot[self.hws]] & (slot[_WORD] == tb.unk)
+            exempt = torch.take(self.hw.word_end, slot[self.hws]) & (slot[_WORD] == tb.unk)
             add.masked_fill_(exempt, self.bonus)
         # an extension whose token starts a word after a spelled one completes the slot's word: it
         # adds to the LM total and becomes the previous word

@@ -41,6 +41,12 @@ import torch
 
 __all__ = ["MAX_STATES", "HotwordBatch", "HotwordGraph", "HotwordList"]
 
+#: a batch whose automata have at most this many (state, token) pairs also gets dense transition
+#: and gain tables (:meth:`HotwordBatch.step`: two gathers a step instead of a sparse lookup);
+#: 2**22 pairs: 32 MiB of int64 targets + 16 MiB of float32 gains (1000 five-token phrases over a
+#: 500-piece vocabulary are 2.5 M pairs)
+DENSE_PAIRS = 1 << 22
+
 #: the most automaton states one list may have (the sum of its phrases' token counts, at most;
 #: 20 000 five-token phrases): a longer list is refused with a clear error
 MAX_STATES = 100_000
@@ -236,6 +242,10 @@ class HotwordBatch:
     phrase: torch.Tensor
     #: (G,) per global state: a word of a phrase ends there (:attr:`HotwordGraph.word_end`)
     word_end: torch.Tensor
+    #: (G * V,) when G * V <= :data:`DENSE_PAIRS`: the target of every (state, token), and the gain
+    #: of that move (in the search's dtype); None otherwise (the sparse lookup of :meth:`advance`)
+    dense_next: torch.Tensor | None = None
+    dense_gain: torch.Tensor | None = None
     #: the graphs, by list index
     graphs: list = field(default_factory=list, repr=False)
 
@@ -278,6 +288,16 @@ class HotwordBatch:
             targets.append(g.edge_targets + off)
             roots.append(g.root_goto + off)
         lists = torch.tensor(list_of, dtype=torch.long)
+        dense = {}
+        if offsets[-1] * v <= DENSE_PAIRS:
+            # every state starts from its list's root row; the sparse transitions overwrite theirs
+            of_state = torch.repeat_interleave(torch.arange(len(distinct)), torch.tensor([g.num_states for g in distinct]))
+            nxt = torch.cat(roots).view(len(distinct), v)[of_state].reshape(-1)
+            nxt[torch.cat(keys)] = torch.cat(targets)
+            acc = torch.cat([g.acc for g in distinct])
+            out = torch.cat([g.out for g in distinct])
+            gain = acc[nxt] - acc.repeat_interleave(v) + out[nxt]
+            dense = {"dense_next": nxt.to(device), "dense_gain": gain.to(device=device, dtype=dtype)}
         return cls(
             vocab_size=v,
             edge_keys=torch.cat(keys).to(device),
@@ -290,6 +310,7 @@ class HotwordBatch:
             phrase=torch.cat([g.phrase for g in distinct]),
             word_end=torch.cat([g.word_end for g in distinct]).to(device),
             graphs=distinct,
+            **dense,
         )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> HotwordBatch:
@@ -299,8 +320,19 @@ class HotwordBatch:
             return self
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) and k != "phrase" else v
                  for k, v in self.__dict__.items()}
-        moved["acc"], moved["out"] = self.acc.to(device=device, dtype=dtype), self.out.to(device=device, dtype=dtype)
+        for name in ("acc", "out", "dense_gain"):
+            value = getattr(self, name)
+            moved[name] = value.to(device=device, dtype=dtype) if value is not None else None
         return HotwordBatch(**moved)
+
+    def step(self, state: torch.Tensor, tokens: torch.Tensor, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`advance` and :meth:`gain` at once: the new global states and what the moves add
+        (from the dense tables when the batch has them: two gathers)."""
+        if self.dense_next is None:
+            new = self.advance(state, tokens, lists)
+            return new, self.gain(state, new)
+        index = state * self.vocab_size + tokens
+        return torch.take(self.dense_next, index), torch.take(self.dense_gain, index)
 
     def advance(self, state: torch.Tensor, tokens: torch.Tensor, lists: torch.Tensor) -> torch.Tensor:
         """The global states after ``tokens`` from global states ``state`` (broadcast together);

@@ -128,9 +128,10 @@ def transducer_modified_beam_search(
             cand = (lsm + floats[..., 0].unsqueeze(2)).view(n, b * vocab)
         else:  # + the automaton's gain for each token (blank: the state stays)
             token_ids = torch.arange(vocab, device=device).view(1, 1, vocab)
-            moved = torch.where(token_ids == blank_id, hw_state.unsqueeze(2),
-                                hw.advance(hw_state.unsqueeze(2), token_ids.clamp(max=hw.vocab_size - 1), hw_lists))
-            gain = hw.gain(hw_state.unsqueeze(2), moved)  # (N, B, V), 0 for blank
+            stepped, gained = hw.step(hw_state.unsqueeze(2), token_ids.clamp(max=hw.vocab_size - 1), hw_lists)
+            is_blank = token_ids == blank_id
+            moved = torch.where(is_blank, hw_state.unsqueeze(2), stepped)
+            gain = torch.where(is_blank, 0.0, gained)  # (N, B, V)
             cand = (lsm + floats[..., 0].unsqueeze(2) + gain).view(n, b * vocab)
         top_v = torch.topk(cand, b, dim=1, out=(torch.empty_like(cand[:, :b]), top_i))[0]  # sorted, best first
         parent = top_i // vocab
