@@ -243,3 +243,50 @@ def test_the_default_bonus_is_the_models_and_a_bad_list_stops_the_run_first(tmp_
     hw.write_text("fine\nbroken :x\n")
     with pytest.raises(HotwordError, match="hw.txt:2"):
         validate_inputs(cfg)
+
+
+def test_the_transcribe_job_takes_hotwords_on_a_local_ray(tmp_path):
+    """`python jobs/transcribe.py --hotwords FILE --hotwords-score B` on a private local Ray
+    (RAY_ADDRESS=local, as tests/test_pipeline_e2e.py runs jobs): the summary states the list,
+    its size and scores and which decodings bias; the rows carry the columns; a malformed list
+    stops the job before it starts (exit 2, the file and line named)."""
+    import os
+    import sys
+
+    import soundfile as sf
+
+    cuts = []
+    for cut_id, text, own in (("a", "we flew to paris in the morning", ["Lachesis :3"]),
+                              ("b", "the package for tammie arrived yesterday", None)):
+        wav = _espeak(tmp_path / f"{cut_id}.wav", text)
+        cuts.append(_cut(cut_id, str(wav), sf.info(str(wav)).duration, text, hotwords=own))
+    manifest = _write_cuts(tmp_path / "cuts.jsonl.gz", cuts)
+    hw = tmp_path / "hw.txt"
+    hw.write_text("Paris\nTammie :2.5\n")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", ZIPSCRIBE_CACHE=str(tmp_path / "cache"), RAY_ADDRESS="local",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def job(*extra):
+        return subprocess.run([sys.executable, "jobs/transcribe.py", "--manifest", str(manifest), "--model", str(DEMO),
+                               "--output", str(tmp_path / "out"), "--no-progress", "--summary-json", *extra],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    proc = job("--run-id", "hw", "--hotwords", str(hw), "--hotwords-score", "1.25", "--decoding", "attention-rescoring",
+               "--decoding", "ctc-greedy")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["hotwords"]["run_phrases"] == 2 and summary["hotwords"]["run_scores"] == [1.25, 2.5]
+    assert summary["hotwords"]["default_score"] == 1.25
+    assert [d.split()[0] for d in summary["hotwords"]["biased_decodings"]] == ["attention-rescoring"]
+    assert [d.split()[0] for d in summary["hotwords"]["unbiased_decodings"]] == ["ctc-greedy"]
+    rows = pq.read_table(tmp_path / "out" / "transcripts" / "run_id=hw").to_pylist()
+    for r in rows:
+        assert r["status"] == "ok"
+        biased = r["decoding"].startswith("attention-rescoring")
+        assert (r["hotword_score"] is not None) == biased  # greedy rows decode without the lists
+        phrases = {"a": ["lachesis", "paris", "tammie"], "b": ["paris", "tammie"]}[r["cut_id"]]
+        assert r["hotwords_matched"] == [p for p in phrases if f" {p} " in f" {r['hyp_norm']} "]
+        assert r["biased_ref_words"] == sum(w in phrases for w in r["ref_norm"].split())
+    hw.write_text("Paris :oops\n")
+    bad = job("--run-id", "hw2", "--hotwords", str(hw))
+    assert bad.returncode == 2 and "hw.txt:1" in bad.stderr
