@@ -61,6 +61,11 @@ def test_per_cut_entries_must_be_a_list_of_phrases():
     for bad in ("zyprexa", [1, 2], {"a": 1}, [""], ["ok", "  "]):
         with pytest.raises(HotwordError, match="cut c"):
             parse_hotword_entries(bad, 1.5, NORM, "cut c")
+    from pipeline.inputs.hotwords import MAX_HOTWORDS
+
+    huge = [f"word{i}" for i in range(MAX_HOTWORDS + 1)]
+    with pytest.raises(HotwordError, match=f"more than the {MAX_HOTWORDS}"):
+        parse_hotword_entries(huge, 1.5, NORM, "cut c")
 
 
 def _cut(cut_id: str, source: str, duration: float, text: str, hotwords=None, sup_hotwords=None) -> dict:
@@ -290,3 +295,37 @@ def test_the_transcribe_job_takes_hotwords_on_a_local_ray(tmp_path):
     hw.write_text("Paris :oops\n")
     bad = job("--run-id", "hw2", "--hotwords", str(hw))
     assert bad.returncode == 2 and "hw.txt:1" in bad.stderr
+
+
+def test_a_stitched_long_cut_keeps_the_window_finds_its_text_holds():
+    """Two windows (0-30 s, 20-50 s) of a 50 s cut, each with hotwords_matched: the stitched row
+    keeps the phrases its text still holds; hotword_score and the B-WER counts stay null."""
+    from dataclasses import asdict
+
+    from model.tokenizer import Tokenizer
+    from pipeline.longform.stitching import _stitch_one
+    from pipeline.output.records import WindowRow
+
+    tok = Tokenizer.from_file(DEMO / "bpe.model")
+
+    def window(index: int, start: float, words: list[tuple[str, float]], matched: list[str]) -> dict:
+        ids, times = [], []
+        for word, t in words:
+            pieces = tok.encode(word)
+            ids += pieces
+            times += [round(t - start + 0.05 * k, 3) for k in range(len(pieces))]
+        row = WindowRow(run_id="r", cut_id="long", status="ok", recording_id="rec", source="x.wav", channel=None,
+                        start_s=start, duration=30.0, text=tok.decode(ids), token_ids=ids, token_times=times,
+                        confidence=0.9, window_index=index, window_count=2, cut_start=0.0, cut_duration=50.0,
+                        hotwords_matched=matched, hotword_score=3.0, reference="paris then lachesis", shard_id="s",
+                        worker="w")
+        return asdict(row)
+
+    rows = [window(0, 0.0, [("paris", 2.0), ("then", 10.0)], ["paris"]),
+            window(1, 20.0, [("lachesis", 40.0)], ["lachesis", "tammie"])]
+    out, _ = _stitch_one(rows, "r", tok, "english", 4.0, 30.0)
+    assert out.text == "paris then lachesis"
+    assert out.hotwords_matched == ["lachesis", "paris"]  # "tammie" is not in the stitched text
+    assert out.hotword_score is None and out.biased_ref_words is None
+    plain = [dict(r, hotwords_matched=None) for r in rows]
+    assert _stitch_one(plain, "r", tok, "english", 4.0, 30.0)[0].hotwords_matched is None

@@ -21,7 +21,9 @@ Hotwords (contextual biasing, :mod:`pipeline.inputs.hotwords`): ``hotword_score`
 the completed hotword phrases that took part in choosing the text (null when the cut had no
 hotword list, or for a decoding that cannot bias: the greedy methods);
 ``hotwords_matched`` the phrases of the cut's list that the normalised text contains as whole
-words (null without a list). With a list and a reference, the WER split of the contextual-biasing
+words (null without a list; for a long cut stitched from windows, the phrases some window matched
+that the stitched text still holds, and ``hotword_score`` and the B-WER / U-WER counts null: the
+windows' bonuses overlap and their lists are not kept with them). With a list and a reference, the WER split of the contextual-biasing
 literature (Le et al. 2021): ``biased_ref_words`` / ``unbiased_ref_words`` are the reference words
 that are / are not words of the cut's list, ``biased_errors`` / ``unbiased_errors`` the errors on
 them (a substitution or deletion counts by its reference word, an insertion by the inserted word);
