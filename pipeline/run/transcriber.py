@@ -300,8 +300,9 @@ class Transcriber:
             return self._in_halves(waves, times, hotwords)
         failure, kind = "", None
         try:
+            lists = {"hotwords": hotwords} if hotwords is not None else {}  # none: the call as before lists
             per_decoding, t = self.recognizer.transcribe_all(prepared if prepared is not None else waves,
-                                                             overlap=overlap, hotwords=hotwords)
+                                                             overlap=overlap, **lists)
         except Exception as exc:  # noqa: BLE001 - classified below, after the except block
             kind = failure_kind(exc)
             if kind == POISONED:
