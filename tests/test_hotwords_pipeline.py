@@ -329,3 +329,16 @@ def test_a_stitched_long_cut_keeps_the_window_finds_its_text_holds():
     assert out.hotword_score is None and out.biased_ref_words is None
     plain = [dict(r, hotwords_matched=None) for r in rows]
     assert _stitch_one(plain, "r", tok, "english", 4.0, 30.0)[0].hotwords_matched is None
+
+
+def test_the_text_summary_states_the_list_and_which_decodings_bias():
+    from pipeline.run.summary import RunSummary, format_summary
+
+    base = {"run_id": "r", "manifest": [], "output": "o", "model_id": "m", "model_sha256": "x" * 64, "decoding": "d",
+            "started_at": ""}
+    hw = {"run_list": "hw.txt", "run_phrases": 2, "run_scores": [1.25, 2.5], "default_score": 1.25, "per_cut_lists": "",
+          "biased_decodings": ["attention-rescoring beam=8"], "unbiased_decodings": ["ctc-greedy"]}
+    text = format_summary(RunSummary(**base, hotwords=hw))
+    assert ("hotwords: run list hw.txt (2 phrases, scores 1.25, 2.5; default 1.25 per token) merged with each cut's "
+            "custom['hotwords']; biased: attention-rescoring beam=8; cannot bias (decoded without lists): ctc-greedy") in text
+    assert "hotwords" not in format_summary(RunSummary(**base))

@@ -129,6 +129,11 @@ they carry the same LM state.  Per frame: one batched lookup of every candidate'
 spelled word (LM index, look-ahead, unigram) and bigram, whatever the LM's size
 (:class:`SearchTables`).
 
+Hotwords (``hotwords``, :mod:`model.decoding.hotwords`): two more int64 planes (automaton state,
+hotword total) travel with the other fields; per frame about 9 more operations (16 with the word
+LM: its ``<unk>`` exemption), not counted by ``bench/decoding_ops.py``, which times the search
+without lists. Without lists none of them runs.
+
 On CUDA the frame loop is replayed from CUDA graphs (:mod:`model.decoding.frames`);
 elsewhere it runs eagerly, with the same operations.
 """

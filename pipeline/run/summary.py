@@ -144,6 +144,11 @@ def format_summary(s: RunSummary) -> str:
         *([f"    memory: {s.oom_splits} batch(es) split after running out of memory; batches limited to "
            f"{s.batch_budget_seconds:.1f} padded s"] if s.oom_splits else []),
         *[f"    note: {n}" for n in s.model_notes],
+        *([f"    hotwords: run list {s.hotwords['run_list'] or '-'} ({s.hotwords['run_phrases']} phrases, scores "
+           f"{', '.join(f'{x:g}' for x in s.hotwords['run_scores']) or '-'}; default {s.hotwords['default_score']:g} per "
+           f"token) merged with each cut's custom['hotwords']; biased: {', '.join(s.hotwords['biased_decodings']) or '-'}"
+           + (f"; cannot bias (decoded without lists): {', '.join(s.hotwords['unbiased_decodings'])}"
+              if s.hotwords['unbiased_decodings'] else "")] if s.hotwords.get("run_phrases") else []),
         *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
         f"  transcripts: {s.transcripts_uri}",
     ]
