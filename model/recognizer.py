@@ -490,6 +490,8 @@ class Recognizer:
                                 for i in range(self.tokenizer.vocab_size)]
         graph = (HotwordGraph.build(HotwordList(tuple(ids), tuple(scores), tuple(texts)), self.tokenizer.vocab_size,
                                     self._word_start) if ids else None)
+        if ignored:  # said once per distinct list (the result is kept)
+            log.warning("%d of %d hotwords ignored, e.g. %s", len(ignored), len(ids) + len(ignored), ignored[0])
         self._hotword_graphs[digest] = (graph, tuple(ignored))
         if len(self._hotword_graphs) > HOTWORD_CACHE_SIZE:
             self._hotword_graphs.popitem(last=False)

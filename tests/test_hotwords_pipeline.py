@@ -238,12 +238,17 @@ def test_the_default_bonus_is_the_models_and_a_bad_list_stops_the_run_first(tmp_
     hw.write_text("Zyprexa\nParis :0.25\n")
     model_default = json.loads((DEMO / "config.json").read_text())["decoding"].get("hotwords_score", 1.5)
     cfg = TranscribeConfig(manifest=[str(listing)], model=str(DEMO), output=str(tmp_path / "out"), hotwords=str(hw))
+    hw.write_text("Zyprexa\nParis :0.25\nUPPER\n")  # the demo's pieces are lower case: UPPER is never spelled
     facts = validate_inputs(cfg)
+    assert "--hotwords: hotword 'upper' ignored" not in " ".join(facts.notes)  # normalised first: it is spelled
     assert facts.hotwords_score == model_default
-    assert facts.hotwords == (("paris", 0.25), ("zyprexa", model_default))
+    assert facts.hotwords == (("paris", 0.25), ("upper", model_default), ("zyprexa", model_default))
     cfg.hotwords_score = 0.7
     other = validate_inputs(cfg)
-    assert other.hotwords == (("paris", 0.25), ("zyprexa", 0.7))
+    assert other.hotwords == (("paris", 0.25), ("upper", 0.7), ("zyprexa", 0.7))
+    cfg.normalizer = "none"  # kept as written: the demo's tokenizer cannot spell it, and the run says so
+    assert "--hotwords: hotword 'UPPER' ignored: the model's tokenizer cannot spell it" in validate_inputs(cfg).notes
+    cfg.normalizer = "english"
     assert fingerprint_parts(cfg, other) != fingerprint_parts(cfg, facts)  # a new list or bonus redoes the parts
     hw.write_text("fine\nbroken :x\n")
     with pytest.raises(HotwordError, match="hw.txt:2"):

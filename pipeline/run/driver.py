@@ -109,10 +109,13 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
     # HotwordError (a ValueError) names the file and line
     hotwords = read_hotwords_file(cfg.hotwords, score, get_normalizer(cfg.normalizer)) if cfg.hotwords else ()
     biased = tuple(d.label() for d in recognizer.decodings if d.method in BIASING_METHODS)
+    notes = tuple(info.notes)
     if hotwords:
-        recognizer.hotword_graph(hotwords)  # ValueError: a list too large for an automaton
+        _, ignored = recognizer.hotword_graph(hotwords)  # ValueError: a list too large for an automaton
+        notes += tuple(f"--hotwords: {why}" for why in ignored[:20]) + \
+            ((f"--hotwords: {len(ignored) - 20} more ignored",) if len(ignored) > 20 else ())
     return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding="; ".join(labels),
-                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes,
+                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=notes,
                       lm_sha256=info.lm_sha256, hotwords=hotwords, hotwords_score=score, biased=biased,
                       not_biased=tuple(label for label in labels if label not in biased))
 
