@@ -106,6 +106,8 @@ def write_parts(directory: Path, rows: int, parts: int, seed: int = 0) -> dict[s
                 token_confidences=[0.9] * tokens if status == "ok" else [],
                 ctc_score=-rng.random() * 50, attention_score=-rng.random() * 50, confidence=rng.random(),
                 lm_score=None,  # the decoding below has no word LM
+                hotword_score=None, hotwords_matched=None, biased_ref_words=None, biased_errors=None,
+                unbiased_ref_words=None, unbiased_errors=None,  # nor hotword lists
                 reference=" ".join(ref) if has_ref else None,
                 ref_words=len(ref) if scored else None, errors=s + d + ins if scored else None,
                 substitutions=s if scored else None, deletions=d if scored else None, insertions=ins if scored else None,

@@ -39,8 +39,7 @@ def main() -> int:
     from model.decoding import decode
     from model.recognizer import Recognizer
     from model.training.corpus import EVERYDAY_LIST, read_sentence_list
-    from model.training.data import bucketed_batches, load_audio
-    from model.training.evaluation import spoken_sentences
+    from model.training.evaluation import encode_batches, spoken_sentences
     from pipeline.report.wer import corpus_wer
 
     torch.set_num_threads(args.threads)
@@ -53,12 +52,7 @@ def main() -> int:
     texts = read_sentence_list(EVERYDAY_LIST)
     with tempfile.TemporaryDirectory(prefix="search-lm-") as tmp:
         utts = spoken_sentences(texts, tmp, styles=args.styles, seed=0)
-        encoded = []
-        with torch.inference_mode():
-            for batch in bucketed_batches([u.duration for u in utts], 200.0):
-                feats, lens = rec.features([load_audio(utts[i]) for i in batch])
-                enc, enc_lens = rec.model.forward_encoder(feats, lens)
-                encoded.append((batch, enc, enc_lens, rec.model.ctc_output(enc)))
+        encoded = encode_batches(rec, utts, 200.0)
     refs = [u.text for u in utts]
     seconds: dict[str, list[float]] = {"fused": [], "rescoring only": []}
     texts_by: dict[str, list[str]] = {}

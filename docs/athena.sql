@@ -32,6 +32,12 @@ CREATE EXTERNAL TABLE zipscribe.transcripts (
   ctc_score double,
   attention_score double,
   lm_score double,
+  hotword_score double,
+  hotwords_matched array<string>,
+  biased_ref_words int,
+  biased_errors int,
+  unbiased_ref_words int,
+  unbiased_errors int,
   confidence double,
   reference string,
   ref_words int,
@@ -103,6 +109,12 @@ CREATE EXTERNAL TABLE zipscribe.wer_groups (
   errors bigint,
   wer double,
   audio_seconds double,
+  biased_ref_words bigint,
+  biased_errors bigint,
+  unbiased_ref_words bigint,
+  unbiased_errors bigint,
+  b_wer double,
+  u_wer double,
   model_id string,
   model_sha256 string,
   normalizer string,
@@ -176,7 +188,9 @@ CREATE EXTERNAL TABLE zipscribe.wer_history (
   cpu_core_hours double,
   cost_usd double,
   cost_per_audio_hour_usd double,
-  rtfx_delta_pct double
+  rtfx_delta_pct double,
+  b_wer double,
+  u_wer double
 )
 PARTITIONED BY (run_id string)
 STORED AS PARQUET

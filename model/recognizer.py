@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,15 @@ import torch
 from .asr_model import AsrModel
 from .checkpoint import ModelLoadError, build_model, file_sha256
 from .config import split_config
-from .decoding import DecodingConfig, Hypothesis, SearchLM, decode, resolve_method
+from .decoding import (
+    BIASING_METHODS,
+    DecodingConfig,
+    Hypothesis,
+    SearchLM,
+    decode,
+    resolve_method,
+)
+from .decoding.hotwords import HotwordGraph, HotwordList
 from .features import FeatureExtractor
 from .layout import TokenizerMismatchError, choose_tokenizer, find_layout
 from .onnx_export import OnnxExportError
@@ -97,6 +106,16 @@ class Transcript:
     #: per token: the probability the model gave it where it was emitted (CTC: at its frame of
     #: the best alignment; transducer: at its emission), same order as ``token_ids``
     token_confidences: list[float] = field(default_factory=list)
+    #: contextual biasing: the bonus of the completed hotword phrases that took part in the
+    #: choice; None when the utterance had no hotword list
+    hotword_score: Optional[float] = None
+
+
+#: hotword automata a Recognizer keeps (by list content), least recently used dropped first
+HOTWORD_CACHE_SIZE = 64
+
+#: a hotword list as :meth:`Recognizer.hotword_graph` takes it: (phrase text, bonus per token) pairs
+PhraseList = Sequence[tuple[str, float]]
 
 
 @dataclass
@@ -327,6 +346,9 @@ class Recognizer:
         self.rescoring_dtype = self.rescoring_precision.dtype
         self.fp16_fallbacks = 0  # batches redone in fp32 after fp16 overflowed (then fp32 for good)
         self.features = FeatureExtractor().to(self.device)
+        #: hotword automata by the content hash of their list (:meth:`hotword_graph`)
+        self._hotword_graphs: OrderedDict[str, tuple[Optional[HotwordGraph], tuple[str, ...]]] = OrderedDict()
+        self._word_start: Optional[list[bool]] = None  # each piece starts a word (hotword automata)
         self._side_stream: Optional[Any] = None  # torch.cuda.Stream of prepare(), made on first use
 
     @property
@@ -439,15 +461,58 @@ class Recognizer:
         results, times = self._run(waveforms, self.decodings[:1])
         return results[0], times
 
+    def hotword_graph(self, phrases: Optional[PhraseList]) -> tuple[Optional[HotwordGraph], tuple[str, ...]]:
+        """The automaton of a hotword list (phrases as the model's tokenizer spells them; each
+        ``(text, bonus per token)``), built once per distinct list and kept
+        (:data:`HOTWORD_CACHE_SIZE` lists), and the reasons any phrases were left out: a phrase the
+        tokenizer cannot spell (an ``<unk>`` piece, nothing at all) can never be decoded and is
+        ignored. ``None`` (and no reasons) for an empty list; ``None`` with reasons when nothing
+        is left. Raises ValueError for a bad score or a list too large for an automaton."""
+        if not phrases:
+            return None, ()
+        digest = hashlib.sha256(repr(sorted((str(t), float(s)) for t, s in phrases)).encode()).hexdigest()
+        hit = self._hotword_graphs.get(digest)
+        if hit is not None:
+            self._hotword_graphs.move_to_end(digest)
+            return hit
+        specials = {self.tokenizer.blank_id, self.tokenizer.sos_id, self.tokenizer.unk_id}
+        ids, scores, texts, ignored = [], [], [], []
+        for text, score in phrases:
+            tokens = tuple(self.tokenizer.encode(text))
+            if not tokens or any(t in specials for t in tokens):
+                ignored.append(f"hotword {text!r} ignored: the model's tokenizer cannot spell it")
+                continue
+            ids.append(tokens)
+            scores.append(float(score))
+            texts.append(text)
+        if ids and self._word_start is None:
+            self._word_start = [self.tokenizer.id_to_piece(i).startswith("\u2581")
+                                for i in range(self.tokenizer.vocab_size)]
+        graph = (HotwordGraph.build(HotwordList(tuple(ids), tuple(scores), tuple(texts)), self.tokenizer.vocab_size,
+                                    self._word_start) if ids else None)
+        if ignored:  # said once per distinct list (the result is kept)
+            log.warning("%d of %d hotwords ignored, e.g. %s", len(ignored), len(ids) + len(ignored), ignored[0])
+        self._hotword_graphs[digest] = (graph, tuple(ignored))
+        if len(self._hotword_graphs) > HOTWORD_CACHE_SIZE:
+            self._hotword_graphs.popitem(last=False)
+        return graph, tuple(ignored)
+
     def transcribe_all(self, waveforms: Union[Sequence[Union[np.ndarray, torch.Tensor]], FeatureBatch],
-                       overlap: Optional[Callable[[], None]] = None) -> tuple[list[list[Transcript]], StageTimes]:
+                       overlap: Optional[Callable[[], None]] = None,
+                       hotwords: Optional[Sequence[Optional[PhraseList]]] = None,
+                       ) -> tuple[list[list[Transcript]], StageTimes]:
         """Encode a batch (waveforms, or a batch :meth:`prepare` started) once and decode it with
         each of :attr:`decodings`: one list of transcripts per decoding, in the order of
         :attr:`decodings`.
 
+        ``hotwords``: one hotword list (or None) per waveform (contextual biasing,
+        :meth:`hotword_graph`); decodings that cannot bias (the greedy methods,
+        not in :data:`model.decoding.BIASING_METHODS`) decode without them (their transcripts'
+        ``hotword_score`` stays None).
+
         ``overlap``: host work to do while the device encodes (called once the encoder's kernels
         are queued, before decoding starts): typically :meth:`prepare` of the next batch."""
-        return self._run(waveforms, self.decodings, overlap)
+        return self._run(waveforms, self.decodings, overlap, hotwords)
 
     def prepare(self, waveforms: Sequence[Union[np.ndarray, torch.Tensor]]) -> FeatureBatch:
         """Start a batch's features. On CUDA the samples are staged in pinned host memory, copied
@@ -485,11 +550,18 @@ class Recognizer:
 
     def _run(self, waveforms: Union[Sequence[Union[np.ndarray, torch.Tensor]], FeatureBatch],
              configs: Sequence[DecodingConfig],
-             overlap: Optional[Callable[[], None]] = None) -> tuple[list[list[Transcript]], StageTimes]:
+             overlap: Optional[Callable[[], None]] = None,
+             hotwords: Optional[Sequence[Optional[PhraseList]]] = None) -> tuple[list[list[Transcript]], StageTimes]:
         times = StageTimes()
         batch = waveforms if isinstance(waveforms, FeatureBatch) else FeatureBatch(list(waveforms))
         if not batch.waveforms:
             return [[] for _ in configs], times
+        graphs = None
+        if hotwords is not None:
+            if len(hotwords) != len(batch.waveforms):
+                raise ValueError(f"{len(hotwords)} hotword lists for {len(batch.waveforms)} waveforms")
+            graphs = [self.hotword_graph(h)[0] for h in hotwords]
+            graphs = graphs if any(g is not None for g in graphs) else None
         clock = _StageClock(self.device)
         with torch.inference_mode():
             clock.mark()
@@ -515,12 +587,12 @@ class Recognizer:
                 with self._autocast(self.rescoring_dtype):  # the attention decoder's n-best pass
                     hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
                                   lm_scorer=self.lm_scores if self.lm is not None else None,
-                                  search_lm=self.search_lm)
+                                  search_lm=self.search_lm, hotwords=graphs if config.method in BIASING_METHODS else None)
                 if self.rescoring_dtype == torch.float16 and not all(math.isfinite(h.score) for h in hyps):
                     self._fall_back_to_fp32("attention rescoring overflowed fp16 (non-finite scores)", rescoring=True)
                     hyps = decode(self.model, encoder_out, encoder_out_lens, config, ctc_log_probs=ctc_log_probs,
                                   lm_scorer=self.lm_scores if self.lm is not None else None,
-                                  search_lm=self.search_lm)
+                                  search_lm=self.search_lm, hotwords=graphs if config.method in BIASING_METHODS else None)
                 results.append([self._to_transcript(h) for h in hyps])
             clock.mark()
         features, times.encoder, times.decoding = clock.seconds()
@@ -560,6 +632,7 @@ class Recognizer:
             attention_score=hyp.attention_score,
             lm_score=hyp.lm_score,
             token_confidences=[round(float(c), 4) for c in hyp.token_confidences],
+            hotword_score=hyp.hotword_score,
         )
 
     def warm_up(self, seconds: float = 2.0) -> None:

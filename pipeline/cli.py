@@ -5,6 +5,7 @@ into the same :class:`~pipeline.run.config.TranscribeConfig`."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import asdict
 from typing import Any, Optional, Sequence
@@ -14,6 +15,7 @@ from model.decoding import DecodingConfig
 from model.recognizer import BACKENDS
 from model.weights import WeightsSelection
 
+from pipeline.inputs.hotwords import DEFAULT_HOTWORDS_SCORE
 from pipeline.inputs.items import SEGMENT_MODES, ManifestError
 from pipeline.io.storage import StorageError
 from pipeline.longform.pauses import PauseSplit
@@ -30,6 +32,17 @@ INPUT_ERRORS = (ManifestError, StorageError, FileNotFoundError, ModelLoadError, 
                 ResourceTimeoutError, RunLockedError)
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _DEFAULTS = TranscribeConfig(manifest=[], model="", output="")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
 
 
 def normalizer_spec(text: str) -> str:
@@ -78,6 +91,18 @@ def add_decoding_options(group: argparse._ArgumentGroup) -> None:
                             "(default english: case folding, punctuation removed except word-internal apostrophes, "
                             "whitespace collapsed; +numbers spells digits out, +spelling maps British to American "
                             "spellings; see pipeline/report/normalize.py)")
+    group.add_argument("--hotwords", default=None, metavar="FILE",
+                       help="contextual biasing: a file or s3:// object of hotwords, one phrase a line, optionally "
+                            "followed by ' :SCORE' (bonus per token for that phrase, as sherpa-onnx writes them); "
+                            "merged with each cut's own list (a manifest cut's or supervision's "
+                            "custom['hotwords']). Phrases are normalised like references. Only ctc-beam, "
+                            "attention-rescoring and transducer-beam bias; other decodings of the run ignore the lists (the summary "
+                            "says which)")
+    group.add_argument("--hotwords-score", type=positive_float, default=None, metavar="B",
+                       help="bonus per matched token of hotwords without a score of their own (default: the "
+                            "model's config.json 'decoding' section, chosen on dev for the demo model by "
+                            f"bench/biasing.py, else {DEFAULT_HOTWORDS_SCORE:g}); a partial match gives it back, a "
+                            "completed phrase keeps it")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -297,6 +322,7 @@ def transcribe_config(args: argparse.Namespace, methods: Sequence[str], **fields
         amp_dtype=args.amp_dtype,
         rescoring_dtype=args.rescoring_dtype, backend=args.backend,
         normalizer=args.normalizer, ray_address=args.ray_address,
+        hotwords=args.hotwords, hotwords_score=args.hotwords_score,
         max_cut_seconds=args.max_cut_seconds, window_overlap_seconds=args.window_overlap_seconds,
         segments=args.segments, resume=args.resume, replan=args.replan, max_recording_hours=args.max_recording_hours,
         pause_split=PauseSplit(min_pause_seconds=args.min_pause_seconds, threshold_db=args.pause_threshold_db)

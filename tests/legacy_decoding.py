@@ -89,8 +89,10 @@ def legacy_ctc_prefix_beam_search(
     lm=None,
     lm_scale: float = 0.0,
     word_bonus: float = 0.0,
+    hotwords=None,
 ) -> CtcNBest:
-    """CTC prefix beam search over a batch.
+    """CTC prefix beam search over a batch (``hotwords``: must be None; the search before issue 35
+    has no biasing, and ``decode`` passes None when a batch has no lists).
 
     Args:
       log_probs: (N, T, V) CTC log-posteriors (any float dtype; the search runs
@@ -109,6 +111,8 @@ def legacy_ctc_prefix_beam_search(
 
     Returns a :class:`CtcNBest` with ``K = beam`` slots per utterance, best first.
     """
+    if hotwords is not None:
+        raise ValueError("the legacy search has no hotword biasing")
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     n, t_max, vocab = log_probs.shape
@@ -457,7 +461,10 @@ def legacy_transducer_modified_beam_search(
     encoder_out_lens: torch.Tensor,
     beam: int = 4,
     blank_id: int = 0,
+    hotwords=None,
 ) -> TransducerResult:
+    if hotwords is not None:
+        raise ValueError("the legacy search has no hotword biasing")
     decoder, joiner = model.decoder, model.joiner
     if decoder is None or joiner is None:
         raise ValueError("the model has no transducer head (decoder/joiner)")

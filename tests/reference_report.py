@@ -35,6 +35,8 @@ class _Acc:
     insertions: int = 0
     audio_seconds: float = 0.0
     models: set[tuple[Optional[str], Optional[str]]] = field(default_factory=set)
+    #: the B-WER / U-WER split of the scored rows that have one; None while none has
+    bias: Optional[list[int]] = None
 
     def add(self, r: "_Row") -> None:
         self.utterances += 1
@@ -52,6 +54,8 @@ class _Acc:
         self.substitutions += r.substitutions
         self.deletions += r.deletions
         self.insertions += r.insertions
+        if r.bias is not None:
+            self.bias = [a + b for a, b in zip(self.bias or [0, 0, 0, 0], r.bias)]
 
 
 @dataclass
@@ -75,6 +79,8 @@ class _Row:
     model_id: Optional[str]
     model_sha256: Optional[str]
     error: Optional[str]
+    #: biased_ref_words, biased_errors, unbiased_ref_words, unbiased_errors (None: no hotword list)
+    bias: Optional[list[int]] = None
 
     @property
     def errors(self) -> int:
@@ -107,6 +113,8 @@ def _rows(rows: pa.Table, normalizer: str) -> list[_Row]:
             substitutions=cols["substitutions"][i] or 0, deletions=cols["deletions"][i] or 0,
             insertions=cols["insertions"][i] or 0, model_id=cols["model_id"][i],
             model_sha256=cols["model_sha256"][i], error=cols["error"][i],
+            bias=None if cols["biased_ref_words"][i] is None else
+            [cols[c][i] for c in ("biased_ref_words", "biased_errors", "unbiased_ref_words", "unbiased_errors")],
         )
         if r.scored and (r.ref_norm is None or r.hyp_norm is None or cols["substitutions"][i] is None):
             norm = norm or get_normalizer(normalizer)
@@ -155,6 +163,9 @@ def group_table(rows: list[_Row], run_id: str, normalizer: str, created_at: date
             model_sha256=_join(s for _, s in acc.models), normalizer=normalizer, created_at=created_at,
         )
         values.update({name: getattr(acc, name) for name in _COUNTS})
+        b_ref, b_err, u_ref, u_err = acc.bias or [None] * 4
+        values.update(biased_ref_words=b_ref, biased_errors=b_err, unbiased_ref_words=u_ref, unbiased_errors=u_err,
+                      b_wer=b_err / b_ref if b_ref else None, u_wer=u_err / u_ref if u_ref else None)
         for name in REPORT_SCHEMA.names:
             columns[name].append(values[name])
     return pa.Table.from_pydict(columns, schema=REPORT_SCHEMA)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.run.cost import Prices, compute_cost, load_prices, parse_price, resolve_prices
-from pipeline.run.usage import Held, actor_intervals, measure, node_type, process_started_at, union_seconds
+from pipeline.run.usage import Held, actor_intervals, measure, node_type, union_seconds
 from services import REPO
 
 H = 3600.0

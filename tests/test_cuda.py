@@ -267,3 +267,28 @@ def test_half_a_gpu_caps_the_process_allocator(tiny_dir, tmp_path):
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()
+
+
+def test_hotwords_in_the_cuda_searches_are_the_cpu_searches():
+    """Issue 35: a batch with different hotword lists (and one without) runs the batched automata
+    on the GPU, CUDA graphs included: the same n-best and kept bonuses as on the CPU."""
+    from model.decoding import ctc_prefix_beam_search
+    from model.decoding.hotwords import HotwordBatch, HotwordGraph, HotwordList
+
+    g = torch.Generator().manual_seed(21)
+    vocab = 40
+    logits = 2.0 * torch.randn(3, 60, vocab, generator=g)
+    logits[..., 0] += 1.0
+    log_probs = logits.log_softmax(-1)
+    lens = torch.tensor([60, 41, 17])
+    rng = np.random.default_rng(4)
+    lists = [HotwordGraph.build(HotwordList(tuple(tuple(int(t) for t in rng.integers(1, vocab, size=rng.integers(1, 4)))
+                                                  for _ in range(n)), (1.5,) * n), vocab) for n in (30, 5)]
+    per_utt = [lists[0], None, lists[1]]
+    cpu = ctc_prefix_beam_search(log_probs, lens, beam=8,
+                                 hotwords=HotwordBatch.build(per_utt, torch.device("cpu")))
+    gpu = ctc_prefix_beam_search(log_probs.cuda(), lens.cuda(), beam=8,
+                                 hotwords=HotwordBatch.build(per_utt, torch.device("cuda")))
+    assert gpu.to_lists() == cpu.to_lists()
+    torch.testing.assert_close(gpu.hotword_scores.cpu(), cpu.hotword_scores)
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores)

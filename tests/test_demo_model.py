@@ -121,7 +121,7 @@ def test_decoding_options_override_the_model_defaults_field_by_field(tmp_path):
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg["decoding"].update(beam=12, attention_scale=0.3, max_segment_seconds=7.5, lm_scale=0.7)
     (model_dir / "config.json").write_text(json.dumps(cfg))
-    fusion = {k: cfg["decoding"][k] for k in ("search_lm_scale", "word_bonus")}
+    fusion = {k: cfg["decoding"][k] for k in ("search_lm_scale", "word_bonus", "hotwords_score")}
     assert fusion["search_lm_scale"] > 0
     assert Recognizer.from_dir(model_dir).decoding == DecodingConfig(method="attention-rescoring", beam=12,
                                                                       attention_scale=0.3, max_segment_seconds=7.5,

@@ -353,7 +353,7 @@ def test_parts_of_an_older_schema_read_with_their_new_columns_null(tmp_path):
     new = rows_to_table([TranscriptRow(run_id="mixed", cut_id="new", status="ok", text="a", lm_score=-1.5)])
     parquet.write_part(str(folder / "part-a.parquet"), new, "fp")  # polars takes the first file's schema
     pq.write_table(new.drop_columns(["lm_score"]), folder / "part-b.parquet")
-    assert pq.read_schema(folder / "part-a.parquet").metadata[b"zipscribe.schema_version"] == b"5"
+    assert pq.read_schema(folder / "part-a.parquet").metadata[b"zipscribe.schema_version"] == b"6"
     got = duckdb.connect().sql(f"SELECT cut_id, lm_score FROM read_parquet('{tmp_path}/transcripts/**/*.parquet', "
                                "hive_partitioning = 1, union_by_name = true) ORDER BY cut_id").fetchall()
     assert got == [("new", -1.5), ("new", None)] or got == [("new", None), ("new", -1.5)]

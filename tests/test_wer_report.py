@@ -180,7 +180,7 @@ def test_write_report_and_read_rows_back(tmp_path):
     written = pq.read_table(uris["wer_groups"])
     assert written.schema.remove_metadata().equals(REPORT_SCHEMA) and "run_id" not in written.column_names
     assert written.equals(report.table.replace_schema_metadata(written.schema.metadata))
-    assert written.schema.metadata[b"zipscribe.schema_version"] == b"5"
+    assert written.schema.metadata[b"zipscribe.schema_version"] == b"6"
     con = duckdb.connect()
     got = con.execute(f"SELECT run_id, typeof(run_id), round(wer, 4) FROM read_parquet('{out}/wer_groups/**/*.parquet', "
                       "hive_partitioning = 1, hive_types_autocast = 0) WHERE group_by = 'all'").fetchall()

@@ -51,6 +51,14 @@ same LM also steers the CTC prefix search that builds the n-best (shallow fusion
 ``decode``'s ``search_lm``, :mod:`model.decoding.lm_fusion`); the entries' ``ctc_score`` stay
 the CTC log-probs, so the rescoring score keeps its meaning.
 
+Hotwords (contextual biasing, :mod:`model.decoding.hotwords`): ``decode``'s ``hotwords`` gives
+each utterance a :class:`HotwordGraph` (or None); ``ctc-beam`` and ``attention-rescoring`` run the
+automata inside the prefix search (a bonus per matched token, given back when the match fails,
+kept when the phrase completes), and the attention rescoring adds each entry's completed-phrase
+bonus to its total (``Hypothesis.hotword_score``), so that rescoring does not undo the search's
+choice. ``transducer-beam`` ranks its candidates with the automata's gains too (icefall's way).
+Greedy methods cannot bias: ``decode`` refuses lists for them.
+
 Token times: ``token_frames`` are encoder frames (after subsampling); CTC
 methods use the first frame of each token in the best alignment of the chosen
 hypothesis (Viterbi, batched), transducer methods the emission frame.
@@ -80,6 +88,7 @@ from .attention_rescoring import attention_rescore, attention_scores_for_nbest
 from .confidence import ctc_blank_confidence, utterance_confidence
 from .ctc_greedy import ctc_greedy_search
 from .ctc_prefix_beam import ctc_prefix_beam_search
+from .hotwords import HotwordBatch, HotwordGraph, HotwordList
 from .lm_fusion import SearchLM
 from .segments import gather_segments, plan_segments
 from .transducer_beam import transducer_modified_beam_search
@@ -95,12 +104,15 @@ from .types import (
 )
 
 __all__ = [
+    "BIASING_METHODS",
     "METHODS",
     "LmScorer",
     "AlignmentResult",
     "CtcGreedyResult",
     "CtcNBest",
     "DecodingConfig",
+    "HotwordGraph",
+    "HotwordList",
     "Hypothesis",
     "NBestEntry",
     "RescoringResult",
@@ -122,6 +134,8 @@ __all__ = [
 #: LM log-probabilities of token-id sequences, one per sequence (``decode``'s ``lm_scorer``)
 LmScorer = Callable[[Sequence[Sequence[int]]], Sequence[float]]
 
+#: the methods that can bias towards hotwords (``decode``'s ``hotwords``)
+BIASING_METHODS = ("ctc-beam", "attention-rescoring", "transducer-beam")
 METHODS = ("ctc-greedy", "ctc-beam", "attention-rescoring", "transducer-greedy", "transducer-beam")
 _ALIASES = {
     "ctc-prefix-beam": "ctc-beam",
@@ -158,6 +172,10 @@ class DecodingConfig:
     search_lm_scale: float = 0.0
     #: added per completed word in the fused search (offsets the LM's pull towards fewer words)
     word_bonus: float = 0.0
+    #: contextual biasing: the bonus per matched token of hotwords that give no score of their own
+    #: (``decode`` takes the scores inside its :class:`HotwordGraph`; the pipeline's --hotwords-score
+    #: defaults to this; the demo model's was chosen on dev by bench/biasing.py)
+    hotwords_score: float = 1.5
     #: modified beam search beam (icefall default 4)
     transducer_beam: int = 4
     #: seconds per encoder frame: 10 ms features x subsampling 4
@@ -240,6 +258,7 @@ def decode(
     ctc_log_probs: Optional[torch.Tensor] = None,
     lm_scorer: Optional[LmScorer] = None,
     search_lm: Optional[SearchLM] = None,
+    hotwords: Optional[Sequence[Optional[HotwordGraph]]] = None,
 ) -> List[Hypothesis]:
     """Decode a batch of encoder outputs; one :class:`Hypothesis` per utterance.
 
@@ -254,6 +273,9 @@ def decode(
         attention rescoring.
       search_lm: the same word LM as a :class:`SearchLM` over the tokenizer's pieces; needed when
         ``config.search_lm_scale`` > 0 and the method is attention rescoring.
+      hotwords: one :class:`HotwordGraph` (or None: no list) per utterance, for contextual
+        biasing (ctc-beam, attention-rescoring, transducer-beam); None or all None: no biasing, exactly the
+        decoding without lists. Greedy methods raise ValueError when a list is given.
     """
     cfg = config or DecodingConfig()
     if not (cfg.lm_scale >= 0 and cfg.search_lm_scale >= 0 and math.isfinite(cfg.word_bonus)):
@@ -262,6 +284,12 @@ def decode(
     method = resolve_method(model, cfg.method)
     lens = encoder_out_lens.to(encoder_out.device)
     n = encoder_out.shape[0]
+    if hotwords is not None and len(hotwords) != n:
+        raise ValueError(f"{len(hotwords)} hotword lists for a batch of {n} utterances")
+    if hotwords is not None and all(g is None for g in hotwords):
+        hotwords = None
+    if hotwords is not None and method not in BIASING_METHODS:
+        raise ValueError(f"{method} cannot bias towards hotwords: use one of {', '.join(BIASING_METHODS)}")
     shift = cfg.frame_shift_s
     num_frames = lens.tolist()
     if n == 0:
@@ -271,7 +299,9 @@ def decode(
         if method == "transducer-greedy":
             res = transducer_greedy_search(model, encoder_out, lens, blank_id=cfg.blank_id)
         else:
-            res = transducer_modified_beam_search(model, encoder_out, lens, beam=cfg.transducer_beam, blank_id=cfg.blank_id)
+            batch_hw = HotwordBatch.build(hotwords, encoder_out.device) if hotwords is not None else None
+            res = transducer_modified_beam_search(model, encoder_out, lens, beam=cfg.transducer_beam, blank_id=cfg.blank_id,
+                                                  hotwords=batch_hw)
         empty_conf = torch.where(
             lens > 0,
             res.blank_prob_sum / lens.clamp(min=1).to(res.blank_prob_sum.dtype),
@@ -281,6 +311,7 @@ def decode(
         toks, flens, frames = res.tokens.tolist(), res.lens.tolist(), res.frames.tolist()
         tok_conf = res.token_log_probs.exp().tolist()
         scores, confs = res.scores.tolist(), conf.tolist()
+        hw_l = res.hotword_scores.tolist() if res.hotword_scores is not None else None
         out = []
         for i in range(n):
             k = flens[i]
@@ -292,6 +323,7 @@ def decode(
                     score=scores[i],
                     confidence=confs[i],
                     token_confidences=tok_conf[i][:k],
+                    hotword_score=hw_l[i] if hw_l is not None and hotwords[i] is not None else None,
                     num_frames=num_frames[i],
                     duration=num_frames[i] * shift,
                     method=method,
@@ -305,7 +337,8 @@ def decode(
     if method != "ctc-greedy" and cfg.max_segment_seconds:
         max_frames = max(1, int(round(cfg.max_segment_seconds / shift)))
         if max(num_frames) > max_frames:
-            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames, lm_scorer, search_lm)
+            return _decode_segmented(model, encoder_out, lens, log_probs, cfg, max_frames, lm_scorer, search_lm,
+                                     hotwords)
     blank_conf = ctc_blank_confidence(log_probs, lens, cfg.blank_id)
 
     if method == "ctc-greedy":
@@ -334,10 +367,12 @@ def decode(
     fused = method == "attention-rescoring" and cfg.search_lm_scale > 0
     if fused and search_lm is None:
         raise ValueError("search_lm_scale > 0 needs a word LM (lm.arpa.gz in the model directory)")
+    batch_hw = HotwordBatch.build(hotwords, log_probs.device, log_probs.dtype) if hotwords is not None else None
     nbest = ctc_prefix_beam_search(log_probs, lens, beam=cfg.beam, blank_id=cfg.blank_id, token_beam=cfg.token_beam,
                                    lm=search_lm if fused else None, lm_scale=cfg.search_lm_scale if fused else 0.0,
-                                   word_bonus=cfg.word_bonus)
+                                   word_bonus=cfg.word_bonus, hotwords=batch_hw)
     lm_l = None
+    hw_l = nbest.hotword_scores.tolist() if nbest.hotword_scores is not None else None
     if method == "attention-rescoring":
         extra = None
         if cfg.lm_scale:
@@ -345,6 +380,9 @@ def decode(
                 raise ValueError("lm_scale > 0 needs a word LM (lm.arpa.gz in the model directory)")
             lm_l = _lm_scores(nbest, lm_scorer)
             extra = cfg.lm_scale * torch.tensor(lm_l, dtype=torch.float32)
+        if nbest.hotword_scores is not None:  # the completed phrases' bonus: rescoring keeps it
+            hw_extra = nbest.hotword_scores.float().cpu()
+            extra = hw_extra if extra is None else extra + hw_extra
         rr = attention_rescore(model.attention_decoder, encoder_out, lens, nbest, attention_scale=cfg.attention_scale,
                                extra_scores=extra)
         best = rr.best_index
@@ -392,6 +430,7 @@ def decode(
                 ctc_score=ctc_all[i][j],
                 attention_score=att_l[i][j] if att_l is not None else None,
                 lm_score=lm_l[i][j] if lm_l is not None else None,
+                hotword_score=hw_l[i][j] if hw_l is not None and hotwords[i] is not None else None,
                 num_frames=num_frames[i],
                 duration=num_frames[i] * shift,
                 method=method,
@@ -412,7 +451,8 @@ def _lm_scores(nbest, lm_scorer: "LmScorer") -> List[List[float]]:
 
 
 def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, max_frames: int,
-                      lm_scorer: Optional[LmScorer] = None, search_lm: Optional[SearchLM] = None) -> List[Hypothesis]:
+                      lm_scorer: Optional[LmScorer] = None, search_lm: Optional[SearchLM] = None,
+                      hotwords: Optional[Sequence[Optional[HotwordGraph]]] = None) -> List[Hypothesis]:
     """``decode`` on segments of each utterance (:mod:`model.decoding.segments`), joined back.
 
     The joined hypothesis: tokens, frames and token confidences concatenated (frames made
@@ -424,8 +464,9 @@ def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, 
     seg_enc, seg_lens = gather_segments(encoder_out, spans)
     seg_lp, _ = gather_segments(log_probs, spans)
     inner = replace(cfg, max_segment_seconds=None, return_nbest=False)
+    seg_hw = [hotwords[u] for u, ss in enumerate(spans) for _ in ss] if hotwords is not None else None
     pieces = iter(decode(model, seg_enc, seg_lens, inner, ctc_log_probs=seg_lp, lm_scorer=lm_scorer,
-                         search_lm=search_lm))
+                         search_lm=search_lm, hotwords=seg_hw))
     out = []
     for ss, n_frames in zip(spans, lens.tolist()):
         parts = [(a, next(pieces)) for a, _ in ss]
@@ -444,6 +485,8 @@ def _decode_segmented(model, encoder_out, lens, log_probs, cfg: DecodingConfig, 
             ctc_score=float(sum(h.ctc_score for _, h in parts)),
             attention_score=None if any(a is None for a in att) else float(sum(att)),
             lm_score=None if any(v is None for v in lms) else float(sum(lms)),
+            hotword_score=None if any(h.hotword_score is None for _, h in parts)
+            else float(sum(h.hotword_score for _, h in parts)),
             num_frames=n_frames, duration=n_frames * cfg.frame_shift_s, method=parts[0][1].method,
         ))
     return out

@@ -129,6 +129,11 @@ they carry the same LM state.  Per frame: one batched lookup of every candidate'
 spelled word (LM index, look-ahead, unigram) and bigram, whatever the LM's size
 (:class:`SearchTables`).
 
+Hotwords (``hotwords``, :mod:`model.decoding.hotwords`): two more int64 planes (automaton state,
+hotword total) travel with the other fields; per frame about 9 more operations (16 with the word
+LM: its ``<unk>`` exemption), not counted by ``bench/decoding_ops.py``, which times the search
+without lists. Without lists none of them runs.
+
 On CUDA the frame loop is replayed from CUDA graphs (:mod:`model.decoding.frames`);
 elsewhere it runs eagerly, with the same operations.
 """
@@ -140,6 +145,7 @@ from typing import Optional
 import torch
 
 from .frames import run_frames
+from .hotwords import HotwordBatch
 from .lm_fusion import SearchLM, SearchTables, bool_view, float_bits, float_view
 from .types import CtcNBest
 from .utils import read_back
@@ -181,6 +187,7 @@ def ctc_prefix_beam_search(
     lm_scale: float = 0.0,
     word_bonus: float = 0.0,
     frame_loop: Optional[str] = None,
+    hotwords: Optional[HotwordBatch] = None,
 ) -> CtcNBest:
     """CTC prefix beam search over a batch.
 
@@ -201,6 +208,16 @@ def ctc_prefix_beam_search(
       frame_loop: how the frame loop runs, one of :data:`model.decoding.frames.MODES`
         (:func:`model.decoding.frames.run_frames`; None: CUDA graphs on CUDA devices unless
         ``ZIPSCRIBE_CUDA_GRAPHS=0``, else eagerly). The results are the same.
+      hotwords: contextual biasing (:mod:`model.decoding.hotwords`), one automaton per utterance
+        side by side: every candidate carries its automaton state and hotword total, which is
+        added to its rank. The fused LM does not penalise a word of a hotword as ``<unk>``: its
+        completion at a state where a phrase's word ends (:attr:`HotwordGraph.word_end`) adds
+        only ``word_bonus``, and while a phrase is being matched a beginning no LM word has gets
+        no (``<unk>``) look-ahead; beginnings of LM words keep theirs, so that distractors do not
+        switch the LM off for common words. The n-best's ``hotword_scores`` are the bonuses of the
+        completed phrases, and the slots are ordered by score + those (+ the LM's). ``None``: the
+        search is
+        exactly the one without hotwords.
 
     Returns a :class:`CtcNBest` with ``K = beam`` slots per utterance, best first.
     """
@@ -209,7 +226,12 @@ def ctc_prefix_beam_search(
     n, t_max, vocab = log_probs.shape
     kt = min(token_beam if token_beam is not None else beam, vocab)
     tables = lm.tables(log_probs.device, log_probs.dtype) if lm is not None and lm_scale else None
-    search = _PrefixSearch(log_probs, lens.to(log_probs.device), beam, kt, blank_id, tables, lm_scale, word_bonus)
+    if hotwords is not None and hotwords.list_of.shape[0] != n:
+        raise ValueError(f"hotwords are for {hotwords.list_of.shape[0]} utterances, the batch has {n}")
+    if hotwords is not None and hotwords.vocab_size < vocab:
+        raise ValueError(f"hotword automata over {hotwords.vocab_size} tokens, the model has {vocab}")
+    search = _PrefixSearch(log_probs, lens.to(log_probs.device), beam, kt, blank_id, tables, lm_scale, word_bonus,
+                           hotwords)
     run_frames(search.step, search.frame_inputs(), [search.order], t_max, frame_loop)
     return search.result(t_max % 2)
 
@@ -218,7 +240,8 @@ class _PrefixSearch:
     """The buffers of one batch's search and its frame step (see the module docstring)."""
 
     def __init__(self, log_probs: torch.Tensor, lens: torch.Tensor, beam: int, kt: int, blank_id: int,
-                 tables: Optional[SearchTables], lm_scale: float, word_bonus: float):
+                 tables: Optional[SearchTables], lm_scale: float, word_bonus: float,
+                 hotwords: Optional[HotwordBatch] = None):
         n, t_max, vocab = log_probs.shape
         device, dtype = log_probs.device, log_probs.dtype
         if vocab - 1 > 2 / torch.finfo(dtype).eps:  # the largest integer the dtype holds exactly, and all below
@@ -260,7 +283,13 @@ class _PrefixSearch:
         # integer candidate tables, two (this frame's, the next frame's): their first K candidates
         # are the slots; the float candidates (their values are made anew every frame); the slots'
         # (pnb, pb)
-        self.ints = [torch.zeros((_LMTOT + 1 if fused else _LEN + 1, n, c), **long) for _ in range(2)]
+        planes = _LMTOT + 1 if fused else _LEN + 1
+        #: hotwords: two more planes, the automaton's (global) state and the hotword total (bits)
+        self.hw = hotwords.to(device, dtype) if hotwords is not None else None
+        self.hws, self.hwt = planes, planes + 1
+        if self.hw is not None:
+            planes += 2
+        self.ints = [torch.zeros((planes, n, c), **long) for _ in range(2)]
         self.fl = torch.full((3, n, c), float("-inf"), **floats)
         self.slots = torch.full((2, n, k), float("-inf"), **floats)
         self.slots[1, :, 0] = 0.0  # the empty prefix
@@ -286,6 +315,12 @@ class _PrefixSearch:
         self.sorted = (torch.empty((n, c), **floats), torch.empty((n, c), **long))
         if fused:
             self._init_lm(device, dtype)
+        if self.hw is not None:
+            self.ints[0][self.hws, :, :k] = self.hw.root_state.unsqueeze(1)
+            for ints in self.ints:
+                float_view(ints[self.hwt], dtype).fill_(0.0)
+            self.hw_lists = self.hw.list_of.view(n, 1, 1)
+            self.in_match = torch.zeros((n, c), dtype=torch.bool, device=device)
 
     def _field_updates(self, vocab: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(V, R, F) multiplier and increment of each integer field of an extension by each token, in
@@ -335,7 +370,8 @@ class _PrefixSearch:
 
     def frame_inputs(self) -> list[torch.Tensor]:
         """The per-frame inputs, (T, ...) each: what :meth:`step` gets frame ``t``'s slices of."""
-        return [self.ids_f, self.ext_lp, self.blank, self.mul, self.inc]
+        inputs = [self.ids_f, self.ext_lp, self.blank, self.mul, self.inc]
+        return inputs + [self.ids] if self.hw is not None else inputs
 
     def step(self, parity: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         """One frame: expand the slots (int64 fields in table ``parity``), keep the best K (into the
@@ -384,8 +420,12 @@ class _PrefixSearch:
         fl[_PNB, :, :k].copy_(self.merged)
 
         rank = torch.logaddexp(fl[_PB], fl[_PNB], out=self.rank)  # (N, K + K*K')
+        if self.hw is not None:
+            self._hotwords(ints, inputs[5])
         if self.tables is not None:
             self._fuse(ints, rank)
+        if self.hw is not None:
+            rank += float_view(ints[self.hwt], dtype)
         # stable: equal scores keep candidate order (stays first, then extensions by slot, token rank)
         torch.sort(rank, dim=1, descending=True, stable=True, out=self.sorted)
         win = self.sorted[1][:, :k]
@@ -393,6 +433,19 @@ class _PrefixSearch:
         torch.gather(ints[gathered], 2, win.expand(ints.shape[0] - _LAST, n, k), out=ints_next[gathered, :, :k])
         torch.gather(fl[_PNB:_PB + 1], 2, win.expand(2, n, k), out=self.slots)
         order.copy_(win)
+
+    def _hotwords(self, ints: torch.Tensor, ids: torch.Tensor) -> None:
+        """The hotword automata's part of a frame: the extensions' states and totals from their
+        slots' (the stays keep theirs), and which candidates are inside a match."""
+        n, k, kt, hw = self.n, self.k, self.kt, self.hw
+        dtype = self.rank.dtype
+        state = ints[self.hws]
+        slot_state = state[:, :k].unsqueeze(2)  # (N, K, 1)
+        new, gain = hw.step(slot_state, ids.unsqueeze(1), self.hw_lists)  # (N, K, K')
+        state[:, k:].view(n, k, kt).copy_(new)
+        total = float_view(ints[self.hwt], dtype)
+        torch.add(total[:, :k].unsqueeze(2), gain, out=total[:, k:].view(n, k, kt))
+        torch.gt(torch.take(hw.acc, state), 0, out=self.in_match)
 
     def _fuse(self, ints: torch.Tensor, rank: torch.Tensor) -> None:
         """The word LM's part of a frame: looks up every candidate's spelled word and bigram, completes
@@ -410,6 +463,9 @@ class _PrefixSearch:
         floats = float_view(slot, dtype)
         add = torch.addcmul(floats[_BIGA], floats[_BIGB], floats[_UNIW], out=self.lp[..., 0])
         add.mul_(self.scale).add_(self.bonus)
+        if self.hw is not None:  # a word of a hotword is no <unk>: only the word bonus
+            exempt = torch.take(self.hw.word_end, slot[self.hws]) & (slot[_WORD] == tb.unk)
+            add.masked_fill_(exempt, self.bonus)
         # an extension whose token starts a word after a spelled one completes the slot's word: it
         # adds to the LM total and becomes the previous word
         ext = ints[:, :, k:].view(-1, n, k, kt)
@@ -419,8 +475,12 @@ class _PrefixSearch:
         torch.where(bool_view(ints[_ENDS, :, k:]).view(n, k, kt), slot[_WORD].unsqueeze(2), slot[_PREV].unsqueeze(2),
                     out=ext[_PREV])
         rank += lm_total
-        if tb.lookahead:  # + lm_scale x look-ahead, 0 while nothing is spelled
+        if tb.lookahead and self.hw is None:  # + lm_scale x look-ahead, 0 while nothing is spelled
             rank.addcmul_(float_view(ints[_LOOK], dtype), float_view(ints[_SPELLEDF], dtype))
+        elif tb.lookahead:  # ... and 0 while a hotword no LM word begins like is being matched
+            unknown = torch.eq(ints[_LOOK], self.lookup_rows[0, 1, 0]).logical_and_(self.in_match)
+            spelled = torch.where(unknown, 0.0, float_view(ints[_SPELLEDF], dtype))
+            rank.addcmul_(float_view(ints[_LOOK], dtype), spelled)
 
     def _end_score(self, slots: torch.Tensor) -> torch.Tensor:
         """What completing each slot's word and then ``</s>`` adds at the end of the utterance
@@ -429,6 +489,9 @@ class _PrefixSearch:
         spelled = bool_view(slots[_SPELLED])
         word, prev = slots[_WORD], slots[_PREV]
         end = torch.where(spelled, self.scale * tb.log_prob(word, prev) + self.bonus, 0.0)
+        if self.hw is not None:  # a hotword being matched is no <unk> (as in _fuse)
+            exempt = spelled & (word == tb.unk) & self.hw.word_end[slots[self.hws]]
+            end = torch.where(exempt, torch.full_like(end, self.bonus), end)
         last = torch.where(spelled, word, prev)
         return end + self.scale * tb.log_prob(torch.full_like(last, tb.eos), last)
 
@@ -448,11 +511,16 @@ class _PrefixSearch:
         parent = torch.where(is_ext, (order - k) // kt, order)
         token = torch.where(is_ext, self.ids.gather(2, ((order - k) % kt).clamp(min=0)), -1)
         tokens = torch.from_numpy(read_back(parent, token, plen)[0]).to(device)
-        if self.tables is None:
+        if self.tables is None and self.hw is None:
             return CtcNBest(tokens=tokens, lens=plen, scores=scores, log_prob_blank=pb, log_prob_non_blank=pnb)
-        final = float_view(ints[_LMTOT], pb.dtype) + self._end_score(ints)
-        order = torch.sort(torch.where(valid, scores + final, scores), dim=1, descending=True, stable=True).indices
-        pb, pnb, scores, plen, final = (x.gather(1, order) for x in (pb, pnb, scores, plen, final))
+        zeros = torch.zeros_like(scores)
+        final = float_view(ints[_LMTOT], pb.dtype) + self._end_score(ints) if self.tables is not None else zeros
+        kept = (self.hw.final(float_view(ints[self.hwt], pb.dtype), ints[self.hws]) if self.hw is not None
+                else zeros)
+        order = torch.sort(torch.where(valid, scores + final + kept, scores), dim=1, descending=True,
+                           stable=True).indices
+        pb, pnb, scores, plen, final, kept = (x.gather(1, order) for x in (pb, pnb, scores, plen, final, kept))
         tokens = tokens.gather(1, order.unsqueeze(2).expand_as(tokens))
         return CtcNBest(tokens=tokens, lens=plen, scores=scores, log_prob_blank=pb, log_prob_non_blank=pnb,
-                        search_lm_scores=final)
+                        search_lm_scores=final if self.tables is not None else None,
+                        hotword_scores=torch.where(valid, kept, 0.0) if self.hw is not None else None)

@@ -32,6 +32,15 @@ duplicates (a log-sum-exp over the same shapes as before issue 32, so the floats
 the same), and one ``where`` each for the integer and float state of utterances that
 have ended (57 kernel-launching operations per frame at beam 4 with a small model,
 86 before issue 32). On CUDA the loop is replayed from CUDA graphs (:mod:`model.decoding.frames`).
+
+Hotwords (``hotwords``, :mod:`model.decoding.hotwords`): every slot also carries its automaton
+state; a candidate "slot + token" is ranked with the automaton's gain for that token added to its
+score (blank: none), as icefall's modified beam search does with its ``ContextGraph``, so the
+slots' scores hold acoustic log-prob + hotword total (duplicates are the same sequence, so the
+same total: the log-sum-exp merge is unchanged). The winner maximises
+``(score - partial bonus) / (num_tokens + context_size)``; the result's ``scores`` are the
+acoustic part and ``hotword_scores`` the completed phrases' bonus. Per frame this adds one
+batched automaton step over every (slot, token) pair. ``None``: exactly the search without.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import numpy as np
 import torch
 
 from .frames import run_frames
+from .hotwords import HotwordBatch
 from .transducer_greedy import initial_context
 from .types import TransducerResult
 from .utils import read_back
@@ -58,6 +68,7 @@ def transducer_modified_beam_search(
     beam: int = 4,
     blank_id: int = 0,
     frame_loop: Optional[str] = None,
+    hotwords: Optional[HotwordBatch] = None,
 ) -> TransducerResult:
     """Modified beam search of a batch; ``frame_loop``: see
     :func:`model.decoding.frames.run_frames` (the results are the same in every mode)."""
@@ -91,6 +102,14 @@ def transducer_modified_beam_search(
                          [[1, 1, 1, 0], [1, 1, 0, 1], [_B1, _B2, 1, 0]]], **long)
     mod = torch.tensor([_P1, _P2, 1 << 62, 1 << 62], **long)
 
+    hw = hotwords.to(device, torch.float32) if hotwords is not None else None
+    if hw is not None:
+        if hw.list_of.shape[0] != n:
+            raise ValueError(f"hotwords are for {hw.list_of.shape[0]} utterances, the batch has {n}")
+        hw_state = hw.root_state.view(n, 1).expand(n, b).contiguous()  # each slot's automaton state
+        hw_total = torch.zeros((n, b), dtype=torch.float32, device=device)  # and its hotword total
+        hw_lists = hw.list_of.view(n, 1, 1)
+
     c_idx = torch.arange(b, device=device)
     later_or_self = c_idx.view(1, b) >= c_idx.view(b, 1)  # [c', c]: c >= c'
     earlier = c_idx.view(b, 1) > c_idx.view(1, b)  # [c, c']: c' < c
@@ -105,7 +124,15 @@ def transducer_modified_beam_search(
         vocab = logits.shape[-1]
         vocab_size[:] = [vocab]
         lsm = logits.float().log_softmax(dim=-1)
-        cand = (lsm + floats[..., 0].unsqueeze(2)).view(n, b * vocab)
+        if hw is None:
+            cand = (lsm + floats[..., 0].unsqueeze(2)).view(n, b * vocab)
+        else:  # + the automaton's gain for each token (blank: the state stays)
+            token_ids = torch.arange(vocab, device=device).view(1, 1, vocab)
+            stepped, gained = hw.step(hw_state.unsqueeze(2), token_ids.clamp(max=hw.vocab_size - 1), hw_lists)
+            is_blank = token_ids == blank_id
+            moved = torch.where(is_blank, hw_state.unsqueeze(2), stepped)
+            gain = torch.where(is_blank, 0.0, gained)  # (N, B, V)
+            cand = (lsm + floats[..., 0].unsqueeze(2) + gain).view(n, b * vocab)
         top_v = torch.topk(cand, b, dim=1, out=(torch.empty_like(cand[:, :b]), top_i))[0]  # sorted, best first
         parent = top_i // vocab
         tok = top_i % vocab
@@ -129,6 +156,11 @@ def transducer_modified_beam_search(
         n_ctx = torch.where(is_tok.bool().unsqueeze(2), torch.cat([p_ctx[:, :, 1:], tok.unsqueeze(2)], dim=2), p_ctx)
         torch.where(act.unsqueeze(2), torch.cat([c_ints, n_ctx], dim=2), ints, out=ints)
         torch.where(act.unsqueeze(2), torch.stack([new_scores, n_blank], dim=2), floats, out=floats)
+        if hw is not None:
+            new_state = moved.view(n, b * vocab).gather(1, top_i)
+            new_total = hw_total.gather(1, parent) + gain.view(n, b * vocab).gather(1, top_i)
+            torch.where(act, new_state, hw_state, out=hw_state)
+            torch.where(act, new_total, hw_total, out=hw_total)
 
     run_frames(step, [enc_proj, active], [won, back_lp], t_max, frame_loop)
 
@@ -137,6 +169,11 @@ def transducer_modified_beam_search(
     act = active.expand(t_max, n, b)
     back_parent = torch.where(act, won // vocab, c_idx.expand(t_max, n, b))
     back_token = torch.where(act & (won % vocab != blank_id), won % vocab, -1)
+    kept = None
+    if hw is not None:  # rank by acoustic score + the completed phrases' bonus
+        kept = hw.final(hw_total, hw_state)
+        acoustic = scores - hw_total
+        scores = acoustic + kept
     norm = scores / (plen + cs).to(scores.dtype)
     best = norm.argmax(dim=1)  # first maximum, like Python's max over the beam
     out_len = plen.gather(1, best.unsqueeze(1)).squeeze(1)
@@ -146,11 +183,13 @@ def transducer_modified_beam_search(
     tokens = torch.from_numpy(all_tokens[rows, pick, :l_max]).to(device)
     tok_frames = torch.from_numpy(all_frames[rows, pick, :l_max]).to(device)
     lps = torch.from_numpy(all_lps[rows, pick, :l_max]).to(device)
+    pick_best = best.unsqueeze(1)
     return TransducerResult(
         tokens=tokens,
         lens=out_len,
         frames=tok_frames,
         token_log_probs=lps,
-        scores=scores.gather(1, best.unsqueeze(1)).squeeze(1),
-        blank_prob_sum=floats[..., 1].gather(1, best.unsqueeze(1)).squeeze(1),
+        scores=(scores if kept is None else acoustic).gather(1, pick_best).squeeze(1),
+        blank_prob_sum=floats[..., 1].gather(1, pick_best).squeeze(1),
+        hotword_scores=kept.gather(1, pick_best).squeeze(1) if kept is not None else None,
     )

@@ -58,6 +58,9 @@ class Hypothesis:
     attention_score: Optional[float] = None
     #: word-LM log-probability of the words (attention rescoring with ``lm_scale`` > 0)
     lm_score: Optional[float] = None
+    #: contextual biasing: the bonus of the completed hotword phrases of ``token_ids`` (part of
+    #: ``score`` with attention rescoring); None when the utterance had no hotword list
+    hotword_score: Optional[float] = None
     #: number of valid encoder frames of the utterance
     num_frames: int = 0
     #: utterance duration seen by the decoder, ``num_frames * frame_shift_s``
@@ -91,6 +94,9 @@ class CtcNBest:
     #: (N, K) with a word LM fused into the search: what it added to each slot's rank
     #: (``lm_scale`` x LM log-prob + ``word_bonus`` x words, ``</s>`` included); else None
     search_lm_scores: Optional[torch.Tensor] = None
+    #: (N, K) with hotwords (:mod:`model.decoding.hotwords`): the bonus of each slot's completed
+    #: phrases (0 for unused slots); else None
+    hotword_scores: Optional[torch.Tensor] = None
 
     @property
     def valid(self) -> torch.Tensor:
@@ -138,5 +144,7 @@ class TransducerResult:
     #: (N,) sum over blank decisions of P(blank) along the path (for confidence
     #: of empty results), and the number of such frames
     blank_prob_sum: torch.Tensor
+    #: (N,) transducer-beam with hotwords: the completed phrases' bonus of the result; else None
+    hotword_scores: Optional[torch.Tensor] = None
     #: (N, L) raw joiner logit of each emitted token (greedy only; else None)
     token_logits: Optional[torch.Tensor] = None

@@ -48,6 +48,20 @@ def spoken_sentences(texts: Sequence[str], out_dir: str | Path, styles: int = 3,
     return utts
 
 
+def encode_batches(recognizer: Recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0
+                   ) -> list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The utterances' encoder output, once, in duration-bucketed batches: per batch the
+    utterances' indices, encoder output and lengths, and the CTC head's log-probs (for benchmarks
+    that decode the same batches in several ways, encoder excluded)."""
+    encoded = []
+    with torch.inference_mode():
+        for batch in bucketed_batches([u.duration for u in utterances], batch_seconds):
+            feats, lens = recognizer.features([load_audio(utterances[i]) for i in batch])
+            enc, enc_lens = recognizer.model.forward_encoder(feats, lens)
+            encoded.append((batch, enc, enc_lens, recognizer.model.ctc_output(enc)))
+    return encoded
+
+
 def transcribe_nbest(recognizer: Recognizer, utterances: Sequence[Utterance], batch_seconds: float = 200.0) -> list[Any]:
     """Hypotheses (with n-best lists) of every utterance, in order; uses the recognizer's decoding."""
     out: list[Any] = [None] * len(utterances)

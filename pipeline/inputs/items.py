@@ -46,6 +46,9 @@ class WorkItem:
             ``","`` in order of first appearance.
         dataset: label set by the caller of :func:`pipeline.inputs.manifests.iter_work_items`.
         custom: the cut's ``custom`` fields with scalar values, as strings.
+        hotwords: the cut's own hotword entries (``custom["hotwords"]`` of the cut and of its
+            supervisions, ``"phrase"`` or ``"phrase :score"``, as written; parsed and normalised by
+            the transcriber, :mod:`pipeline.inputs.hotwords`); ``None`` when it has none.
         member: the key of the item's audio inside the tar archive at ``source`` (lhotse Shar:
             the cut's id; the member is ``<key>.<format>``); ``None`` for a plain audio file.
         error: why the item cannot be transcribed, found while planning (a duration that is not
@@ -69,6 +72,7 @@ class WorkItem:
     language: str | None = None
     dataset: str | None = None
     custom: dict[str, str] = field(default_factory=dict)
+    hotwords: list[str] | None = None
     member: str | None = None
     error: str | None = None
     window_index: int | None = None
@@ -85,6 +89,7 @@ class WorkItem:
         deep-copies recursively and was most of the time of planning a million cuts."""
         out = {name: getattr(self, name) for name in _FIELDS}
         out["custom"] = dict(self.custom)
+        out["hotwords"] = list(self.hotwords) if self.hotwords is not None else None
         return out
 
     @classmethod

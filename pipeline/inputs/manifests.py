@@ -281,6 +281,21 @@ def _probe_items(
             yield item
 
 
+def _custom_hotwords(customs: list[dict[str, Any] | None]) -> tuple[list[str] | None, str | None]:
+    """The hotword entries of a cut's and its supervisions' ``custom["hotwords"]`` (in that order,
+    repeats kept once), and why they cannot be used when they are not lists of strings."""
+    entries: list[str] = []
+    for custom in customs:
+        value = (custom or {}).get("hotwords")
+        if value is None:
+            continue
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+                not all(isinstance(v, str) for v in value):
+            return None, "custom['hotwords'] must be a list of phrases (strings, optionally 'phrase :score')"
+        entries += [v for v in value if v not in entries]
+    return (entries or None), None
+
+
 def _with_error(item: WorkItem, reason: str) -> WorkItem:
     """``item`` as an error item: it becomes an error row; no audio is fetched, no window planned."""
     start = item.start if math.isfinite(item.start) and item.start >= 0 else 0.0
@@ -438,7 +453,8 @@ def _item_from_cut(cut: Any, uri: str, line: int, shar_tar: str | None = None) -
         source, source_type, channel = _resolve_source(recording, channels, uri, line)
     sups = sorted(cut.supervisions, key=lambda s: (s.start, s.end))
     texts = [s.text.strip() for s in sups if s.text and s.text.strip()]
-    return WorkItem(
+    hotwords, bad_hotwords = _custom_hotwords([cut.custom] + [s.custom for s in sups])
+    item = WorkItem(
         cut_id=cut.id,
         recording_id=recording.id,
         source=source,
@@ -450,8 +466,10 @@ def _item_from_cut(cut: Any, uri: str, line: int, shar_tar: str | None = None) -
         speaker=_distinct_joined(s.speaker for s in sups),
         language=_distinct_joined(s.language for s in sups),
         custom=_scalar_custom(cut.custom),
+        hotwords=hotwords,
         member=member,
     )
+    return _with_error(item, bad_hotwords) if bad_hotwords else item
 
 
 def _supervision_items(cut: Any, whole: WorkItem) -> list[WorkItem]:

@@ -99,7 +99,8 @@ def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_te
     says whether a token begins with ``▁``), the tokenizer's lone ``▁`` piece (``word_mark_id``)
     is put before it, at its time, so the last word before the pause and the first after it do
     not run together (``morning`` + ``one`` -> ``morningone``); ``score``, ``ctc_score``,
-    ``attention_score`` and ``lm_score`` are sums over pieces (``None`` if a piece has none); ``confidence`` is
+    ``attention_score``, ``lm_score`` and ``hotword_score`` are sums over pieces (``None`` if a piece has none);
+    ``confidence`` is
     the token-weighted mean of the pieces' confidences, or their duration-weighted mean when
     no piece has tokens.
     """
@@ -127,4 +128,4 @@ def join_transcripts(parts: Sequence[tuple[float, float, Transcript]], decode_te
 
     return Transcript(text=decode_text(ids), token_ids=ids, token_times=times, score=float(sum(tr.score for _, _, tr in parts)),
                       confidence=float(confidence), token_confidences=confidences,
-                      **{name: total_of(name) for name in SCORES})
+                      hotword_score=total_of("hotword_score"), **{name: total_of(name) for name in SCORES})

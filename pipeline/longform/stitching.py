@@ -33,6 +33,7 @@ from pipeline.output.paths import RunPaths
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, TranscriptRow, rows_to_table
 from pipeline.output.words import FRAME_SHIFT, words_table
 from pipeline.plan.windows import Window, plan_windows
+from pipeline.report.normalize import get_normalizer
 from pipeline.report.wer import score_row
 
 from .merge import SCORES, WindowHypothesis, merge_windows
@@ -97,6 +98,10 @@ def _stitch_one(rows: list[dict[str, Any]], run_id: str, tokenizer: Tokenizer, n
     out.confidence = merged.confidence
     for name in SCORES:
         setattr(out, name, getattr(merged, name))
+    found = [r.get("hotwords_matched") for r in rows]
+    if any(m is not None for m in found):  # the cut had a hotword list: which of the windows' finds the text keeps
+        text = f" {get_normalizer(normalizer)(out.text)} "
+        out.hotwords_matched = sorted(p for p in {p for m in found if m for p in m} if f" {p} " in text)
     score_row(out, normalizer)
     return out, merged.seams_aligned
 

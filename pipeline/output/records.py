@@ -17,6 +17,18 @@ WER columns (filled when the cut has a reference by :func:`pipeline.report.wer.s
 A cut whose audio failed (``status='error'``) keeps its ``reference`` and ``ref_norm`` but has
 no counts.
 
+Hotwords (contextual biasing, :mod:`pipeline.inputs.hotwords`): ``hotword_score`` is the bonus of
+the completed hotword phrases that took part in choosing the text (null when the cut had no
+hotword list, or for a decoding that cannot bias: the greedy methods);
+``hotwords_matched`` the phrases of the cut's list that the normalised text contains as whole
+words (null without a list; for a long cut stitched from windows, the phrases some window matched
+that the stitched text still holds, and ``hotword_score`` and the B-WER / U-WER counts null: the
+windows' bonuses overlap and their lists are not kept with them). With a list and a reference, the WER split of the contextual-biasing
+literature (Le et al. 2021): ``biased_ref_words`` / ``unbiased_ref_words`` are the reference words
+that are / are not words of the cut's list, ``biased_errors`` / ``unbiased_errors`` the errors on
+them (a substitution or deletion counts by its reference word, an insertion by the inserted word);
+B-WER and U-WER are their ratios (:mod:`pipeline.report.tables`).
+
 ``token_confidences``: per token, the probability the model gave it where it was emitted
 (same order as ``token_ids``); word confidences (:mod:`pipeline.output.words`) come from them.
 """
@@ -47,6 +59,12 @@ TRANSCRIPT_SCHEMA = pa.schema(
         pa.field("ctc_score", pa.float64()),
         pa.field("attention_score", pa.float64()),
         pa.field("lm_score", pa.float64()),
+        pa.field("hotword_score", pa.float64()),
+        pa.field("hotwords_matched", pa.list_(pa.string())),
+        pa.field("biased_ref_words", pa.int32()),
+        pa.field("biased_errors", pa.int32()),
+        pa.field("unbiased_ref_words", pa.int32()),
+        pa.field("unbiased_errors", pa.int32()),
         pa.field("confidence", pa.float64()),
         pa.field("reference", pa.string()),
         pa.field("ref_words", pa.int32()),
@@ -87,7 +105,8 @@ WINDOW_SCHEMA = pa.schema(
 
 #: bumped whenever TRANSCRIPT_SCHEMA changes; part fingerprints include it, so a resumed
 #: run never mixes parts of two schemas; written into every file's metadata (SCHEMA_VERSION_KEY)
-SCHEMA_VERSION = 5  # 4: lm_score; 5: run_id only in the path, start -> start_s, float64 token times
+SCHEMA_VERSION = 6  # 4: lm_score; 5: run_id only in the path, start -> start_s, float64 token times;
+# 6: hotword_score, hotwords_matched, biased_* / unbiased_*
 SCHEMA_VERSION_KEY = b"zipscribe.schema_version"
 
 STATUS_OK = "ok"
@@ -118,6 +137,12 @@ class TranscriptRow:
     ctc_score: Optional[float] = None
     attention_score: Optional[float] = None
     lm_score: Optional[float] = None
+    hotword_score: Optional[float] = None
+    hotwords_matched: Optional[list[str]] = None
+    biased_ref_words: Optional[int] = None
+    biased_errors: Optional[int] = None
+    unbiased_ref_words: Optional[int] = None
+    unbiased_errors: Optional[int] = None
     confidence: Optional[float] = None
     reference: Optional[str] = None
     ref_words: Optional[int] = None
@@ -138,6 +163,9 @@ class TranscriptRow:
     shard_id: Optional[str] = None
     worker: Optional[str] = None
     processed_at: datetime = field(default_factory=utc_now)
+    #: the words of the cut's hotword list (for the B-WER / U-WER split when the row is scored);
+    #: not a column
+    hotword_words: Optional[list[str]] = None
 
 
 @dataclass

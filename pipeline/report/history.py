@@ -92,6 +92,10 @@ HISTORY_SCHEMA = pa.schema(
         pa.field("cost_usd", pa.float64()),
         pa.field("cost_per_audio_hour_usd", pa.float64()),
         pa.field("rtfx_delta_pct", pa.float64()),  # RTFx change against the baseline's, in percent
+        # contextual biasing: WER on the words of the cuts' hotword lists and on the others (null
+        # when no cut had a list)
+        pa.field("b_wer", pa.float64()),
+        pa.field("u_wer", pa.float64()),
     ]
 )
 
@@ -294,7 +298,8 @@ def history_rows(
             normalizer=g["normalizer"], model_id=g["model_id"], model_uri=f.model_uri if f else None,
             model_sha256=g["model_sha256"], git_revision=git_rev,
             **{k: g[k] for k in ("utterances", "scored", "failed", "no_reference", "empty_reference", "ref_words",
-                                 "substitutions", "deletions", "insertions", "errors", "wer", "audio_seconds")},
+                                 "substitutions", "deletions", "insertions", "errors", "wer", "audio_seconds",
+                                 "b_wer", "u_wer")},
             wall_seconds=f.wall_seconds if f else None, rtfx=f.rtfx if f else None,
             gate=v.gate if v else None, baseline_run_id=v.baseline_run_id if v else None,
             delta_points=v.delta_points if v else None,

@@ -16,6 +16,7 @@ import html
 import io
 from typing import Any, Iterable, Optional, Sequence
 
+from .markdown import BIAS_HEADER, bias_rows
 from .tables import DURATION_BUCKETS, DURATION_EDGES, GROUP_HEADER, UNKNOWN_BUCKET, Report, dataset_label, pct
 
 __all__ = ["render_html"]
@@ -326,6 +327,13 @@ def _render_html(report: Report, top_errors: int) -> str:
                 f'[lo, hi) seconds with edges {", ".join(f"{e:g}" for e in DURATION_EDGES)}.</p>')
     body.append(_table(GROUP_HEADER, _group_rows(report.overall(), lambda g: f"all [{g['decoding']}]")
                        + _group_rows(report.headline(), lambda g: dataset_label(g["dataset"], g["decoding"]))))
+    biased = bias_rows(report)
+    if biased:
+        body.append("<h3>Hotwords: B-WER / U-WER</h3>")
+        body.append('<p class="meta">B-WER: errors on the reference words that are words of the cut\'s hotword '
+                    'list (substitutions and deletions by the reference word, insertions by the inserted word), per '
+                    'those words; U-WER: the same for every other word (Le et al. 2021).</p>')
+        body.append(_table(BIAS_HEADER, biased))
     body.append("<h3>By duration</h3>")
     body.append(_table(GROUP_HEADER, _group_rows(report.groups("duration_bucket", any_dataset=True),
                                                  lambda g: f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")))

@@ -32,6 +32,17 @@ def _group_row(g: dict[str, Any], label: str) -> list[Any]:
             f"{g['audio_seconds']:.1f}"]
 
 
+#: the B-WER / U-WER table's header (:func:`bias_rows`)
+BIAS_HEADER = ("dataset", "B-WER", "biased words", "U-WER", "other words")
+
+
+def bias_rows(report: Report) -> list[list[Any]]:
+    """Per dataset and decoding whose cuts carried hotword lists: B-WER (errors on the words of a
+    cut's list), its reference words, U-WER (on the other words), theirs."""
+    return [[dataset_label(g["dataset"], g["decoding"]), pct(g["b_wer"]), g["biased_ref_words"], pct(g["u_wer"]),
+             g["unbiased_ref_words"]] for g in report.headline() if g.get("biased_ref_words") is not None]
+
+
 def render_markdown(report: Report, top: int = 20, speakers: int = 20) -> str:
     """``summary.md``: a readable digest of the report (the Parquet files hold everything)."""
     lines = [f"# WER report: run {report.run_id}", ""]
@@ -46,6 +57,10 @@ def render_markdown(report: Report, top: int = 20, speakers: int = 20) -> str:
         lines += ["", "## Regression check", "", "```", format_verdicts(report.verdicts), "```"]
     lines += ["", "## Datasets", ""]
     lines += _md_table(GROUP_HEADER, [_group_row(g, dataset_label(g["dataset"], g["decoding"])) for g in report.headline()])
+    biased = bias_rows(report)
+    if biased:
+        lines += ["", "## Hotwords: B-WER / U-WER (Le et al. 2021)", ""]
+        lines += _md_table(BIAS_HEADER, biased)
     lines += ["", f"## By duration (buckets [lo, hi) s, edges {', '.join(edge_label(e) for e in DURATION_EDGES)})", ""]
     lines += _md_table(GROUP_HEADER, [_group_row(g, f"{dataset_label(g['dataset'], g['decoding'])} {g['group_value']}")
                                       for g in report.groups("duration_bucket", any_dataset=True)])

@@ -19,6 +19,10 @@ Tables of a report, each the run's partition of a table of its own (the run id i
 * ``group_by='all'``: every row of the run with that ``decoding`` (``dataset`` is null);
 * ``group_by='dataset'``: one dataset (``group_value`` = its name, ``(none)`` when the rows
   carry no dataset);
+* B-WER / U-WER (contextual biasing, Le et al. 2021): ``biased_ref_words`` / ``biased_errors``
+  and ``unbiased_ref_words`` / ``unbiased_errors`` sum the rows' split (words of the cut's hotword
+  list, the other words; :func:`pipeline.report.wer.bias_counts`) over scored rows that have one;
+  ``b_wer`` / ``u_wer`` are their ratios, null in a group where no cut carried a list;
 * ``group_by='speaker'``: one speaker within a dataset (``(none)`` = no speaker label);
 * ``group_by='duration_bucket'``: cuts whose duration falls in ``[lo, hi)`` seconds, per
   dataset, with the edges :data:`DURATION_EDGES` = 2, 5, 10, 20 s: buckets ``0-2s``,
@@ -115,11 +119,15 @@ def duration_bucket(seconds: Optional[float]) -> str:
 ROW_COLUMNS: tuple[str, ...] = (
     "cut_id", "duration", "text", "reference", "ref_words", "substitutions", "deletions",
     "insertions", "ref_norm", "hyp_norm", "speaker", "dataset", "status", "error", "model_id",
-    "model_sha256", "decoding", "word_edits",
+    "model_sha256", "decoding", "word_edits", "biased_ref_words", "biased_errors", "unbiased_ref_words",
+    "unbiased_errors",
 )
 
 _COUNTS = ("utterances", "scored", "failed", "no_reference", "empty_reference", "ref_words",
            "substitutions", "deletions", "insertions")
+
+#: the B-WER / U-WER split (rows with a hotword list and a reference); null in a group without lists
+_BIAS_COUNTS = ("biased_ref_words", "biased_errors", "unbiased_ref_words", "unbiased_errors")
 
 REPORT_SCHEMA = pa.schema(
     [
@@ -131,6 +139,9 @@ REPORT_SCHEMA = pa.schema(
         pa.field("errors", pa.int64(), nullable=False),
         pa.field("wer", pa.float64()),
         pa.field("audio_seconds", pa.float64(), nullable=False),
+        *[pa.field(name, pa.int64()) for name in _BIAS_COUNTS],
+        pa.field("b_wer", pa.float64()),
+        pa.field("u_wer", pa.float64()),
         pa.field("model_id", pa.string()),
         pa.field("model_sha256", pa.string()),
         pa.field("normalizer", pa.string()),
@@ -303,6 +314,7 @@ SELECT cut_id, coalesce(status, '{STATUS_ERROR}') AS status, dataset, decoding, 
        coalesce(status, '{STATUS_ERROR}') = '{STATUS_OK}' AND reference IS NOT NULL AS scored,
        coalesce(ref_words, 0) AS ref_words, coalesce(substitutions, 0) AS substitutions,
        coalesce(deletions, 0) AS deletions, coalesce(insertions, 0) AS insertions,
+       biased_ref_words, biased_errors, unbiased_ref_words, unbiased_errors,
        {_bucket_sql('duration')} AS bucket
 FROM {{source}}
 """
@@ -318,6 +330,10 @@ _COUNTS_SQL = f"""
     coalesce(sum(deletions) FILTER (WHERE scored), 0)::BIGINT AS deletions,
     coalesce(sum(insertions) FILTER (WHERE scored), 0)::BIGINT AS insertions,
     coalesce(sum(duration) FILTER (WHERE status = '{STATUS_OK}'), 0.0) AS audio_seconds,
+    sum(biased_ref_words) FILTER (WHERE scored)::BIGINT AS biased_ref_words,
+    sum(biased_errors) FILTER (WHERE scored)::BIGINT AS biased_errors,
+    sum(unbiased_ref_words) FILTER (WHERE scored)::BIGINT AS unbiased_ref_words,
+    sum(unbiased_errors) FILTER (WHERE scored)::BIGINT AS unbiased_errors,
     list(DISTINCT model_id) FILTER (WHERE model_id IS NOT NULL AND model_id <> '') AS model_ids,
     list(DISTINCT model_sha256) FILTER (WHERE model_sha256 IS NOT NULL AND model_sha256 <> '') AS model_sha256s"""
 
@@ -433,6 +449,8 @@ def group_table(con: duckdb.DuckDBPyConnection, normalizer: str, created_at: dat
         errors = g["substitutions"] + g["deletions"] + g["insertions"]
         values: dict[str, Any] = dict(
             g, errors=errors, wer=errors / g["ref_words"] if g["ref_words"] else None,
+            b_wer=g["biased_errors"] / g["biased_ref_words"] if g["biased_ref_words"] else None,
+            u_wer=g["unbiased_errors"] / g["unbiased_ref_words"] if g["unbiased_ref_words"] else None,
             audio_seconds=round(g["audio_seconds"], 6), model_id=_join(g["model_ids"]),
             model_sha256=_join(g["model_sha256s"]), normalizer=normalizer, created_at=created_at,
         )

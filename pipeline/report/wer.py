@@ -147,6 +147,23 @@ def corpus_wer(references: Sequence[str], hypotheses: Sequence[str], normalizer:
     return 100.0 * sum(c.errors for c in counts) / max(1, sum(c.ref_words for c in counts))
 
 
+def bias_counts(ref_norm: str, word_edits: list[dict[str, Any]], words: set[str]) -> tuple[int, int, int, int]:
+    """The B-WER / U-WER split of one scored row (Le et al. 2021): ``(biased reference words,
+    errors on them, other reference words, errors on those)``, where a reference word is biased
+    when it is one of ``words`` (the words of the cut's hotword list), a substitution or deletion
+    counts by its reference word and an insertion by the inserted word."""
+    ref = ref_norm.split()
+    b_ref = sum(w in words for w in ref)
+    b_err = u_err = 0
+    for e in word_edits:
+        word = e["hyp"] if e["op"] == "I" else e["ref"]
+        if word in words:
+            b_err += 1
+        else:
+            u_err += 1
+    return b_ref, b_err, len(ref) - b_ref, u_err
+
+
 def score_row(row: Any, normalizer: str) -> None:
     """Fill a transcript row's WER columns (``ref_words``, ``errors``, ``substitutions``,
     ``deletions``, ``insertions``, ``ref_norm``, ``hyp_norm``, ``word_edits``) from its ``reference`` and
@@ -162,3 +179,7 @@ def score_row(row: Any, normalizer: str) -> None:
     row.ref_words, row.errors = errs.ref_words, errs.errors
     row.substitutions, row.deletions, row.insertions = errs.substitutions, errs.deletions, errs.insertions
     row.ref_norm, row.hyp_norm = errs.ref_norm, errs.hyp_norm
+    words = getattr(row, "hotword_words", None)
+    if words is not None:
+        (row.biased_ref_words, row.biased_errors, row.unbiased_ref_words,
+         row.unbiased_errors) = bias_counts(errs.ref_norm, row.word_edits, set(words))

@@ -65,6 +65,12 @@ class TranscribeConfig:
     metrics: str = "auto"
     #: prices of the run's cost (pipeline.run.cost); None: no cost in the summary
     prices: Optional[Prices] = None
+    #: contextual biasing: the run-level hotword list (a file or s3:// object, one phrase a line,
+    #: optionally ``phrase :score``; :mod:`pipeline.inputs.hotwords`), merged with each cut's own
+    hotwords: Optional[str] = None
+    #: the bonus per matched token of phrases that do not give their own score; None: the model's
+    #: (its config.json ``decoding.hotwords_score``, else 1.5)
+    hotwords_score: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.metrics not in METRICS_MODES:

@@ -24,6 +24,7 @@ The driver never holds the inputs or the audio: it reads small result rows as sh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,8 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from model.decoding import BIASING_METHODS
 from model.recognizer import Recognizer
 from model.weights import WeightsSelection
+from pipeline.inputs.hotwords import DEFAULT_HOTWORDS_SCORE, Hotwords, read_hotwords_file
 from pipeline.inputs.manifests import iter_work_items
 from pipeline.inputs.sources import expand_inputs
 from pipeline.io import storage
@@ -49,6 +52,7 @@ from pipeline.plan.frozen import (Plan, PlanOptions, changed_inputs, iter_plan_s
 from pipeline.plan.preview import PlanSummary, preview
 from pipeline.plan.units import Planner, process_planner, serial_planner
 from pipeline.plan.windows import plan_windows
+from pipeline.report.normalize import get_normalizer
 
 from .accounting import account
 from .config import TranscribeConfig, check_run_id, decoding_list, long_audio_label, new_run_id
@@ -83,6 +87,11 @@ class ModelFacts:
     notes: tuple[str, ...] = ()  # what loading decided on its own (e.g. full context for a causal model)
     decodings: tuple[str, ...] = ()  # each decoding's label, in order: rows carry one of them
     lm_sha256: str = ""  # the word LM's, when the model directory has one
+    hotwords: Hotwords = ()  # the run-level hotword list (--hotwords), parsed and normalised
+    hotwords_score: float = DEFAULT_HOTWORDS_SCORE  # --hotwords-score, else the model's
+    #: the decodings that can bias towards hotwords, and those that cannot (greedy, transducer)
+    biased: tuple[str, ...] = ()
+    not_biased: tuple[str, ...] = ()
 
 
 def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
@@ -102,9 +111,29 @@ def validate_inputs(cfg: TranscribeConfig) -> ModelFacts:
                                      weights=weights)
     info = recognizer.info
     labels = tuple(d.label() for d in recognizer.decodings)
+    score = cfg.hotwords_score if cfg.hotwords_score is not None else recognizer.decoding.hotwords_score
+    # HotwordError (a ValueError) names the file and line
+    hotwords = read_hotwords_file(cfg.hotwords, score, get_normalizer(cfg.normalizer)) if cfg.hotwords else ()
+    biased = tuple(d.label() for d in recognizer.decodings if d.method in BIASING_METHODS)
+    notes = tuple(info.notes)
+    if hotwords:
+        _, ignored = recognizer.hotword_graph(hotwords)  # ValueError: a list too large for an automaton
+        notes += tuple(f"--hotwords: {why}" for why in ignored[:20]) + \
+            ((f"--hotwords: {len(ignored) - 20} more ignored",) if len(ignored) > 20 else ())
     return ModelFacts(model_dir=model_dir, sha256=info.sha256, model_id=info.name, decoding="; ".join(labels),
-                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=info.notes,
-                      lm_sha256=info.lm_sha256)
+                      decodings=labels, weights=info.weights, tokenizer=os.path.relpath(info.tokenizer, model_dir), notes=notes,
+                      lm_sha256=info.lm_sha256, hotwords=hotwords, hotwords_score=score, biased=biased,
+                      not_biased=tuple(label for label in labels if label not in biased))
+
+
+def hotwords_summary(cfg: TranscribeConfig, facts: ModelFacts) -> dict[str, Any]:
+    """What the run summary says of contextual biasing: the run-level list (file, phrases, scores),
+    where per-cut lists come from, and which decodings bias (greedy and transducer ones cannot)."""
+    scores = sorted({s for _, s in facts.hotwords})
+    return {"run_list": cfg.hotwords, "run_phrases": len(facts.hotwords), "run_scores": scores,
+            "default_score": facts.hotwords_score,
+            "per_cut_lists": "each cut's custom['hotwords'] (and its supervisions'), merged with the run list",
+            "biased_decodings": list(facts.biased), "unbiased_decodings": list(facts.not_biased)}
 
 
 def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ...]:
@@ -112,7 +141,9 @@ def fingerprint_parts(cfg: TranscribeConfig, facts: ModelFacts) -> tuple[str, ..
     return (facts.sha256, facts.decoding, json.dumps(decoding_list(cfg.decoding, cfg.extra_methods), sort_keys=True),
             f"precision={cfg.amp_dtype}/{cfg.rescoring_dtype}", f"backend={cfg.backend}", f"max_batch_seconds={cfg.max_batch_seconds or 'auto'}",
             f"normalizer={cfg.normalizer}", f"schema={SCHEMA_VERSION}", f"segments={cfg.segments}",
-            long_audio_label(cfg)) + ((f"lm={facts.lm_sha256}",) if facts.lm_sha256 else ())
+            long_audio_label(cfg)) + ((f"lm={facts.lm_sha256}",) if facts.lm_sha256 else ()) + \
+        ((f"hotwords={hashlib.sha256(repr(facts.hotwords).encode()).hexdigest()}",) if facts.hotwords else ()) + \
+        ((f"hotwords_score={facts.hotwords_score}",) if facts.hotwords_score != DEFAULT_HOTWORDS_SCORE else ())
 
 
 def plan_options(cfg: TranscribeConfig) -> PlanOptions:
@@ -121,15 +152,18 @@ def plan_options(cfg: TranscribeConfig) -> PlanOptions:
                        overlap_seconds=cfg.window_overlap_seconds, max_recording_hours=cfg.max_recording_hours)
 
 
-def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str, threads: int) -> ActorConfig:
-    """The transcriber's configuration for a run."""
+def actor_config(cfg: TranscribeConfig, model_uri: str, sha256: str, run_id: str, threads: int,
+                 facts: Optional[ModelFacts] = None) -> ActorConfig:
+    """The transcriber's configuration for a run (``facts``: :func:`validate_inputs`'s, for the
+    run-level hotword list it read once and the bonus it resolved)."""
     return ActorConfig(
         model_uri=model_uri, model_sha256=sha256, output_uri=cfg.output, run_id=run_id, decoding=cfg.decoding,
         extra_methods=tuple(cfg.extra_methods), weights=cfg.weights,
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, amp_dtype=cfg.amp_dtype,
         rescoring_dtype=cfg.rescoring_dtype, backend=cfg.backend, num_threads=threads, normalizer=cfg.normalizer,
         pause_split=cfg.pause_split, max_cut_seconds=cfg.max_cut_seconds, device=cfg.device,
-        max_audio_seconds=cfg.max_recording_hours * 3600,
+        max_audio_seconds=cfg.max_recording_hours * 3600, hotwords=facts.hotwords if facts else (),
+        hotwords_score=facts.hotwords_score if facts else DEFAULT_HOTWORDS_SCORE,
     )
 
 
@@ -389,9 +423,10 @@ def _run_locked(cfg: TranscribeConfig, paths: RunPaths, facts: ModelFacts, model
         stages={"min_actors": res.min_actors, "max_actors": res.max_actors, "cpus_per_actor": res.cpus_per_actor,
                 "gpus_per_actor": res.gpus_per_actor, "audio_cpus": res.audio_cpus, "threads_per_actor": res.threads,
                 "device": cfg.device, "backend": cfg.backend, "resource_wait_seconds": round(waited, 1)},
+        hotwords=hotwords_summary(cfg, facts),
     )
     ledger = _ledger()
-    actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads)
+    actor_cfg = actor_config(cfg, cfg.model, facts.sha256, run_id, res.threads, facts)
     ds = build_dataset(shards, plan, settings, actor_cfg, res, cfg.max_attempts, ledger, model_stage)
     progress = Progress(plan.audio_seconds if cfg.eta else None, cfg.progress)
     fingerprints: dict[str, str] = {}
@@ -531,7 +566,7 @@ def run_in_process(cfg: TranscribeConfig, run_id: str, num_threads: int = 2) -> 
         plan, _, _ = prepare_plan(cfg, paths)
         settings = StageSettings(run_id=run_id, output=cfg.output, fingerprint_parts=(run_id, long_audio_label(cfg)),
                                  resume=False, max_audio_seconds=cfg.max_recording_hours * 3600)
-        actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads))
+        actor = Transcriber(actor_config(cfg, str(facts.model_dir), facts.sha256, run_id, num_threads, facts))
         results, fingerprints = [], {}
         for shard in iter_plan_shards(paths, plan):
             task = shard_task(shard, settings)

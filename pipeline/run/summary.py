@@ -42,6 +42,9 @@ class RunSummary:
     rtfx: float = 0.0
     model_rtfx: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: contextual biasing (pipeline.run.driver.hotwords_summary): the run list, its size and scores,
+    #: where per-cut lists come from, which decodings bias and which cannot
+    hotwords: dict[str, Any] = field(default_factory=dict)
     #: the audio stage: bytes read from storage, bytes the cuts' audio takes in its objects (a
     #: recording's segments read once: about equal; segments of one recording in many shards: more
     #: fetched), and its CPU seconds (decoding, resampling) per second of audio
@@ -147,6 +150,11 @@ def format_summary(s: RunSummary) -> str:
         *([f"    memory: {s.oom_splits} batch(es) split after running out of memory; batches limited to "
            f"{s.batch_budget_seconds:.1f} padded s"] if s.oom_splits else []),
         *[f"    note: {n}" for n in s.model_notes],
+        *([f"    hotwords: run list {s.hotwords['run_list'] or '-'} ({s.hotwords['run_phrases']} phrases, scores "
+           f"{', '.join(f'{x:g}' for x in s.hotwords['run_scores']) or '-'}; default {s.hotwords['default_score']:g} per "
+           f"token) merged with each cut's custom['hotwords']; biased: {', '.join(s.hotwords['biased_decodings']) or '-'}"
+           + (f"; cannot bias (decoded without lists): {', '.join(s.hotwords['unbiased_decodings'])}"
+              if s.hotwords['unbiased_decodings'] else "")] if s.hotwords.get("run_phrases") else []),
         *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
         *resource_lines(s),
         f"  transcripts: {s.transcripts_uri}",

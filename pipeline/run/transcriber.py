@@ -40,6 +40,7 @@ import torch
 
 from model.recognizer import FeatureBatch, Recognizer, StageTimes, Transcript
 from model.weights import WeightsSelection
+from pipeline.inputs.hotwords import HotwordError, Hotwords, merge_hotwords, parse_hotword_entries
 from pipeline.inputs.items import WorkItem
 from pipeline.io.model_store import local_model_dir
 from pipeline.io.ranges import RangeReader
@@ -49,6 +50,7 @@ from pipeline.output import parquet
 from pipeline.output.words import words_table
 from pipeline.output.records import STATUS_ERROR, STATUS_OK, WINDOW_SCHEMA, TranscriptRow, WindowRow, rows_to_table
 from pipeline.plan.batching import pack_batches
+from pipeline.report.normalize import get_normalizer
 from pipeline.report.wer import score_row
 
 from .config import decoding_list
@@ -118,6 +120,10 @@ class ActorConfig:
     loader_threads: int = 4  # items fetched at once when the transcriber loads audio itself (in-process runs)
     normalizer: str = "english"
     device: str = "auto"
+    #: contextual biasing: the run-level hotword list, parsed and normalised (pipeline.inputs.hotwords),
+    #: merged with each cut's own; the bonus per token of a cut's phrases without a score of their own
+    hotwords: Hotwords = ()
+    hotwords_score: float = 1.5
     #: windows of long cuts (and whole cuts longer than ``max_cut_seconds``) are transcribed
     #: as the speech between their pauses (pipeline.longform.pauses); None: as they are
     pause_split: Optional[PauseSplit] = field(default_factory=PauseSplit)
@@ -150,6 +156,8 @@ class _BatchPlan:
     pieces: Optional[list[tuple[int, int, np.ndarray]]]  # None: the good cuts as they are
     groups: list[list[int]]  # the model batches: positions in ``pieces`` (or in ``good``)
     waves: list[list[np.ndarray]]  # the samples of each model batch
+    #: the hotword list (or None) of each entry of each model batch, as ``waves``
+    hotwords: list[list[Optional[Hotwords]]] = field(default_factory=list)
     seen: float = 0.0  # seconds of audio the model sees
     padded: float = 0.0  # and with padding
 
@@ -160,6 +168,14 @@ class ShardPlan:
     packed batches, each with its silent cuts set apart and its long cuts cut at their pauses."""
 
     batches: list[_BatchPlan]
+    #: each shard item's hotword list (run's and cut's merged; None: none)
+    hotwords: list[Optional[Hotwords]] = field(default_factory=list)
+
+
+def matched_hotwords(text_norm: str, hotwords: Hotwords) -> list[str]:
+    """The phrases of ``hotwords`` that the normalised text contains as whole words, in list order."""
+    padded = f" {text_norm} "
+    return [phrase for phrase, _ in hotwords if f" {phrase} " in padded]
 
 
 class Transcriber:
@@ -199,6 +215,7 @@ class Transcriber:
         #: set by the memory probe, and lowered after an out-of-memory
         self.max_batch_seconds = float(config.max_batch_seconds or CPU_BATCH_SECONDS)
         self.oom_splits = 0
+        self._normalize = get_normalizer(config.normalizer)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._ranges: Optional[RangeReader] = None  # for process_shard (the audio stage has its own)
         self._heap = HeapTrimmer()
@@ -224,7 +241,7 @@ class Transcriber:
 
     # -- rows ----------------------------------------------------------------
     def _row(self, item: WorkItem, shard_id: str, transcript: Optional[Transcript], error: Optional[str],
-             decoding: str) -> TranscriptRow:
+             decoding: str, hotwords: Optional[Hotwords] = None) -> TranscriptRow:
         """A cut's row, without its WER columns (:meth:`write_shard` scores it)."""
         info = self.recognizer.info
         window = item.is_window
@@ -244,6 +261,11 @@ class Transcriber:
             row.lm_score = transcript.lm_score
             row.confidence = transcript.confidence
             row.token_confidences = transcript.token_confidences
+            row.hotword_score = transcript.hotword_score
+            if hotwords:
+                row.hotwords_matched = matched_hotwords(self._normalize(transcript.text), hotwords)
+        if hotwords:
+            row.hotword_words = sorted({w for phrase, _ in hotwords for w in phrase.split()})
         if window:  # the cut's reference rides on its first window; WER is scored on the stitched cut
             row.window_index, row.window_count = item.window_index, item.window_count
             row.cut_start, row.cut_duration = item.cut_start, item.cut_duration
@@ -252,9 +274,11 @@ class Transcriber:
 
     # -- model batches -------------------------------------------------------
     def _transcribe(self, waves: list[np.ndarray], times: StageTimes, prepared: Optional[FeatureBatch] = None,
-                    overlap: Optional[Callable[[], None]] = None) -> list[list[Transcript] | str]:
+                    overlap: Optional[Callable[[], None]] = None,
+                    hotwords: Optional[list[Optional[Hotwords]]] = None) -> list[list[Transcript] | str]:
         """For each cut of a batch, in order: its transcript by each decoding (one encoder pass),
-        or an error message. ``prepared``: the batch's features, started by :meth:`_prepare`;
+        or an error message. ``hotwords``: each cut's hotword list (or None), as ``waves``.
+        ``prepared``: the batch's features, started by :meth:`_prepare`;
         ``overlap``: host work to do while the device encodes (:meth:`Recognizer.transcribe_all`).
 
         Failures (:func:`pipeline.run.failures.failure_kind`):
@@ -273,11 +297,12 @@ class Transcriber:
         traceback) are freed first. A batch larger than the current budget is split before it runs."""
         padded = len(waves) * max(w.size for w in waves) / SAMPLE_RATE
         if len(waves) > 1 and padded > self.max_batch_seconds:
-            return self._in_halves(waves, times)
+            return self._in_halves(waves, times, hotwords)
         failure, kind = "", None
         try:
+            lists = {"hotwords": hotwords} if hotwords is not None else {}  # none: the call as before lists
             per_decoding, t = self.recognizer.transcribe_all(prepared if prepared is not None else waves,
-                                                             overlap=overlap)
+                                                             overlap=overlap, **lists)
         except Exception as exc:  # noqa: BLE001 - classified below, after the except block
             kind = failure_kind(exc)
             if kind == POISONED:
@@ -302,14 +327,17 @@ class Transcriber:
                 log.warning("%s: out of memory on a batch of %d cuts (%.1f padded s): batches limited to %.1f padded s "
                             "from now on", self.worker, len(waves), padded, budget)
                 self.max_batch_seconds = budget
-            return self._in_halves(waves, times)
-        return [self._transcribe([w], times)[0] for w in waves]
+            return self._in_halves(waves, times, hotwords)
+        return [self._transcribe([w], times, hotwords=[hotwords[i]] if hotwords is not None else None)[0]
+                for i, w in enumerate(waves)]
 
-    def _in_halves(self, waves: list[np.ndarray], times: StageTimes) -> list[list[Transcript] | str]:
+    def _in_halves(self, waves: list[np.ndarray], times: StageTimes,
+                   hotwords: Optional[list[Optional[Hotwords]]] = None) -> list[list[Transcript] | str]:
         order = sorted(range(len(waves)), key=lambda i: waves[i].size)
         out: list[list[Transcript] | str] = [""] * len(waves)
         for part in (order[: len(order) // 2], order[len(order) // 2:]):
-            for i, result in zip(part, self._transcribe([waves[i] for i in part], times)):
+            lists = [hotwords[i] for i in part] if hotwords is not None else None
+            for i, result in zip(part, self._transcribe([waves[i] for i in part], times, hotwords=lists)):
                 out[i] = result
         return out
 
@@ -327,9 +355,12 @@ class Transcriber:
             release_memory(self.device)
             return None
 
-    def _run_model_batches(self, batches: list[list[np.ndarray]], times: StageTimes) -> list[list[list[Transcript] | str]]:
-        """:meth:`_transcribe` on each model batch in turn; on CUDA the features of the next one are
-        started (:meth:`_prepare`) while the device encodes the current one."""
+    def _run_model_batches(self, batches: list[list[np.ndarray]], times: StageTimes,
+                           hotwords: Optional[list[list[Optional[Hotwords]]]] = None
+                           ) -> list[list[list[Transcript] | str]]:
+        """:meth:`_transcribe` on each model batch in turn (``hotwords``: each one's lists, as
+        ``batches``); on CUDA the features of the next one are started (:meth:`_prepare`) while the
+        device encodes the current one."""
         out = []
         ahead = self._prepare(batches[0]) if batches else None
         for i, waves in enumerate(batches):
@@ -340,7 +371,9 @@ class Transcriber:
                 nonlocal ahead
                 ahead = self._prepare(following) if following is not None else None
 
-            out.append(self._transcribe(waves, times, current, start_next if following is not None else None))
+            lists = hotwords[i] if hotwords is not None else None
+            out.append(self._transcribe(waves, times, current, start_next if following is not None else None,
+                                        lists if lists is not None and any(h is not None for h in lists) else None))
             self._heap.maybe_trim()  # the batch's tensors are freed: give back what piles up (pipeline.run.heap)
         return out
 
@@ -409,7 +442,8 @@ class Transcriber:
         long = samples.size > self.config.max_cut_seconds * SAMPLE_RATE > 0
         return self.config.pause_split is not None and (item.is_window or long)
 
-    def _plan(self, items: list[WorkItem], audio: ShardAudio, index: list[int]) -> _BatchPlan:
+    def _plan(self, items: list[WorkItem], audio: ShardAudio, index: list[int],
+              hotwords: Optional[list[Optional[Hotwords]]] = None) -> _BatchPlan:
         """How a packed batch of the shard goes to the model (see :class:`_BatchPlan`).
 
         Windows of long cuts are cut at their pauses (:mod:`pipeline.longform.pauses`); the pieces of the
@@ -429,8 +463,9 @@ class Transcriber:
                      if self._splits_at_pauses(items[k], wave) else [(0, wave.size)])
             pieces += [(g, a, wave[a:b]) for a, b in spans]
         plan.seen = sum(p[2].size for p in pieces) / SAMPLE_RATE
+        lists = [hotwords[k] if hotwords else None for k in good]
         if all(p[1] == 0 and p[2].size == waves[p[0]].size for p in pieces):  # nothing cut or trimmed
-            plan.groups, plan.waves = [list(range(len(good)))], [waves]
+            plan.groups, plan.waves, plan.hotwords = [list(range(len(good)))], [waves], [lists]
             plan.padded = len(waves) * max(w.size for w in waves) / SAMPLE_RATE
             return plan
         plan.pieces = pieces
@@ -440,6 +475,7 @@ class Transcriber:
             sub_waves = [np.pad(pieces[j][2], (0, max(0, min_size - pieces[j][2].size))) for j in sub.items]
             plan.groups.append(list(sub.items))
             plan.waves.append(sub_waves)
+            plan.hotwords.append([lists[pieces[j][0]] for j in sub.items])
             plan.padded += len(sub_waves) * max(w.size for w in sub_waves) / SAMPLE_RATE
         return plan
 
@@ -485,10 +521,31 @@ class Transcriber:
         splitting): no model, so it may run on another thread while the model decodes the shard
         before (the model stage does)."""
         shard = task.shard
+        hotwords = self._hotword_lists(shard.items, audio)
         at = {id(item): k for k, item in enumerate(shard.items)}
         batches = pack_batches(shard.items, [i.duration for i in shard.items],
                                self.max_batch_seconds, self.config.max_batch_size)
-        return ShardPlan([self._plan(shard.items, audio, [at[id(item)] for item in batch.items]) for batch in batches])
+        return ShardPlan([self._plan(shard.items, audio, [at[id(item)] for item in batch.items], hotwords)
+                          for batch in batches], hotwords)
+
+    def _hotword_lists(self, items: list[WorkItem], audio: ShardAudio) -> list[Optional[Hotwords]]:
+        """Each item's hotword list: the run's merged with the cut's own (parsed and normalised here,
+        :mod:`pipeline.inputs.hotwords`). An item whose own list is malformed becomes an error row
+        saying why (its samples are dropped from ``audio``); the others go on."""
+        out: list[Optional[Hotwords]] = []
+        run = self.config.hotwords or None
+        for k, item in enumerate(items):
+            own = None
+            if item.hotwords:
+                try:
+                    own = parse_hotword_entries(item.hotwords, self.config.hotwords_score, self._normalize,
+                                                f"cut {item.cut_id}")
+                except HotwordError as exc:
+                    if audio.errors[k] is None:
+                        audio.errors[k] = f"hotwords: {exc}"
+                    audio.samples[k] = None
+            out.append(merge_hotwords(run, own))
+        return out
 
     def decode_shard(self, task: ShardTask, audio: ShardAudio, plan: Optional[ShardPlan] = None) -> DecodedShard:
         """Run the model on every cut of a shard from its loaded audio (and its :meth:`plan_shard`,
@@ -501,14 +558,16 @@ class Transcriber:
         started = time.perf_counter()
         splits_before = self.oom_splits
         shard = task.shard
-        plans = (plan or self.plan_shard(task, audio)).batches
+        shard_plan = plan or self.plan_shard(task, audio)
+        plans = shard_plan.batches
         result = ShardResult(shard_id=shard.shard_id, part_uri=task.part_uri, batches=len(plans),
                              worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds,
                              load_cpu_seconds=audio.cpu_seconds, bytes_fetched=audio.bytes_fetched,
                              bytes_needed=audio.bytes_needed)
         times = StageTimes()
         labels = self.decoding_labels()
-        outputs = self._run_model_batches([waves for plan in plans for waves in plan.waves], times)
+        outputs = self._run_model_batches([waves for plan in plans for waves in plan.waves], times,
+                                          [lists for plan in plans for lists in plan.hotwords])
         errors = list(audio.errors)
         rows: list[TranscriptRow] = []
         used = 0
@@ -529,7 +588,7 @@ class Transcriber:
             for k in plan.index:
                 for d, label in enumerate(labels):
                     row = self._row(shard.items[k], shard.shard_id, transcripts[k][d] if k in transcripts else None,
-                                    errors[k], label)
+                                    errors[k], label, shard_plan.hotwords[k] if shard_plan.hotwords else None)
                     if row.duration is None:
                         row.duration = audio.durations[k]
                     rows.append(row)
