@@ -52,6 +52,14 @@ def test_a_file_names_its_bad_line_and_merging_keeps_the_best_score(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(HotwordError, match="not UTF-8"):
         read_hotwords_file(str(tmp_path / "bin.txt"), 1.5, NORM)
+    from pipeline.inputs.hotwords import MAX_FILE_BYTES
+
+    huge = tmp_path / "huge.txt"  # sparse: its size is a claim the reader must not take in whole
+    with huge.open("wb") as f:
+        f.write(b"zyprexa\n")
+        f.truncate(64 * MAX_FILE_BYTES)
+    with pytest.raises(HotwordError, match=f"huge.txt is {64 * MAX_FILE_BYTES} bytes, more than"):
+        read_hotwords_file(str(huge), 1.5, NORM)
     assert merge_hotwords((("a", 1.0),), None, (("a", 2.0), ("b", 1.0))) == (("a", 2.0), ("b", 1.0))
     assert merge_hotwords(None, ()) is None
 

@@ -27,7 +27,7 @@ without host synchronisation. The sparse table holds, for each state, the trie c
 states on its failure chain (the root excluded): a few per state, not V.
 
 This module depends on torch only (no tokenizer, no text normaliser): the pipeline normalises
-and tokenises phrases (``pipeline.run.hotwords``) and hands :class:`HotwordList` here.
+and tokenises phrases (``pipeline.inputs.hotwords`` parses the lists, ``model.recognizer`` tokenises them) and hands :class:`HotwordList` here.
 """
 
 from __future__ import annotations

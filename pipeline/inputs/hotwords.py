@@ -43,6 +43,9 @@ DEFAULT_HOTWORDS_SCORE = 1.5
 MAX_HOTWORDS = 20_000
 #: the longest phrase, in characters
 MAX_PHRASE_CHARS = 200
+#: the largest run-level hotwords file read (MAX_HOTWORDS phrases of MAX_PHRASE_CHARS, with
+#: scores, fit in it); a larger file is refused before it is read
+MAX_FILE_BYTES = 8 << 20
 
 _SCORE = re.compile(r"^(?P<phrase>.*?)\s+:(?P<score>\S+)\s*$")
 
@@ -113,9 +116,12 @@ def read_hotwords_file(uri: str, default_score: float, normalize: Callable[[str]
     from pipeline.io import storage
 
     try:
-        data = storage.read_bytes(uri)
+        data, size = storage.read_head(uri, MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise HotwordError(f"hotwords file {uri} does not exist") from None
+    if size > MAX_FILE_BYTES:
+        raise HotwordError(f"hotwords file {uri} is {size} bytes, more than the {MAX_FILE_BYTES} a list of at most "
+                           f"{MAX_HOTWORDS} phrases needs")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
