@@ -156,17 +156,26 @@ def test_a_run_with_hotwords_writes_the_columns_and_error_rows(tmp_path):
     run_list.write_text("Paris\nmorning :0.5\n")
 
     def run(run_id: str, **kw):
+        from pipeline.run.summary import RunSummary
+
         cfg = TranscribeConfig(manifest=[str(manifest)], model=str(DEMO), output=str(tmp_path / "out"), **kw)
         done = run_in_process(cfg, run_id, num_threads=1)
+        summary = RunSummary(run_id=run_id, manifest=[], output="", model_id="", model_sha256="", decoding="",
+                             started_at="")
+        for shard in done["shards"]:  # as the driver adds up the shards' results
+            summary.add(shard.as_dict())
         table = pq.read_table(tmp_path / "out" / "transcripts" / f"run_id={run_id}")
-        return done, {r["cut_id"]: r for r in table.to_pylist()}
+        return summary, {r["cut_id"]: r for r in table.to_pylist()}
 
-    _, plain = run("plain")  # no run list: only cut a has a list (its own)
+    plain_summary, plain = run("plain")  # no run list: only cut a has a list (its own)
+    assert (plain_summary.hotword_cuts, plain_summary.hotword_phrases, plain_summary.hotword_max_phrases) == (1, 1, 1)
     assert plain["b"]["status"] == "ok" and plain["b"]["hotword_score"] is None and plain["b"]["hotwords_matched"] is None
     assert plain["a"]["hotword_score"] is not None
     assert plain["a"]["hotwords_matched"] == (["zyprexa"] if "zyprexa" in plain["a"]["hyp_norm"].split() else [])
     assert plain["c"]["status"] == "error" and "hotwords:" in plain["c"]["error"]
-    _, biased = run("biased", hotwords=str(run_list), hotwords_score=1.5)
+    biased_summary, biased = run("biased", hotwords=str(run_list), hotwords_score=1.5)
+    # a: run list + its own (3 phrases), b: the run list (2); c's list is malformed: an error row, not counted
+    assert (biased_summary.hotword_cuts, biased_summary.hotword_phrases, biased_summary.hotword_max_phrases) == (2, 5, 3)
     assert biased["c"]["status"] == "error" and "cut c" in biased["c"]["error"] and "score" in biased["c"]["error"]
     lists = {"a": ["morning", "paris", "zyprexa"], "b": ["morning", "paris"]}
     for cut_id, phrases in lists.items():
@@ -351,7 +360,12 @@ def test_the_text_summary_states_the_list_and_which_decodings_bias():
             "started_at": ""}
     hw = {"run_list": "hw.txt", "run_phrases": 2, "run_scores": [1.25, 2.5], "default_score": 1.25, "per_cut_lists": "",
           "biased_decodings": ["attention-rescoring beam=8"], "unbiased_decodings": ["ctc-greedy"]}
-    text = format_summary(RunSummary(**base, hotwords=hw))
-    assert ("hotwords: run list hw.txt (2 phrases, scores 1.25, 2.5; default 1.25 per token) merged with each cut's "
-            "custom['hotwords']; biased: attention-rescoring beam=8; cannot bias (decoded without lists): ctc-greedy") in text
+    text = format_summary(RunSummary(**base, hotwords=hw, hotword_cuts=4, hotword_phrases=10, hotword_max_phrases=3))
+    assert ("hotwords: run list hw.txt (2 phrases, scores 1.25, 2.5), merged with each cut's custom['hotwords']; 4 "
+            "cut(s) decoded with a list (2.5 phrases on average, at most 3); default 1.25 per token; biased: "
+            "attention-rescoring beam=8; cannot bias (decoded without lists): ctc-greedy") in text
     assert "hotwords" not in format_summary(RunSummary(**base))
+    # lists from the manifest only: still stated
+    per_cut = dict(hw, run_list=None, run_phrases=0, run_scores=[])
+    text = format_summary(RunSummary(**base, hotwords=per_cut, hotword_cuts=1, hotword_phrases=7, hotword_max_phrases=7))
+    assert "hotwords: no run list, merged with each cut's custom['hotwords']; 1 cut(s) decoded with a list (7.0" in text

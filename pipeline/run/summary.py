@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["RunSummary", "format_summary", "resource_lines"]
+__all__ = ["RunSummary", "format_summary", "hotword_lines", "resource_lines"]
 
 
 @dataclass
@@ -45,6 +45,10 @@ class RunSummary:
     #: contextual biasing (pipeline.run.driver.hotwords_summary): the run list, its size and scores,
     #: where per-cut lists come from, which decodings bias and which cannot
     hotwords: dict[str, Any] = field(default_factory=dict)
+    #: cuts decoded with a hotword list, the phrases of their lists summed, the longest list
+    hotword_cuts: int = 0
+    hotword_phrases: int = 0
+    hotword_max_phrases: int = 0
     #: the audio stage: bytes read from storage, bytes the cuts' audio takes in its objects (a
     #: recording's segments read once: about equal; segments of one recording in many shards: more
     #: fetched), and its CPU seconds (decoding, resampling) per second of audio
@@ -103,6 +107,9 @@ class RunSummary:
         if "write_seconds" in r:  # parts of older versions lack it
             self.stage_seconds["write"] = self.stage_seconds.get("write", 0.0) + r["write_seconds"]
         self.oom_splits += r.get("oom_splits", 0)
+        self.hotword_cuts += r.get("hotword_cuts", 0)  # parts of older versions lack these
+        self.hotword_phrases += r.get("hotword_phrases", 0)
+        self.hotword_max_phrases = max(self.hotword_max_phrases, r.get("hotword_max_phrases", 0))
         if r.get("batch_budget_seconds"):
             budgets = [b for b in (self.batch_budget_seconds, r["batch_budget_seconds"]) if b]
             self.batch_budget_seconds = min(budgets)
@@ -150,11 +157,7 @@ def format_summary(s: RunSummary) -> str:
         *([f"    memory: {s.oom_splits} batch(es) split after running out of memory; batches limited to "
            f"{s.batch_budget_seconds:.1f} padded s"] if s.oom_splits else []),
         *[f"    note: {n}" for n in s.model_notes],
-        *([f"    hotwords: run list {s.hotwords['run_list'] or '-'} ({s.hotwords['run_phrases']} phrases, scores "
-           f"{', '.join(f'{x:g}' for x in s.hotwords['run_scores']) or '-'}; default {s.hotwords['default_score']:g} per "
-           f"token) merged with each cut's custom['hotwords']; biased: {', '.join(s.hotwords['biased_decodings']) or '-'}"
-           + (f"; cannot bias (decoded without lists): {', '.join(s.hotwords['unbiased_decodings'])}"
-              if s.hotwords['unbiased_decodings'] else "")] if s.hotwords.get("run_phrases") else []),
+        *hotword_lines(s),
         *[f"    {a['worker']} on node {a['node_id']} ({a['device']}): {a['shards']} shard(s)" for a in s.actors],
         *resource_lines(s),
         f"  transcripts: {s.transcripts_uri}",
@@ -162,6 +165,23 @@ def format_summary(s: RunSummary) -> str:
     if s.cuts_ok + s.cuts_error == 0:
         lines.append("  (the manifest held no cuts)")
     return "\n".join(lines)
+
+
+def hotword_lines(s: RunSummary) -> list[str]:
+    """The summary's line on contextual biasing: the run list, the cuts decoded with a list and its
+    size, which decodings biased (none when no cut had a list)."""
+    h = s.hotwords
+    if not (h.get("run_phrases") or s.hotword_cuts):
+        return []
+    run = (f"run list {h.get('run_list')} ({h.get('run_phrases', 0)} phrases, scores "
+           f"{', '.join(f'{x:g}' for x in h.get('run_scores', ())) or '-'})" if h.get("run_phrases") else "no run list")
+    mean = s.hotword_phrases / s.hotword_cuts if s.hotword_cuts else 0.0
+    line = (f"    hotwords: {run}, merged with each cut's custom['hotwords']; {s.hotword_cuts} cut(s) decoded with a "
+            f"list ({mean:.1f} phrases on average, at most {s.hotword_max_phrases}); default "
+            f"{h.get('default_score', 0.0):g} per token; biased: {', '.join(h.get('biased_decodings', ())) or '-'}")
+    if h.get("unbiased_decodings"):
+        line += f"; cannot bias (decoded without lists): {', '.join(h['unbiased_decodings'])}"
+    return [line]
 
 
 def resource_lines(s: RunSummary) -> list[str]:

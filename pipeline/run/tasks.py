@@ -49,6 +49,9 @@ class ShardResult:
     precision: str = ""  # the encoder's, and why (model.precision)
     oom_splits: int = 0  # batches split in halves after running out of memory
     batch_budget_seconds: float = 0.0  # the actor's padded seconds per batch at the end of the shard
+    hotword_cuts: int = 0  # cuts decoded with a hotword list (the run's, their own, or both merged)
+    hotword_phrases: int = 0  # the phrases of those lists, summed over the cuts
+    hotword_max_phrases: int = 0  # the longest of those lists
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

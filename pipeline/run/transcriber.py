@@ -564,6 +564,9 @@ class Transcriber:
                              worker=self.worker, device=str(self.device), load_seconds=audio.load_seconds,
                              load_cpu_seconds=audio.cpu_seconds, bytes_fetched=audio.bytes_fetched,
                              bytes_needed=audio.bytes_needed)
+        sizes = [len(h) for k, h in enumerate(shard_plan.hotwords) if h and audio.errors[k] is None]
+        result.hotword_cuts, result.hotword_phrases, result.hotword_max_phrases = len(sizes), sum(sizes), max(sizes,
+                                                                                                         default=0)
         times = StageTimes()
         labels = self.decoding_labels()
         outputs = self._run_model_batches([waves for plan in plans for waves in plan.waves], times,
