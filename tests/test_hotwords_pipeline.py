@@ -320,8 +320,9 @@ def test_the_transcribe_job_takes_hotwords_on_a_local_ray(tmp_path):
 
 
 def test_a_stitched_long_cut_keeps_the_window_finds_its_text_holds():
-    """Two windows (0-30 s, 20-50 s) of a 50 s cut, each with hotwords_matched: the stitched row
-    keeps the phrases its text still holds; hotword_score and the B-WER counts stay null."""
+    """Two windows (0-30 s, 20-50 s) of a 50 s cut, each with hotwords_matched and the words of the
+    cut's list: the stitched row keeps the phrases its text still holds and is split into B-WER /
+    U-WER by the list's words; hotword_score stays null (the windows' bonuses overlap)."""
     from dataclasses import asdict
 
     from model.tokenizer import Tokenizer
@@ -339,8 +340,8 @@ def test_a_stitched_long_cut_keeps_the_window_finds_its_text_holds():
         row = WindowRow(run_id="r", cut_id="long", status="ok", recording_id="rec", source="x.wav", channel=None,
                         start_s=start, duration=30.0, text=tok.decode(ids), token_ids=ids, token_times=times,
                         confidence=0.9, window_index=index, window_count=2, cut_start=0.0, cut_duration=50.0,
-                        hotwords_matched=matched, hotword_score=3.0, reference="paris then lachesis", shard_id="s",
-                        worker="w")
+                        hotwords_matched=matched, hotword_score=3.0, reference="paris then lachesis" if index == 0
+                        else None, shard_id="s", worker="w", hotword_words=["lachesis", "paris", "tammie"])
         return asdict(row)
 
     rows = [window(0, 0.0, [("paris", 2.0), ("then", 10.0)], ["paris"]),
@@ -348,9 +349,14 @@ def test_a_stitched_long_cut_keeps_the_window_finds_its_text_holds():
     out, _ = _stitch_one(rows, "r", tok, "english", 4.0, 30.0)
     assert out.text == "paris then lachesis"
     assert out.hotwords_matched == ["lachesis", "paris"]  # "tammie" is not in the stitched text
-    assert out.hotword_score is None and out.biased_ref_words is None
-    plain = [dict(r, hotwords_matched=None) for r in rows]
-    assert _stitch_one(plain, "r", tok, "english", 4.0, 30.0)[0].hotwords_matched is None
+    assert out.hotword_score is None
+    assert (out.biased_ref_words, out.biased_errors, out.unbiased_ref_words, out.unbiased_errors) == (2, 0, 1, 0)
+    missed, _ = _stitch_one([rows[0], window(1, 20.0, [("lashes", 40.0)], [])], "r", tok, "english", 4.0, 30.0)
+    assert missed.text == "paris then lashes" and missed.hotwords_matched == ["paris"]
+    assert (missed.biased_ref_words, missed.biased_errors, missed.unbiased_ref_words, missed.unbiased_errors) == (2, 1, 1, 0)
+    plain = [dict(r, hotwords_matched=None, hotword_words=None) for r in rows]
+    stitched = _stitch_one(plain, "r", tok, "english", 4.0, 30.0)[0]
+    assert stitched.hotwords_matched is None and stitched.biased_ref_words is None
 
 
 def test_the_text_summary_states_the_list_and_which_decodings_bias():

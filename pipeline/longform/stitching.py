@@ -102,6 +102,9 @@ def _stitch_one(rows: list[dict[str, Any]], run_id: str, tokenizer: Tokenizer, n
     if any(m is not None for m in found):  # the cut had a hotword list: which of the windows' finds the text keeps
         text = f" {get_normalizer(normalizer)(out.text)} "
         out.hotwords_matched = sorted(p for p in {p for m in found if m for p in m} if f" {p} " in text)
+    words = [r.get("hotword_words") for r in rows]
+    if any(w is not None for w in words):  # every window of a cut carries the cut's list: B-WER / U-WER
+        out.hotword_words = sorted({w for ws in words if ws for w in ws})
     score_row(out, normalizer)
     return out, merged.seams_aligned
 

@@ -22,8 +22,9 @@ the completed hotword phrases that took part in choosing the text (null when the
 hotword list, or for a decoding that cannot bias: the greedy methods);
 ``hotwords_matched`` the phrases of the cut's list that the normalised text contains as whole
 words (null without a list; for a long cut stitched from windows, the phrases some window matched
-that the stitched text still holds, and ``hotword_score`` and the B-WER / U-WER counts null: the
-windows' bonuses overlap and their lists are not kept with them). With a list and a reference, the WER split of the contextual-biasing
+that the stitched text still holds; ``hotword_score`` null there, since the windows' bonuses
+overlap; its B-WER / U-WER counts come from the list words its windows carry). With a list and a
+reference, the WER split of the contextual-biasing
 literature (Le et al. 2021): ``biased_ref_words`` / ``unbiased_ref_words`` are the reference words
 that are / are not words of the cut's list, ``biased_errors`` / ``unbiased_errors`` the errors on
 them (a substitution or deletion counts by its reference word, an insertion by the inserted word);
@@ -100,6 +101,8 @@ WINDOW_SCHEMA = pa.schema(
         pa.field("window_count", pa.int32(), nullable=False),
         pa.field("cut_start", pa.float64()),
         pa.field("cut_duration", pa.float64()),
+        # the words of the cut's hotword list (null: none), for the stitched row's B-WER / U-WER
+        pa.field("hotword_words", pa.list_(pa.string())),
     ]
 )
 
@@ -164,7 +167,7 @@ class TranscriptRow:
     worker: Optional[str] = None
     processed_at: datetime = field(default_factory=utc_now)
     #: the words of the cut's hotword list (for the B-WER / U-WER split when the row is scored);
-    #: not a column
+    #: not a column of TRANSCRIPT_SCHEMA (a column of WINDOW_SCHEMA, for stitching)
     hotword_words: Optional[list[str]] = None
 
 
