@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import boto3
 import pytest
@@ -101,17 +102,23 @@ def test_local_round_trip_plain_and_file_uri(tmp_path: Path) -> None:
         storage.read_bytes("gs://bucket/key")
 
 
+def stored(where: str, name: str, data: bytes, bucket: str, opts: S3Options, tmp_path: Path,
+           proxy: FaultProxy) -> tuple[str, Optional[S3Options]]:
+    """``data`` written as ``name`` in the bucket (``where`` "s3") or under ``tmp_path``; returns its
+    URI and the options that read it (on S3 through the byte-counting proxy)."""
+    if where == "s3":
+        uri = f"s3://{bucket}/{name}"
+        storage.write_bytes_atomic(uri, data, options=opts)
+        return uri, make_opts(proxy.url)
+    uri = str(tmp_path / name)
+    storage.write_bytes_atomic(uri, data)
+    return uri, None
+
+
 @pytest.mark.parametrize("where", ["s3", "local"])
 def test_read_range(where: str, bucket: str, opts: S3Options, tmp_path: Path, proxy: FaultProxy) -> None:
     data = bytes(range(256)) * 40  # 10240 bytes
-    if where == "s3":
-        uri = f"s3://{bucket}/r.bin"
-        storage.write_bytes_atomic(uri, data, options=opts)
-        ropts = make_opts(proxy.url)
-    else:
-        uri = str(tmp_path / "r.bin")
-        storage.write_bytes_atomic(uri, data)
-        ropts = None
+    uri, ropts = stored(where, "r.bin", data, bucket, opts, tmp_path, proxy)
     assert storage.read_range(uri, 0, 10, options=ropts) == data[:10]
     assert storage.read_range(uri, 1000, 5000, options=ropts) == data[1000:5000]
     assert storage.read_range(uri, 10000, 99999, options=ropts) == data[10000:]  # clipped
@@ -491,14 +498,7 @@ def test_range_file_reads_only_what_is_read(where, bucket, opts, tmp_path, proxy
     sequential reads grow the read-ahead, a small step back is served from what was fetched, the
     read-ahead stops at the prefetch limit; a window of the object reads as a file of its own."""
     data = os.urandom(3 << 20)
-    if where == "s3":
-        uri = f"s3://{bucket}/blob.bin"
-        storage.write_bytes_atomic(uri, data, options=opts)
-        ropts = make_opts(proxy.url)
-    else:
-        uri = str(tmp_path / "blob.bin")
-        storage.write_bytes_atomic(uri, data)
-        ropts = None
+    uri, ropts = stored(where, "blob.bin", data, bucket, opts, tmp_path, proxy)
     with storage.open_range(uri, options=ropts) as f:
         assert f.size == len(data) and f.read(100) == data[:100]
         head = f.bytes_fetched
