@@ -21,14 +21,13 @@ being written).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import INPUT_ERRORS, add_s3_options, apply_s3_options  # noqa: E402
+from pipeline.cli import INPUT_ERRORS, add_s3_options, start_job  # noqa: E402
 from pipeline.output.compact import COMPACTED_TABLES  # noqa: E402
 from pipeline.output.paths import RunPaths  # noqa: E402
 from pipeline.run.compact import compact_run  # noqa: E402
@@ -50,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    apply_s3_options(args)
+    start_job(args)
     try:
         tables = tuple(t for t in args.tables.split(",") if t)
         unknown = [t for t in tables if t not in COMPACTED_TABLES]

@@ -86,8 +86,8 @@ from pipeline.cli import (  # noqa: E402
     add_plan_options,
     add_resource_options,
     add_s3_options,
-    apply_s3_options,
     decoding_methods,
+    start_job,
     transcribe_config,
 )
 from pipeline.report import history as hist  # noqa: E402
@@ -234,8 +234,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    apply_s3_options(args)
+    start_job(args)
     try:
         return evaluate(args)
     except INPUT_ERRORS as exc:

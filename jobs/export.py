@@ -27,14 +27,13 @@ S3: the standard AWS chain or the --s3-* flags, as for jobs/transcribe.py.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import INPUT_ERRORS, add_s3_options, apply_s3_options  # noqa: E402
+from pipeline.cli import INPUT_ERRORS, add_s3_options, start_job  # noqa: E402
 from pipeline.report.subtitles import FORMATS, CueRules, export_run  # noqa: E402
 
 
@@ -58,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    apply_s3_options(args)
+    start_job(args)
     try:
         rules = CueRules(max_chars=args.max_chars, max_seconds=args.max_seconds, min_pause=args.min_pause)
         summary = export_run(args.run, args.run_id, args.format, args.out, decoding=args.decoding, rules=rules)

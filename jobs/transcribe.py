@@ -87,8 +87,8 @@ from pipeline.cli import (  # noqa: E402
     add_plan_options,
     add_resource_options,
     add_s3_options,
-    apply_s3_options,
     decoding_methods,
+    start_job,
     transcribe_config,
 )
 from pipeline.report.files import write_run_report  # noqa: E402
@@ -150,8 +150,7 @@ def config_from_args(args: argparse.Namespace) -> TranscribeConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    apply_s3_options(args)
+    start_job(args)
     if not args.plan_only:
         missing = [flag for flag, value in (("--model", args.model), ("--output", args.output)) if not value]
         if missing:

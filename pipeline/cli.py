@@ -5,6 +5,7 @@ into the same :class:`~pipeline.run.config.TranscribeConfig`."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from dataclasses import asdict
@@ -246,6 +247,13 @@ def apply_s3_options(args: argparse.Namespace) -> None:
         os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint_url
     if args.s3_region:
         os.environ["AWS_REGION"] = args.s3_region
+
+
+def start_job(args: argparse.Namespace) -> None:
+    """What every job does first with its parsed arguments: log lines with time, level and
+    logger, and the S3 flags exported (:func:`apply_s3_options`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_s3_options(args)
 
 
 def add_longform_options(parser: argparse.ArgumentParser) -> None:
